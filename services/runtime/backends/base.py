@@ -1,0 +1,118 @@
+"""The backend interface: the small set of buffers and ops the forward pass is written against.
+
+The model code (services/runtime/model/transformer.py) is written once against this
+interface. `backends/cpu` (numpy, float32) is the reference; `backends/cuda` implements the
+same ops with NVRTC-compiled kernels and must match it op by op.
+
+Conventions every backend follows:
+  * A `Tensor` is whatever the backend uses for memory (numpy array, device pointer
+    wrapper). The model never looks inside it; it only passes it back to ops.
+  * Activations are row-major [T, N]: T tokens of one sequence, N features.
+  * Linear weights are HF's [out_features, in_features]; `linear` computes x @ W^T + b.
+  * The fused projections: qkv rows are q (num_heads*head_dim) | k | v, and gate_up
+    rows are gate (intermediate) | up (intermediate).
+  * Positions and lengths are device-resident int32 tensors, never Python ints, so a
+    CUDA backend can capture one decode step in a graph and replay it for every position.
+  * RoPE is HF's rotate-half form: for i < head_dim/2, (x[i], x[i+half]) rotate by
+    pos * theta^(-2i/head_dim).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Tensor = Any
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one sequence: k and v are [num_layers, num_kv_heads, capacity, head_dim].
+
+    `length` is the number of valid positions; it is host bookkeeping kept by the engine.
+    Positions >= length hold stale data and are overwritten by the next store.
+    """
+
+    k: Tensor
+    v: Tensor
+    capacity: int
+    length: int = 0
+
+
+class Backend(ABC):
+    """Memory and ops for one device. Each op returns a new tensor unless it says in place."""
+
+    name: str = "abstract"
+    compute_dtype: str = "float32"
+
+    # ---- memory -------------------------------------------------------------------
+    @abstractmethod
+    def upload(self, array: np.ndarray, name: str = "") -> Tensor:
+        """Copy a host array (weights or a constant table) to the device, in the backend's
+        storage dtype for floating arrays (float32 here, bf16 on CUDA) and as-is for ints."""
+
+    @abstractmethod
+    def to_host(self, t: Tensor) -> np.ndarray:
+        """Copy a tensor back as a numpy array (float32 for floating tensors)."""
+
+    @abstractmethod
+    def ids(self, values: np.ndarray) -> Tensor:
+        """An int32 device tensor holding token ids or positions."""
+
+    @abstractmethod
+    def alloc_kv(self, num_layers: int, num_kv_heads: int, capacity: int, head_dim: int) -> KVCache:
+        """A zeroed KV cache for one sequence of up to `capacity` positions."""
+
+    def free_kv(self, cache: KVCache) -> None:
+        """Release a cache's memory (no-op where the garbage collector does it)."""
+
+    # ---- ops ----------------------------------------------------------------------
+    @abstractmethod
+    def embedding(self, table: Tensor, ids: Tensor) -> Tensor:
+        """table [V, D], ids [T] -> [T, D]."""
+
+    @abstractmethod
+    def rmsnorm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        """x [T, D] -> x / rms(x) * weight."""
+
+    @abstractmethod
+    def add_rmsnorm(self, x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        """Fused residual add and norm: s = x + residual; returns (rmsnorm(s) * weight, s)."""
+
+    @abstractmethod
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x [T, K], weight [N, K], bias [N] -> [T, N]."""
+
+    @abstractmethod
+    def qk_norm(self, qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float,
+                num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        """In place: RMSNorm over each head_dim slice of the q and k parts of qkv [T, qkv_size]
+        (qwen3), with per-dimension weights q_weight/k_weight [head_dim]."""
+
+    @abstractmethod
+    def rope(self, qkv: Tensor, positions: Tensor, num_heads: int, num_kv_heads: int,
+             head_dim: int, theta: float) -> None:
+        """In place: rotate the q and k heads of qkv [T, qkv_size] by positions [T]."""
+
+    @abstractmethod
+    def attention(self, qkv: Tensor, cache: KVCache, layer: int, positions: Tensor,
+                  num_heads: int, num_kv_heads: int, head_dim: int) -> Tensor:
+        """Store this step's k and v into `cache` at `positions`, then causal GQA attention:
+        query t attends to cache positions 0..positions[t]. Returns [T, num_heads*head_dim]."""
+
+    @abstractmethod
+    def swiglu(self, gate_up: Tensor) -> Tensor:
+        """gate_up [T, 2F] -> silu(gate) * up, [T, F]."""
+
+    def last_row(self, x: Tensor) -> Tensor:
+        """x [T, N] -> [1, N], the last token's row (prefill only needs its logits)."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued work (no-op on synchronous backends)."""
+
+    def describe(self) -> dict:
+        """A few facts for logs and reports (device name, dtype)."""
+        return {"backend": self.name, "dtype": self.compute_dtype}

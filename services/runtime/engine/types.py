@@ -1,0 +1,124 @@
+"""Typed request/response structs of the engine (independent of the wire format)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_TOKENS_LIMIT = 4096
+
+
+class InvalidRequest(ValueError):
+    """Bad input; `field` names the offending request field (maps to INVALID_ARGUMENT)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 0.0      # 0 = greedy
+    top_k: int = 0                # 0 = off
+    top_p: float = 1.0            # 1 = off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    return_uncertainty: bool = False
+
+    def validate(self, max_tokens_limit: int = MAX_TOKENS_LIMIT) -> None:
+        if self.max_tokens <= 0:
+            raise InvalidRequest("max_tokens", f"must be > 0, got {self.max_tokens}")
+        if self.max_tokens > max_tokens_limit:
+            raise InvalidRequest("max_tokens", f"must be <= {max_tokens_limit}, got {self.max_tokens}")
+        if not self.temperature >= 0.0:  # also rejects NaN
+            raise InvalidRequest("temperature", f"must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidRequest("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InvalidRequest("top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass
+class GenerateRequest:
+    """Either chat `messages` (rendered with the model's chat template) or a raw `prompt`."""
+
+    messages: list[ChatMessage] = field(default_factory=list)
+    prompt: str = ""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = ""
+
+    def validate(self) -> None:
+        if not self.messages and not self.prompt:
+            raise InvalidRequest("messages", "give chat messages or a raw prompt (both are empty)")
+        if self.messages and self.prompt:
+            raise InvalidRequest("prompt", "give chat messages or a raw prompt, not both")
+        for i, m in enumerate(self.messages):
+            if m.role not in ROLES:
+                raise InvalidRequest(f"messages[{i}].role", f"unknown role {m.role!r}; use one of {', '.join(ROLES)}")
+        self.sampling.validate()
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Uncertainty of one sampled token, from the full (temperature 1) distribution.
+
+    logprob: log p(chosen token); entropy: -sum p log p (nats);
+    margin: p(top-1) - p(top-2), in [0, 1].
+    """
+
+    logprob: float
+    entropy: float
+    margin: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int
+    token_id: int
+    text: str                     # the text this token adds (may be "" mid-codepoint)
+    stats: TokenStats | None = None
+
+
+@dataclass(frozen=True)
+class UncertaintySummary:
+    mean_logprob: float
+    min_logprob: float
+    mean_entropy: float
+    max_entropy: float
+    mean_margin: float
+    min_margin: float
+
+    @classmethod
+    def of(cls, stats: list[TokenStats]) -> "UncertaintySummary | None":
+        if not stats:
+            return None
+        lp = [s.logprob for s in stats]
+        en = [s.entropy for s in stats]
+        mg = [s.margin for s in stats]
+        return cls(sum(lp) / len(lp), min(lp), sum(en) / len(en), max(en), sum(mg) / len(mg), min(mg))
+
+
+@dataclass
+class Timings:
+    queue_ms: float = 0.0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    ttft_ms: float = 0.0
+
+
+@dataclass
+class GenerateResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str            # "stop" (EOS or stop string), "length", "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+    token_stats: list[TokenStats] = field(default_factory=list)
+    uncertainty: UncertaintySummary | None = None

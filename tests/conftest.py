@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny random models (built once per session) and reference-library guards."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from services.runtime.model.tiny import make_tiny
+
+ARCHS = ("llama", "qwen2", "qwen3")
+
+
+def has_reference() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+
+
+requires_reference = pytest.mark.skipif(
+    not has_reference(), reason="HF transformers + torch not installed (pip install torch==2.13.0 '.[reference]')")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, "object"]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: make_tiny(arch, root / arch, seed=i) for i, arch in enumerate(ARCHS)}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_models):
+    return tiny_models["llama"]
