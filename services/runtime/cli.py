@@ -1,0 +1,183 @@
+"""`inloop runtime serve` (the gRPC runtime) and `inloop generate` (a streaming client).
+
+    inloop runtime serve --model default --backend auto --port 50051
+    inloop generate "What is 17 * 23?" --max-tokens 64 --uncertainty
+
+Heavy imports (grpc, numpy, the engine) happen inside the handlers, so `inloop --help`
+stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_PORT = 50051
+DEFAULT_TARGET = os.environ.get("INLOOP_RUNTIME_TARGET", f"127.0.0.1:{DEFAULT_PORT}")
+
+
+# ---- serve ------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.common.logging import configure_logging
+
+    configure_logging("runtime", args.log_level)
+    return asyncio.run(_serve(args))
+
+
+def _load_engine(model: str, backend: str):
+    """Runs on the scheduler's worker thread: resolving 'default' may convert the GGUF."""
+    from services.runtime.engine.engine import Engine
+    from services.runtime.model.default_model import resolve_model
+
+    return Engine.load(resolve_model(model), backend=backend)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from inloop.v1 import runtime_pb2_grpc
+    from services.common.grpc_server import create_server, serve_until_signal
+    from services.common.logging import get_logger
+    from services.runtime.scheduler import Scheduler
+    from services.runtime.server import SERVICE_NAME, RuntimeServicer
+
+    log = get_logger("services.runtime.cli")
+    scheduler = Scheduler(lambda: _load_engine(args.model, args.backend), args.max_queue).start()
+    handle = create_server([SERVICE_NAME], host=args.host, port=args.port)
+    runtime_pb2_grpc.add_RuntimeServicer_to_server(RuntimeServicer(scheduler), handle.server)
+    # Listen while the model loads: health answers NOT_SERVING, so probes and
+    # wait_for_serving see "starting" rather than "connection refused".
+    await handle.start()
+    log.info("listening", address=handle.address, model=args.model, max_queue=args.max_queue)
+    print(f"inloop runtime listening on {handle.address}", flush=True)
+
+    serving = asyncio.ensure_future(serve_until_signal(handle, args.grace_s))
+    ready = asyncio.wrap_future(scheduler.ready)
+    try:
+        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and ready.exception() is not None:
+            exc = ready.exception()
+            log.error("model_load_failed", model=args.model, error=f"{type(exc).__name__}: {exc}")
+            await handle.server.stop(0)
+            await serving
+            return 1
+        if ready.done():
+            info = ready.result().info
+            log.info("serving", address=handle.address, backend=info.get("backend"),
+                     requested_backend=args.backend, model=info.get("name"), arch=info.get("arch"),
+                     dtype=info.get("dtype"), context_length=info.get("context_length"))
+            await handle.set_serving()
+        await serving  # returns after SIGTERM/SIGINT and the graceful stop
+    finally:
+        ready.cancel()
+        scheduler.close()
+    log.info("stopped")
+    return 0
+
+
+# ---- generate ---------------------------------------------------------------------
+def _build_request(args: argparse.Namespace):
+    from inloop.v1 import runtime_pb2 as pb
+
+    sampling = pb.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                                 top_k=args.top_k, stop=args.stop or [],
+                                 return_uncertainty=args.uncertainty)
+    if args.top_p is not None:
+        sampling.top_p = args.top_p
+    if args.seed is not None:
+        sampling.seed = args.seed
+    req = pb.GenerateRequest(sampling=sampling)
+    if args.raw:
+        req.prompt = args.prompt
+    else:
+        if args.system:
+            req.messages.add(role="system", content=args.system)
+        req.messages.add(role="user", content=args.prompt)
+    return req
+
+
+def _print_summary(final) -> None:
+    u, t = final.usage, final.timings
+    tps = u.completion_tokens / (t.decode_ms / 1e3) if t.decode_ms > 0 else 0.0
+    print(f"[{final.model}] finish={final.finish_reason} prompt_tokens={u.prompt_tokens} "
+          f"completion_tokens={u.completion_tokens} queue={t.queue_ms:.1f}ms ttft={t.ttft_ms:.1f}ms "
+          f"prefill={t.prefill_ms:.1f}ms decode={t.decode_ms:.1f}ms ({tps:.1f} tok/s)", file=sys.stderr)
+    if final.HasField("uncertainty"):
+        s = final.uncertainty
+        print(f"uncertainty: mean_logprob={s.mean_logprob:.3f} min_logprob={s.min_logprob:.3f} "
+              f"mean_entropy={s.mean_entropy:.3f} max_entropy={s.max_entropy:.3f} "
+              f"mean_margin={s.mean_margin:.3f} min_margin={s.min_margin:.3f}", file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import grpc
+
+    from inloop.v1 import runtime_pb2_grpc
+    from services.common.grpc_client import insecure_channel
+
+    if args.raw and args.system:
+        print("error: --system needs chat mode; drop --raw", file=sys.stderr)
+        return 2
+    final = None
+    with insecure_channel(args.target) as channel:
+        call = runtime_pb2_grpc.RuntimeStub(channel).GenerateStream(_build_request(args), timeout=args.timeout)
+        try:
+            for chunk in call:
+                if chunk.HasField("token"):
+                    sys.stdout.write(chunk.token.text)
+                    sys.stdout.flush()
+                else:
+                    final = chunk.result
+        except grpc.RpcError as exc:
+            print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            call.cancel()  # the server stops generating at its next token
+            print("\ncancelled", file=sys.stderr)
+            return 130
+    print()
+    if final is not None:
+        _print_summary(final)
+    return 0
+
+
+# ---- argparse ---------------------------------------------------------------------
+def register(subparsers: argparse._SubParsersAction) -> None:
+    runtime = subparsers.add_parser("runtime", help="the runtime service (owns the model and the GPU)")
+
+    def show_help(_args: argparse.Namespace) -> int:  # `inloop runtime` alone
+        runtime.print_help()
+        return 2
+
+    runtime.set_defaults(func=show_help)
+    sub = runtime.add_subparsers(dest="runtime_command", metavar="SUBCOMMAND")
+    serve = sub.add_parser("serve", help="serve a model over gRPC (inloop.v1.Runtime, health, reflection)")
+    serve.add_argument("--model", default="default", help="an HF-layout model directory, or 'default'")
+    serve.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto",
+                       help="cuda needs a GPU; auto picks cuda where one answers, else cpu")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other hosts)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (printed)")
+    serve.add_argument("--max-queue", type=int, default=16,
+                       help="requests that may wait; more get RESOURCE_EXHAUSTED")
+    serve.add_argument("--grace-s", type=float, default=5.0,
+                       help="on SIGTERM, seconds running requests get to finish")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(func=cmd_serve)
+
+    gen = subparsers.add_parser("generate", help="stream a completion from a running runtime")
+    gen.add_argument("prompt", help="the user message (or the raw prompt with --raw)")
+    gen.add_argument("--target", default=DEFAULT_TARGET,
+                     help="runtime host:port (default $INLOOP_RUNTIME_TARGET or %(default)s)")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=None, help="in (0, 1]; default off")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    gen.add_argument("--system", default=None, help="a system message before the prompt")
+    gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    gen.add_argument("--uncertainty", action="store_true", help="print the uncertainty summary")
+    gen.add_argument("--timeout", type=float, default=120.0, help="deadline of the whole call, seconds")
+    gen.set_defaults(func=cmd_generate)

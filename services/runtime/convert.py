@@ -1,0 +1,87 @@
+"""Wire (inloop.v1 protos) <-> engine types. Pure functions, no validation beyond shape:
+the engine's types validate, so one set of rules serves gRPC and in-process callers."""
+from __future__ import annotations
+
+from inloop.v1 import runtime_pb2 as pb
+from services.runtime.engine.types import (
+    ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenEvent, TokenStats,
+)
+
+_DEFAULT_SAMPLING = SamplingParams()
+
+
+def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
+    # `optional` fields: unset means the engine default; set (even to 0) is taken as given.
+    return SamplingParams(
+        max_tokens=msg.max_tokens if msg.HasField("max_tokens") else _DEFAULT_SAMPLING.max_tokens,
+        temperature=msg.temperature,
+        top_k=msg.top_k,
+        top_p=msg.top_p if msg.HasField("top_p") else _DEFAULT_SAMPLING.top_p,
+        seed=msg.seed if msg.HasField("seed") else None,
+        stop=tuple(msg.stop),
+        return_uncertainty=msg.return_uncertainty,
+    )
+
+
+def request_from_proto(msg: pb.GenerateRequest, request_id: str | None = None) -> GenerateRequest:
+    return GenerateRequest(
+        messages=[ChatMessage(role=m.role, content=m.content) for m in msg.messages],
+        prompt=msg.prompt,
+        sampling=sampling_from_proto(msg.sampling),
+        request_id=request_id if request_id is not None else msg.request_id,
+    )
+
+
+def uncertainty_to_proto(token_id: int, stats: TokenStats) -> pb.TokenUncertainty:
+    return pb.TokenUncertainty(token_id=token_id, logprob=stats.logprob,
+                               entropy=stats.entropy, margin=stats.margin)
+
+
+def result_to_proto(result: GenerateResult, request_id: str, model: str) -> pb.GenerateResponse:
+    t = result.timings
+    msg = pb.GenerateResponse(
+        request_id=request_id,
+        text=result.text,
+        token_ids=result.token_ids,
+        finish_reason=result.finish_reason,
+        usage=pb.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
+        timings=pb.Timings(queue_ms=t.queue_ms, prefill_ms=t.prefill_ms,
+                           decode_ms=t.decode_ms, ttft_ms=t.ttft_ms),
+        token_uncertainty=[uncertainty_to_proto(tok, st)
+                           for tok, st in zip(result.token_ids, result.token_stats)],
+        model=model,
+    )
+    if result.uncertainty is not None:
+        u = result.uncertainty
+        msg.uncertainty.CopyFrom(pb.UncertaintySummary(
+            mean_logprob=u.mean_logprob, min_logprob=u.min_logprob,
+            mean_entropy=u.mean_entropy, max_entropy=u.max_entropy,
+            mean_margin=u.mean_margin, min_margin=u.min_margin,
+        ))
+    return msg
+
+
+def event_to_chunk(event: TokenEvent) -> pb.GenerateChunk:
+    delta = pb.TokenDelta(index=event.index, token_id=event.token_id, text=event.text)
+    if event.stats is not None:
+        delta.uncertainty.CopyFrom(uncertainty_to_proto(event.token_id, event.stats))
+    return pb.GenerateChunk(token=delta)
+
+
+def result_to_chunk(response: pb.GenerateResponse) -> pb.GenerateChunk:
+    return pb.GenerateChunk(result=response)
+
+
+def info_to_proto(info: dict, max_tokens_limit: int, max_queue: int) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=str(info.get("name", "")),
+        arch=str(info.get("arch", "")),
+        backend=str(info.get("backend", "")),
+        dtype=str(info.get("dtype", "")),
+        vocab_size=int(info.get("vocab_size", 0)),
+        context_length=int(info.get("context_length", 0)),
+        num_parameters=int(info.get("num_parameters", 0)),
+        eos_token_ids=[int(i) for i in info.get("eos_token_ids", ())],
+        max_tokens_limit=max_tokens_limit,
+        max_queue=max_queue,
+    )
