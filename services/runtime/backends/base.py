@@ -68,6 +68,10 @@ class Backend(ABC):
     def free_kv(self, cache: KVCache) -> None:
         """Release a cache's memory (no-op where the garbage collector does it)."""
 
+    @abstractmethod
+    def copy_kv(self, src: KVCache, dst: KVCache, length: int) -> None:
+        """Copy positions [0, length) of every layer from src to dst (growing a reused cache)."""
+
     # ---- ops ----------------------------------------------------------------------
     @abstractmethod
     def embedding(self, table: Tensor, ids: Tensor) -> Tensor:

@@ -15,10 +15,14 @@ import numpy as np
 import structlog
 
 from services.runtime.backends.base import Backend, KVCache
-from services.runtime.engine.detokenize import IncrementalDecoder, StopMatcher
+from services.common.tool_calls import OPEN, with_tools_prompt
+from services.runtime.engine import constrained
+from services.runtime.engine.generation import Generation
+from services.runtime.engine.kv_sessions import KVSessionStore, Session, common_prefix
 from services.runtime.engine.sampler import Sampler
+from services.runtime.engine.vocab_masks import VocabMasks
 from services.runtime.engine.types import (
-    GenerateRequest, GenerateResult, InvalidRequest, TokenEvent, Timings, UncertaintySummary,
+    GenerateRequest, GenerateResult, InvalidRequest, TokenEvent, UncertaintySummary,
 )
 from services.runtime.model.config import ModelConfig
 from services.runtime.model.tokenizer import Tokenizer
@@ -63,7 +67,7 @@ def _eos_ids(model_dir: Path, cfg: ModelConfig, tokenizer: Tokenizer) -> tuple[i
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, eos_ids: tuple[int, ...],
-                 name: str, max_context: int = DEFAULT_MAX_CONTEXT):
+                 name: str, max_context: int = DEFAULT_MAX_CONTEXT, kv_session_positions: int = 65536):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = frozenset(eos_ids)
@@ -76,26 +80,44 @@ class Engine:
             "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
             "eos_token_ids": sorted(self.eos_ids),
         }
+        self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions)
+        self.template_renders_tools = "tools" in (tokenizer.chat_template or "")
+        self._masks: VocabMasks | None = None
+
+    @property
+    def masks(self) -> VocabMasks:
+        """Token byte strings and grammar masks, built on first use (a pass over the vocabulary)."""
+        if self._masks is None:
+            self._masks = VocabMasks(self.tokenizer)
+        return self._masks
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str | Backend = "cpu",
-             max_context: int = DEFAULT_MAX_CONTEXT) -> "Engine":
+             max_context: int = DEFAULT_MAX_CONTEXT, kv_session_positions: int = 65536) -> "Engine":
         model_dir = Path(model_dir)
         t0 = time.perf_counter()
         cfg = ModelConfig.from_dir(model_dir)
         tokenizer = Tokenizer(model_dir)
         be = make_backend(backend) if isinstance(backend, str) else backend
         model = Transformer(cfg, be, Weights(model_dir))
-        engine = cls(model, tokenizer, _eos_ids(model_dir, cfg, tokenizer), model_dir.name, max_context)
+        engine = cls(model, tokenizer, _eos_ids(model_dir, cfg, tokenizer), model_dir.name, max_context,
+                     kv_session_positions)
         log.info("model_loaded", model=model_dir.name, arch=cfg.arch, backend=be.name,
                  params=model.num_parameters, load_ms=round((time.perf_counter() - t0) * 1e3, 1))
         return engine
 
     # ---- prompt -------------------------------------------------------------------
+    def render(self, req: GenerateRequest) -> str:
+        """The prompt text of a chat request, with its tools: the one function both routes use."""
+        messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        tools = req.tools if req.tool_choice != "none" else []
+        if tools and not self.template_renders_tools:
+            return self.tokenizer.render_chat(with_tools_prompt(messages, tools))
+        return self.tokenizer.render_chat(messages, tools=tools or None)
+
     def prompt_ids(self, req: GenerateRequest) -> list[int]:
         if req.messages:
-            text = self.tokenizer.render_chat([{"role": m.role, "content": m.content} for m in req.messages])
-            ids = self.tokenizer.encode(text)
+            ids = self.tokenizer.encode(self.render(req))
         else:
             ids = self.tokenizer.encode(req.prompt, add_special_tokens=True)
         field = "messages" if req.messages else "prompt"
@@ -107,21 +129,43 @@ class Engine:
         return ids
 
     # ---- the steps ----------------------------------------------------------------
-    def prefill(self, ids: list[int], cache: KVCache) -> np.ndarray:
-        """Run the prompt (from cache.length on) through the model; logits of the last token [V]."""
+    def extend(self, ids: list[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Run ids through the model at positions cache.length...; logits [len(ids) or 1, V]."""
         b = self.model.backend
         start = cache.length
-        positions = np.arange(start, len(ids), dtype=np.int32)
-        logits = self.model.forward(b.ids(np.asarray(ids[start:], np.int32)), b.ids(positions), cache)
-        cache.length = len(ids)
-        return b.to_host(logits)[-1]
+        positions = np.arange(start, start + len(ids), dtype=np.int32)
+        logits = self.model.forward(b.ids(np.asarray(ids, np.int32)), b.ids(positions), cache, all_logits)
+        cache.length = start + len(ids)
+        return b.to_host(logits)
+
+    def prefill(self, ids: list[int], cache: KVCache) -> np.ndarray:
+        """Run the prompt (from cache.length on) through the model; logits of the last token [V]."""
+        return self.extend(ids[cache.length:], cache)[-1]
 
     def decode_one_token(self, token: int, cache: KVCache) -> np.ndarray:
-        b = self.model.backend
-        pos = np.array([cache.length], np.int32)
-        logits = self.model.forward(b.ids(np.array([token], np.int32)), b.ids(pos), cache)
-        cache.length += 1
-        return b.to_host(logits)[-1]
+        return self.extend([token], cache)[-1]
+
+    # ---- KV caches ------------------------------------------------------------------
+    def _cache_for(self, ids: list[int], capacity: int, session_id: str) -> KVCache:
+        """A cache holding the longest reusable prefix of ids (from the task's session), with room for `capacity`."""
+        capacity = min(-(-capacity // 256) * 256, self.max_context)  # round up: fewer regrowths
+        session = self.sessions.take(session_id) if session_id else None
+        if session is None:
+            return self.model.new_cache(capacity)
+        keep = min(common_prefix(session.ids, ids), len(ids) - 1)  # >= 1 token to prefill for logits
+        self.sessions.hits += keep
+        cache = session.cache
+        if cache.capacity < capacity:
+            grown = self.model.new_cache(capacity)
+            self.model.backend.copy_kv(cache, grown, keep)
+            self.model.backend.free_kv(cache)
+            cache = grown
+        cache.length = keep
+        return cache
+
+    def end_session(self, session_id: str) -> bool:
+        """Free a task's kept cache (task ended, failed, expired or was cancelled)."""
+        return self.sessions.drop(session_id)
 
     # ---- one request --------------------------------------------------------------
     def generate(self, req: GenerateRequest, on_token: Callable[[TokenEvent], None] | None = None,
@@ -130,51 +174,53 @@ class Engine:
         ids = self.prompt_ids(req)
         sp = req.sampling
         budget = min(sp.max_tokens, self.max_context - len(ids))
-        sampler = Sampler(sp)
-        decoder, stops = IncrementalDecoder(self.tokenizer), StopMatcher(sp.stop)
-        cache = self.model.new_cache(len(ids) + budget)
-        timings, stats, out_ids = Timings(), [], []
+        cache = self._cache_for(ids, len(ids) + budget, req.session_id)
+        constrained = bool(req.tools) and req.tool_choice != "none"
+        gen = Generation(self, ids, cache, Sampler(sp), budget, sp.stop, on_token,
+                         self.masks if constrained else None)
         finish = "length"
-        t0 = time.perf_counter()
+        keep_session = False
         try:
             if should_stop and should_stop():
-                return self._result("", out_ids, "cancelled", len(ids), timings, stats)
-            logits = self.prefill(ids, cache)
-            timings.prefill_ms = (time.perf_counter() - t0) * 1e3
-            t_decode = time.perf_counter()
-            while True:
-                token, st = sampler.sample(logits)
-                out_ids.append(token)
-                if st is not None:
-                    stats.append(st)
-                if len(out_ids) == 1:
-                    timings.ttft_ms = (time.perf_counter() - t0) * 1e3
-                if token in self.eos_ids:
-                    finish = "stop"
-                    break
-                delta, hit = stops.feed(decoder.push(token))
-                if on_token:
-                    on_token(TokenEvent(len(out_ids) - 1, token, delta, st))
-                if hit:
-                    finish = "stop"
-                    break
-                if len(out_ids) >= budget:
-                    break
-                if should_stop and should_stop():
-                    finish = "cancelled"
-                    break
-                logits = self.decode_one_token(token, cache)
-            timings.decode_ms = (time.perf_counter() - t_decode) * 1e3
+                gen.finish()
+                return self._result(gen, "cancelled")
+            gen.prefill()
+            finish = self._decode(gen, req, should_stop)
+            keep_session = bool(req.session_id) and finish != "cancelled"
         finally:
-            self.model.backend.free_kv(cache)
-        tail = stops.flush()
-        if tail and on_token:
-            on_token(TokenEvent(len(out_ids) - 1, out_ids[-1], tail, None))
-        return self._result(stops.text, out_ids, finish, len(ids), timings, stats)
+            if keep_session:
+                self.sessions.put(req.session_id, Session(cache, gen.fed_ids()))
+            else:
+                self.model.backend.free_kv(cache)
+        gen.finish()
+        return self._result(gen, finish)
+
+    def _decode(self, gen: Generation, req: GenerateRequest, should_stop) -> str:
+        """The decode loop: free sampling, or a forced tool call where tool_choice asks for one."""
+        forced = req.tool_choice if req.tool_choice not in ("none", "auto") else None
+        if forced and gen.masks is not None:
+            return self._constrained_call(gen, req.tools, None if forced == "required" else forced, opened=False)
+        while True:
+            token = gen.pick()
+            if token in self.eos_ids or gen.stop_hit:
+                return "stop"
+            if gen.masks is not None and OPEN in gen.text():
+                return self._constrained_call(gen, req.tools, None, opened=True)
+            if gen.remaining() <= 0:
+                return "length"
+            if should_stop and should_stop():
+                return "cancelled"
+
+    def _constrained_call(self, gen: Generation, tools, only, opened) -> str:
+        try:
+            constrained.tool_call(gen, tools, only=only, opened=opened)
+        except constrained.BudgetExhausted:
+            return "length"
+        return "tool_calls"
 
     @staticmethod
-    def _result(text, out_ids, finish, n_prompt, timings, stats) -> GenerateResult:
-        return GenerateResult(text=text, token_ids=out_ids, finish_reason=finish,
-                              prompt_tokens=n_prompt, completion_tokens=len(out_ids),
-                              timings=timings, token_stats=stats,
-                              uncertainty=UncertaintySummary.of(stats))
+    def _result(gen: Generation, finish: str) -> GenerateResult:
+        return GenerateResult(text=gen.text(), token_ids=gen.out_ids, finish_reason=finish,
+                              prompt_tokens=len(gen.prompt_ids), completion_tokens=len(gen.out_ids),
+                              timings=gen.timings, token_stats=gen.stats,
+                              uncertainty=UncertaintySummary.of(gen.stats))

@@ -52,6 +52,12 @@ class GenerateRequest:
     prompt: str = ""
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
+    # OpenAI-style tool definitions {"type": "function", "function": {name, description, parameters}}
+    tools: list[dict] = field(default_factory=list)
+    tool_choice: str = "auto"     # none | auto | required | <tool name>
+    # A running task's id: its KV cache is kept between calls and reused for the longest
+    # common token prefix, so each agent step prefills only what is new.
+    session_id: str = ""
 
     def validate(self) -> None:
         if not self.messages and not self.prompt:
@@ -62,6 +68,20 @@ class GenerateRequest:
             if m.role not in ROLES:
                 raise InvalidRequest(f"messages[{i}].role", f"unknown role {m.role!r}; use one of {', '.join(ROLES)}")
         self.sampling.validate()
+        names = []
+        for i, t in enumerate(self.tools):
+            fn = t.get("function") if isinstance(t, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+                raise InvalidRequest(f"tools[{i}]", 'expected {"type": "function", "function": {"name": ..., "parameters": {...}}}')
+            params = fn.get("parameters", {"type": "object", "properties": {}})
+            if not isinstance(params, dict) or params.get("type", "object") != "object":
+                raise InvalidRequest(f"tools[{i}].function.parameters", "must be a JSON Schema of type object")
+            names.append(fn["name"])
+        if self.tool_choice not in ("none", "auto", "required") and self.tool_choice not in names:
+            raise InvalidRequest("tool_choice", f"{self.tool_choice!r} is not none, auto, required or an offered tool "
+                                                f"({', '.join(names) or 'no tools offered'})")
+        if self.tool_choice != "none" and self.tool_choice != "auto" and not names:
+            raise InvalidRequest("tool_choice", f"{self.tool_choice!r} needs at least one tool in `tools`")
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def tiny_config(arch: str, vocab_size: int) -> dict:
         "architectures": [cls], "model_type": arch, "vocab_size": vocab_size,
         "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "max_position_embeddings": 512, "tie_word_embeddings": tied,
+        "rope_theta": 10000.0, "max_position_embeddings": 2048, "tie_word_embeddings": tied,
         "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 0, "hidden_act": "silu",
         "torch_dtype": "float32", "attention_dropout": 0.0, "initializer_range": 0.02,
     }
@@ -150,7 +150,7 @@ def make_tiny(arch: str, out_dir: str | Path, seed: int = 0, dtype: str = "float
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
         "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>", "add_prefix_space": False,
-        "model_max_length": 512, "added_tokens_decoder": added, "chat_template": CHATML_TEMPLATE,
+        "model_max_length": 2048, "added_tokens_decoder": added, "chat_template": CHATML_TEMPLATE,
     }, indent=2))
     weights = random_weights(cfg, seed)
     names = list(weights)

@@ -48,6 +48,10 @@ class NumpyBackend(Backend):
         shape = (num_layers, num_kv_heads, capacity, head_dim)
         return KVCache(np.zeros(shape, np.float32), np.zeros(shape, np.float32), capacity)
 
+    def copy_kv(self, src: KVCache, dst: KVCache, length: int) -> None:
+        dst.k[:, :, :length] = src.k[:, :, :length]
+        dst.v[:, :, :length] = src.v[:, :, :length]
+
     # ---- ops ----------------------------------------------------------------------
     def embedding(self, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return table[ids]

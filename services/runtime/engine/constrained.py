@@ -1,0 +1,142 @@
+"""Constrained decoding of one Hermes tool call: the model chooses, the grammar guarantees.
+
+Once a call is open, the rest of the generation is driven by the tool's JSON Schema:
+
+    <tool_call>\\n{"name": "<offered tool>", "arguments": {"<req>": <value>, ...}}\\n</tool_call>
+
+Fixed text is forced (appended without sampling, one forward pass for the whole chunk);
+where the grammar allows several continuations (the tool name, enum values, string and
+number contents, whether to add an optional argument) the model picks among the tokens that
+keep the output valid. Required properties come first in schema order, then the optional
+ones in order, each of which the model may include or end the object before. Values of
+types the grammar cannot enumerate (arrays, objects) are written as JSON strings, which the
+tool's schema check then rejects with a clear error.
+"""
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+import numpy as np
+
+from services.common.tool_calls import CLOSE, OPEN, find_tool
+from services.runtime.engine.vocab_masks import VocabMasks
+
+MAX_STRING_TOKENS = 48
+MAX_DIGITS = 12
+CLOSING_RESERVE = 12  # tokens kept back so that a long string still leaves room to close the call
+
+
+class Driver(Protocol):
+    """What the grammar needs from a running generation (engine/generation.py)."""
+
+    masks: VocabMasks
+    logits: np.ndarray
+
+    def pick(self, allowed: np.ndarray) -> int: ...      # sample among allowed tokens, append it
+    def force(self, text: str) -> bool: ...               # append fixed text; False if over budget
+    def remaining(self) -> int: ...                       # tokens left in the budget
+
+
+class BudgetExhausted(Exception):
+    """The token budget ran out inside the call (the output is then not a complete call)."""
+
+
+def _force(d: Driver, text: str) -> None:
+    if not d.force(text):
+        raise BudgetExhausted()
+
+
+def _mask(size: int, ids) -> np.ndarray:
+    m = np.zeros(size, dtype=bool)
+    m[list(ids)] = True
+    return m
+
+
+def _check_budget(d: Driver) -> None:
+    if d.remaining() <= 0:
+        raise BudgetExhausted()
+
+
+def choose(d: Driver, alternatives: list[str]) -> str:
+    """Let the model spell one of `alternatives`, token by token."""
+    alts = [a.encode() for a in alternatives]
+    done = b""
+    while True:
+        live = [a for a in alts if a.startswith(done)]
+        if done in live:
+            return done.decode()
+        allowed = set()
+        for a in live:
+            allowed.update(d.masks.prefix_tokens(a[len(done):]))
+        _check_budget(d)
+        token = d.pick(_mask(d.masks.size, allowed))
+        done += d.masks.token_bytes[token]
+
+
+def _string(d: Driver) -> None:
+    _force(d, '"')
+    allowed = d.masks.string_body | d.masks.string_close
+    for _ in range(MAX_STRING_TOKENS):
+        if d.remaining() <= CLOSING_RESERVE:
+            break
+        token = d.pick(allowed)
+        if d.masks.string_close[token]:
+            return
+    _force(d, '"')  # cap reached: close the string ourselves
+
+
+def _digits(d: Driver, first: np.ndarray) -> None:
+    """One or more digit tokens; after the first, the model may end the run (its best
+    non-digit wish beats its best digit) and the caller forces what follows."""
+    _check_budget(d)
+    d.pick(first)
+    for _ in range(MAX_DIGITS):
+        best_digit = np.max(np.where(d.masks.digits, d.logits, -np.inf))
+        if best_digit < np.max(np.where(d.masks.digits, -np.inf, d.logits)):
+            return
+        _check_budget(d)
+        d.pick(d.masks.digits)
+
+
+def _value(d: Driver, schema: dict) -> None:
+    if "enum" in schema:
+        choose(d, [json.dumps(v, ensure_ascii=False) for v in schema["enum"]])
+        return
+    kind = schema.get("type")
+    if kind == "boolean":
+        choose(d, ["true", "false"])
+    elif kind in ("integer", "number"):
+        _digits(d, d.masks.signed_digits)
+        dot = d.masks.by_bytes.get(b".")
+        if kind == "number" and dot is not None and d.logits[dot] >= np.max(d.logits):
+            _force(d, ".")  # the model's first wish is a decimal point: take the fraction
+            _digits(d, d.masks.digits)
+    else:
+        _string(d)
+
+
+def tool_call(d: Driver, tools: list[dict], only: str | None = None, opened: bool = False) -> None:
+    """Generate a complete, schema-valid tool call. `opened`: the model already wrote `<tool_call>`."""
+    _force(d, ("\n" if opened else OPEN + "\n") + '{"name": "')
+    names = [only] if only else [t["function"]["name"] for t in tools]
+    name = choose(d, [n + '"' for n in names])[:-1]
+    params = (find_tool(tools, name) or {}).get("parameters", {})
+    props: dict = params.get("properties", {})
+    required = [p for p in params.get("required", []) if p in props]
+    optional = [p for p in props if p not in required]
+    _force(d, ', "arguments": {')
+    first = True
+    for prop in required:
+        _force(d, ("" if first else ", ") + json.dumps(prop) + ": ")
+        _value(d, props[prop])
+        first = False
+    for prop in optional:
+        include = ("" if first else ", ") + json.dumps(prop) + ": "
+        if choose(d, [include, "}"]) == "}":
+            break
+        _value(d, props[prop])
+        first = False
+    else:
+        _force(d, "}")
+    _force(d, "}\n" + CLOSE)

@@ -1,0 +1,77 @@
+"""KV caches kept between the steps of a running task, reused for the longest common prefix.
+
+A task's next model step usually starts with the previous step's prompt and output, plus a
+tool result. Keeping the cache lets that step prefill only what is new. The memory held
+this way has a cap in cached positions; least recently used sessions are evicted first,
+and a session is dropped when its task ends, fails, expires or is cancelled.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from services.runtime.backends.base import KVCache
+
+
+@dataclass
+class Session:
+    cache: KVCache
+    ids: list[int]          # the tokens whose keys/values the cache holds, in order
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class KVSessionStore:
+    def __init__(self, backend, max_positions: int = 65536):
+        self.backend = backend
+        self.max_positions = max_positions
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0            # reused prefix tokens, for metrics and tests
+        self.evictions = 0
+
+    def take(self, session_id: str) -> Session | None:
+        """Remove and return a session (the caller owns its cache until it puts it back)."""
+        with self._lock:
+            return self._sessions.pop(session_id, None)
+
+    def put(self, session_id: str, session: Session) -> None:
+        with self._lock:
+            old = self._sessions.pop(session_id, None)
+            if old is not None and old.cache is not session.cache:
+                self.backend.free_kv(old.cache)
+            self._sessions[session_id] = session
+            self._evict_locked(keep=session_id)
+
+    def drop(self, session_id: str) -> bool:
+        with self._lock:
+            s = self._sessions.pop(session_id, None)
+        if s is not None:
+            self.backend.free_kv(s.cache)
+        return s is not None
+
+    def held_positions(self) -> int:
+        with self._lock:
+            return sum(s.cache.capacity for s in self._sessions.values())
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _evict_locked(self, keep: str) -> None:
+        total = sum(s.cache.capacity for s in self._sessions.values())
+        for sid in list(self._sessions):
+            if total <= self.max_positions:
+                break
+            if sid == keep:
+                continue
+            s = self._sessions.pop(sid)
+            total -= s.cache.capacity
+            self.backend.free_kv(s.cache)
+            self.evictions += 1

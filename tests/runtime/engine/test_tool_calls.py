@@ -1,0 +1,93 @@
+"""Constrained tool calls and KV reuse across a task's steps, on a tiny model."""
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from services.common.tool_calls import parse_tool_call
+from services.runtime.engine.engine import Engine
+from services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "search", "description": "BM25 search over the corpus",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "k": {"type": "integer"}},
+                       "required": ["query"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "kv", "description": "a key-value store",
+        "parameters": {"type": "object", "properties": {
+            "op": {"type": "string", "enum": ["get", "put", "increment"]}, "key": {"type": "string"},
+            "amount": {"type": "number"}, "confirm": {"type": "boolean"}},
+            "required": ["op", "key"], "additionalProperties": False}}},
+]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3"])
+def engine(request, tiny_models):
+    return Engine.load(tiny_models[request.param])
+
+
+def _req(choice, seed=None, temperature=0.0, **kw):
+    return GenerateRequest(messages=[ChatMessage("user", "Find the receipt total")], tools=TOOLS,
+                           tool_choice=choice, sampling=SamplingParams(max_tokens=96, temperature=temperature,
+                                                                       seed=seed), **kw)
+
+
+def _schema(name):
+    return next(t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == name)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_required_choice_always_yields_a_schema_valid_call(engine, seed):
+    result = engine.generate(_req("required", seed=seed, temperature=1.0))
+    assert result.finish_reason == "tool_calls", result.text
+    call = parse_tool_call(result.text)
+    assert call.name in ("search", "kv")
+    jsonschema.validate(call.arguments, _schema(call.name))
+
+
+def test_named_choice_forces_that_tool(engine):
+    for seed in range(3):
+        call = parse_tool_call(engine.generate(_req("kv", seed=seed, temperature=1.0)).text)
+        assert call.name == "kv" and call.arguments["op"] in ("get", "put", "increment")
+        jsonschema.validate(call.arguments, _schema("kv"))
+
+
+def test_forced_tokens_carry_uncertainty_too(engine):
+    req = _req("search")
+    req.sampling = SamplingParams(max_tokens=96, return_uncertainty=True)
+    result = engine.generate(req)
+    assert len(result.token_stats) == len(result.token_ids)
+    assert all(s.logprob <= 0 for s in result.token_stats)
+
+
+def test_bad_tool_choice_and_bad_tool_definitions(engine):
+    with pytest.raises(InvalidRequest, match="tool_choice"):
+        engine.generate(_req("calculator"))
+    bad = _req("auto")
+    bad.tools = [{"type": "function", "function": {"description": "no name"}}]
+    with pytest.raises(InvalidRequest, match=r"tools\[0\]"):
+        engine.generate(bad)
+
+
+def test_session_reuses_the_common_prefix_and_changes_nothing(engine):
+    step1 = _req("search", session_id="task-1")
+    first = engine.generate(step1)
+    follow = [ChatMessage("user", "Find the receipt total"), ChatMessage("assistant", first.text),
+              ChatMessage("tool", '{"hits": []}')]
+    fresh = engine.generate(GenerateRequest(messages=follow, tools=TOOLS, sampling=SamplingParams(max_tokens=12)))
+    hits_before = engine.sessions.hits
+    reused = engine.generate(GenerateRequest(messages=follow, tools=TOOLS, sampling=SamplingParams(max_tokens=12),
+                                             session_id="task-1"))
+    assert engine.sessions.hits - hits_before >= first.prompt_tokens  # the whole first prompt was reused
+    assert reused.token_ids == fresh.token_ids
+    assert engine.end_session("task-1") and not engine.end_session("task-1")
+
+
+def test_session_store_evicts_least_recently_used(tiny_llama):
+    engine = Engine.load(tiny_llama, kv_session_positions=600)
+    for i in range(4):
+        engine.generate(_req("search", session_id=f"s{i}"))
+    assert engine.sessions.evictions >= 1
+    assert engine.sessions.held_positions() <= 600 or len(engine.sessions) == 1
+    assert engine.sessions.take("s3") is not None  # the newest is kept
