@@ -178,7 +178,7 @@ def test_stream_tokens_add_up_to_the_final_response(server):
 def test_model_info_health_and_reflection(server):
     channel = insecure_channel(server.target)
     info = runtime_pb2_grpc.RuntimeStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
-    assert (info.arch, info.backend, info.vocab_size, info.context_length) == ("llama", "cpu", 400, 512)
+    assert (info.arch, info.backend, info.vocab_size, info.context_length) == ("llama", "cpu", 400, 2048)
     assert list(info.eos_token_ids) == [2] and info.max_queue == 16 and info.max_tokens_limit == LONG
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "inloop.v1.Runtime"):
