@@ -11,7 +11,7 @@ LOG=${TMPDIR:-/tmp}/inloop-runtime-$PORT.log
 $INLOOP runtime serve --model default --backend cpu --host 127.0.0.1 --port "$PORT" 2>"$LOG" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-.venv/bin/python -m services.common.grpc_client wait "127.0.0.1:$PORT" --timeout 120 \
+$INLOOP health "127.0.0.1:$PORT" --wait 120 \
   || { echo "runtime did not become healthy; its log:" >&2; tail -20 "$LOG" >&2; exit 1; }
 $INLOOP generate --target "127.0.0.1:$PORT" --max-tokens 64 --uncertainty \
   "${1:-In two sentences: what does a service mesh do?}"

@@ -6,12 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+# pip's build backend is chatty even with --quiet: keep its output, show it only on failure
+pip_install() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" >"$LOG" 2>&1 || { cat "$LOG" >&2; exit 1; }; }
 extras=""
 if [ "${1:-}" = "--test" ]; then
   # torch first, pinned: a bare `torch` requirement from transformers would pull a CUDA build of several GB.
-  .venv/bin/python -c "import torch" 2>/dev/null || "${PIP[@]}" "torch==2.13.0"
+  .venv/bin/python -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
   extras="[reference,test]"
 fi
-"${PIP[@]}" -e ".${extras}"
+pip_install -e ".${extras}"
 echo "setup: .venv ready ($(.venv/bin/python --version))" >&2

@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "services.runtime.cli",              # inloop runtime serve, inloop generate
     "services.runtime.backends.cuda.cli",  # inloop cuda compile
     "services.runtime.bench",            # inloop bench runtime
+    "services.common.health_cli",        # inloop health TARGET
+    "services.tools.cli",                # inloop tools serve
 )
 
 

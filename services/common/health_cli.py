@@ -1,0 +1,25 @@
+"""`inloop health TARGET`: ask any inloop service's standard gRPC health service."""
+from __future__ import annotations
+
+import sys
+
+
+def _cmd(args) -> int:
+    from services.common.grpc_client import wait_for_serving
+    try:
+        wait_for_serving(args.target, timeout_s=args.wait, service=args.service)
+    except TimeoutError as exc:
+        print(f"NOT SERVING: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.target}: SERVING")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("health", help="check (or wait for) a service's gRPC health status",
+                       description="Exit 0 once TARGET's grpc.health.v1 service reports SERVING, 1 if it "
+                                   "does not within --wait seconds.")
+    p.add_argument("target", help="host:port of a runtime, controller or tools service")
+    p.add_argument("--wait", type=float, default=1.0, help="seconds to keep trying (default 1)")
+    p.add_argument("--service", default="", help="a service name; '' asks about the whole server")
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,111 @@
+"""`inloop tools serve`: the tools service (search, extract_receipt, summarize, calculator, kv).
+
+    inloop tools serve --port 50052
+    inloop tools serve --port 50052 --fault-abort "every=2;status=UNAVAILABLE" --fault-delay "every=3;ms=900"
+    inloop tools serve --fault-config faults.json     # {"key": ..., "abort": {...}, "delay": {...}}
+
+Fault flags set the service default; callers override it per request with the
+x-inloop-fault-* headers (services/tools/faults.py, services/tools/README.md).
+Also runnable without the `inloop` entry point: `python -m services.tools.cli tools serve`.
+Heavy imports happen inside the handler, so `inloop --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_PORT = 50052
+
+
+def _default_faults(args: argparse.Namespace):
+    """The service-default FaultSpec: a JSON file, then the flags on top of it."""
+    from services.tools.faults import FaultSpec, parse_abort, parse_delay
+
+    spec = FaultSpec()
+    if args.fault_config:
+        with open(args.fault_config, encoding="utf-8") as f:
+            spec = FaultSpec.from_json(f.read())
+    return FaultSpec(
+        abort=parse_abort(args.fault_abort, "--fault-abort") if args.fault_abort is not None else spec.abort,
+        delay=parse_delay(args.fault_delay, "--fault-delay") if args.fault_delay is not None else spec.delay,
+        key=args.fault_key if args.fault_key is not None else spec.key)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.common.logging import configure_logging, get_logger
+    from services.tools.faults import FaultSpecError
+    from services.tools.server import serve
+    from services.tools.state import DEFAULT_CORPUS, ToolState
+
+    configure_logging("tools", args.log_level)
+    log = get_logger("services.tools.cli")
+    try:
+        faults = _default_faults(args)
+    except (FaultSpecError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.max_concurrency < 1:
+        print("error: --max-concurrency must be >= 1", file=sys.stderr)
+        return 2
+    try:  # index before binding: a broken corpus fails the start, not the first search
+        state = ToolState(args.corpus or DEFAULT_CORPUS, max_sessions=args.max_sessions)
+        docs = state.load_corpus()
+    except ValueError as exc:
+        log.error("corpus_failed", error=str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    log.info("corpus_loaded", path=str(state.corpus_path), docs=docs)
+    try:
+        asyncio.run(serve(state, host=args.host, port=args.port, default_faults=faults,
+                          max_concurrency=args.max_concurrency, grace_s=args.grace_s))
+    except OSError as exc:  # the port is taken or not ours
+        log.error("bind_failed", error=str(exc))
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    tools = subparsers.add_parser("tools", help="the tools service (search, receipts, kv, ...)")
+
+    def show_help(_args: argparse.Namespace) -> int:  # `inloop tools` alone
+        tools.print_help()
+        return 2
+
+    tools.set_defaults(func=show_help)
+    sub = tools.add_subparsers(dest="tools_command", metavar="SUBCOMMAND")
+    serve = sub.add_parser("serve", help="serve the tools over gRPC (inloop.v1.Tools, health, reflection)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other hosts)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (printed)")
+    serve.add_argument("--max-concurrency", type=int, default=64,
+                       help="calls in progress at once; more get RESOURCE_EXHAUSTED")
+    serve.add_argument("--fault-abort", default=None, metavar="SPEC",
+                       help='default abort fault, e.g. "every=2;status=UNAVAILABLE" or '
+                            '"percent=10;seed=7;status=INTERNAL" ("off" = none)')
+    serve.add_argument("--fault-delay", default=None, metavar="SPEC",
+                       help='default delay fault, e.g. "every=3;ms=900" or "percent=25;seed=1;ms=200"')
+    serve.add_argument("--fault-key", default=None, help="default fault counter key (default '')")
+    serve.add_argument("--fault-config", default=None, metavar="FILE",
+                       help="default faults as JSON ({key, abort, delay}); the flags above override it")
+    serve.add_argument("--corpus", default=None, help="search corpus, JSON lines {id, title, text}")
+    serve.add_argument("--max-sessions", type=int, default=1024,
+                       help="kv namespaces kept; the least recently used is evicted beyond this")
+    serve.add_argument("--grace-s", type=float, default=5.0,
+                       help="on SIGTERM, seconds running calls get to finish")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(func=cmd_serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inloop")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
