@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "services.runtime.bench",            # inloop bench runtime
     "services.common.health_cli",        # inloop health TARGET
     "services.tools.cli",                # inloop tools serve
+    "services.controller.cli",           # inloop controller serve
+    "services.common.task_cli",          # inloop task run (either route)
 )
 
 

@@ -2,9 +2,12 @@
 the engine's types validate, so one set of rules serves gRPC and in-process callers."""
 from __future__ import annotations
 
+import json
+
 from inloop.v1 import runtime_pb2 as pb
+from inloop.v1 import tools_pb2
 from services.runtime.engine.types import (
-    ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenEvent, TokenStats,
+    InvalidRequest, ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenEvent, TokenStats,
 )
 
 _DEFAULT_SAMPLING = SamplingParams()
@@ -29,7 +32,25 @@ def request_from_proto(msg: pb.GenerateRequest, request_id: str | None = None) -
         prompt=msg.prompt,
         sampling=sampling_from_proto(msg.sampling),
         request_id=request_id if request_id is not None else msg.request_id,
+        tools=[tool_from_proto(t, i) for i, t in enumerate(msg.tools)],
+        tool_choice=msg.tool_choice or "auto",
+        session_id=msg.session_id,
     )
+
+
+def tool_from_proto(t: tools_pb2.ToolDefinition, index: int) -> dict:
+    """A ToolDefinition as the OpenAI-style dict the engine takes."""
+    try:
+        params = json.loads(t.parameters_json) if t.parameters_json else {"type": "object", "properties": {}}
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"tools[{index}].parameters_json", f"not JSON: {exc.msg}") from None
+    return {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": params}}
+
+
+def tool_to_proto(tool: dict) -> tools_pb2.ToolDefinition:
+    fn = tool["function"]
+    return tools_pb2.ToolDefinition(name=fn["name"], description=fn.get("description", ""),
+                                    parameters_json=json.dumps(fn.get("parameters", {})))
 
 
 def uncertainty_to_proto(token_id: int, stats: TokenStats) -> pb.TokenUncertainty:

@@ -22,11 +22,14 @@ import grpc
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc
 from services.common.logging import get_logger
+from services.common.task_convert import outcome_to_proto, task_from_proto
 from services.runtime import convert
+from services.runtime.internal_route import run_internal
 from services.runtime.engine.types import MAX_TOKENS_LIMIT, GenerateRequest, InvalidRequest
 from services.runtime.scheduler import (
     NotReady, QueueFull, RequestCancelled, RequestExpired, RequestHandle, Scheduler,
 )
+from services.tools.state import ToolState
 
 log = get_logger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Runtime"].full_name  # "inloop.v1.Runtime"
@@ -59,9 +62,27 @@ def _unless_expired(handle: RequestHandle, result):
 
 
 class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
-    def __init__(self, scheduler: Scheduler, max_tokens_limit: int = MAX_TOKENS_LIMIT):
+    def __init__(self, scheduler: Scheduler, max_tokens_limit: int = MAX_TOKENS_LIMIT,
+                 tool_state: ToolState | None = None):
         self.scheduler = scheduler
         self.max_tokens_limit = max_tokens_limit
+        self.tool_state = tool_state or ToolState()
+
+    async def RunTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext):
+        """The internal route: the whole agent loop in this process."""
+        try:
+            task = task_from_proto(request, context.time_remaining())
+        except InvalidRequest as exc:
+            log.info("task_rejected", task_id=request.task_id, detail=str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            self.scheduler.engine  # noqa: B018 - raises NotReady while loading
+        except NotReady as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        outcome = await run_internal(task, self.scheduler, self.tool_state)
+        log.info("task_done", task_id=task.task_id, route="internal", ok=outcome.ok, error_type=outcome.error_type,
+                 steps=len(outcome.steps), latency_ms=round(outcome.latency_ms, 1))
+        return outcome_to_proto(outcome, "internal", request.family)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         req = await self._accept(request, context)
@@ -103,7 +124,11 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
     # ---- helpers ------------------------------------------------------------------
     async def _accept(self, request: pb.GenerateRequest, context) -> GenerateRequest:
         """Convert and validate before queueing, so bad input never waits behind others."""
-        req = convert.request_from_proto(request, request.request_id or uuid.uuid4().hex)
+        request_id = request.request_id or uuid.uuid4().hex
+        try:
+            req = convert.request_from_proto(request, request_id)
+        except InvalidRequest as exc:
+            await self._fail(context, GenerateRequest(request_id=request_id), "convert", exc)
         try:
             req.validate()
             req.sampling.validate(self.max_tokens_limit)

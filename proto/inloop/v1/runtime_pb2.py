@@ -22,39 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from inloop.v1 import tools_pb2 as inloop_dot_v1_dot_tools__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17inloop/v1/runtime.proto\x12\tinloop.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xc0\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x1a\n\x12return_uncertainty\x18\x07 \x01(\x08\x42\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x07\n\x05_seed\"\x8c\x01\n\x0fGenerateRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.inloop.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.inloop.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"S\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\nprefill_ms\x18\x02 \x01(\x01\x12\x11\n\tdecode_ms\x18\x03 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\"V\n\x10TokenUncertainty\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x01\x12\x0e\n\x06margin\x18\x04 \x01(\x01\"\x93\x01\n\x12UncertaintySummary\x12\x14\n\x0cmean_logprob\x18\x01 \x01(\x01\x12\x13\n\x0bmin_logprob\x18\x02 \x01(\x01\x12\x14\n\x0cmean_entropy\x18\x03 \x01(\x01\x12\x13\n\x0bmax_entropy\x18\x04 \x01(\x01\x12\x13\n\x0bmean_margin\x18\x05 \x01(\x01\x12\x12\n\nmin_margin\x18\x06 \x01(\x01\"\x9f\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.inloop.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.inloop.v1.Timings\x12\x36\n\x11token_uncertainty\x18\x07 \x03(\x0b\x32\x1b.inloop.v1.TokenUncertainty\x12\x32\n\x0buncertainty\x18\x08 \x01(\x0b\x32\x1d.inloop.v1.UncertaintySummary\x12\r\n\x05model\x18\t \x01(\t\"m\n\nTokenDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x30\n\x0buncertainty\x18\x04 \x01(\x0b\x32\x1b.inloop.v1.TokenUncertainty\"o\n\rGenerateChunk\x12&\n\x05token\x18\x01 \x01(\x0b\x32\x15.inloop.v1.TokenDeltaH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.inloop.v1.GenerateResponseH\x00\x42\x07\n\x05\x63hunk\"\x15\n\x13GetModelInfoRequest\"\xcf\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x05\x12\x16\n\x0enum_parameters\x18\x07 \x01(\x03\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x18\n\x10max_tokens_limit\x18\t \x01(\x05\x12\x11\n\tmax_queue\x18\n \x01(\x05\x32\xde\x01\n\x07Runtime\x12\x43\n\x08Generate\x12\x1a.inloop.v1.GenerateRequest\x1a\x1b.inloop.v1.GenerateResponse\x12H\n\x0eGenerateStream\x12\x1a.inloop.v1.GenerateRequest\x1a\x18.inloop.v1.GenerateChunk0\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.inloop.v1.GetModelInfoRequest\x1a\x14.inloop.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17inloop/v1/runtime.proto\x12\tinloop.v1\x1a\x15inloop/v1/tools.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xc0\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x1a\n\x12return_uncertainty\x18\x07 \x01(\x08\x42\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x07\n\x05_seed\"\xdf\x01\n\x0fGenerateRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.inloop.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.inloop.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12(\n\x05tools\x18\x05 \x03(\x0b\x32\x19.inloop.v1.ToolDefinition\x12\x13\n\x0btool_choice\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"S\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\nprefill_ms\x18\x02 \x01(\x01\x12\x11\n\tdecode_ms\x18\x03 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\"V\n\x10TokenUncertainty\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x01\x12\x0e\n\x06margin\x18\x04 \x01(\x01\"\x93\x01\n\x12UncertaintySummary\x12\x14\n\x0cmean_logprob\x18\x01 \x01(\x01\x12\x13\n\x0bmin_logprob\x18\x02 \x01(\x01\x12\x14\n\x0cmean_entropy\x18\x03 \x01(\x01\x12\x13\n\x0bmax_entropy\x18\x04 \x01(\x01\x12\x13\n\x0bmean_margin\x18\x05 \x01(\x01\x12\x12\n\nmin_margin\x18\x06 \x01(\x01\"\x9f\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.inloop.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.inloop.v1.Timings\x12\x36\n\x11token_uncertainty\x18\x07 \x03(\x0b\x32\x1b.inloop.v1.TokenUncertainty\x12\x32\n\x0buncertainty\x18\x08 \x01(\x0b\x32\x1d.inloop.v1.UncertaintySummary\x12\r\n\x05model\x18\t \x01(\t\"m\n\nTokenDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x30\n\x0buncertainty\x18\x04 \x01(\x0b\x32\x1b.inloop.v1.TokenUncertainty\"o\n\rGenerateChunk\x12&\n\x05token\x18\x01 \x01(\x0b\x32\x15.inloop.v1.TokenDeltaH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.inloop.v1.GenerateResponseH\x00\x42\x07\n\x05\x63hunk\"\x15\n\x13GetModelInfoRequest\"\xcf\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x05\x12\x16\n\x0enum_parameters\x18\x07 \x01(\x03\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x18\n\x10max_tokens_limit\x18\t \x01(\x05\x12\x11\n\tmax_queue\x18\n \x01(\x05\"\xa2\x01\n\x0bRoutePolicy\x12\x1a\n\x12per_try_timeout_ms\x18\x01 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\x05\x12\x17\n\x0f\x62\x61\x63koff_base_ms\x18\x03 \x01(\x01\x12\x16\n\x0e\x62\x61\x63koff_max_ms\x18\x04 \x01(\x01\x12\x10\n\x08retry_on\x18\x05 \x03(\t\x12\"\n\x1aruntime_per_try_timeout_ms\x18\x06 \x01(\x01\"6\n\tFaultSpec\x12\r\n\x05\x61\x62ort\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lay\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"Q\n\nGateConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x11\n\tstatistic\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x0c\n\x04tool\x18\x04 \x01(\t\"\xd7\x02\n\x0bTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.inloop.v1.ChatMessage\x12\r\n\x05tools\x18\x03 \x03(\t\x12\x13\n\x0btool_choice\x18\x04 \x01(\t\x12\x11\n\tmax_steps\x18\x05 \x01(\x05\x12+\n\x08sampling\x18\x06 \x01(\x0b\x32\x19.inloop.v1.SamplingParams\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x07 \x01(\x01\x12&\n\x06policy\x18\x08 \x01(\x0b\x32\x16.inloop.v1.RoutePolicy\x12#\n\x05\x66\x61ult\x18\t \x01(\x0b\x32\x14.inloop.v1.FaultSpec\x12#\n\x04gate\x18\n \x01(\x0b\x32\x15.inloop.v1.GateConfig\x12\x12\n\nsetup_json\x18\x0b \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x0c \x01(\t\"\x8d\x02\n\x08TaskStep\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\nerror_type\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x08 \x01(\t\x12\x0c\n\x04text\x18\t \x01(\t\x12\x1f\n\x05usage\x18\n \x01(\x0b\x32\x10.inloop.v1.Usage\x12\x32\n\x0buncertainty\x18\x0b \x01(\x0b\x32\x1d.inloop.v1.UncertaintySummary\x12\x10\n\x08start_ms\x18\x0c \x01(\x01\"\x92\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12\"\n\x05steps\x18\x05 \x03(\x0b\x32\x13.inloop.v1.TaskStep\x12\x32\n\x0buncertainty\x18\x06 \x01(\x0b\x32\x1d.inloop.v1.UncertaintySummary\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x12\n\nerror_type\x18\x08 \x01(\t\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x12\n\nlatency_ms\x18\n \x01(\x01\x12\x0f\n\x07retries\x18\x0b \x01(\x05\x12\x0e\n\x06\x66\x61mily\x18\x0c \x01(\t2\x98\x02\n\x07Runtime\x12\x43\n\x08Generate\x12\x1a.inloop.v1.GenerateRequest\x1a\x1b.inloop.v1.GenerateResponse\x12H\n\x0eGenerateStream\x12\x1a.inloop.v1.GenerateRequest\x1a\x18.inloop.v1.GenerateChunk0\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.inloop.v1.GetModelInfoRequest\x1a\x14.inloop.v1.ModelInfo\x12\x38\n\x07RunTask\x12\x16.inloop.v1.TaskRequest\x1a\x15.inloop.v1.TaskResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inloop.v1.runtime_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHATMESSAGE']._serialized_start=38
-  _globals['_CHATMESSAGE']._serialized_end=82
-  _globals['_SAMPLINGPARAMS']._serialized_start=85
-  _globals['_SAMPLINGPARAMS']._serialized_end=277
-  _globals['_GENERATEREQUEST']._serialized_start=280
-  _globals['_GENERATEREQUEST']._serialized_end=420
-  _globals['_USAGE']._serialized_start=422
-  _globals['_USAGE']._serialized_end=479
-  _globals['_TIMINGS']._serialized_start=481
-  _globals['_TIMINGS']._serialized_end=564
-  _globals['_TOKENUNCERTAINTY']._serialized_start=566
-  _globals['_TOKENUNCERTAINTY']._serialized_end=652
-  _globals['_UNCERTAINTYSUMMARY']._serialized_start=655
-  _globals['_UNCERTAINTYSUMMARY']._serialized_end=802
-  _globals['_GENERATERESPONSE']._serialized_start=805
-  _globals['_GENERATERESPONSE']._serialized_end=1092
-  _globals['_TOKENDELTA']._serialized_start=1094
-  _globals['_TOKENDELTA']._serialized_end=1203
-  _globals['_GENERATECHUNK']._serialized_start=1205
-  _globals['_GENERATECHUNK']._serialized_end=1316
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1318
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1339
-  _globals['_MODELINFO']._serialized_start=1342
-  _globals['_MODELINFO']._serialized_end=1549
-  _globals['_RUNTIME']._serialized_start=1552
-  _globals['_RUNTIME']._serialized_end=1774
+  _globals['_CHATMESSAGE']._serialized_start=61
+  _globals['_CHATMESSAGE']._serialized_end=105
+  _globals['_SAMPLINGPARAMS']._serialized_start=108
+  _globals['_SAMPLINGPARAMS']._serialized_end=300
+  _globals['_GENERATEREQUEST']._serialized_start=303
+  _globals['_GENERATEREQUEST']._serialized_end=526
+  _globals['_USAGE']._serialized_start=528
+  _globals['_USAGE']._serialized_end=585
+  _globals['_TIMINGS']._serialized_start=587
+  _globals['_TIMINGS']._serialized_end=670
+  _globals['_TOKENUNCERTAINTY']._serialized_start=672
+  _globals['_TOKENUNCERTAINTY']._serialized_end=758
+  _globals['_UNCERTAINTYSUMMARY']._serialized_start=761
+  _globals['_UNCERTAINTYSUMMARY']._serialized_end=908
+  _globals['_GENERATERESPONSE']._serialized_start=911
+  _globals['_GENERATERESPONSE']._serialized_end=1198
+  _globals['_TOKENDELTA']._serialized_start=1200
+  _globals['_TOKENDELTA']._serialized_end=1309
+  _globals['_GENERATECHUNK']._serialized_start=1311
+  _globals['_GENERATECHUNK']._serialized_end=1422
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1424
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1445
+  _globals['_MODELINFO']._serialized_start=1448
+  _globals['_MODELINFO']._serialized_end=1655
+  _globals['_ROUTEPOLICY']._serialized_start=1658
+  _globals['_ROUTEPOLICY']._serialized_end=1820
+  _globals['_FAULTSPEC']._serialized_start=1822
+  _globals['_FAULTSPEC']._serialized_end=1876
+  _globals['_GATECONFIG']._serialized_start=1878
+  _globals['_GATECONFIG']._serialized_end=1959
+  _globals['_TASKREQUEST']._serialized_start=1962
+  _globals['_TASKREQUEST']._serialized_end=2305
+  _globals['_TASKSTEP']._serialized_start=2308
+  _globals['_TASKSTEP']._serialized_end=2577
+  _globals['_TASKRESULT']._serialized_start=2580
+  _globals['_TASKRESULT']._serialized_end=2854
+  _globals['_RUNTIME']._serialized_start=2857
+  _globals['_RUNTIME']._serialized_end=3137
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from inloop.v1 import tools_pb2 as _tools_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -33,16 +34,22 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., return_uncertainty: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("messages", "prompt", "sampling", "request_id")
+    __slots__ = ("messages", "prompt", "sampling", "request_id", "tools", "tool_choice", "session_id")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     prompt: str
     sampling: SamplingParams
     request_id: str
-    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolDefinition]
+    tool_choice: str
+    session_id: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[_tools_pb2.ToolDefinition, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -161,3 +168,125 @@ class ModelInfo(_message.Message):
     max_tokens_limit: int
     max_queue: int
     def __init__(self, name: _Optional[str] = ..., arch: _Optional[str] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_length: _Optional[int] = ..., num_parameters: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_tokens_limit: _Optional[int] = ..., max_queue: _Optional[int] = ...) -> None: ...
+
+class RoutePolicy(_message.Message):
+    __slots__ = ("per_try_timeout_ms", "attempts", "backoff_base_ms", "backoff_max_ms", "retry_on", "runtime_per_try_timeout_ms")
+    PER_TRY_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_BASE_MS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_PER_TRY_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    per_try_timeout_ms: float
+    attempts: int
+    backoff_base_ms: float
+    backoff_max_ms: float
+    retry_on: _containers.RepeatedScalarFieldContainer[str]
+    runtime_per_try_timeout_ms: float
+    def __init__(self, per_try_timeout_ms: _Optional[float] = ..., attempts: _Optional[int] = ..., backoff_base_ms: _Optional[float] = ..., backoff_max_ms: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., runtime_per_try_timeout_ms: _Optional[float] = ...) -> None: ...
+
+class FaultSpec(_message.Message):
+    __slots__ = ("abort", "delay", "key")
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    abort: str
+    delay: str
+    key: str
+    def __init__(self, abort: _Optional[str] = ..., delay: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class GateConfig(_message.Message):
+    __slots__ = ("enabled", "statistic", "threshold", "tool")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    statistic: str
+    threshold: float
+    tool: str
+    def __init__(self, enabled: _Optional[bool] = ..., statistic: _Optional[str] = ..., threshold: _Optional[float] = ..., tool: _Optional[str] = ...) -> None: ...
+
+class TaskRequest(_message.Message):
+    __slots__ = ("task_id", "messages", "tools", "tool_choice", "max_steps", "sampling", "deadline_ms", "policy", "fault", "gate", "setup_json", "family")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    SETUP_JSON_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    tools: _containers.RepeatedScalarFieldContainer[str]
+    tool_choice: str
+    max_steps: int
+    sampling: SamplingParams
+    deadline_ms: float
+    policy: RoutePolicy
+    fault: FaultSpec
+    gate: GateConfig
+    setup_json: str
+    family: str
+    def __init__(self, task_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tools: _Optional[_Iterable[str]] = ..., tool_choice: _Optional[str] = ..., max_steps: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., deadline_ms: _Optional[float] = ..., policy: _Optional[_Union[RoutePolicy, _Mapping]] = ..., fault: _Optional[_Union[FaultSpec, _Mapping]] = ..., gate: _Optional[_Union[GateConfig, _Mapping]] = ..., setup_json: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
+
+class TaskStep(_message.Message):
+    __slots__ = ("kind", "name", "attempts", "latency_ms", "status", "error_type", "detail", "arguments_json", "text", "usage", "uncertainty", "start_ms")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    START_MS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    attempts: int
+    latency_ms: float
+    status: str
+    error_type: str
+    detail: str
+    arguments_json: str
+    text: str
+    usage: Usage
+    uncertainty: UncertaintySummary
+    start_ms: float
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., attempts: _Optional[int] = ..., latency_ms: _Optional[float] = ..., status: _Optional[str] = ..., error_type: _Optional[str] = ..., detail: _Optional[str] = ..., arguments_json: _Optional[str] = ..., text: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., uncertainty: _Optional[_Union[UncertaintySummary, _Mapping]] = ..., start_ms: _Optional[float] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("task_id", "route", "ok", "answer", "steps", "uncertainty", "trace_id", "error_type", "error_message", "latency_ms", "retries", "family")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    route: str
+    ok: bool
+    answer: str
+    steps: _containers.RepeatedCompositeFieldContainer[TaskStep]
+    uncertainty: UncertaintySummary
+    trace_id: str
+    error_type: str
+    error_message: str
+    latency_ms: float
+    retries: int
+    family: str
+    def __init__(self, task_id: _Optional[str] = ..., route: _Optional[str] = ..., ok: _Optional[bool] = ..., answer: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[TaskStep, _Mapping]]] = ..., uncertainty: _Optional[_Union[UncertaintySummary, _Mapping]] = ..., trace_id: _Optional[str] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., latency_ms: _Optional[float] = ..., retries: _Optional[int] = ..., family: _Optional[str] = ...) -> None: ...

@@ -52,6 +52,11 @@ class RuntimeStub:
                 request_serializer=inloop_dot_v1_dot_runtime__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=inloop_dot_v1_dot_runtime__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.RunTask = channel.unary_unary(
+                '/inloop.v1.Runtime/RunTask',
+                request_serializer=inloop_dot_v1_dot_runtime__pb2.TaskRequest.SerializeToString,
+                response_deserializer=inloop_dot_v1_dot_runtime__pb2.TaskResult.FromString,
+                _registered_method=True)
 
 
 class RuntimeServicer:
@@ -77,7 +82,14 @@ class RuntimeServicer:
 
     def GetModelInfo(self, request, context):
         """What model is loaded and on which backend.
-        Reserved name for later: rpc RunTask (the internal route's whole tool loop).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunTask(self, request, context):
+        """The internal route: the whole tool loop runs in this process (tools are function
+        calls, the task's KV cache stays on the device between steps).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +112,11 @@ def add_RuntimeServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=inloop_dot_v1_dot_runtime__pb2.GetModelInfoRequest.FromString,
                     response_serializer=inloop_dot_v1_dot_runtime__pb2.ModelInfo.SerializeToString,
+            ),
+            'RunTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunTask,
+                    request_deserializer=inloop_dot_v1_dot_runtime__pb2.TaskRequest.FromString,
+                    response_serializer=inloop_dot_v1_dot_runtime__pb2.TaskResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +203,33 @@ class Runtime:
             '/inloop.v1.Runtime/GetModelInfo',
             inloop_dot_v1_dot_runtime__pb2.GetModelInfoRequest.SerializeToString,
             inloop_dot_v1_dot_runtime__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inloop.v1.Runtime/RunTask',
+            inloop_dot_v1_dot_runtime__pb2.TaskRequest.SerializeToString,
+            inloop_dot_v1_dot_runtime__pb2.TaskResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,219 @@
+"""The agent loop, written once for both routes, against two ports.
+
+    model step -> parse <tool_call> -> call the tool -> append its result -> model step ...
+
+until the model answers in text or the step limit is reached. The internal route plugs in
+in-process adapters (the runtime's engine, tools as function calls); the external route
+plugs in gRPC clients with deadlines and retries (the controller). Any difference the
+loadgen measures between the routes then comes from the transport, never from the loop.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.common.tool_calls import ToolCallParseError, parse_tool_call, tool_result_content
+
+HOP_ERRORS = ("tool_hop_failed", "tool_timeout", "runtime_hop_failed", "runtime_timeout")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    enabled: bool = False
+    statistic: str = "mean_logprob"   # or "min_margin"
+    threshold: float = -1.0
+    tool: str = "search"
+
+
+@dataclass
+class TaskSpec:
+    task_id: str
+    messages: list[dict]
+    tools: list[dict]                 # OpenAI-style definitions of the offered tools
+    tool_choice: str = "auto"
+    max_steps: int = 4
+    sampling: dict = field(default_factory=dict)  # SamplingParams fields for every model step
+    deadline: float = 0.0             # time.monotonic() by which the task must end
+    gate: GateConfig = field(default_factory=GateConfig)
+    setup: dict = field(default_factory=dict)
+    family: str = ""
+
+    def remaining_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+@dataclass
+class ModelReply:
+    text: str
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    uncertainty: dict | None = None   # UncertaintySummary fields
+    attempts: int = 1
+
+
+@dataclass
+class ToolReply:
+    result: dict
+    attempts: int = 1
+
+
+class HopError(Exception):
+    """A hop that failed for good (after its retries): error_type is one of HOP_ERRORS,
+    or "tool_error" when the tool itself refused the call (bad arguments, division by zero)."""
+
+    def __init__(self, error_type: str, message: str, attempts: int = 1):
+        super().__init__(message)
+        self.error_type = error_type
+        self.attempts = attempts
+
+
+class ModelPort(Protocol):
+    name: str
+
+    async def step(self, task: TaskSpec, messages: list[dict], tool_choice: str) -> ModelReply:
+        """One model step on the conversation so far."""
+
+
+class ToolPort(Protocol):
+    async def call(self, task: TaskSpec, name: str, arguments: dict, call_id: str) -> ToolReply:
+        """Run one tool call in the task's state namespace."""
+
+    async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:
+        """An environment write (preloaded state, another writer's change): no faults, no steps."""
+
+
+@dataclass
+class Step:
+    kind: str                  # model | tool | gate
+    name: str
+    status: str = "ok"
+    error_type: str = ""
+    detail: str = ""
+    attempts: int = 1
+    latency_ms: float = 0.0
+    start_ms: float = 0.0
+    arguments: dict | None = None
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    uncertainty: dict | None = None
+
+
+@dataclass
+class TaskOutcome:
+    task_id: str
+    ok: bool
+    answer: str
+    steps: list[Step]
+    error_type: str = ""
+    error_message: str = ""
+    latency_ms: float = 0.0
+
+    @property
+    def retries(self) -> int:
+        return sum(max(s.attempts - 1, 0) for s in self.steps)
+
+
+def gate_statistic(uncertainty: dict | None, statistic: str) -> float | None:
+    if not uncertainty:
+        return None
+    return uncertainty.get("min_margin" if statistic == "min_margin" else "mean_logprob")
+
+
+class _Run:
+    """Bookkeeping of one task run: steps with their offsets and latencies."""
+
+    def __init__(self, task: TaskSpec):
+        self.task = task
+        self.t0 = time.monotonic()
+        self.steps: list[Step] = []
+
+    def begin(self) -> float:
+        return time.monotonic()
+
+    def add(self, started: float, step: Step) -> Step:
+        step.start_ms = (started - self.t0) * 1e3
+        step.latency_ms = (time.monotonic() - started) * 1e3
+        self.steps.append(step)
+        return step
+
+    def done(self, ok: bool, answer: str = "", error_type: str = "", message: str = "") -> TaskOutcome:
+        return TaskOutcome(self.task.task_id, ok, answer, self.steps, error_type, message,
+                           (time.monotonic() - self.t0) * 1e3)
+
+
+async def apply_initial_state(task: TaskSpec, tools: ToolPort) -> None:
+    for key, value in (task.setup.get("kv") or {}).items():
+        await tools.setup(task, "kv", {"op": "put", "key": key, "value": value})
+
+
+async def _apply_changes(task: TaskSpec, tools: ToolPort, tool_call_number: int) -> None:
+    for change in task.setup.get("changes") or []:
+        if change.get("before_tool_call") == tool_call_number:
+            args = {k: change[k] for k in ("op", "key", "value", "amount") if k in change}
+            await tools.setup(task, "kv", args)
+
+
+async def run_agent(task: TaskSpec, model: ModelPort, tools: ToolPort) -> TaskOutcome:
+    run = _Run(task)
+    messages = [dict(m) for m in task.messages]
+    offered = {t["function"]["name"] for t in task.tools}
+    choice, gated, tool_calls = task.tool_choice, False, 0
+    await apply_initial_state(task, tools)
+    for _ in range(task.max_steps):
+        if task.remaining_s() <= 0:
+            return run.done(False, error_type="deadline_exceeded", message="the task's deadline passed")
+        started = run.begin()
+        try:
+            reply = await model.step(task, messages, choice)
+        except HopError as exc:
+            run.add(started, Step("model", model.name, "error", exc.error_type, str(exc), exc.attempts))
+            return run.done(False, error_type=exc.error_type, message=str(exc))
+        step = run.add(started, Step("model", model.name, attempts=reply.attempts, text=reply.text,
+                                     prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                                     uncertainty=reply.uncertainty))
+        try:
+            call = parse_tool_call(reply.text) if choice != "none" else None
+        except ToolCallParseError as exc:
+            step.status, step.error_type, step.detail = "error", "bad_tool_call", str(exc)
+            return run.done(False, error_type="bad_tool_call", message=str(exc))
+        if call is None:
+            stat = gate_statistic(reply.uncertainty, task.gate.statistic)
+            if (task.gate.enabled and not gated and task.gate.tool in offered and stat is not None
+                    and stat < task.gate.threshold):
+                gated, choice = True, task.gate.tool
+                run.add(run.begin(), Step("gate", task.gate.statistic, detail=(
+                    f"{task.gate.statistic}={stat:.3f} < {task.gate.threshold:.3f}: branch to {task.gate.tool}")))
+                continue
+            return run.done(True, answer=reply.text.strip())
+        if call.name not in offered:
+            step.status, step.error_type = "error", "bad_tool_call"
+            step.detail = f"the model called {call.name!r}, which is not offered"
+            return run.done(False, error_type="bad_tool_call", message=step.detail)
+        messages.append({"role": "assistant", "content": reply.text})
+        tool_calls += 1
+        await _apply_changes(task, tools, tool_calls)
+        started = run.begin()
+        call_id = f"{task.task_id}-{tool_calls}"
+        try:
+            out = await tools.call(task, call.name, call.arguments, call_id)
+        except HopError as exc:
+            run.add(started, Step("tool", call.name, "error", exc.error_type, str(exc), exc.attempts,
+                                  arguments=call.arguments))
+            if exc.error_type != "tool_error":
+                return run.done(False, error_type=exc.error_type, message=str(exc))
+            content = json.dumps({"error": str(exc)})  # the tool refused: tell the model, go on
+        else:
+            run.add(started, Step("tool", call.name, attempts=out.attempts, arguments=call.arguments))
+            content = tool_result_content(out.result)
+        messages.append({"role": "tool", "content": content})
+        choice = "auto"  # after a tool result the model may answer (a forced call would repeat forever)
+    return run.done(False, error_type="max_steps", message=f"no answer after {task.max_steps} model steps")
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex[:16]

@@ -1,0 +1,72 @@
+"""`inloop task run`: send one agent task to either route and print its result."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def build_request(args: argparse.Namespace):
+    from inloop.v1 import runtime_pb2 as pb
+    req = pb.TaskRequest(task_id=args.task_id or "", tools=args.tool or [], tool_choice=args.tool_choice or "",
+                         max_steps=args.max_steps, deadline_ms=args.deadline_ms,
+                         messages=[pb.ChatMessage(role="user", content=args.question)],
+                         sampling=pb.SamplingParams(max_tokens=args.max_tokens))
+    req.policy.CopyFrom(pb.RoutePolicy(per_try_timeout_ms=args.per_try_timeout_ms, attempts=args.attempts,
+                                       backoff_base_ms=20, backoff_max_ms=200))
+    req.fault.CopyFrom(pb.FaultSpec(abort=args.fault_abort or "", delay=args.fault_delay or "",
+                                    key=args.fault_key or ""))
+    if args.gate_threshold is not None:
+        req.gate.CopyFrom(pb.GateConfig(enabled=True, statistic=args.gate_statistic, threshold=args.gate_threshold))
+    return req
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
+    from services.common.grpc_client import insecure_channel
+
+    with insecure_channel(args.target) as channel:
+        stub = (runtime_pb2_grpc.RuntimeStub if args.route == "internal" else controller_pb2_grpc.ControllerStub)(channel)
+        try:
+            result = stub.RunTask(build_request(args), timeout=args.deadline_ms / 1e3 + 5)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(MessageToDict(result, preserving_proto_field_name=True), indent=2))
+    else:
+        for s in result.steps:
+            what = s.text if s.kind == "model" else (s.arguments_json or s.detail)
+            print(f"  {s.kind:5} {s.name:14} {s.status:5} x{s.attempts} {s.latency_ms:8.1f} ms  "
+                  f"{s.error_type + ' ' if s.error_type else ''}{what[:100]!r}", file=sys.stderr)
+        print(result.answer if result.ok else f"FAILED {result.error_type}: {result.error_message}")
+    return 0 if result.ok else 3
+
+
+def register(sub) -> None:
+    p = sub.add_parser("task", help="run one agent task on either route")
+    tsub = p.add_subparsers(dest="task_command", metavar="CMD")
+    r = tsub.add_parser("run", help="send a TaskRequest to Runtime.RunTask or Controller.RunTask")
+    r.add_argument("question")
+    r.add_argument("--route", choices=("internal", "external"), default="internal")
+    r.add_argument("--target", default="127.0.0.1:50051", help="the runtime (internal) or controller (external)")
+    r.add_argument("--tool", action="append", help="offer a tool (repeatable): search, extract_receipt, "
+                                                   "summarize, calculator, kv")
+    r.add_argument("--tool-choice", default="", help="none | auto | required | a tool name (first step)")
+    r.add_argument("--task-id", default="")
+    r.add_argument("--max-steps", type=int, default=4)
+    r.add_argument("--max-tokens", type=int, default=96)
+    r.add_argument("--deadline-ms", type=float, default=60000)
+    r.add_argument("--per-try-timeout-ms", type=float, default=0)
+    r.add_argument("--attempts", type=int, default=1)
+    r.add_argument("--fault-abort", help='e.g. "every=2;status=UNAVAILABLE" (external route)')
+    r.add_argument("--fault-delay", help='e.g. "every=3;ms=900" (external route)')
+    r.add_argument("--fault-key", help="the fault counters' key")
+    r.add_argument("--gate-threshold", type=float, help="enable the uncertainty gate at this threshold")
+    r.add_argument("--gate-statistic", default="mean_logprob", choices=("mean_logprob", "min_margin"))
+    r.add_argument("--json", action="store_true", help="print the whole TaskResult as JSON")
+    r.set_defaults(func=_cmd)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

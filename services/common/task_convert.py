@@ -1,0 +1,118 @@
+"""TaskRequest/TaskResult (wire) <-> the agent loop's TaskSpec/TaskOutcome.
+
+Both servers (Runtime.RunTask, Controller.RunTask) validate and convert with these same
+functions, so a task means the same thing on either route and bad input gets the same
+INVALID_ARGUMENT message on both.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from inloop.v1 import runtime_pb2 as pb
+from services.common.agent_loop import GateConfig, TaskOutcome, TaskSpec, new_task_id
+from services.runtime.engine.types import ROLES, InvalidRequest, SamplingParams
+from services.tools.registry import TOOLS
+
+DEFAULT_MAX_STEPS = 4
+MAX_STEPS_LIMIT = 16
+DEFAULT_DEADLINE_MS = 60_000.0
+MAX_SETUP_CHARS = 16_384
+
+
+def _sampling(msg: pb.SamplingParams) -> dict:
+    sp = SamplingParams(
+        max_tokens=msg.max_tokens if msg.HasField("max_tokens") else 96,
+        temperature=msg.temperature, top_k=msg.top_k,
+        top_p=msg.top_p if msg.HasField("top_p") else 1.0,
+        seed=msg.seed if msg.HasField("seed") else None, stop=tuple(msg.stop),
+        return_uncertainty=True,  # the gate and the reports read it on every step
+    )
+    sp.validate()
+    return {"max_tokens": sp.max_tokens, "temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p,
+            "seed": sp.seed, "stop": sp.stop, "return_uncertainty": True}
+
+
+def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) -> TaskSpec:
+    """Validate and convert; raises InvalidRequest naming the field."""
+    if not req.messages:
+        raise InvalidRequest("messages", "an empty task: give at least one user message")
+    for i, m in enumerate(req.messages):
+        if m.role not in ROLES:
+            raise InvalidRequest(f"messages[{i}].role", f"unknown role {m.role!r}; use one of {', '.join(ROLES)}")
+    if req.messages[-1].role != "user":
+        raise InvalidRequest("messages", "a task's messages must end with a user message")
+    unknown = [t for t in req.tools if t not in TOOLS]
+    if unknown:
+        raise InvalidRequest("tools", f"unknown tool(s) {', '.join(unknown)}; offered: {', '.join(TOOLS)}")
+    choice = req.tool_choice or ("auto" if req.tools else "none")
+    if choice not in ("none", "auto", "required") and choice not in req.tools:
+        raise InvalidRequest("tool_choice", f"{choice!r} is not none, auto, required or an offered tool")
+    if choice == "required" and not req.tools:
+        raise InvalidRequest("tool_choice", "'required' needs at least one tool in `tools`")
+    if not 0 <= req.max_steps <= MAX_STEPS_LIMIT:
+        raise InvalidRequest("max_steps", f"must be in [1, {MAX_STEPS_LIMIT}] (0 = {DEFAULT_MAX_STEPS})")
+    if req.deadline_ms < 0:
+        raise InvalidRequest("deadline_ms", "must be >= 0 (0 = 60 s)")
+    if len(req.setup_json) > MAX_SETUP_CHARS:
+        raise InvalidRequest("setup_json", f"over {MAX_SETUP_CHARS} characters")
+    try:
+        setup = json.loads(req.setup_json) if req.setup_json else {}
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest("setup_json", f"not JSON: {exc.msg}") from None
+    if not isinstance(setup, dict):
+        raise InvalidRequest("setup_json", "must be a JSON object")
+    gate = req.gate
+    if gate.enabled and gate.statistic not in ("", "mean_logprob", "min_margin"):
+        raise InvalidRequest("gate.statistic", "use mean_logprob or min_margin")
+    try:
+        sampling = _sampling(req.sampling)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"sampling.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+    budget_s = (req.deadline_ms or DEFAULT_DEADLINE_MS) / 1e3
+    if route_deadline_s is not None:  # the caller's gRPC deadline bounds the task too
+        budget_s = min(budget_s, route_deadline_s)
+    return TaskSpec(
+        task_id=req.task_id or new_task_id(),
+        messages=[{"role": m.role, "content": m.content} for m in req.messages],
+        tools=[TOOLS[name].openai() for name in req.tools],
+        tool_choice=choice, max_steps=req.max_steps or DEFAULT_MAX_STEPS, sampling=sampling,
+        deadline=time.monotonic() + budget_s,
+        gate=GateConfig(gate.enabled, gate.statistic or "mean_logprob", gate.threshold, gate.tool or "search"),
+        setup=setup, family=req.family,
+    )
+
+
+def _summary(steps) -> pb.UncertaintySummary | None:
+    """Token-weighted over every model step (each step's summary covers its own tokens)."""
+    rows = [(s.uncertainty, max(s.completion_tokens, 1)) for s in steps if s.kind == "model" and s.uncertainty]
+    if not rows:
+        return None
+    total = sum(n for _, n in rows)
+    mean = lambda key: sum(u[key] * n for u, n in rows) / total  # noqa: E731
+    return pb.UncertaintySummary(
+        mean_logprob=mean("mean_logprob"), min_logprob=min(u["min_logprob"] for u, _ in rows),
+        mean_entropy=mean("mean_entropy"), max_entropy=max(u["max_entropy"] for u, _ in rows),
+        mean_margin=mean("mean_margin"), min_margin=min(u["min_margin"] for u, _ in rows))
+
+
+def outcome_to_proto(outcome: TaskOutcome, route: str, family: str = "", trace_id: str = "") -> pb.TaskResult:
+    steps = []
+    for s in outcome.steps:
+        step = pb.TaskStep(kind=s.kind, name=s.name, attempts=s.attempts, latency_ms=s.latency_ms,
+                           status=s.status, error_type=s.error_type, detail=s.detail, text=s.text,
+                           start_ms=s.start_ms,
+                           arguments_json=json.dumps(s.arguments) if s.arguments is not None else "")
+        if s.kind == "model":
+            step.usage.CopyFrom(pb.Usage(prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens))
+            if s.uncertainty:
+                step.uncertainty.CopyFrom(pb.UncertaintySummary(**s.uncertainty))
+        steps.append(step)
+    result = pb.TaskResult(task_id=outcome.task_id, route=route, ok=outcome.ok, answer=outcome.answer,
+                           steps=steps, trace_id=trace_id, error_type=outcome.error_type,
+                           error_message=outcome.error_message, latency_ms=outcome.latency_ms,
+                           retries=outcome.retries, family=family)
+    summary = _summary(outcome.steps)
+    if summary is not None:
+        result.uncertainty.CopyFrom(summary)
+    return result

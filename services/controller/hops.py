@@ -1,0 +1,148 @@
+"""The external route's ports: gRPC clients with a deadline per try and retries (tenacity).
+
+Vocabulary as Envoy/Istio use it: `attempts` total tries, `per_try_timeout`, `retry_on`
+status names, exponential backoff with full jitter between `backoff_base` and
+`backoff_max`. No try outlives the task's own deadline. The task's fault spec goes to the
+tools service in metadata headers (services/tools/faults.py names them), so a caller
+switches fault profiles per request without restarting anything.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from inloop.v1 import runtime_pb2 as pb
+from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
+from services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply
+from services.runtime.convert import tool_to_proto
+from services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
+
+DEFAULT_RETRY_ON = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+
+@dataclass(frozen=True)
+class Policy:
+    per_try_timeout_s: float = 0.0     # 0 = the task's remaining time
+    attempts: int = 1
+    backoff_base_s: float = 0.025
+    backoff_max_s: float = 0.25
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+
+    @classmethod
+    def from_proto(cls, p: pb.RoutePolicy, hop: str = "tools") -> "Policy":
+        per_try = p.per_try_timeout_ms if hop == "tools" else p.runtime_per_try_timeout_ms
+        return cls(per_try / 1e3, max(p.attempts, 1),
+                   (p.backoff_base_ms or 25.0) / 1e3, (p.backoff_max_ms or 250.0) / 1e3,
+                   tuple(p.retry_on) or DEFAULT_RETRY_ON)
+
+
+@dataclass(frozen=True)
+class Faults:
+    headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_proto(cls, f: pb.FaultSpec) -> "Faults":
+        pairs = ((HEADER_ABORT, f.abort), (HEADER_DELAY, f.delay), (HEADER_KEY, f.key))
+        return cls(tuple((k, v) for k, v in pairs if v))
+
+
+NO_FAULTS = ((HEADER_ABORT, "off"), (HEADER_DELAY, "off"))  # environment writes are not under test
+
+
+class _Hop:
+    """Retry one call per the policy; returns (response, attempts) or raises HopError."""
+
+    timeout_type = "hop_timeout"
+    failed_type = "hop_failed"
+    invalid_type = "hop_failed"  # INVALID_ARGUMENT: the far side refused the request itself
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+
+    def _retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, grpc.RpcError) and exc.code().name in self.policy.retry_on
+
+    async def run(self, task: TaskSpec, call):
+        attempts = 0
+        last: grpc.RpcError | None = None
+        p = self.policy
+        retrying = AsyncRetrying(stop=stop_after_attempt(p.attempts), reraise=True,
+                                 wait=wait_random_exponential(multiplier=p.backoff_base_s, max=p.backoff_max_s),
+                                 retry=retry_if_exception(self._retryable))
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    remaining = task.remaining_s()
+                    if remaining <= 0:
+                        raise HopError(self.timeout_type, "the task's deadline passed", attempts)
+                    attempts += 1
+                    timeout = min(p.per_try_timeout_s, remaining) if p.per_try_timeout_s > 0 else remaining
+                    try:
+                        return await call(timeout), attempts
+                    except grpc.RpcError as exc:
+                        last = exc
+                        raise
+        except grpc.RpcError as exc:
+            raise self._hop_error(exc, attempts) from None
+        except RetryError:  # not raised with reraise=True, kept for safety
+            raise self._hop_error(last, attempts) from None
+
+    def _hop_error(self, exc: grpc.RpcError | None, attempts: int) -> HopError:
+        code = exc.code() if exc is not None else grpc.StatusCode.UNKNOWN
+        detail = f"{code.name}: {exc.details() if exc is not None else ''} (after {attempts} attempt(s))"
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return HopError(self.invalid_type, exc.details(), attempts)
+        kind = self.timeout_type if code == grpc.StatusCode.DEADLINE_EXCEEDED else self.failed_type
+        return HopError(kind, detail, attempts)
+
+
+class RuntimeHop(_Hop):
+    timeout_type, failed_type, invalid_type = "runtime_timeout", "runtime_hop_failed", "runtime_hop_failed"
+
+    def __init__(self, channel: grpc.aio.Channel, policy: Policy, model_name: str = "model"):
+        super().__init__(policy)
+        self.stub = runtime_pb2_grpc.RuntimeStub(channel)
+        self.name = model_name
+
+    async def step(self, task: TaskSpec, messages: list[dict], tool_choice: str) -> ModelReply:
+        s = task.sampling
+        sampling = pb.SamplingParams(max_tokens=s["max_tokens"], temperature=s["temperature"], top_k=s["top_k"],
+                                     top_p=s["top_p"], stop=list(s["stop"]), return_uncertainty=True)
+        if s.get("seed") is not None:
+            sampling.seed = s["seed"]
+        req = pb.GenerateRequest(messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+                                 sampling=sampling, tools=[tool_to_proto(t) for t in task.tools],
+                                 tool_choice=tool_choice, request_id=f"{task.task_id}-{time.monotonic_ns()}")
+        resp, attempts = await self.run(task, lambda timeout: self.stub.Generate(req, timeout=timeout))
+        u = resp.uncertainty if resp.HasField("uncertainty") else None
+        summary = None if u is None else {f: getattr(u, f) for f in (
+            "mean_logprob", "min_logprob", "mean_entropy", "max_entropy", "mean_margin", "min_margin")}
+        return ModelReply(resp.text, resp.finish_reason, resp.usage.prompt_tokens, resp.usage.completion_tokens,
+                          summary, attempts)
+
+
+class ToolsHop(_Hop):
+    # tool_error: the tool refused the call (bad arguments...); the loop tells the model why
+    timeout_type, failed_type, invalid_type = "tool_timeout", "tool_hop_failed", "tool_error"
+
+    def __init__(self, channel: grpc.aio.Channel, policy: Policy, faults: Faults):
+        super().__init__(policy)
+        self.stub = tools_pb2_grpc.ToolsStub(channel)
+        self.faults = faults
+
+    async def call(self, task: TaskSpec, name: str, arguments: dict, call_id: str) -> ToolReply:
+        # The call id doubles as the idempotency key: every retry of this call carries it,
+        # so a write the tools service already applied is answered from its log, not redone.
+        req = tools_pb2.ToolCallRequest(name=name, arguments_json=json.dumps(arguments), call_id=call_id,
+                                        idempotency_key=call_id, session=task.task_id)
+        resp, attempts = await self.run(
+            task, lambda timeout: self.stub.Call(req, timeout=timeout, metadata=self.faults.headers))
+        return ToolReply(json.loads(resp.result_json), attempts)
+
+    async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:
+        req = tools_pb2.ToolCallRequest(name=name, arguments_json=json.dumps(arguments), session=task.task_id)
+        await self.stub.Call(req, timeout=max(task.remaining_s(), 0.001), metadata=NO_FAULTS)

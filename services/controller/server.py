@@ -1,0 +1,51 @@
+"""The controller's servicer: Controller.RunTask, the external route.
+
+It runs the one agent loop (services/common/agent_loop.py) with gRPC ports: the model step
+is Runtime.Generate, the tool step is Tools.Call, each with the task's route policy
+(per-try deadline, retries with backoff) and its fault spec forwarded to the tools service.
+Concurrency is bounded: tasks beyond `max_concurrency` get RESOURCE_EXHAUSTED.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from inloop.v1 import controller_pb2_grpc
+from inloop.v1 import runtime_pb2 as pb
+from services.common.agent_loop import run_agent
+from services.common.logging import get_logger
+from services.common.task_convert import outcome_to_proto, task_from_proto
+from services.controller.hops import Faults, Policy, RuntimeHop, ToolsHop
+from services.runtime.engine.types import InvalidRequest
+
+log = get_logger(__name__)
+SERVICE_NAME = "inloop.v1.Controller"
+
+
+class ControllerServicer(controller_pb2_grpc.ControllerServicer):
+    def __init__(self, runtime_channel: grpc.aio.Channel, tools_channel: grpc.aio.Channel,
+                 model_name: str = "model", max_concurrency: int = 64):
+        self.runtime_channel = runtime_channel
+        self.tools_channel = tools_channel
+        self.model_name = model_name
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self.max_concurrency = max_concurrency
+
+    async def RunTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext):
+        try:
+            task = task_from_proto(request, context.time_remaining())
+        except InvalidRequest as exc:
+            log.info("task_rejected", task_id=request.task_id, detail=str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if self._slots.locked():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the controller is running {self.max_concurrency} tasks; retry later")
+        async with self._slots:
+            model = RuntimeHop(self.runtime_channel, Policy.from_proto(request.policy, "runtime"), self.model_name)
+            tools = ToolsHop(self.tools_channel, Policy.from_proto(request.policy, "tools"),
+                             Faults.from_proto(request.fault))
+            outcome = await run_agent(task, model, tools)
+        log.info("task_done", task_id=task.task_id, route="external", ok=outcome.ok, error_type=outcome.error_type,
+                 steps=len(outcome.steps), retries=outcome.retries, latency_ms=round(outcome.latency_ms, 1))
+        return outcome_to_proto(outcome, "external", request.family)

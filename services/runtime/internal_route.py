@@ -1,0 +1,81 @@
+"""The internal route: the agent loop's ports as in-process adapters inside the runtime.
+
+The model port submits each step to the same scheduler that serves Generate, with the task
+id as its KV session, so a step prefills only what the previous step did not already cache.
+The tool port calls the tools registry as plain functions over this process's ToolState:
+no network hop, no fault injection (faults live on the tools service of the external route).
+"""
+from __future__ import annotations
+
+import uuid
+
+from services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply, run_agent
+from services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
+from services.runtime.scheduler import NotReady, QueueFull, RequestCancelled, RequestExpired, Scheduler
+from services.tools.registry import ToolError, execute
+from services.tools.state import ToolState
+
+
+def _summary_dict(u) -> dict | None:
+    if u is None:
+        return None
+    return {"mean_logprob": u.mean_logprob, "min_logprob": u.min_logprob, "mean_entropy": u.mean_entropy,
+            "max_entropy": u.max_entropy, "mean_margin": u.mean_margin, "min_margin": u.min_margin}
+
+
+class EngineModelPort:
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self.name = str(scheduler.engine.info.get("name", "model"))
+
+    async def step(self, task: TaskSpec, messages: list[dict], tool_choice: str) -> ModelReply:
+        req = GenerateRequest(messages=[ChatMessage(m["role"], m["content"]) for m in messages],
+                              sampling=SamplingParams(**task.sampling), request_id=uuid.uuid4().hex,
+                              tools=task.tools, tool_choice=tool_choice, session_id=task.task_id)
+        remaining = task.remaining_s()
+        if remaining <= 0:
+            raise HopError("runtime_timeout", "the task's deadline passed before the model step")
+        try:
+            handle = self.scheduler.submit(req, timeout_s=remaining)
+        except (QueueFull, NotReady) as exc:
+            raise HopError("runtime_hop_failed", str(exc)) from None
+        try:
+            result = await handle.wait()
+        except RequestExpired as exc:
+            raise HopError("runtime_timeout", str(exc)) from None
+        except (RequestCancelled, InvalidRequest) as exc:
+            raise HopError("runtime_hop_failed", str(exc)) from None
+        finally:
+            handle.cancel()  # no-op when finished; stops the worker if this task was cancelled
+        if result.finish_reason == "cancelled":
+            raise HopError("runtime_timeout", f"the deadline passed after {result.completion_tokens} tokens")
+        return ModelReply(result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens,
+                          _summary_dict(result.uncertainty))
+
+
+class LocalToolPort:
+    def __init__(self, state: ToolState):
+        self.state = state
+
+    async def call(self, task: TaskSpec, name: str, arguments: dict, call_id: str) -> ToolReply:
+        if task.remaining_s() <= 0:
+            raise HopError("tool_timeout", "the task's deadline passed before the tool call")
+        try:
+            out = execute(self.state, name, arguments, idempotency_key=call_id, session=task.task_id)
+        except ToolError as exc:
+            raise HopError("tool_error", str(exc)) from None
+        return ToolReply(out.result)
+
+    async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:
+        execute(self.state, name, arguments, session=task.task_id)
+
+
+async def run_internal(task: TaskSpec, scheduler: Scheduler, state: ToolState):
+    """Run one task on the internal route; its KV session and tool state end with it."""
+    try:
+        return await run_agent(task, EngineModelPort(scheduler), LocalToolPort(state))
+    finally:
+        # The session store is thread-safe; freeing a numpy cache from this thread is fine,
+        # and the CUDA backend frees through the primary context, current on any thread.
+        # Tool state stays (LRU-capped in ToolState), as it does on the tools service.
+        scheduler.engine.end_session(task.task_id)
