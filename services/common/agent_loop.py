@@ -163,7 +163,10 @@ async def run_agent(task: TaskSpec, model: ModelPort, tools: ToolPort) -> TaskOu
     messages = [dict(m) for m in task.messages]
     offered = {t["function"]["name"] for t in task.tools}
     choice, gated, tool_calls = task.tool_choice, False, 0
-    await apply_initial_state(task, tools)
+    try:
+        await apply_initial_state(task, tools)
+    except HopError as exc:
+        return run.done(False, error_type=exc.error_type, message=f"setting up the task's tool state: {exc}")
     for _ in range(task.max_steps):
         if task.remaining_s() <= 0:
             return run.done(False, error_type="deadline_exceeded", message="the task's deadline passed")
@@ -196,8 +199,12 @@ async def run_agent(task: TaskSpec, model: ModelPort, tools: ToolPort) -> TaskOu
             return run.done(False, error_type="bad_tool_call", message=step.detail)
         messages.append({"role": "assistant", "content": reply.text})
         tool_calls += 1
-        await _apply_changes(task, tools, tool_calls)
         started = run.begin()
+        try:
+            await _apply_changes(task, tools, tool_calls)
+        except HopError as exc:
+            run.add(started, Step("tool", call.name, "error", exc.error_type, str(exc), exc.attempts))
+            return run.done(False, error_type=exc.error_type, message=f"a scripted state change failed: {exc}")
         call_id = f"{task.task_id}-{tool_calls}"
         try:
             out = await tools.call(task, call.name, call.arguments, call_id)

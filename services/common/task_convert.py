@@ -12,12 +12,14 @@ import time
 from inloop.v1 import runtime_pb2 as pb
 from services.common.agent_loop import GateConfig, TaskOutcome, TaskSpec, new_task_id
 from services.runtime.engine.types import ROLES, InvalidRequest, SamplingParams
+from services.tools.faults import parse_abort, parse_delay
 from services.tools.registry import TOOLS
 
 DEFAULT_MAX_STEPS = 4
 MAX_STEPS_LIMIT = 16
 DEFAULT_DEADLINE_MS = 60_000.0
 MAX_SETUP_CHARS = 16_384
+MAX_TASK_CHARS = 200_000  # far over any context we serve; refusing early keeps the worker free
 
 
 def _sampling(msg: pb.SamplingParams) -> dict:
@@ -40,6 +42,9 @@ def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) 
     for i, m in enumerate(req.messages):
         if m.role not in ROLES:
             raise InvalidRequest(f"messages[{i}].role", f"unknown role {m.role!r}; use one of {', '.join(ROLES)}")
+    total = sum(len(m.content) for m in req.messages)
+    if total > MAX_TASK_CHARS:
+        raise InvalidRequest("messages", f"{total} characters of messages; the limit is {MAX_TASK_CHARS}")
     if req.messages[-1].role != "user":
         raise InvalidRequest("messages", "a task's messages must end with a user message")
     unknown = [t for t in req.tools if t not in TOOLS]
@@ -62,6 +67,12 @@ def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) 
         raise InvalidRequest("setup_json", f"not JSON: {exc.msg}") from None
     if not isinstance(setup, dict):
         raise InvalidRequest("setup_json", "must be a JSON object")
+    for name, value, parse in (("abort", req.fault.abort, parse_abort), ("delay", req.fault.delay, parse_delay)):
+        if value:
+            try:
+                parse(value, where=f"fault.{name}")
+            except ValueError as exc:
+                raise InvalidRequest(f"fault.{name}", str(exc)) from None
     gate = req.gate
     if gate.enabled and gate.statistic not in ("", "mean_logprob", "min_margin"):
         raise InvalidRequest("gate.statistic", "use mean_logprob or min_margin")

@@ -145,4 +145,7 @@ class ToolsHop(_Hop):
 
     async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:
         req = tools_pb2.ToolCallRequest(name=name, arguments_json=json.dumps(arguments), session=task.task_id)
-        await self.stub.Call(req, timeout=max(task.remaining_s(), 0.001), metadata=NO_FAULTS)
+        try:
+            await self.stub.Call(req, timeout=max(task.remaining_s(), 0.001), metadata=NO_FAULTS)
+        except grpc.RpcError as exc:
+            raise self._hop_error(exc, 1) from None

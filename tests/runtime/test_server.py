@@ -6,11 +6,7 @@ for the standard health service to say SERVING and then talk through the generat
 from __future__ import annotations
 
 import json
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,67 +17,18 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc
-from services.common.grpc_client import insecure_channel, wait_for_serving
+from services.common.grpc_client import insecure_channel
 from services.runtime.model.tiny import make_tiny
+from tests.service_procs import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[2]
 LONG = 4096  # the server's max_tokens limit; ~1 s of work on the long-context tiny model
 
 
-class ServerProcess:
-    """`inloop runtime serve` in a subprocess; JSON logs go to a file the tests can read."""
-
-    def __init__(self, model_dir: Path, log_path: Path, *extra: str):
-        self.log_path = log_path
-        cmd = [sys.executable, "-m", "services.cli", "runtime", "serve", "--model", str(model_dir),
-               "--backend", "cpu", "--port", "0", *extra]
-        self._log_file = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
-        self.target = self._read_address(timeout_s=30)
-        wait_for_serving(self.target, timeout_s=30)
-
-    def _read_address(self, timeout_s: float) -> str:
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout_s)
-        except queue.Empty:
-            line = ""
-        if "listening on" not in line:
-            self.stop()
-            raise RuntimeError(f"server did not start: {line!r}\n{self.log_path.read_text()}")
-        return line.rsplit(" ", 1)[-1].strip()
-
-    def logs(self, event: str | None = None) -> list[dict]:
-        records = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # grpc core may print plain lines
-                continue
-            if event is None or rec.get("event") == event:
-                records.append(rec)
-        return records
-
-    def wait_log(self, event: str, timeout_s: float = 5.0, **match) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for rec in self.logs(event):
-                if all(rec.get(k) == v for k, v in match.items()):
-                    return rec
-            time.sleep(0.05)
-        raise AssertionError(f"no {event} log with {match}; logs:\n{self.log_path.read_text()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
-        return self.proc.returncode
+def ServerProcess(model_dir: Path, log_path: Path, *extra: str) -> ServiceProcess:  # noqa: N802 - reads as a class
+    """`inloop runtime serve` on the numpy backend and a free port."""
+    return ServiceProcess("runtime", ["serve", "--model", str(model_dir), "--backend", "cpu", "--port", "0", *extra],
+                          log_path)
 
 
 @pytest.fixture(scope="module")

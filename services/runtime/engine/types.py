@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TOKENS_LIMIT = 4096
+MAX_PROMPT_CHARS = 200_000  # far over any context we serve; refused before tokenizing
 
 
 class InvalidRequest(ValueError):
@@ -64,6 +65,10 @@ class GenerateRequest:
             raise InvalidRequest("messages", "give chat messages or a raw prompt (both are empty)")
         if self.messages and self.prompt:
             raise InvalidRequest("prompt", "give chat messages or a raw prompt, not both")
+        chars = len(self.prompt) + sum(len(m.content) for m in self.messages)
+        if chars > MAX_PROMPT_CHARS:
+            raise InvalidRequest("messages" if self.messages else "prompt",
+                                 f"{chars} characters; the limit is {MAX_PROMPT_CHARS}")
         for i, m in enumerate(self.messages):
             if m.role not in ROLES:
                 raise InvalidRequest(f"messages[{i}].role", f"unknown role {m.role!r}; use one of {', '.join(ROLES)}")
