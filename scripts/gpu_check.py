@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""The CUDA backend's GPU check, in one call and under 4 minutes:
+
+  1. compile every kernel for this GPU (cold, into a fresh cubin cache)
+  2. the GPU tests (pytest tests/runtime/backends/cuda, where pytest is installed)
+  3. greedy parity with the numpy backend: tiny llama/qwen2/qwen3 and a SmolLM2-shaped model
+  4. ours vs HF transformers (bf16, same GPU, same random weights) for random models shaped
+     like SmolLM2-135M and Qwen2.5-0.5B: TTFT (32-token prompt), decode ms/token over 128
+     tokens, process start -> first token (cubin cache warm), and a per-kernel breakdown of
+     one decode step
+
+Writes results.json and summary.txt (plus pytest.log / parity.jsonl) to --out. Needs only
+numpy, cuda-bindings (+ NVRTC), tokenizers, and torch + transformers for the HF side; no
+network. Also runs as a child of itself for the start-to-first-token measurements.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from services.runtime.backends.cuda.bench_models import SHAPES, make_random_model, prompt_ids  # noqa: E402
+from services.runtime.backends.cuda.benchmark import bench_cuda, greedy_parity  # noqa: E402
+
+PROMPT_LEN, DECODE_TOKENS = 32, 128
+DEADLINE_S = 225  # stop starting optional work after this
+
+
+def log(msg: str) -> None:
+    print(f"[gpu_check {time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
+
+
+def step(results: dict, name: str, fn, *args):
+    t = time.perf_counter()
+    try:
+        results[name] = fn(*args)
+    except Exception as exc:  # record and carry on: one broken part must not hide the others
+        results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+        log(f"{name} FAILED: {exc}")
+    results.setdefault("seconds", {})[name] = round(time.perf_counter() - t, 2)
+    return results[name]
+
+
+# ---- 1. environment and compile ---------------------------------------------------------
+def environment() -> dict:
+    from services.runtime.backends.cuda import compiler
+    from services.runtime.backends.cuda.driver import Device, cuda_available
+
+    ok, reason = cuda_available()
+    env = {"python": platform.python_version(), "numpy": np.__version__, "nvrtc": compiler.nvrtc_version(),
+           "cuda_available": ok, "reason": reason}
+    try:
+        import cuda.bindings
+        env["cuda_bindings"] = cuda.bindings.__version__
+    except Exception:
+        pass
+    for mod in ("torch", "transformers", "pytest"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception:
+            env[mod] = None
+    try:
+        env["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                                            "--format=csv,noheader"], capture_output=True, text=True,
+                                           timeout=20).stdout.strip()
+    except Exception:
+        env["nvidia_smi"] = None
+    if ok:
+        info = Device(0).info
+        env.update(device=info.name, capability=f"{info.capability[0]}.{info.capability[1]}", sm_count=info.sm_count,
+                   driver_version=info.driver_version, arch=compiler.arch_for_capability(*info.capability))
+    return env
+
+
+def compile_kernels(arch: str) -> dict:
+    from services.runtime.backends.cuda import compiler
+
+    t = time.perf_counter()
+    jobs = [(p, arch) for p in compiler.kernel_files()]
+    out = {}
+    for (p, _), r in zip(jobs, compiler.compile_many(jobs)):  # fills the cubin cache
+        if isinstance(r, compiler.CompileError):
+            out[p.stem] = {"ok": False, "log": r.log[-3000:]}
+        else:
+            ptxas = compiler.ptxas_summary(r.log)
+            out[p.stem] = {"ok": True, "seconds": round(r.seconds, 3), "cached": r.cached, "cubin_bytes": len(r.cubin),
+                           "max_registers": max((k["registers"] for k in ptxas.values()), default=0),
+                           "spill_bytes": sum(k["spill_bytes"] for k in ptxas.values())}
+    return {"arch": arch, "wall_seconds": round(time.perf_counter() - t, 2), "files": out,
+            "all_ok": all(v["ok"] for v in out.values())}
+
+
+# ---- 2. the GPU tests ----------------------------------------------------------------------
+GPU_TEST_MODULES = ("test_compile.py", "test_ops.py", "test_sampling.py", "test_model.py")
+
+
+def run_pytest(out: Path, budget_s: int) -> dict:
+    """Each GPU test module in its own process (a sticky CUDA error in one cannot poison the
+    others), with CUDA_LAUNCH_BLOCKING=1 so a fault names the launch that caused it. The
+    driver-double tests (CPU only) ran wherever the code was built and are skipped here."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        return {"ran": False, "reason": "pytest is not installed here; the parity checks below still run"}
+    env = dict(os.environ, INLOOP_PARITY_REPORT=str(out / "parity.jsonl"), CUDA_LAUNCH_BLOCKING="1")
+    logs, modules, deadline = [], {}, time.perf_counter() + budget_s
+    for mod in GPU_TEST_MODULES:
+        left = int(deadline - time.perf_counter())
+        if left < 10:
+            modules[mod] = "not run (time budget)"
+            continue
+        cmd = [sys.executable, "-m", "pytest", f"tests/runtime/backends/cuda/{mod}", "-q", "-rfEs",
+               "-p", "no:cacheprovider", "-o", "addopts="]
+        try:
+            p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=left)
+            text, rc = p.stdout + p.stderr, p.returncode
+        except subprocess.TimeoutExpired as exc:
+            raw = exc.stdout or b""
+            text, rc = (raw.decode() if isinstance(raw, bytes) else raw) + "\nTIMEOUT", "timeout"
+        logs.append(f"===== {mod} (rc {rc}) =====\n{text}")
+        tail = [line for line in text.strip().splitlines() if line.strip()][-1:] or [""]
+        modules[mod] = tail[0] if rc in (0, 1) else f"rc {rc}: {tail[0]}"
+        if rc == 5:  # no tests collected
+            modules[mod] = "no tests collected"
+    (out / "pytest.log").write_text("\n".join(logs))
+    passed = all("failed" not in v and "error" not in v and not v.startswith(("rc ", "not run")) for v in modules.values())
+    return {"ran": True, "modules": modules, "passed": passed,
+            "summary": "; ".join(f"{k[5:-3]}: {v}" for k, v in modules.items())}
+
+
+# ---- 3. greedy parity ------------------------------------------------------------------------
+def tiny_parity(workdir: Path, be) -> dict:
+    from services.runtime.model.tiny import make_tiny
+
+    out = {}
+    for i, arch in enumerate(("llama", "qwen2", "qwen3")):
+        d = make_tiny(arch, workdir / f"tiny-{arch}", seed=10 + i, dtype="bfloat16")
+        out[arch] = greedy_parity(d, be, 11, 24)
+    return out
+
+
+# ---- 4. benchmarks ------------------------------------------------------------------------
+def hf_model(model_dir, device: str):
+    """HF transformers in bf16 on `device` (`dtype=` from 4.56 on, `torch_dtype=` before)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    return AutoModelForCausalLM.from_pretrained(model_dir, **{key: torch.bfloat16}).to(device).eval()
+
+
+def bench_hf(model_dir: Path, device: str = "cuda") -> dict:
+    import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    t = time.perf_counter()
+    model = hf_model(model_dir, device)
+    load_s = time.perf_counter() - t
+    ids = torch.tensor([prompt_ids(model.config.vocab_size, PROMPT_LEN, seed=2).tolist()], device=device)
+    ttft, decode = [], []
+    with torch.inference_mode():
+        for _ in range(4):
+            sync()
+            t = time.perf_counter()
+            out = model(ids, use_cache=True)
+            tok = out.logits[0, -1].argmax()
+            int(tok)
+            ttft.append((time.perf_counter() - t) * 1e3)
+        for n in (8, DECODE_TOKENS):  # a short warm-up run, then the timed one
+            out = model(ids, use_cache=True)
+            past, tok = out.past_key_values, out.logits[0, -1].argmax()
+            sync()
+            t = time.perf_counter()
+            for _ in range(n):
+                out = model(tok.view(1, 1), past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[0, -1].argmax()
+                int(tok)  # the host needs every token, as ours does
+            decode.append((time.perf_counter() - t) * 1e3 / n)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return {"load_s": round(load_s, 2), "ttft_ms": statistics.median(ttft[1:]), "decode_ms_per_token": decode[-1]}
+
+
+def first_token_child(kind: str, model_dir: str) -> None:
+    """Child process: load and produce the first token, then print it (the parent times us)."""
+    if kind == "ours":
+        from services.runtime.backends.cuda.backend import CudaBackend
+        from services.runtime.backends.cuda.loader import load_transformer
+        from services.runtime.model.config import ModelConfig
+        from services.runtime.model.weights import Weights
+
+        cfg = ModelConfig.from_dir(model_dir)
+        be = CudaBackend()
+        model = load_transformer(be, cfg, Weights(model_dir))
+        ids = prompt_ids(cfg.vocab_size, PROMPT_LEN, seed=2)
+        cache = model.new_cache(PROMPT_LEN + 8)
+        logits = model.forward(be.ids(ids), be.ids(np.arange(PROMPT_LEN, dtype=np.int32)), cache)
+        token = be.sample(logits)[0]
+        extra = {"kernels_compiled": be.kernels.compiled, "kernel_load_s": round(be.kernels.load_seconds, 3),
+                 "backend_start_s": round(be.start_seconds, 3), "weights_s": round(model.load_seconds, 3)}
+    else:
+        import torch
+
+        device = os.environ.get("INLOOP_HF_DEVICE", "cuda")
+        model = hf_model(model_dir, device)
+        with torch.inference_mode():
+            ids = torch.tensor([prompt_ids(model.config.vocab_size, PROMPT_LEN, seed=2).tolist()], device=device)
+            token = int(model(ids).logits[0, -1].argmax())
+        extra = {}
+    print("FIRST_TOKEN " + json.dumps({"token": int(token), **extra}), flush=True)
+
+
+def start_to_first_token(kind: str, model_dir: Path, timeout: int = 90) -> dict:
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, __file__, "--first-token", kind, str(model_dir)], cwd=REPO,
+                       capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("FIRST_TOKEN ")), None)
+    if p.returncode != 0 or line is None:
+        return {"error": f"child exited {p.returncode}", "stderr": p.stderr[-3000:]}
+    return {"seconds": round(wall, 3), **json.loads(line.split(" ", 1)[1])}
+
+
+# ---- orchestration ---------------------------------------------------------------------------
+def summary_table(r: dict) -> str:
+    env = r.get("environment", {})
+    lines = [f"GPU check on {env.get('device', '?')} (sm {env.get('capability', '?')}), driver "
+             f"{env.get('driver_version', '?')}, NVRTC {env.get('nvrtc', '?')}, "
+             f"torch {env.get('torch')}, transformers {env.get('transformers')}"]
+    c = r.get("compile", {})
+    lines.append(f"compile ({c.get('arch')}): {'ok' if c.get('all_ok') else 'FAILED'} in {c.get('wall_seconds')} s")
+    t = r.get("pytest", {})
+    lines.append(f"GPU tests: {t.get('summary') or t.get('reason') or t.get('error')}")
+    for name, p in (r.get("parity") or {}).items():
+        if isinstance(p, dict) and "ok" in p:
+            div = p.get("free_running_first_divergence")
+            lines.append(f"greedy parity {name:<14} {'ok' if p['ok'] else 'FAILED'}; teacher-forced mismatches "
+                         f"{len(p['teacher_forced_argmax_mismatches'])}, free-running "
+                         f"{'identical' if div is None else 'parts at step %d (numpy margin %.3g, tol %.3g)' % (div['step'], div['numpy_margin'], div['tol'])}")
+        else:
+            lines.append(f"greedy parity {name}: {p.get('error') if isinstance(p, dict) else p}")
+    lines.append("")
+    lines.append(f"{'model':<14}{'':<6}{'decode ms/tok':>14}{'(gpu/step)':>12}{'TTFT ms':>10}{'start->1st s':>14}")
+    for name in SHAPES:
+        b = r.get("bench", {}).get(name, {})
+        o, h = b.get("ours", {}), b.get("hf", {})
+        so, sh = b.get("start_ours", {}), b.get("start_hf", {})
+        def f(x, fmt):
+            return format(x, fmt) if isinstance(x, (int, float)) else "-"
+        lines.append(f"{name:<14}{'ours':<6}{f(o.get('decode_ms_per_token'), '.3f'):>14}"
+                     f"{f(o.get('decode_gpu_ms_per_step'), '.3f'):>12}{f(o.get('ttft_ms'), '.2f'):>10}"
+                     f"{f(so.get('seconds'), '.2f'):>14}")
+        lines.append(f"{'':<14}{'HF':<6}{f(h.get('decode_ms_per_token'), '.3f'):>14}{'':>12}"
+                     f"{f(h.get('ttft_ms'), '.2f'):>10}{f(sh.get('seconds'), '.2f'):>14}")
+        if isinstance(o.get("decode_ms_per_token"), float) and isinstance(h.get("decode_ms_per_token"), float):
+            lines.append(f"{'':<14}{'x HF':<6}{h['decode_ms_per_token'] / o['decode_ms_per_token']:>14.1f}{'':>12}"
+                         f"{h['ttft_ms'] / o['ttft_ms'] if o.get('ttft_ms') else float('nan'):>10.1f}"
+                         f"{(sh.get('seconds') or 0) / so['seconds'] if so.get('seconds') else float('nan'):>14.1f}")
+        top = list((o.get("breakdown_us") or {}).items())[:5]
+        if top:
+            lines.append(f"{'':<14}step breakdown (eager, us): " + ", ".join(
+                f"{k} {v['total_us']:.0f} ({v['count']}x)" for k, v in top))
+    lines.append(f"total {r.get('total_seconds')} s")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_results")
+    ap.add_argument("--work", default=os.environ.get("INLOOP_GPU_WORK", "/tmp/inloop-gpu-check"))
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--first-token", nargs=2, metavar=("KIND", "MODEL_DIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.first_token:
+        first_token_child(*args.first_token)
+        return 0
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("INLOOP_CACHE", str(work / "cache"))
+    os.environ["INLOOP_TEST_USE_CACHE"] = "1"  # the GPU test processes reuse the warm cache
+    if Path(os.environ["INLOOP_CACHE"]).resolve() == (work / "cache").resolve():
+        shutil.rmtree(work / "cache", ignore_errors=True)  # the compile step measures a cold build
+    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def save():
+        results["total_seconds"] = round(time.perf_counter() - T0, 1)
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+    env = step(results, "environment", environment)
+    save()
+    if not env.get("cuda_available"):
+        log(f"no CUDA device: {env.get('reason')}")
+        results["ok"] = False
+        save()
+        return 2
+    step(results, "compile", compile_kernels, env["arch"])
+    log(f"compiled kernels for {env['arch']} in {results['compile'].get('wall_seconds')} s")
+    if not args.skip_tests:
+        step(results, "pytest", run_pytest, out, 120)
+        log(f"GPU tests: {results['pytest'].get('summary') or results['pytest'].get('reason')}")
+    save()
+
+    from services.runtime.backends.cuda.backend import CudaBackend
+
+    be = step(results, "backend", CudaBackend)
+    if isinstance(be, dict):  # could not even start: report what we have
+        results["ok"] = False
+        save()
+        print("\n" + summary_table(results), flush=True)
+        return 1
+    results["backend"] = be.describe()
+    models = {}
+    for i, name in enumerate(SHAPES):
+        models[name] = step(results, f"make_{name}", make_random_model, work / name, name, i)
+    results["parity"] = {}
+    tiny = step(results, "tiny_parity", tiny_parity, work, be)
+    if "error" in tiny:
+        results["parity"]["tiny"] = tiny
+    else:
+        results["parity"].update({f"tiny-{name}": p for name, p in tiny.items()})
+    results["parity"]["smollm2-135m"] = step(results, "parity_smollm2", greedy_parity,
+                                             models["smollm2-135m"], be, PROMPT_LEN, 32)
+    log("parity done")
+    save()
+    results["bench"] = {}
+    for name in SHAPES:
+        b = results["bench"][name] = {}
+        step(b, "ours", bench_cuda, models[name], be, PROMPT_LEN, DECODE_TOKENS)
+        log(f"{name}: ours {b['ours'].get('decode_ms_per_token')} ms/token, TTFT {b['ours'].get('ttft_ms')} ms")
+        if not args.skip_hf:
+            step(b, "hf", bench_hf, models[name])
+            log(f"{name}: HF {b['hf'].get('decode_ms_per_token')} ms/token, TTFT {b['hf'].get('ttft_ms')} ms")
+        save()
+    for name in SHAPES:  # child processes; the cubin cache is warm by now
+        b = results["bench"][name]
+        step(b, "start_ours", start_to_first_token, "ours", models[name])
+        if not args.skip_hf and time.perf_counter() - T0 < DEADLINE_S - 40:
+            step(b, "start_hf", start_to_first_token, "hf", models[name])
+        log(f"{name}: start->first token ours {b['start_ours'].get('seconds')} s, "
+            f"HF {b.get('start_hf', {}).get('seconds')} s")
+        save()
+    parity_ok = all(isinstance(p, dict) and p.get("ok") for p in results["parity"].values())
+    pt = results.get("pytest", {})
+    tests_ok = args.skip_tests or pt.get("passed") is True or pt.get("ran") is False
+    results["ok"] = bool(results["compile"].get("all_ok") and parity_ok and tests_ok)
+    save()
+    table = summary_table(results)
+    (out / "summary.txt").write_text(table + "\n")
+    print("\n" + table, flush=True)
+    return 0 if results["ok"] else 1
+
+
+T0 = time.perf_counter()
+
+if __name__ == "__main__":
+    sys.exit(main())

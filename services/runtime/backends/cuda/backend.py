@@ -1,0 +1,233 @@
+"""CudaBackend: the backend interface on one NVIDIA GPU, with NVRTC-compiled kernels.
+
+Weights and the KV cache are bf16; activations are fp32 (tiny at batch 1, and they keep
+parity with the numpy reference tight); every op accumulates in fp32. Ops run on one
+stream and return without synchronizing; `to_host` and `synchronize` wait. Entry points
+(uploads, ids, embedding, to_host, ...) bind the device's primary context to the calling
+thread, so a server may call from any worker thread.
+
+The op interface serves any caller of `Transformer.forward`; at speed, `graph_runner(model)`
+runs prefill (prefill.py, bucketed graphs) and decode (decode.py, the whole step as one
+CUDA graph) with logits or GPU sampling.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+from services.runtime.backends.base import Backend, KVCache
+
+from . import compiler
+from .driver import (
+    Allocator,
+    Device,
+    Stream,
+    copy_dtod,
+    copy_dtoh,
+    copy_htod,
+    memset_d8,
+)
+from .kernels_registry import KernelSet
+from .ops import Ops
+from .state import DECODE_STATE, new_state, set_sampling
+from .tensor import DeviceTensor
+from .upload import Uploader, source_dtype
+
+log = logging.getLogger("inloop.cuda")
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    compute_dtype = "bfloat16"
+
+    def __init__(self, device: int = 0, arch: str | None = None, pdl: bool | None = None):
+        t0 = time.perf_counter()
+        self.device = Device(device)
+        self.info = self.device.info
+        self.stream = Stream()
+        self.allocator = Allocator(self.device, self.stream)
+        self.arch = arch or compiler.arch_for_capability(*self.info.capability)
+        self.kernels = KernelSet(self.arch)
+        self.ops = Ops(self.kernels, self.stream, self.allocator, self.info)
+        if pdl is None:
+            pdl = os.environ.get("INLOOP_CUDA_PDL", "1") != "0"
+        # programmatic dependent launch needs sm_90; used only inside captured graphs
+        self.pdl = bool(pdl) and self.info.capability >= (9, 0)
+        self.uploader = Uploader(self.allocator, self.stream, self.ops)
+        self._sample_state = DeviceTensor.empty(self.allocator, (DECODE_STATE.itemsize // 4,), "i32")
+        self.start_seconds = time.perf_counter() - t0
+        log.info("cuda backend: %s sm_%d%d, %d SMs, arch %s, pdl=%s, start %.3fs", self.info.name,
+                 *self.info.capability, self.info.sm_count, self.arch, self.pdl, self.start_seconds)
+
+    # ---- memory -------------------------------------------------------------------
+    def _empty(self, shape, dtype: str = "f32") -> DeviceTensor:
+        return DeviceTensor.empty(self.allocator, shape, dtype)
+
+    def upload(self, array: np.ndarray, name: str = "") -> DeviceTensor:
+        """Floating arrays become bf16 on the device (converted there); ints stay int32."""
+        self.device.make_current()
+        array = np.asarray(array)
+        if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
+            raw, src = source_dtype(array)
+            return self.upload_raw(raw, src, array.shape, name)
+        t = self._empty(array.shape, "i32")
+        host = np.ascontiguousarray(array, dtype=np.int32)
+        copy_htod(t.ptr, host.ctypes.data, host.nbytes, self.stream)
+        return t
+
+    def upload_raw(self, raw: np.ndarray, src_dtype: str, shape, name: str = "") -> DeviceTensor:
+        """Raw safetensors elements (F32 / F16 / BF16 bits) -> a bf16 device tensor."""
+        self.device.make_current()
+        t = self._empty(tuple(shape), "bf16")
+        self.uploader.upload(np.ascontiguousarray(raw).reshape(-1), src_dtype, t)
+        return t
+
+    def upload_activation(self, array: np.ndarray) -> DeviceTensor:
+        """An fp32 tensor as-is (inputs computed on the host: tests, embeddings from elsewhere)."""
+        self.device.make_current()
+        host = np.ascontiguousarray(array, dtype=np.float32)
+        t = self._empty(host.shape, "f32")
+        copy_htod(t.ptr, host.ctypes.data, host.nbytes, self.stream)
+        return t
+
+    def upload_summary(self) -> dict:
+        return self.uploader.summary()
+
+    def to_host(self, t: DeviceTensor) -> np.ndarray:
+        self.device.make_current()
+        raw = np.empty(t.shape, dtype={"f32": np.float32, "bf16": np.uint16, "i32": np.int32}[t.dtype])
+        if t.numel:
+            copy_dtoh(raw.ctypes.data, t.ptr, t.nbytes, self.stream)
+            self.stream.synchronize()
+        if t.dtype == "bf16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw
+
+    def ids(self, values) -> DeviceTensor:
+        self.device.make_current()
+        host = np.ascontiguousarray(values, dtype=np.int32).reshape(-1)
+        t = self._empty((host.size,), "i32")
+        copy_htod(t.ptr, host.ctypes.data, host.nbytes, self.stream)  # pageable: copied before return
+        return t
+
+    def alloc_kv(self, num_layers: int, num_kv_heads: int, capacity: int, head_dim: int) -> KVCache:
+        self.device.make_current()
+        shape = (num_layers, num_kv_heads, capacity, head_dim)
+        k, v = self._empty(shape, "bf16"), self._empty(shape, "bf16")
+        memset_d8(k.ptr, 0, k.nbytes, self.stream)
+        memset_d8(v.ptr, 0, v.nbytes, self.stream)
+        return KVCache(k, v, capacity)
+
+    def free_kv(self, cache: KVCache) -> None:
+        self.device.make_current()
+        for t in (cache.k, cache.v):
+            if isinstance(t, DeviceTensor):
+                t.free()
+
+    def copy_kv(self, src: KVCache, dst: KVCache, length: int) -> None:
+        self.device.make_current()
+        L, KVH, cap_s, hd = src.k.shape
+        cap_d = dst.k.shape[2]
+        assert dst.k.shape == (L, KVH, cap_d, hd) and length <= min(cap_s, cap_d)
+        row = hd * 2
+        for a, b in ((src.k, dst.k), (src.v, dst.v)):
+            for i in range(L * KVH):
+                copy_dtod(b.ptr + i * cap_d * row, a.ptr + i * cap_s * row, length * row, self.stream)
+
+    # ---- ops ----------------------------------------------------------------------
+    def embedding(self, table: DeviceTensor, ids: DeviceTensor) -> DeviceTensor:
+        self.device.make_current()
+        out = self._empty((ids.numel, table.shape[1]))
+        self.ops.embedding(table, ids, out)
+        return out
+
+    def rmsnorm(self, x: DeviceTensor, weight: DeviceTensor, eps: float) -> DeviceTensor:
+        out = self._empty(x.shape)
+        self.ops.rmsnorm(x, weight, out, eps)
+        return out
+
+    def add_rmsnorm(self, x, residual, weight, eps):
+        out, s = self._empty(x.shape), self._empty(x.shape)
+        self.ops.add_rmsnorm(x, residual, weight, out, s, eps)
+        return out, s
+
+    def linear(self, x: DeviceTensor, weight: DeviceTensor, bias: DeviceTensor | None = None) -> DeviceTensor:
+        T = x.shape[0]
+        out = self._empty((T, weight.shape[0]))
+        if T == 1:
+            self.ops.gemv(weight, x, out, bias=bias)
+        else:
+            self.ops.gemm(x, weight, out, bias)
+        return out
+
+    def qk_norm(self, qkv, q_weight, k_weight, eps, num_heads, num_kv_heads, head_dim) -> None:
+        self.ops.rope_qknorm(qkv, None, num_heads, num_kv_heads, head_dim, 0.0, q_norm=q_weight,
+                             k_norm=k_weight, eps=eps, rope=False)
+
+    def rope(self, qkv, positions, num_heads, num_kv_heads, head_dim, theta) -> None:
+        self.ops.rope_qknorm(qkv, positions, num_heads, num_kv_heads, head_dim, theta)
+
+    def attention(self, qkv, cache: KVCache, layer, positions, num_heads, num_kv_heads, head_dim):
+        T = qkv.shape[0]
+        out = self._empty((T, num_heads * head_dim))
+        if T == 1:
+            splits = self.ops.decode_splits(num_kv_heads, num_heads // num_kv_heads, cache.capacity)
+            self.ops.attention_decode(qkv, out, num_heads, num_kv_heads, head_dim, layer, splits,
+                                      positions=positions, kc=cache.k, vc=cache.v, cap=cache.capacity)
+        else:
+            self.ops.kv_store(qkv, positions, cache.k, cache.v, num_heads, num_kv_heads, head_dim,
+                              cache.capacity, layer)
+            self.ops.attention_prefill(qkv, positions, cache.k, cache.v, out, num_heads, num_kv_heads,
+                                       head_dim, cache.capacity, layer)
+        return out
+
+    def swiglu(self, gate_up: DeviceTensor) -> DeviceTensor:
+        out = self._empty((gate_up.shape[0], gate_up.shape[1] // 2))
+        self.ops.swiglu(gate_up, out)
+        return out
+
+    def last_row(self, x: DeviceTensor) -> DeviceTensor:
+        return x.rows(x.shape[0] - 1, x.shape[0])
+
+    def synchronize(self) -> None:
+        self.device.make_current()
+        self.stream.synchronize()
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "dtype": self.compute_dtype, "device": self.info.name,
+                "capability": "%d.%d" % self.info.capability, "sm_count": self.info.sm_count,
+                "arch": self.arch, "pdl": self.pdl, "driver_version": self.info.driver_version,
+                "kernels_compiled_at_start": self.kernels.compiled,
+                "kernel_compile_s": round(self.kernels.compile_seconds, 3),
+                "kernel_load_s": round(self.kernels.load_seconds, 3)}
+
+    # ---- GPU sampling and the decode graph ------------------------------------------------
+    def sample(self, logits: DeviceTensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int = 0, step: int = 0) -> tuple[int, float, float, float]:
+        """Sample one token from logits [1, V] on the GPU: (token, logprob, entropy, margin), the
+        statistics from the temperature-1 distribution (as engine/sampler.py defines them)."""
+        self.device.make_current()
+        host = new_state()
+        set_sampling(host, temperature, top_k, top_p, seed, step)
+        st = self._sample_state
+        copy_htod(st.ptr, host.ctypes.data, host.nbytes, self.stream)
+        self.ops.sample(logits, st)
+        copy_dtoh(host.ctypes.data, st.ptr, host.nbytes, self.stream)
+        self.stream.synchronize()
+        s = host[0]
+        return int(s["token"]), float(s["logprob"]), float(s["entropy"]), float(s["margin"])
+
+    def decode_graph(self, model, max_capacity: int, sample: bool = True):
+        """A DecodeGraph for `model` (a Transformer built on this backend): see decode.py."""
+        from .decode import DecodeGraph
+
+        return DecodeGraph(self, model, max_capacity, sample=sample)
+
+    def graph_runner(self, model, max_capacity: int):
+        """Prefill and decode through CUDA graphs for `model` (see prefill.GraphRunner)."""
+        from .prefill import GraphRunner
+
+        return GraphRunner(self, model, max_capacity)

@@ -1,0 +1,183 @@
+"""Parity and speed probes of the CUDA backend on a model directory, shared by
+scripts/gpu_check.py and benchmarks: greedy parity with the numpy backend, TTFT and decode
+timings through the graphs, and a per-kernel breakdown of one decode step.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bench_models import prompt_ids
+
+
+def greedy_parity(model_dir: Path, be, prompt_len: int, steps: int, tol_scale: float = 3e-2) -> dict:
+    """numpy vs the decode graph: teacher-forced logits and argmax at every step, then
+    free-running greedy; a differing token is allowed only where numpy's top-2 margin < tol."""
+    from services.runtime.backends.cpu.backend import NumpyBackend
+    from services.runtime.backends.cuda.loader import load_transformer
+    from services.runtime.model.config import ModelConfig
+    from services.runtime.model.transformer import Transformer
+    from services.runtime.model.weights import Weights
+
+    cfg = ModelConfig.from_dir(model_dir)
+    ref = Transformer(cfg, NumpyBackend(), Weights(model_dir))
+    ours = load_transformer(be, cfg, Weights(model_dir))
+    ids = prompt_ids(cfg.vocab_size, prompt_len, seed=1)
+    cap = prompt_len + steps + 8
+
+    def fwd(model, toks, start, cache):
+        b = model.backend
+        lg = model.forward(b.ids(np.asarray(toks, np.int32)), b.ids(np.arange(start, start + len(toks), dtype=np.int32)),
+                           cache)
+        return np.asarray(b.to_host(lg))[-1]
+
+    cache = ref.new_cache(cap)
+    ref_logits = [fwd(ref, ids, 0, cache)]
+    tokens = []
+    for s in range(steps):
+        tokens.append(int(np.argmax(ref_logits[-1])))
+        ref_logits.append(fwd(ref, [tokens[-1]], prompt_len + s, cache))
+
+    def margin(lg):
+        a = np.partition(lg, -2)[-2:]
+        return float(a[1] - a[0])
+
+    def tol(lg):
+        return tol_scale * max(1.0, float(np.abs(lg).max()))
+
+    gcache = ours.new_cache(cap)
+    first_logits = fwd(ours, ids, 0, gcache)
+    dg = be.decode_graph(ours, cap)
+    dg.bind(gcache)
+    max_rel, mismatches = 0.0, []
+    got_logits = [first_logits] + [dg.step_logits(t, prompt_len + s) for s, t in enumerate(tokens)]
+    for s, (g, r) in enumerate(zip(got_logits, ref_logits)):
+        max_rel = max(max_rel, float(np.abs(g - r).max() / max(1.0, np.abs(r).max())))
+        if int(np.argmax(g)) != int(np.argmax(r)):
+            mismatches.append({"step": s, "numpy_margin": margin(r), "tol": tol(r), "allowed": margin(r) < tol(r)})
+    free = [int(np.argmax(first_logits))]
+    res = dg.step(free[0], prompt_len)
+    free.append(res[0])
+    for _ in range(steps - 2):
+        free.append(dg.step()[0])
+    first_div = next((s for s, (a, b) in enumerate(zip(free, tokens)) if a != b), None)
+    div = None
+    if first_div is not None:
+        m, t = margin(ref_logits[first_div]), tol(ref_logits[first_div])
+        div = {"step": first_div, "numpy_margin": m, "tol": t, "allowed": m < t}
+    ok = all(x["allowed"] for x in mismatches) and (div is None or div["allowed"])
+    return {"arch": cfg.arch, "steps": steps, "teacher_forced_argmax_mismatches": mismatches,
+            "max_logit_err_rel_to_max": max_rel, "free_running_equal_tokens": first_div is None,
+            "free_running_first_divergence": div, "ok": ok, "tokens_numpy": tokens[:16], "tokens_cuda": free[:16]}
+
+
+def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 128) -> dict:
+    """TTFT (prefill graph and eager), decode ms/token (graph, per-token sync; pipelined;
+    GPU-only), the op path per token, and a per-kernel breakdown of one decode step."""
+    from services.runtime.backends.cuda.driver import Event
+    from services.runtime.backends.cuda.loader import load_transformer
+    from services.runtime.model.config import ModelConfig
+    from services.runtime.model.weights import Weights
+
+    cfg = ModelConfig.from_dir(model_dir)
+    t = time.perf_counter()
+    model = load_transformer(be, cfg, Weights(model_dir))
+    load_s = time.perf_counter() - t
+    ids = prompt_ids(cfg.vocab_size, prompt_len, seed=2)
+    cap = prompt_len + decode_tokens + 16
+    cache = model.new_cache(cap)
+    pos = np.arange(prompt_len, dtype=np.int32)
+
+    def prefill_eager():
+        logits = model.forward(be.ids(ids), be.ids(pos), cache)
+        return be.sample(logits)[0]  # GPU greedy; synchronizes
+
+    first = prefill_eager()
+    eager_ttft = []
+    for _ in range(5):
+        t = time.perf_counter()
+        prefill_eager()
+        eager_ttft.append((time.perf_counter() - t) * 1e3)
+    runner = be.graph_runner(model, cap)
+    t = time.perf_counter()
+    graph_first = runner.prefill_sample(ids, 0, cache)[0]  # builds and captures the 32-token graph
+    prefill_capture_ms = (time.perf_counter() - t) * 1e3
+    ttft = []
+    for _ in range(9):
+        t = time.perf_counter()
+        runner.prefill_sample(ids, 0, cache)
+        ttft.append((time.perf_counter() - t) * 1e3)
+    dg = runner.decode
+    dg.bind(cache)
+    t = time.perf_counter()
+    dg.step(first, prompt_len)
+    capture_ms = (time.perf_counter() - t) * 1e3
+    runs = []
+    for _ in range(3):  # per token: launch, copy the sampled token back, synchronize
+        t = time.perf_counter()
+        dg.step(first, prompt_len)
+        for _ in range(decode_tokens - 1):
+            dg.step()
+        runs.append((time.perf_counter() - t) * 1e3 / decode_tokens)
+    t = time.perf_counter()
+    dg.generate(first, prompt_len, decode_tokens)
+    pipelined = (time.perf_counter() - t) * 1e3 / decode_tokens
+    g = dg.graph(True)
+    dg.prime(first, prompt_len)
+    e0, e1 = Event(), Event()
+    e0.record(be.stream)
+    for _ in range(decode_tokens):
+        g.launch(be.stream)
+    e1.record(be.stream)
+    e1.synchronize()
+    gpu_ms = e1.elapsed_ms(e0) / decode_tokens
+    eager = []
+    for s in range(8):  # the op path (Transformer.forward per token), for reference
+        t = time.perf_counter()
+        lg = model.forward(be.ids([first]), be.ids([prompt_len + s]), cache)
+        be.sample(lg)
+        eager.append((time.perf_counter() - t) * 1e3)
+    return {"load_s": round(load_s, 3), "upload": model.upload_stats, "ttft_ms": statistics.median(ttft),
+            "ttft_runs_ms": [round(x, 3) for x in ttft], "ttft_eager_ms": statistics.median(eager_ttft),
+            "prefill_graph_first_call_ms": prefill_capture_ms, "prefill_graph_token_equals_eager": graph_first == first,
+            "decode_ms_per_token": statistics.median(runs),
+            "decode_runs_ms": [round(x, 4) for x in runs], "decode_pipelined_ms_per_token": pipelined,
+            "decode_gpu_ms_per_step": gpu_ms, "graph_capture_ms": capture_ms, "pdl": dg.pdl_used,
+            "kernels_per_step": dg.kernels_per_step(), "eager_op_path_ms_per_token": statistics.median(eager),
+            "breakdown_us": step_breakdown(be, dg)}
+
+
+def step_breakdown(be, dg) -> dict:
+    """GPU time per kernel kind over one decode step, launched one by one with events between
+    (no graph, no PDL: an upper bound on each kernel's share)."""
+    from services.runtime.backends.cuda.driver import Event
+
+    ops, marks = be.ops, []
+    orig = ops._launch
+
+    def timed(name, *a, **k):
+        e0, e1 = Event(), Event()
+        e0.record(be.stream)
+        orig(name, *a, **k)
+        e1.record(be.stream)
+        marks.append((name, e0, e1))
+
+    ops._launch = timed
+    try:
+        dg.record(True)
+    finally:
+        del ops._launch
+    be.synchronize()
+    out: dict[str, dict] = {}
+    for name, e0, e1 in marks:
+        kind = name.rsplit("_d", 1)[0] if name.startswith("attention") else name
+        d = out.setdefault(kind, {"count": 0, "total_us": 0.0})
+        d["count"] += 1
+        d["total_us"] += e1.elapsed_ms(e0) * 1e3
+    for d in out.values():
+        d["total_us"] = round(d["total_us"], 1)
+        d["mean_us"] = round(d["total_us"] / d["count"], 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["total_us"]))

@@ -1,0 +1,256 @@
+"""NVRTC: compile `kernels/*.cu` to cubins, with a disk cache so a warm start compiles nothing.
+
+Compiling and running are separate: nothing here touches a GPU, so `inloop cuda compile`
+and the compile tests run on any machine that has libnvrtc.
+
+Each `.cu` file is one op family with `extern "C"` kernels; every `.cuh` beside them is
+handed to NVRTC as an in-memory header (no include path, no CUDA headers needed). A cubin
+is cached under `$INLOOP_CACHE/cubins` (default ~/.cache/inloop) keyed by the sha256 of the
+source, every header, the options, the arch and the NVRTC version.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+CACHE_FORMAT = "1"  # bump when the cache layout or the meaning of a key changes
+BASE_OPTIONS = ("-std=c++17", "--fmad=true", "--ptxas-options=-v")
+MIN_ARCH = 80  # cvt.rn.bf16*.f32 and mma.sync bf16 need sm_80
+
+
+class CompileError(RuntimeError):
+    """NVRTC rejected a kernel file; `log` is the full program log."""
+
+    def __init__(self, name: str, arch: str, log: str):
+        super().__init__(f"NVRTC failed to compile {name} for {arch}:\n{log}")
+        self.name, self.arch, self.log = name, arch, log
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    name: str          # kernel file stem, e.g. "gemv"
+    arch: str          # e.g. "sm_90"
+    cubin: bytes
+    log: str           # ptxas -v report (registers, spills) or warnings
+    seconds: float     # compile time; 0 on a cache hit
+    cached: bool
+
+
+def _nvrtc():
+    try:  # imported late: `inloop --help` must not need it
+        from cuda.bindings import nvrtc
+    except ImportError:  # cuda-python before 12.6
+        from cuda import nvrtc
+    return nvrtc
+
+
+def _check(result, what: str):
+    """Unwrap NVRTC's (err, *values) tuple."""
+    nvrtc = _nvrtc()
+    err, *values = result
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        _, msg = nvrtc.nvrtcGetErrorString(err)
+        raise RuntimeError(f"{what}: {msg.decode() if isinstance(msg, bytes) else msg}")
+    return values[0] if len(values) == 1 else values
+
+
+def nvrtc_version() -> str:
+    major, minor = _check(_nvrtc().nvrtcVersion(), "nvrtcVersion")
+    return f"{major}.{minor}"
+
+
+def supported_archs() -> list[int]:
+    return list(_check(_nvrtc().nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs"))
+
+
+def arch_for_capability(major: int, minor: int) -> str:
+    """The arch to build for a device. Portable code only, so plain sm_XY even on Hopper;
+    sm_90a is for files that opt in (see `kernel_archs`)."""
+    return f"sm_{major}{minor}"
+
+
+def parse_arch(arch: str) -> int:
+    """'sm_90a' -> 90; raises ValueError on anything else."""
+    a = arch.strip().lower()
+    if not a.startswith("sm_"):
+        raise ValueError(f"arch must look like sm_90 or sm_90a, got {arch!r}")
+    digits = a[3:].rstrip("af")
+    if not digits.isdigit():
+        raise ValueError(f"arch must look like sm_90 or sm_90a, got {arch!r}")
+    num = int(digits)
+    if num < MIN_ARCH:
+        raise ValueError(f"{arch}: the kernels need sm_{MIN_ARCH} or newer (bf16 conversions, mma.sync)")
+    return num
+
+
+def kernel_files() -> list[Path]:
+    return sorted(KERNEL_DIR.glob("*.cu"))
+
+
+def _headers() -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted(KERNEL_DIR.glob("*.cuh"))]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("INLOOP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "inloop")
+    return Path(root) / "cubins"
+
+
+def options_for(arch: str, extra: tuple[str, ...] = ()) -> list[str]:
+    num = parse_arch(arch)
+    return [f"--gpu-architecture={arch}", *BASE_OPTIONS, f"-DINLOOP_SM={num}", *extra]
+
+
+def cache_key(source: bytes, headers: list[tuple[str, bytes]], options: list[str], arch: str,
+              version: str) -> str:
+    h = hashlib.sha256()
+    for part in (CACHE_FORMAT.encode(), source, arch.encode(), version.encode(), "\0".join(options).encode()):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    for name, data in headers:
+        h.update(name.encode() + b"\0")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def compile_source(name: str, source: bytes, arch: str, headers: list[tuple[str, bytes]] | None = None,
+                   extra: tuple[str, ...] = ()) -> tuple[bytes, str]:
+    """Compile one translation unit to a cubin; raises CompileError with the full log."""
+    nvrtc = _nvrtc()
+    headers = _headers() if headers is None else headers
+    opts = [o.encode() for o in options_for(arch, extra)]
+    prog = _check(nvrtc.nvrtcCreateProgram(source, f"{name}.cu".encode(), len(headers),
+                                           [d for _, d in headers], [n.encode() for n, _ in headers]),
+                  "nvrtcCreateProgram")
+    try:
+        err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+        buf = b" " * size
+        _check(nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
+        log = buf.rstrip(b"\0 ").decode(errors="replace")
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise CompileError(name, arch, log)
+        size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        return cubin, log
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def compile_file(path: Path | str, arch: str, use_cache: bool = True,
+                 extra: tuple[str, ...] = ()) -> CompileResult:
+    """Compile one kernel file for `arch`, through the disk cache."""
+    path = Path(path)
+    source, headers = path.read_bytes(), _headers()
+    key = cache_key(source, headers, options_for(arch, extra), arch, nvrtc_version())
+    cubin_path = cache_dir() / f"{path.stem}-{arch}-{key[:24]}.cubin"
+    log_path = cubin_path.with_suffix(".log")
+    if use_cache and cubin_path.is_file():
+        log = log_path.read_text() if log_path.is_file() else ""
+        return CompileResult(path.stem, arch, cubin_path.read_bytes(), log, 0.0, True)
+    t0 = time.perf_counter()
+    cubin, log = compile_source(path.stem, source, arch, headers, extra)
+    seconds = time.perf_counter() - t0
+    if use_cache:
+        _atomic_write(log_path, log.encode())
+        _atomic_write(cubin_path, cubin)  # last: its presence marks a complete entry
+    return CompileResult(path.stem, arch, cubin, log, seconds, False)
+
+
+def compile_many(jobs: list[tuple[Path, str]], use_cache: bool = True) -> list[CompileResult | CompileError]:
+    """Compile (file, arch) pairs on a few threads (NVRTC releases the GIL); a failure is
+    returned in its slot rather than raised, so every file gets reported."""
+    def one(job):
+        try:
+            return compile_file(job[0], job[1], use_cache)
+        except CompileError as exc:
+            return exc
+
+    workers = max(1, min(len(jobs), os.cpu_count() or 1, 8))
+    if workers == 1:
+        return [one(j) for j in jobs]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, jobs))
+
+
+def compile_all(arch: str, use_cache: bool = True) -> dict[str, CompileResult]:
+    files = kernel_files()
+    results = compile_many([(p, arch) for p in files], use_cache)
+    for r in results:
+        if isinstance(r, CompileError):
+            raise r
+    return {p.stem: r for p, r in zip(files, results)}
+
+
+def ptxas_summary(log: str) -> dict[str, dict]:
+    """Per-kernel registers / spill bytes / stack from a `ptxas -v` log."""
+    out: dict[str, dict] = {}
+    current = None
+    for line in log.splitlines():
+        if "Compiling entry function" in line:
+            current = line.split("'")[1]
+            out[current] = {"registers": 0, "spill_bytes": 0, "stack_bytes": 0}
+        elif current and "bytes stack frame" in line:
+            words = line.replace(",", "").split()
+            nums = [int(w) for w in words if w.isdigit()]
+            if len(nums) >= 3:
+                out[current]["stack_bytes"] = nums[0]
+                out[current]["spill_bytes"] = nums[1] + nums[2]
+        elif current and "Used" in line and "registers" in line:
+            words = line.split()
+            out[current]["registers"] = int(words[words.index("Used") + 1])
+    return out
+
+
+def compile_ptx(path: Path | str, virtual_arch: str = "compute_80") -> str:
+    """PTX of one kernel file (never cached: used by tests to read the entry signatures)."""
+    nvrtc = _nvrtc()
+    path = Path(path)
+    headers = _headers()
+    opts = [f"--gpu-architecture={virtual_arch}".encode(), *(o.encode() for o in BASE_OPTIONS[:2])]
+    prog = _check(nvrtc.nvrtcCreateProgram(path.read_bytes(), path.name.encode(), len(headers),
+                                           [d for _, d in headers], [n.encode() for n, _ in headers]),
+                  "nvrtcCreateProgram")
+    try:
+        err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+            buf = b" " * size
+            nvrtc.nvrtcGetProgramLog(prog, buf)
+            raise CompileError(path.stem, virtual_arch, buf.decode(errors="replace"))
+        size = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
+        buf = b" " * size
+        _check(nvrtc.nvrtcGetPTX(prog, buf), "nvrtcGetPTX")
+        return buf.rstrip(b"\0 ").decode()
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def ptx_entry_params(ptx: str) -> dict[str, list[str]]:
+    """Kernel name -> PTX parameter types ('.u64', '.u32', '.f32', ...) from `.entry` blocks."""
+    out: dict[str, list[str]] = {}
+    for m in re.finditer(r"\.entry\s+(\w+)\s*\((.*?)\)", ptx, re.DOTALL):
+        out[m.group(1)] = re.findall(r"\.param\s+(\.\w+)", m.group(2))
+    return out

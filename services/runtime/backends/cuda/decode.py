@@ -1,0 +1,180 @@
+"""One decode step as one CUDA graph, captured once and replayed for every token.
+
+Per layer the step is five kernels, fused so that intermediates never round-trip:
+
+    gemv_norm_store    qkv = Wqkv · rmsnorm(r) (+ b)          (the norm is the GEMV's prologue)
+    attention_decode   q/k norm + RoPE, k/v -> cache, split-sequence attention, merge
+    gemv_residual      r += Wo · attn
+    gemv_norm_swiglu   act = silu(Wg · rmsnorm(r)) * (Wu · rmsnorm(r))
+    gemv_residual      r += Wdown · act
+
+then `gemv_norm_store` for the final norm + LM head, and (sampling graph) two sampler kernels.
+r, the residual stream, stays fp32 in one buffer. Token, position, KV cache pointers,
+capacity and sampling parameters live in a DecodeState in device memory, so the one graph
+serves every step of every sequence; the sampler writes the next token and advances the
+position there, so replays chain without the host. On sm_90 the kernels are launched with
+programmatic dependent launch: each one prefetches its weights while the previous drains.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from services.runtime.backends.base import KVCache
+
+from .driver import CudaError, PinnedBuffer, copy_dtoh, copy_htod
+from .module import Graph
+from .state import DECODE_STATE, FLAG_ADVANCE, new_state, set_sampling
+
+log = logging.getLogger("inloop.cuda")
+RESULT_BYTES = 48  # token .. flags of DecodeState: what the host reads back per step
+
+
+class DecodeGraph:
+    def __init__(self, backend, model, max_capacity: int, sample: bool = True):
+        self.be, self.model, self.cfg = backend, model, model.cfg
+        c = self.cfg
+        self.ops = backend.ops
+        self.n_splits = self.ops.decode_splits(c.num_kv_heads, c.group_size, max_capacity)
+        empty = backend._empty
+        self.residual = empty((1, c.hidden_size))
+        self.qkv = empty((1, c.qkv_size))
+        self.attn = empty((1, c.q_size))
+        self.act = empty((1, c.intermediate_size))
+        self.logits = empty((1, c.vocab_size))
+        self.state = empty((DECODE_STATE.itemsize // 4,), "i32")
+        self._pinned = PinnedBuffer(DECODE_STATE.itemsize + 4 * c.vocab_size)
+        self.host = self._pinned.view(DECODE_STATE, 1)
+        self.host[:] = new_state()
+        self._host_logits = self._pinned.view(np.float32, c.vocab_size, DECODE_STATE.itemsize)
+        self._ring: PinnedBuffer | None = None
+        self.graphs: dict[bool, Graph] = {}
+        self.pdl_used = False
+        self._warmup(sample)
+
+    # ---- recording --------------------------------------------------------------------
+    def record(self, sample: bool) -> None:
+        """Enqueue one step on the backend's stream (eagerly, or into a capture)."""
+        c, m, ops = self.cfg, self.model, self.ops
+        H, KVH, hd, eps = c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps
+        ops.embedding(m.embed, self.state, self.residual)  # ids = &state.token
+        for i, lw in enumerate(m.layers):
+            ops.gemv(lw.qkv, self.residual, self.qkv, bias=lw.qkv_bias, norm_w=lw.input_norm, eps=eps)
+            ops.attention_decode(self.qkv, self.attn, H, KVH, hd, i, self.n_splits, state=self.state,
+                                 q_norm=lw.q_norm, k_norm=lw.k_norm, theta=c.rope_theta, eps=eps, rope=True)
+            ops.gemv(lw.o, self.attn, self.residual, mode="residual")
+            ops.gemv(lw.gate_up, self.residual, self.act, norm_w=lw.post_norm, eps=eps, mode="swiglu")
+            ops.gemv(lw.down, self.act, self.residual, mode="residual")
+        ops.gemv(m.lm_head, self.residual, self.logits, norm_w=m.final_norm, eps=eps)
+        if sample:
+            ops.sample(self.logits, self.state)
+
+    def _warmup(self, sample: bool) -> None:
+        """Run both variants once eagerly on a one-position scratch cache: grows every workspace,
+        raises shared-memory limits and loads every kernel before anything is captured."""
+        c = self.cfg
+        scratch = self.be.alloc_kv(c.num_layers, c.num_kv_heads, 1, c.head_dim)
+        self.bind(scratch)
+        self._push(token=0, pos=0, flags=0)
+        for variant in ((False, True) if sample else (False,)):
+            self.record(variant)
+        self.be.synchronize()
+        self.be.free_kv(scratch)
+        self.host["k_cache"] = self.host["v_cache"] = 0
+        self.host["capacity"] = 0
+
+    def graph(self, sample: bool) -> Graph:
+        if sample not in self.graphs:
+            self.graphs[sample] = self._capture(sample)
+        return self.graphs[sample]
+
+    def _capture(self, sample: bool) -> Graph:
+        stream, alloc = self.be.stream, self.be.allocator
+        if self.be.pdl:
+            self.ops.pdl = True
+            try:
+                g = Graph.capture(stream, alloc, lambda: self.record(sample))
+                self.pdl_used = True
+                return g
+            except CudaError as exc:  # a driver that cannot capture PDL edges: plain graph
+                log.warning("decode graph: capture with programmatic dependent launch failed (%s); "
+                            "capturing without it", exc)
+            finally:
+                self.ops.pdl = False
+        return Graph.capture(stream, alloc, lambda: self.record(sample))
+
+    # ---- host side of the state --------------------------------------------------------
+    def bind(self, cache: KVCache) -> None:
+        """Point the graph at a sequence's KV cache (takes effect with the next push)."""
+        self.host["k_cache"] = cache.k.ptr
+        self.host["v_cache"] = cache.v.ptr
+        self.host["capacity"] = cache.capacity
+
+    def set_sampling(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                     step: int = 0) -> None:
+        set_sampling(self.host, temperature, top_k, top_p, seed, step)
+
+    def _push(self, token: int, pos: int, flags: int) -> None:
+        self.be.device.make_current()
+        if not 0 <= pos < int(self.host["capacity"][0]):
+            raise ValueError(f"position {pos} is outside the bound KV cache (capacity {int(self.host['capacity'][0])})")
+        self.host["token"], self.host["pos"], self.host["flags"] = token, pos, flags
+        copy_htod(self.state.ptr, self._pinned.ptr, DECODE_STATE.itemsize, self.be.stream)
+
+    def prime(self, token: int, pos: int) -> None:
+        """Set the token to feed at `pos`; graph launches then chain from there."""
+        self._push(token, pos, FLAG_ADVANCE)
+
+    def _read_result(self) -> tuple[int, float, float, float]:
+        copy_dtoh(self._pinned.ptr, self.state.ptr, RESULT_BYTES, self.be.stream)
+        self.be.synchronize()
+        s = self.host[0]
+        return int(s["token"]), float(s["logprob"]), float(s["entropy"]), float(s["margin"])
+
+    # ---- steps ----------------------------------------------------------------------------
+    def step_logits(self, token: int, pos: int, use_graph: bool = True) -> np.ndarray:
+        """Feed `token` at `pos`; return the next-token logits [V] (host sampling, masks)."""
+        self._push(token, pos, 0)
+        if use_graph:
+            self.graph(False).launch(self.be.stream)
+        else:
+            self.record(False)
+        copy_dtoh(self._host_logits.ctypes.data, self.logits.ptr, self.logits.nbytes, self.be.stream)
+        self.be.synchronize()
+        return self._host_logits.copy()
+
+    def step(self, token: int | None = None, pos: int | None = None,
+             use_graph: bool = True) -> tuple[int, float, float, float]:
+        """Feed `token` at `pos` (or, with None, the token this graph sampled last, at the next
+        position) and sample on the GPU: (next token, logprob, entropy, margin)."""
+        self.be.device.make_current()
+        if token is not None:
+            self._push(token, pos, FLAG_ADVANCE)
+        if use_graph:
+            self.graph(True).launch(self.be.stream)
+        else:
+            self.record(True)
+        return self._read_result()
+
+    def generate(self, token: int, pos: int, n: int) -> list[tuple[int, float, float, float]]:
+        """n chained steps with one synchronization at the end (each step's result is copied
+        to its own pinned slot as it finishes). For throughput; EOS is checked by the caller."""
+        if self._ring is None or self._ring.nbytes < n * RESULT_BYTES:
+            self._ring = PinnedBuffer(max(n, 256) * RESULT_BYTES)
+        self._push(token, pos, FLAG_ADVANCE)
+        g = self.graph(True)
+        for i in range(n):
+            g.launch(self.be.stream)
+            copy_dtoh(self._ring.ptr + i * RESULT_BYTES, self.state.ptr, RESULT_BYTES, self.be.stream)
+        self.be.synchronize()
+        rows = self._ring.array[: n * RESULT_BYTES].view(np.uint8).reshape(n, RESULT_BYTES)
+        out = []
+        for r in rows:
+            s = np.frombuffer(r.tobytes() + bytes(DECODE_STATE.itemsize - RESULT_BYTES), DECODE_STATE)[0]
+            out.append((int(s["token"]), float(s["logprob"]), float(s["entropy"]), float(s["margin"])))
+        self.host["token"], self.host["pos"] = out[-1][0], pos + n
+        return out
+
+    def kernels_per_step(self, sample: bool = True) -> int:
+        return 1 + 5 * self.cfg.num_layers + 1 + (2 if sample else 0)

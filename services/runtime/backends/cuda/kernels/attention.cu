@@ -1,0 +1,163 @@
+// Causal GQA attention over the bf16 KV cache [layers, KVH, cap, hd].
+//
+//   kv_store          prefill: write the T new k/v rows at their positions
+//   attention_prefill flash-style: a block owns (a few queries) x (the query heads of one kv
+//                     head), streams 32-key tiles of K/V through shared memory once for all of
+//                     them, and keeps an online softmax per (query, head) in registers
+//   (decode: attention_decode.cu)
+// Scores and softmax are fp32; q stays fp32 (it never touches memory as bf16).
+#include "attention.cuh"
+
+// The cache (pointers, capacity) comes from `st` when given (a prefill graph serves every
+// sequence), else from the arguments.
+__device__ __forceinline__ void cache_from_state(const DecodeState* st, bf16_t*& kc, bf16_t*& vc, int& cap) {
+    if (st) {
+        kc = reinterpret_cast<bf16_t*>(st->k_cache);
+        vc = reinterpret_cast<bf16_t*>(st->v_cache);
+        cap = st->capacity;
+    }
+}
+
+// grid (T), block 128.
+extern "C" __global__ void kv_store(const float* __restrict__ qkv, const int* __restrict__ positions,
+                                    bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st,
+                                    int H, int KVH, int hd, int cap, int layer) {
+    pdl_launch_dependents();
+    pdl_wait();
+    cache_from_state(st, kc, vc, cap);
+    const int t = blockIdx.x, p = positions[t];
+    if (p < 0 || p >= cap) return;
+    const int stride = (H + 2 * KVH) * hd;
+    const float* k = qkv + (size_t)t * stride + (size_t)H * hd;
+    const float* v = k + (size_t)KVH * hd;
+    for (int i = threadIdx.x; i < KVH * hd; i += blockDim.x) {
+        const int h = i / hd, d = i - h * hd;
+        const size_t dst = (((size_t)layer * KVH + h) * cap + p) * hd + d;
+        kc[dst] = f32_to_bf16(k[i]);
+        vc[dst] = f32_to_bf16(v[i]);
+    }
+}
+
+// ---- prefill ------------------------------------------------------------------------------
+// grid (ceil(T/BQ), KVH), block 128, BQ*G <= 16 items. Dynamic smem: 64*hd + 128*(hd+2) bytes.
+// The cache may come from `st` (see kv_store).
+template <int DPL>
+__device__ __forceinline__ void attention_prefill_body(const float* __restrict__ qkv, const int* __restrict__ positions,
+                                                       bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st,
+                                                       float* __restrict__ out, int T, int H, int KVH, int hd,
+                                                       int cap, int layer, float scale, int BQ) {
+    extern __shared__ float4 smem4[];
+    __shared__ int s_maxpos;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int G = H / KVH, kvh = blockIdx.y, t0 = blockIdx.x * BQ, n_items = BQ * G;
+    const int stride = (H + 2 * KVH) * hd, ldk = hd + 2;  // padded bf16 rows: conflict-free lane-per-key reads
+    float* Qs = reinterpret_cast<float*>(smem4);          // [16][hd], pre-scaled
+    bf16_t* Ks = reinterpret_cast<bf16_t*>(Qs + 16 * hd);  // [KT][ldk]
+    bf16_t* Vs = Ks + KT * ldk;                            // [KT][ldk]
+
+    pdl_launch_dependents();
+    pdl_wait();
+    cache_from_state(st, kc, vc, cap);
+    for (int idx = threadIdx.x; idx < n_items * hd; idx += blockDim.x) {
+        const int item = idx / hd, d = idx - item * hd, t = t0 + item / G, g = item % G;
+        Qs[idx] = t < T ? qkv[(size_t)t * stride + (size_t)(kvh * G + g) * hd + d] * scale : 0.f;
+    }
+    if (threadIdx.x == 0) {
+        int mp = 0;
+        for (int q = 0; q < BQ && t0 + q < T; ++q) mp = max(mp, positions[t0 + q]);
+        s_maxpos = min(mp, cap - 1);
+    }
+    __syncthreads();
+    const int max_pos = s_maxpos;
+
+    bool ok[PREFILL_ITEMS];
+    int my_pos[PREFILL_ITEMS];
+    float m[PREFILL_ITEMS], l[PREFILL_ITEMS], acc[PREFILL_ITEMS][DPL];
+#pragma unroll
+    for (int i = 0; i < PREFILL_ITEMS; ++i) {
+        const int item = warp + ATT_WARPS * i, t = t0 + item / G;
+        ok[i] = item < n_items && t < T;
+        my_pos[i] = ok[i] ? min(positions[t], cap - 1) : -1;
+        m[i] = NEG_INF;
+        l[i] = 0.f;
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) acc[i][dd] = 0.f;
+    }
+    const bf16_t* kbase = kc + ((size_t)layer * KVH + kvh) * cap * hd;
+    const bf16_t* vbase = vc + ((size_t)layer * KVH + kvh) * cap * hd;
+    const int cpr = hd >> 3;  // 16-byte chunks per row
+
+    for (int k0 = 0; k0 <= max_pos; k0 += KT) {
+        __syncthreads();  // the previous tile is consumed
+        for (int idx = threadIdx.x; idx < KT * cpr; idx += blockDim.x) {
+            const int r = idx / cpr, c = idx - r * cpr, j = k0 + r;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            if (j <= max_pos) {
+                kv = reinterpret_cast<const uint4*>(kbase + (size_t)j * hd)[c];
+                vv = reinterpret_cast<const uint4*>(vbase + (size_t)j * hd)[c];
+            }
+            u32* kd = reinterpret_cast<u32*>(Ks + r * ldk + c * 8);
+            u32* vd = reinterpret_cast<u32*>(Vs + r * ldk + c * 8);
+            kd[0] = kv.x; kd[1] = kv.y; kd[2] = kv.z; kd[3] = kv.w;
+            vd[0] = vv.x; vd[1] = vv.y; vd[2] = vv.z; vd[3] = vv.w;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < PREFILL_ITEMS; ++i) {
+            if (!ok[i] || k0 > my_pos[i]) continue;  // warp-uniform
+            const float* q = Qs + (warp + ATT_WARPS * i) * hd;
+            const int j = k0 + lane;
+            float s = NEG_INF;
+            if (j <= my_pos[i]) {
+                const u32* kr = reinterpret_cast<const u32*>(Ks + lane * ldk);
+                s = 0.f;
+                for (int d2 = 0; d2 < (hd >> 1); ++d2) {
+                    const u32 w = kr[d2];
+                    s = fmaf(q[2 * d2], bf16lo(w), s);
+                    s = fmaf(q[2 * d2 + 1], bf16hi(w), s);
+                }
+            }
+            const float m_new = fmaxf(m[i], warp_max(s));  // finite: lane 0's key is valid
+            const float alpha = expf(m[i] - m_new);
+            const float p = s == NEG_INF ? 0.f : expf(s - m_new);
+            l[i] = l[i] * alpha + p;
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd) acc[i][dd] *= alpha;
+            const int n_valid = min(KT, my_pos[i] - k0 + 1);
+            for (int jj = 0; jj < n_valid; ++jj) {
+                const float pj = __shfl_sync(FULL_MASK, p, jj);
+                const bf16_t* vr = Vs + jj * ldk;
+#pragma unroll
+                for (int dd = 0; dd < DPL; ++dd) {
+                    const int d = lane + 32 * dd;
+                    if (d < hd) acc[i][dd] = fmaf(pj, bf16_to_f32(vr[d]), acc[i][dd]);
+                }
+            }
+            m[i] = m_new;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < PREFILL_ITEMS; ++i) {
+        if (!ok[i]) continue;
+        const int item = warp + ATT_WARPS * i, t = t0 + item / G, h = kvh * G + item % G;
+        const float inv = 1.f / warp_sum(l[i]);
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) {
+            const int d = lane + 32 * dd;
+            if (d < hd) out[(size_t)t * H * hd + (size_t)h * hd + d] = acc[i][dd] * inv;
+        }
+    }
+}
+
+#define PREFILL_KERNEL(D, DPL)                                                                               \
+    extern "C" __global__ void __launch_bounds__(128) attention_prefill_d##D(                               \
+        const float* __restrict__ qkv, const int* __restrict__ positions, bf16_t* kc, bf16_t* vc,             \
+        const DecodeState* __restrict__ st, float* __restrict__ out, int T, int H, int KVH, int hd, int cap,  \
+        int layer, float scale, int BQ) {                                                                    \
+        attention_prefill_body<DPL>(qkv, positions, kc, vc, st, out, T, H, KVH, hd, cap, layer, scale, BQ);   \
+    }
+
+PREFILL_KERNEL(32, 1)
+PREFILL_KERNEL(64, 2)
+PREFILL_KERNEL(128, 4)
+PREFILL_KERNEL(256, 8)

@@ -1,0 +1,207 @@
+// Decode attention for one token, fused: (q/k norm +) RoPE of q and of the new k, the k/v
+// store, and attention split over the sequence. The position (and, in a decode graph, the
+// cache pointers and capacity) are read from device memory, so one captured graph serves
+// every step. Splits combine through a workspace: the last block to finish (atomic ticket)
+// merges them in split order. Scores and softmax are fp32; q stays fp32.
+#include "attention.cuh"
+
+// ---- decode -------------------------------------------------------------------------------
+// grid (n_splits, KVH, ceil(G/8)), block 128. Dynamic smem: 4*(5*8*hd + 64 + 3*hd) bytes.
+// ws: KVH*gridDim.z*n_splits*(16 + 8*hd) floats; counters: KVH*gridDim.z ints, zero at rest.
+// With `st` non-null the position, the cache pointers and the capacity come from it (a decode
+// graph: one graph serves every sequence); else from pos_ptr / kc / vc / cap.
+template <int DPL>
+__device__ __forceinline__ void attention_decode_body(
+    const float* __restrict__ qkv, const int* __restrict__ pos_ptr, bf16_t* kc, bf16_t* vc,
+    const DecodeState* __restrict__ st, float* __restrict__ out, const bf16_t* __restrict__ q_norm_w,
+    const bf16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters, int H, int KVH, int hd,
+    int cap, int layer, float scale, float theta, float eps, int flags) {
+    extern __shared__ float4 smem4[];
+    __shared__ int s_last;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float* Qs = reinterpret_cast<float*>(smem4);  // [MAXG][hd], normed + roped + scaled
+    float* Wacc = Qs + ATT_MAXG * hd;             // [4][MAXG][hd] per-warp accumulators
+    float* Wm = Wacc + ATT_WARPS * ATT_MAXG * hd; // [4][MAXG]
+    float* Wl = Wm + ATT_WARPS * ATT_MAXG;        // [4][MAXG]
+    float* Knf = Wl + ATT_WARPS * ATT_MAXG;       // [hd] new k, fp32
+    float* Vnf = Knf + hd;                        // [hd] new v, fp32
+    bf16_t* Knb = reinterpret_cast<bf16_t*>(Vnf + hd);  // [hd] new k as stored (16B aligned)
+    bf16_t* Vnb = Knb + hd;
+
+    pdl_launch_dependents();
+    pdl_wait();
+    int pos;
+    if (st) {
+        pos = st->pos;
+        kc = reinterpret_cast<bf16_t*>(st->k_cache);
+        vc = reinterpret_cast<bf16_t*>(st->v_cache);
+        cap = st->capacity;
+    } else {
+        pos = *pos_ptr;
+    }
+    if (pos < 0 || pos >= cap) return;  // the host keeps pos < cap
+    const int len = pos + 1, n_splits = gridDim.x, split = blockIdx.x, kvh = blockIdx.y;
+    int chunk = (len + n_splits - 1) / n_splits;
+    chunk = max(ATT_WARPS * KT, (chunk + KT - 1) / KT * KT);
+    const int active = (len + chunk - 1) / chunk;
+    if (split >= active) return;  // block-uniform; split 0 is always active
+    const int G = H / KVH, g0 = blockIdx.z * ATT_MAXG, Gb = min(ATT_MAXG, G - g0);
+    const int stride_k = H * hd, stride_v = (H + KVH) * hd;
+
+    for (int item = warp; item < Gb + 2; item += ATT_WARPS) {
+        if (item < Gb)
+            warp_norm_rope(qkv + (size_t)(kvh * G + g0 + item) * hd, Qs + item * hd, q_norm_w, pos, hd, theta, eps,
+                           flags, scale);
+        else if (item == Gb)
+            warp_norm_rope(qkv + stride_k + (size_t)kvh * hd, Knf, k_norm_w, pos, hd, theta, eps, flags, 1.f);
+        else
+            for (int d = lane; d < hd; d += 32) Vnf[d] = qkv[stride_v + kvh * hd + d];
+    }
+    __syncthreads();
+    const size_t head_base = ((size_t)layer * KVH + kvh) * cap * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        Knb[d] = f32_to_bf16(Knf[d]);
+        Vnb[d] = f32_to_bf16(Vnf[d]);
+        if (split == 0 && blockIdx.z == 0) {  // the one writer of this step's k/v
+            kc[head_base + (size_t)pos * hd + d] = Knb[d];
+            vc[head_base + (size_t)pos * hd + d] = Vnb[d];
+        }
+    }
+    __syncthreads();
+
+    const bf16_t* kbase = kc + head_base;
+    const bf16_t* vbase = vc + head_base;
+    const int start = split * chunk, end = min(len, start + chunk);
+    float m[ATT_MAXG], l[ATT_MAXG], acc[ATT_MAXG][DPL];
+#pragma unroll
+    for (int g = 0; g < ATT_MAXG; ++g) {
+        m[g] = NEG_INF;
+        l[g] = 0.f;
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = 0.f;
+    }
+    for (int k0 = start + warp * KT; k0 < end; k0 += ATT_WARPS * KT) {
+        const int j = k0 + lane;
+        float s[ATT_MAXG];
+#pragma unroll
+        for (int g = 0; g < ATT_MAXG; ++g) s[g] = j < end ? 0.f : NEG_INF;
+        if (j < end) {
+            // The key at `pos` is this step's, read from shared memory: no block reads a cache
+            // row that another block of this grid is writing.
+            const uint4* kr = reinterpret_cast<const uint4*>(j == pos ? Knb : kbase + (size_t)j * hd);
+            for (int c = 0; c < (hd >> 3); ++c) {
+                const uint4 w = kr[c];
+#pragma unroll
+                for (int g = 0; g < ATT_MAXG; ++g)
+                    if (g < Gb) s[g] += dot8(w, Qs + g * hd + c * 8);
+            }
+        }
+        float p[ATT_MAXG];
+#pragma unroll
+        for (int g = 0; g < ATT_MAXG; ++g) {
+            if (g >= Gb) { p[g] = 0.f; continue; }
+            const float m_new = fmaxf(m[g], warp_max(s[g]));  // finite: lane 0's key is valid
+            const float alpha = expf(m[g] - m_new);
+            p[g] = j < end ? expf(s[g] - m_new) : 0.f;
+            l[g] = l[g] * alpha + p[g];
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd) acc[g][dd] *= alpha;
+            m[g] = m_new;
+        }
+        const int n_valid = min(KT, end - k0);
+        for (int jj = 0; jj < n_valid; ++jj) {
+            const int jp = k0 + jj;
+            const bf16_t* vr = jp == pos ? Vnb : vbase + (size_t)jp * hd;
+            float v[DPL];
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd) {
+                const int d = lane + 32 * dd;
+                v[dd] = d < hd ? bf16_to_f32(vr[d]) : 0.f;
+            }
+#pragma unroll
+            for (int g = 0; g < ATT_MAXG; ++g) {
+                if (g >= Gb) continue;
+                const float pj = __shfl_sync(FULL_MASK, p[g], jj);
+#pragma unroll
+                for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = fmaf(pj, v[dd], acc[g][dd]);
+            }
+        }
+    }
+
+    // Merge the block's four warps (a warp without keys has m = -inf, l = 0).
+#pragma unroll
+    for (int g = 0; g < ATT_MAXG; ++g) {
+        if (g >= Gb) continue;
+        const float lt = warp_sum(l[g]);
+        if (lane == 0) {
+            Wm[warp * ATT_MAXG + g] = m[g];
+            Wl[warp * ATT_MAXG + g] = lt;
+        }
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) {
+            const int d = lane + 32 * dd;
+            if (d < hd) Wacc[(warp * ATT_MAXG + g) * hd + d] = acc[g][dd];
+        }
+    }
+    __syncthreads();
+    const int rec = 2 * ATT_MAXG + ATT_MAXG * hd;  // one split's record in ws: m[8] l[8] acc[8][hd]
+    float* my_rec = ws + ((size_t)(kvh * gridDim.z + blockIdx.z) * n_splits + split) * rec;
+    for (int idx = threadIdx.x; idx < Gb * hd; idx += blockDim.x) {
+        const int g = idx / hd, d = idx - g * hd;
+        float M = NEG_INF;
+        for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, Wm[w * ATT_MAXG + g]);
+        float L = 0.f, O = 0.f;
+        for (int w = 0; w < ATT_WARPS; ++w) {
+            const float mw = Wm[w * ATT_MAXG + g];
+            const float a = mw == NEG_INF ? 0.f : expf(mw - M);
+            L += a * Wl[w * ATT_MAXG + g];
+            O += a * Wacc[(w * ATT_MAXG + g) * hd + d];
+        }
+        if (active == 1) {
+            out[(size_t)(kvh * G + g0 + g) * hd + d] = O / L;
+        } else {
+            if (d == 0) { my_rec[g] = M; my_rec[ATT_MAXG + g] = L; }
+            my_rec[2 * ATT_MAXG + g * hd + d] = O;
+        }
+    }
+    if (active == 1) return;
+
+    // Last block to arrive merges every split's record (fixed order: deterministic).
+    __threadfence();
+    __syncthreads();
+    int* counter = counters + kvh * gridDim.z + blockIdx.z;
+    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == active - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const float* recs = ws + (size_t)(kvh * gridDim.z + blockIdx.z) * n_splits * rec;
+    for (int idx = threadIdx.x; idx < Gb * hd; idx += blockDim.x) {
+        const int g = idx / hd, d = idx - g * hd;
+        float M = NEG_INF;
+        for (int sp = 0; sp < active; ++sp) M = fmaxf(M, ld_cg(recs + (size_t)sp * rec + g));
+        float L = 0.f, O = 0.f;
+        for (int sp = 0; sp < active; ++sp) {
+            const float* r = recs + (size_t)sp * rec;
+            const float a = expf(ld_cg(r + g) - M);  // every active split saw >= 1 key: finite
+            L += a * ld_cg(r + ATT_MAXG + g);
+            O += a * ld_cg(r + 2 * ATT_MAXG + g * hd + d);
+        }
+        out[(size_t)(kvh * G + g0 + g) * hd + d] = O / L;
+    }
+    if (threadIdx.x == 0) *counter = 0;  // ready for the next layer / step
+}
+
+#define DECODE_KERNEL(D, DPL)                                                                                \
+    extern "C" __global__ void __launch_bounds__(128) attention_decode_d##D(                                \
+        const float* __restrict__ qkv, const int* __restrict__ pos_ptr, bf16_t* kc, bf16_t* vc,               \
+        const DecodeState* __restrict__ st, float* __restrict__ out, const bf16_t* __restrict__ q_norm_w,     \
+        const bf16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters, int H,       \
+        int KVH, int hd, int cap, int layer, float scale, float theta, float eps, int flags) {                \
+        attention_decode_body<DPL>(qkv, pos_ptr, kc, vc, st, out, q_norm_w, k_norm_w, ws, counters, H, KVH,   \
+                                   hd, cap, layer, scale, theta, eps, flags);                                \
+    }
+
+DECODE_KERNEL(32, 1)
+DECODE_KERNEL(64, 2)
+DECODE_KERNEL(128, 4)
+DECODE_KERNEL(256, 8)

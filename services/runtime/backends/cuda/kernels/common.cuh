@@ -1,0 +1,149 @@
+// Shared helpers for every kernel file. Self-contained on purpose: no CUDA headers, so
+// NVRTC needs nothing but libnvrtc (the pip wheels ship cuda_bf16.h but not crt/mma.h).
+//
+// Storage: weights and the KV cache are bf16 (raw 16-bit words, `bf16_t`); activations
+// are fp32 (batch 1 makes them tiny, and fp32 keeps parity with the numpy reference);
+// all accumulation is fp32.
+#pragma once
+
+typedef unsigned short bf16_t;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define WARP 32
+#define FULL_MASK 0xffffffffu
+#define NEG_INF (__int_as_float(0xff800000))
+
+// ---- bf16 <-> fp32 --------------------------------------------------------------------
+__device__ __forceinline__ float bf16_to_f32(bf16_t h) { return __uint_as_float(((u32)h) << 16); }
+__device__ __forceinline__ float bf16lo(u32 w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
+
+__device__ __forceinline__ bf16_t f32_to_bf16(float f) {  // round to nearest even (sm_80+)
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {  // lo -> bits 0..15
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ float f16_to_f32(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// 8 bf16 in a uint4 (one 16-byte load) dotted with 8 fp32 values.
+__device__ __forceinline__ float dot8(uint4 w, const float* x) {
+    float s = bf16lo(w.x) * x[0];
+    s = fmaf(bf16hi(w.x), x[1], s);
+    s = fmaf(bf16lo(w.y), x[2], s);
+    s = fmaf(bf16hi(w.y), x[3], s);
+    s = fmaf(bf16lo(w.z), x[4], s);
+    s = fmaf(bf16hi(w.z), x[5], s);
+    s = fmaf(bf16lo(w.w), x[6], s);
+    s = fmaf(bf16hi(w.w), x[7], s);
+    return s;
+}
+
+// Weights are read once per step: stream them past L1 (they would only evict activations).
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+// ---- reductions -----------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+// Block-wide sum; every thread gets the result. `scratch` holds >= 32 floats and may be
+// reused right after the call returns (the trailing barrier protects it).
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? scratch[lane] : 0.f;
+    t = warp_sum(t);
+    __syncthreads();
+    return t;
+}
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? scratch[lane] : NEG_INF;
+    t = warp_max(t);
+    __syncthreads();
+    return t;
+}
+
+// ---- programmatic dependent launch (sm_90+) -----------------------------------------------
+// Every kernel calls pdl_wait() before it touches memory an earlier kernel writes (and before
+// it writes anything an earlier kernel reads); only weights may be read before it. Launched
+// without the PDL attribute, or before sm_90, both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
+
+// The per-sequence decode state that one captured graph reads every step. Mirrored on the
+// host by services/runtime/backends/cuda/state.py (same fields, same offsets: keep in sync).
+struct DecodeState {
+    int token;          //  0 in: the token to embed; out: the sampled token
+    int pos;            //  4 position of `token`; the sampler advances it when flags & 1
+    u32 rng_step;       //  8 counter of the sampling RNG; advanced with pos
+    int top_k;          // 12 0 = off
+    float temperature;  // 16 0 = greedy
+    float top_p;        // 20 1 = off
+    u32 seed_lo;        // 24
+    u32 seed_hi;        // 28
+    float logprob;      // 32 out: stats of the sampled token (temperature-1 distribution)
+    float entropy;      // 36
+    float margin;       // 40 p(top1) - p(top2)
+    int flags;          // 44 bit 0: advance pos and rng_step after sampling
+    u64 k_cache;        // 48 the sequence's KV cache (bf16 [layers, KVH, capacity, hd])
+    u64 v_cache;        // 56
+    int capacity;       // 64
+    int rows;           // 68 prefill graph: valid rows of the padded batch (logits of the last)
+    int pad[2];         // 72 -> sizeof 80
+};
+// The host mirror (state.py) asserts the same numbers; tests compare the two lists.
+static_assert(__builtin_offsetof(DecodeState, token) == 0, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, pos) == 4, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, rng_step) == 8, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, top_k) == 12, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, temperature) == 16, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, top_p) == 20, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, seed_lo) == 24, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, seed_hi) == 28, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, logprob) == 32, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, entropy) == 36, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, margin) == 40, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, flags) == 44, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, k_cache) == 48, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, v_cache) == 56, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, capacity) == 64, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, rows) == 68, "DecodeState layout");
+static_assert(__builtin_offsetof(DecodeState, pad) == 72, "DecodeState layout");
+static_assert(sizeof(DecodeState) == 80, "DecodeState layout");

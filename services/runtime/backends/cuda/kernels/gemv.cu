@@ -1,0 +1,153 @@
+// Decode-time projections: y = W x (+ b) for one token, W bf16 [N, K], x fp32 [K].
+//
+// At batch 1 a projection is a stream over W, and at these sizes (0.3-56 MB) the step is
+// bound by latency, not bandwidth. So: 16-byte loads, every thread issues R*U of them before
+// the first FMA, a row group of KS warps splits K (deterministic smem reduction, no atomics),
+// and the first batch of weight loads is issued BEFORE griddepcontrol.wait, so under
+// programmatic dependent launch the weight fetch overlaps the previous kernel's tail.
+//
+// Fused prologue/epilogue so a decoder layer needs only four GEMVs and one attention kernel:
+//   NORM      x <- rmsnorm(x) * norm_w, computed by every block from the fp32 residual stream
+//   MODE 0    y[r]  = acc + b[r]
+//   MODE 1    y[r] += acc + b[r]                      (y is the residual stream: o_proj, down;
+//                                                    never combined with NORM, x must not alias y)
+//   MODE 2    y[g]  = silu(acc_g + b[g]) * (acc_u + b[g+F]), rows g and g+F   (gate_up)
+#include "common.cuh"
+
+#define GEMV_R 2   // rows per row group (MODE 2: the gate row and its up row)
+#define GEMV_U 4   // 16-byte chunks per row in flight per thread per iteration
+
+template <int MODE, bool NORM>
+__device__ __forceinline__ void gemv_body(const bf16_t* __restrict__ W, const float* __restrict__ x,
+                                          const bf16_t* __restrict__ bias, const bf16_t* __restrict__ norm_w,
+                                          float* __restrict__ y, int N, int K, int F, int ks_count, float eps) {
+    extern __shared__ float4 smem4[];
+    float* xs = reinterpret_cast<float*>(smem4);   // [K] the (normalized) input
+    float* red = xs + K;                           // [warps][R] split-K partials
+    __shared__ float scratch[32];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int groups_per_block = (blockDim.x >> 5) / ks_count;
+    const int group = blockIdx.x * groups_per_block + warp / ks_count;
+    const int ks = warp % ks_count;
+    const int tg = ks * 32 + lane, gt = ks_count * 32;   // thread's index / count in its group
+    const int KC = K >> 3;                                // 8-element chunks per row
+    const int n_groups = MODE == 2 ? F : (N + GEMV_R - 1) / GEMV_R;
+    const bool group_ok = group < n_groups;
+
+    int rows[GEMV_R];
+    bool row_ok[GEMV_R];
+#pragma unroll
+    for (int j = 0; j < GEMV_R; ++j) {
+        rows[j] = MODE == 2 ? group + j * F : group * GEMV_R + j;
+        row_ok[j] = group_ok && rows[j] < N;
+    }
+
+    // First batch of weight loads: independent of every earlier kernel.
+    uint4 w[GEMV_R][GEMV_U];
+#pragma unroll
+    for (int u = 0; u < GEMV_U; ++u) {
+        const int c = tg + u * gt;
+#pragma unroll
+        for (int j = 0; j < GEMV_R; ++j)
+            w[j][u] = (row_ok[j] && c < KC) ? ld_stream(reinterpret_cast<const uint4*>(W + (size_t)rows[j] * K) + c)
+                                            : make_uint4(0, 0, 0, 0);
+    }
+    pdl_launch_dependents();
+    pdl_wait();
+
+    // Stage x (and normalize it) in shared memory.
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x) {
+        float4 v = x4[i];
+        if (NORM) ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        smem4[i] = v;
+    }
+    if (NORM) {
+        const float scale = rsqrtf(block_sum(ss, scratch) / (float)K + eps);
+        for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x) {  // same indices this thread wrote
+            const uint2 nw = *reinterpret_cast<const uint2*>(norm_w + 4 * i);
+            float4 v = smem4[i];
+            v.x *= scale * bf16lo(nw.x); v.y *= scale * bf16hi(nw.x);
+            v.z *= scale * bf16lo(nw.y); v.w *= scale * bf16hi(nw.y);
+            smem4[i] = v;
+        }
+    }
+    __syncthreads();
+
+    float acc[GEMV_R];
+#pragma unroll
+    for (int j = 0; j < GEMV_R; ++j) acc[j] = 0.f;
+    for (int base = 0;; base += GEMV_U * gt) {
+#pragma unroll
+        for (int u = 0; u < GEMV_U; ++u) {
+            const int c = base + tg + u * gt;
+            if (c < KC) {
+                const float4 xa = smem4[2 * c], xb = smem4[2 * c + 1];
+                const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+                for (int j = 0; j < GEMV_R; ++j) acc[j] += dot8(w[j][u], xv);
+            }
+        }
+        const int next = base + GEMV_U * gt;
+        if (next >= KC) break;
+#pragma unroll
+        for (int u = 0; u < GEMV_U; ++u) {
+            const int c = next + tg + u * gt;
+#pragma unroll
+            for (int j = 0; j < GEMV_R; ++j)
+                w[j][u] = (row_ok[j] && c < KC) ? ld_stream(reinterpret_cast<const uint4*>(W + (size_t)rows[j] * K) + c)
+                                                : make_uint4(0, 0, 0, 0);
+        }
+    }
+
+#pragma unroll
+    for (int j = 0; j < GEMV_R; ++j) acc[j] = warp_sum(acc[j]);
+    if (ks_count > 1) {  // fixed-order sum over the group's warps: deterministic
+        if (lane < GEMV_R) {
+#pragma unroll
+            for (int j = 0; j < GEMV_R; ++j)
+                if (lane == j) red[warp * GEMV_R + j] = acc[j];
+        }
+        __syncthreads();
+        if (ks == 0) {
+            const int first = warp;  // warp with ks == 0 is the group's first warp
+#pragma unroll
+            for (int j = 0; j < GEMV_R; ++j) {
+                float s = 0.f;
+                for (int q = 0; q < ks_count; ++q) s += red[(first + q) * GEMV_R + j];
+                acc[j] = s;
+            }
+        }
+    }
+    if (ks != 0 || lane != 0 || !group_ok) return;
+
+    if (MODE == 2) {
+        const float g = acc[0] + (bias ? bf16_to_f32(bias[rows[0]]) : 0.f);
+        const float u = acc[1] + (bias ? bf16_to_f32(bias[rows[1]]) : 0.f);
+        y[group] = silu(g) * u;
+    } else {
+#pragma unroll
+        for (int j = 0; j < GEMV_R; ++j) {
+            if (!row_ok[j]) continue;
+            const float v = acc[j] + (bias ? bf16_to_f32(bias[rows[j]]) : 0.f);
+            if (MODE == 1) y[rows[j]] += v;
+            else y[rows[j]] = v;
+        }
+    }
+}
+
+#define GEMV_KERNEL(NAME, MODE, NORM)                                                              \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                        \
+        const bf16_t* __restrict__ W, const float* __restrict__ x, const bf16_t* __restrict__ bias,   \
+        const bf16_t* __restrict__ norm_w, float* __restrict__ y, int N, int K, int F, int ks_count, \
+        float eps) {                                                                               \
+        gemv_body<MODE, NORM>(W, x, bias, norm_w, y, N, K, F, ks_count, eps);                      \
+    }
+
+GEMV_KERNEL(gemv_store, 0, false)
+GEMV_KERNEL(gemv_norm_store, 0, true)
+GEMV_KERNEL(gemv_residual, 1, false)
+GEMV_KERNEL(gemv_swiglu, 2, false)
+GEMV_KERNEL(gemv_norm_swiglu, 2, true)

@@ -1,0 +1,250 @@
+// Sampling on the GPU, with the uncertainty statistics of the same step.
+//
+//   sample_reduce     many blocks, one pass over the logits: max, partition function Z,
+//                     S = sum e^(l-M) (l-M) (-> entropy = log Z - S/Z), top-1/top-2, and the
+//                     Gumbel-max draw argmax(l/T + g_i) that samples softmax(l/T) exactly.
+//                     Partials merge in the last block (atomic ticket, fixed order). It finishes
+//                     greedy and plain-temperature steps by itself.
+//   sample_truncated  one block, only when top-k or top-p is on: radix-selects the top-k
+//                     threshold and then the top-p threshold (byte by byte from the most
+//                     significant, histograms in shared memory), then Gumbel-max over the rest.
+// Parameters and the RNG counter are read from DecodeState in device memory; the RNG is a
+// counter-based hash of (seed, step, token id), so a step is reproducible and graph-safe.
+#include "common.cuh"
+
+struct SampleStats {  // 8 words; mirrored in ops.py (SAMPLE_STATS_BYTES)
+    float m, z, s, top1, top2, gkey;
+    int top1_idx, gidx;
+};
+static_assert(sizeof(SampleStats) == 32, "SAMPLE_STATS_BYTES in state.py");
+
+__device__ __forceinline__ u64 splitmix64(u64 x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+__device__ __forceinline__ float gumbel(u64 seed, u32 step, u32 i) {
+    const u64 h = splitmix64(seed ^ splitmix64(((u64)step << 32) | i));
+    const float u = ((float)(h >> 40) + 0.5f) * (1.f / 16777216.f);  // in (0, 1)
+    return -logf(-logf(u));
+}
+__device__ __forceinline__ bool better(float v, int i, float w, int j) { return v > w || (v == w && i < j); }
+__device__ __forceinline__ u32 order_key(float f) {  // monotone: larger float -> larger key
+    const u32 u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ void stats_init(SampleStats& a) {
+    a.m = NEG_INF; a.z = 0.f; a.s = 0.f; a.top1 = NEG_INF; a.top2 = NEG_INF; a.gkey = NEG_INF;
+    a.top1_idx = 0x7fffffff; a.gidx = 0x7fffffff;
+}
+__device__ __forceinline__ void stats_add(SampleStats& a, float l, int i, float gk) {
+    if (!(l > NEG_INF)) return;  // -inf (masked) and NaN
+    if (l > a.m) {
+        if (a.z > 0.f) {
+            const float f = expf(a.m - l);
+            a.s = f * (a.s + (a.m - l) * a.z);
+            a.z = a.z * f + 1.f;
+        } else {
+            a.s = 0.f;
+            a.z = 1.f;
+        }
+        a.m = l;
+    } else {
+        const float e = expf(l - a.m);
+        a.z += e;
+        a.s += e * (l - a.m);
+    }
+    if (better(l, i, a.top1, a.top1_idx)) { a.top2 = a.top1; a.top1 = l; a.top1_idx = i; }
+    else if (l > a.top2) a.top2 = l;
+    if (better(gk, i, a.gkey, a.gidx)) { a.gkey = gk; a.gidx = i; }
+}
+__device__ __forceinline__ void stats_merge(SampleStats& a, const SampleStats& b) {
+    const float M = fmaxf(a.m, b.m);
+    if (M > NEG_INF) {
+        const float fa = a.z > 0.f ? expf(a.m - M) : 0.f, fb = b.z > 0.f ? expf(b.m - M) : 0.f;
+        const float sa = a.z > 0.f ? fa * (a.s + (a.m - M) * a.z) : 0.f;
+        const float sb = b.z > 0.f ? fb * (b.s + (b.m - M) * b.z) : 0.f;
+        a.z = a.z * fa + b.z * fb;
+        a.s = sa + sb;
+        a.m = M;
+    }
+    if (better(b.top1, b.top1_idx, a.top1, a.top1_idx)) {
+        a.top2 = fmaxf(a.top1, b.top2);
+        a.top1 = b.top1;
+        a.top1_idx = b.top1_idx;
+    } else {
+        a.top2 = fmaxf(a.top2, b.top1);
+    }
+    if (better(b.gkey, b.gidx, a.gkey, a.gidx)) { a.gkey = b.gkey; a.gidx = b.gidx; }
+}
+// Tree reduction over blockDim.x (a power of two) entries of sh; result in sh[0].
+__device__ __forceinline__ void stats_block_reduce(SampleStats* sh) {
+    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) stats_merge(sh[threadIdx.x], sh[threadIdx.x + s]);
+        __syncthreads();
+    }
+}
+__device__ __forceinline__ bool truncating(const DecodeState* st, int V) {
+    return st->temperature > 0.f && ((st->top_k > 0 && st->top_k < V) || st->top_p < 1.f);
+}
+__device__ __forceinline__ void finish(DecodeState* st, int token, float logit, float M, float z) {
+    st->token = token;
+    st->logprob = (logit - M) - logf(z);
+    if (st->flags & 1) { st->pos += 1; st->rng_step += 1; }
+}
+
+// grid (NB <= 256), block 256. part: NB + 1 records (the last one receives the merged stats).
+extern "C" __global__ void __launch_bounds__(256) sample_reduce(const float* __restrict__ logits, int V,
+                                                                DecodeState* st, SampleStats* part, int* counter) {
+    __shared__ SampleStats sh[256];
+    __shared__ int s_last;
+    pdl_launch_dependents();
+    pdl_wait();
+    const float T = st->temperature;
+    const bool gumbel_here = T > 0.f && !truncating(st, V);
+    const u64 seed = ((u64)st->seed_hi << 32) | st->seed_lo;
+    const u32 step = st->rng_step;
+    SampleStats a;
+    stats_init(a);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < V; i += gridDim.x * blockDim.x) {
+        const float l = logits[i];
+        stats_add(a, l, i, gumbel_here ? l / T + gumbel(seed, step, (u32)i) : NEG_INF);
+    }
+    sh[threadIdx.x] = a;
+    __syncthreads();
+    stats_block_reduce(sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == (int)gridDim.x - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    SampleStats b;
+    stats_init(b);
+    if ((int)threadIdx.x < (int)gridDim.x) {  // other blocks' records: read past L1
+        const volatile SampleStats* p = part + threadIdx.x;
+        b.m = p->m; b.z = p->z; b.s = p->s; b.top1 = p->top1; b.top2 = p->top2; b.gkey = p->gkey;
+        b.top1_idx = p->top1_idx; b.gidx = p->gidx;
+    }
+    sh[threadIdx.x] = b;
+    __syncthreads();
+    stats_block_reduce(sh);
+    if (threadIdx.x != 0) return;
+    const SampleStats f = sh[0];
+    part[gridDim.x] = f;
+    *counter = 0;
+    st->entropy = logf(f.z) - f.s / f.z;
+    st->margin = (1.f - expf(f.top2 - f.m)) / f.z;  // p1 = e^(top1-M)/Z = 1/Z
+    if (T <= 0.f) finish(st, f.top1_idx, f.top1, f.m, f.z);
+    else if (gumbel_here) finish(st, f.gidx, logits[f.gidx], f.m, f.z);
+    // else: sample_truncated draws the token.
+}
+
+// Radix select over order keys, one byte per pass from the top. With `mass` null it finds the
+// k-th largest key among keys >= floor; with mass it finds the top-p cut: the smallest key whose
+// strictly-greater mass stays below `target` (ties at the cut are all kept).
+__device__ u32 radix_cut(const float* __restrict__ logits, int V, u32 floor_key, int k, float target, bool by_mass,
+                         float M, float T, unsigned* hist, float* hmass, u32* s_prefix, float* s_above, int* s_k) {
+    u32 prefix = 0, mask = 0;
+    if (threadIdx.x == 0) { *s_above = 0.f; *s_k = k; }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int b = threadIdx.x; b < 256; b += blockDim.x) { hist[b] = 0; hmass[b] = 0.f; }
+        __syncthreads();
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            const float l = logits[i];
+            const u32 key = order_key(l);
+            if (key < floor_key || (key & mask) != prefix) continue;
+            const int b = (key >> shift) & 255;
+            if (by_mass) atomicAdd(&hmass[b], expf((l - M) / T));
+            else atomicAdd(&hist[b], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int chosen = -1, last_nonempty = 0;
+            if (by_mass) {
+                float cum = *s_above;
+                for (int b = 255; b >= 0; --b) {
+                    if (hmass[b] > 0.f) last_nonempty = b;
+                    if (hmass[b] > 0.f && cum + hmass[b] >= target) { chosen = b; break; }
+                    cum += hmass[b];
+                }
+                if (chosen < 0) {  // rounding left target above the total: cut at the lowest bin
+                    chosen = last_nonempty;
+                    cum -= hmass[chosen];
+                }
+                *s_above = cum;
+            } else {
+                unsigned cum = 0;
+                for (int b = 255; b >= 0; --b) {
+                    if (hist[b] > 0) last_nonempty = b;
+                    if (hist[b] > 0 && cum + hist[b] >= (unsigned)*s_k) { chosen = b; break; }
+                    cum += hist[b];
+                }
+                if (chosen < 0) chosen = last_nonempty;
+                *s_k -= (int)cum;
+            }
+            *s_prefix = prefix | ((u32)chosen << shift);
+        }
+        __syncthreads();
+        prefix = *s_prefix;
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    return prefix;
+}
+
+// grid (1), block 1024. final: the merged record written by sample_reduce.
+extern "C" __global__ void __launch_bounds__(1024) sample_truncated(const float* __restrict__ logits, int V,
+                                                                   DecodeState* st, const SampleStats* final_stats) {
+    __shared__ unsigned hist[256];
+    __shared__ float hmass[256];
+    __shared__ u32 s_prefix;
+    __shared__ float s_above, scratch[32];
+    __shared__ int s_k;
+    __shared__ float s_best[32];
+    __shared__ int s_best_i[32];
+    pdl_launch_dependents();
+    pdl_wait();
+    if (!truncating(st, V)) return;
+    const float T = st->temperature, M = final_stats->m, z = final_stats->z;
+    const int top_k = st->top_k;
+    const float top_p = st->top_p;
+    u32 floor_key = 0;
+    if (top_k > 0 && top_k < V)
+        floor_key = radix_cut(logits, V, 0, top_k, 0.f, false, M, T, hist, hmass, &s_prefix, &s_above, &s_k);
+    if (top_p < 1.f) {
+        float zt = 0.f;
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            const float l = logits[i];
+            if (order_key(l) >= floor_key && l > NEG_INF) zt += expf((l - M) / T);
+        }
+        zt = block_sum(zt, scratch);
+        floor_key = radix_cut(logits, V, floor_key, 0, top_p * zt, true, M, T, hist, hmass, &s_prefix, &s_above, &s_k);
+    }
+    const u64 seed = ((u64)st->seed_hi << 32) | st->seed_lo;
+    const u32 step = st->rng_step;
+    float best = NEG_INF;
+    int best_i = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const float l = logits[i];
+        if (order_key(l) < floor_key || !(l > NEG_INF)) continue;
+        const float gk = l / T + gumbel(seed, step, (u32)i);
+        if (better(gk, i, best, best_i)) { best = gk; best_i = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(FULL_MASK, best, o);
+        const int oi = __shfl_xor_sync(FULL_MASK, best_i, o);
+        if (better(ob, oi, best, best_i)) { best = ob; best_i = oi; }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { s_best[warp] = best; s_best_i[warp] = best_i; }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
+        if (better(s_best[w], s_best_i[w], best, best_i)) { best = s_best[w]; best_i = s_best_i[w]; }
+    finish(st, best_i, logits[best_i], M, z);
+}

@@ -1,0 +1,220 @@
+"""One Python launcher per kernel: each asserts its shapes and owns its grid/block choice.
+
+Launchers write into tensors the caller allocated, so the same code runs eagerly (the op
+interface in backend.py) and under stream capture (decode.py), where nothing may allocate.
+"""
+from __future__ import annotations
+
+import math
+
+from .driver import Allocator, DeviceInfo, Stream, memset_d8
+from .kernels_registry import HEAD_DIM_VARIANTS, KernelSet
+from .state import SAMPLE_STATS_BYTES
+from .tensor import DeviceTensor
+
+ROPE_FLAG_ROPE, ROPE_FLAG_NORM = 1, 2
+GEMV_U = 4                 # 16-byte chunks in flight per thread (kernels/gemv.cu GEMV_U)
+ATT_MAXG = 8               # query heads per decode block (kernels/attention.cu)
+GEMM_TILE, GEMM_BK = 64, 32
+
+
+def _aligned(t: DeviceTensor, n: int = 16) -> bool:
+    return t.ptr % n == 0
+
+
+def _ptr(t: DeviceTensor | None) -> int:
+    return 0 if t is None else t.ptr
+
+
+def head_dim_variant(hd: int) -> int:
+    assert hd % 8 == 0 and hd <= HEAD_DIM_VARIANTS[-1], f"head_dim {hd}: need a multiple of 8 up to 256"
+    return next(d for d in HEAD_DIM_VARIANTS if hd <= d)
+
+
+class Workspace:
+    """A device scratch buffer that only grows (growing is refused under capture)."""
+
+    def __init__(self, allocator: Allocator, stream: Stream, dtype: str, zeroed: bool = False):
+        self.allocator, self.stream, self.dtype, self.zeroed = allocator, stream, dtype, zeroed
+        self.tensor: DeviceTensor | None = None
+        self._retired: list[DeviceTensor] = []  # a captured graph may still point at an old one
+
+    def get(self, numel: int) -> DeviceTensor:
+        if self.tensor is None or self.tensor.numel < numel:
+            if self.tensor is not None:
+                self._retired.append(self.tensor)
+            self.tensor = DeviceTensor.empty(self.allocator, (max(numel, 1024),), self.dtype)
+            if self.zeroed:  # counters must start at zero; kernels leave them at zero
+                memset_d8(self.tensor.ptr, 0, self.tensor.nbytes, self.stream)
+        return self.tensor
+
+
+class Ops:
+    def __init__(self, kernels: KernelSet, stream: Stream, allocator: Allocator, info: DeviceInfo):
+        self.k, self.stream, self.info = kernels, stream, info
+        self.sm_count = info.sm_count
+        self.pdl = False  # set while recording a graph on sm_90+
+        self.gemm_ws = Workspace(allocator, stream, "f32")
+        self.gemm_counters = Workspace(allocator, stream, "i32", zeroed=True)
+        self.att_ws = Workspace(allocator, stream, "f32")
+        self.att_counters = Workspace(allocator, stream, "i32", zeroed=True)
+        self.sample_ws = Workspace(allocator, stream, "f32")
+        self.sample_counter = Workspace(allocator, stream, "i32", zeroed=True)
+
+    def _launch(self, name: str, grid, block, args, smem: int = 0) -> None:
+        kernel = self.k[name]
+        if smem > kernel.max_dynamic_smem:
+            kernel.allow_dynamic_smem(smem)
+        kernel.launch(grid, block, args, self.stream, smem, self.pdl)
+
+    # ---- elementwise and norms ---------------------------------------------------------
+    def embedding(self, table: DeviceTensor, ids: DeviceTensor, out: DeviceTensor) -> None:
+        V, D = table.shape
+        T = out.shape[0]
+        assert table.dtype == "bf16" and ids.dtype == "i32" and out.dtype == "f32" and out.shape == (T, D)
+        assert ids.numel >= T
+        self._launch("embedding", (T,), (128,), (table.ptr, ids.ptr, out.ptr, D, V))
+
+    def select_row(self, src: DeviceTensor, dst: DeviceTensor, state: DeviceTensor) -> None:
+        """dst [1, D] = src[state.rows - 1] (the last valid row of a padded prefill)."""
+        rows, D = src.shape
+        assert dst.numel == D and src.dtype == dst.dtype == "f32"
+        self._launch("select_row", (1,), (256,), (src.ptr, dst.ptr, state.ptr, D, rows))
+
+    def rmsnorm(self, x: DeviceTensor, w: DeviceTensor, out: DeviceTensor, eps: float) -> None:
+        T, D = x.shape
+        assert x.dtype == out.dtype == "f32" and w.dtype == "bf16" and w.numel == D and out.shape == (T, D)
+        self._launch("rmsnorm", (T,), (256,), (x.ptr, w.ptr, out.ptr, D, eps))
+
+    def add_rmsnorm(self, x, residual, w, out, sum_out, eps: float) -> None:
+        T, D = x.shape
+        assert residual.shape == out.shape == sum_out.shape == (T, D) and w.numel == D
+        self._launch("add_rmsnorm", (T,), (256,), (x.ptr, residual.ptr, w.ptr, out.ptr, sum_out.ptr, D, eps))
+
+    def swiglu(self, gate_up: DeviceTensor, out: DeviceTensor) -> None:
+        T, F2 = gate_up.shape
+        F = F2 // 2
+        assert F2 % 2 == 0 and out.shape == (T, F) and gate_up.dtype == out.dtype == "f32"
+        grid = max(1, min(math.ceil(T * F / 256), 8 * self.sm_count))
+        self._launch("swiglu", (grid,), (256,), (gate_up.ptr, out.ptr, T, F))
+
+    def convert(self, src_ptr: int, src_dtype: str, dst: DeviceTensor, offset_elems: int, n: int) -> None:
+        """dst[offset : offset+n] = bf16(src[0:n]) for a raw f32/f16 source already on the device."""
+        assert dst.dtype == "bf16" and offset_elems + n <= dst.numel and offset_elems % 4 == 0
+        name = {"F32": "convert_f32_bf16", "F16": "convert_f16_bf16"}[src_dtype]
+        grid = max(1, min(math.ceil(n / 1024), 4 * self.sm_count))
+        self._launch(name, (grid,), (256,), (src_ptr, dst.ptr + 2 * offset_elems, n))
+
+    # ---- projections ----------------------------------------------------------------------
+    def gemv(self, W: DeviceTensor, x: DeviceTensor, y: DeviceTensor, *, bias: DeviceTensor | None = None,
+             norm_w: DeviceTensor | None = None, eps: float = 0.0, mode: str = "store") -> None:
+        """One token: y = W·norm?(x) (+b); mode store | residual (y +=) | swiglu (rows g, g+F)."""
+        N, K = W.shape
+        assert W.dtype == "bf16" and x.dtype == y.dtype == "f32" and x.numel == K
+        assert K % 8 == 0 and _aligned(W) and _aligned(x), "gemv needs K % 8 == 0 and 16-byte aligned W, x"
+        assert bias is None or bias.numel == N
+        assert norm_w is None or norm_w.numel == K
+        F = N // 2 if mode == "swiglu" else 0
+        assert y.numel == (F if mode == "swiglu" else N), (mode, y.shape, N)
+        assert not (mode == "residual" and norm_w is not None), "norm + residual would alias x and y"
+        name = {("store", False): "gemv_store", ("store", True): "gemv_norm_store",
+                ("residual", False): "gemv_residual", ("swiglu", False): "gemv_swiglu",
+                ("swiglu", True): "gemv_norm_swiglu"}[(mode, norm_w is not None)]
+        chunks = K // 8
+        ks = 1
+        while ks < 8 and chunks > 32 * ks * GEMV_U:  # split K until one pass (or two) covers it
+            ks *= 2
+        groups = F if mode == "swiglu" else math.ceil(N / 2)
+        threads = 256 if ks == 8 or (ks == 1 and groups >= 64 * self.sm_count) else 128
+        per_block = threads // 32 // ks
+        smem = 4 * K + 4 * 2 * (threads // 32)
+        self._launch(name, (math.ceil(groups / per_block),), (threads,),
+                     (W.ptr, x.ptr, _ptr(bias), _ptr(norm_w), y.ptr, N, K, F, ks, eps), smem)
+
+    def gemm(self, x: DeviceTensor, W: DeviceTensor, y: DeviceTensor, bias: DeviceTensor | None = None,
+             mode: str = "store") -> None:
+        """Several tokens on tensor cores: y (=|+=) x @ W^T (+b); K split when tiles are few."""
+        M, K = x.shape
+        N = W.shape[0]
+        assert W.shape == (N, K) and W.dtype == "bf16" and x.dtype == y.dtype == "f32" and y.shape == (M, N)
+        assert K % 8 == 0 and _aligned(W) and _aligned(x), "gemm needs K % 8 == 0 and 16-byte aligned W, x"
+        assert bias is None or bias.numel == N
+        tiles_n, tiles_m = math.ceil(N / GEMM_TILE), math.ceil(M / GEMM_TILE)
+        k_steps = math.ceil(K / GEMM_BK)
+        splits = 1
+        if tiles_n * tiles_m < self.sm_count and k_steps >= 4:
+            splits = min(k_steps // 2, math.ceil(2 * self.sm_count / (tiles_n * tiles_m)), 16)
+        k_per_split = math.ceil(k_steps / splits) * GEMM_BK
+        splits = math.ceil(K / k_per_split)
+        ws = self.gemm_ws.get(splits * M * N) if splits > 1 else None
+        counters = self.gemm_counters.get(tiles_n * tiles_m) if splits > 1 else None
+        self._launch("gemm_bf16", (tiles_n, tiles_m, splits), (128,),
+                     (x.ptr, W.ptr, _ptr(bias), y.ptr, _ptr(ws), _ptr(counters), M, N, K, k_per_split,
+                      1 if mode == "residual" else 0))
+
+    # ---- attention ------------------------------------------------------------------------
+    def rope_qknorm(self, qkv: DeviceTensor, positions: DeviceTensor | None, H: int, KVH: int, hd: int,
+                    theta: float, *, q_norm: DeviceTensor | None = None, k_norm: DeviceTensor | None = None,
+                    eps: float = 0.0, rope: bool = True) -> None:
+        T, stride = qkv.shape
+        assert stride == (H + 2 * KVH) * hd and qkv.dtype == "f32" and hd % 2 == 0
+        flags = (ROPE_FLAG_ROPE if rope else 0) | (ROPE_FLAG_NORM if q_norm is not None else 0)
+        assert not rope or (positions is not None and positions.numel >= T)
+        assert (q_norm is None) == (k_norm is None)
+        self._launch("rope_qknorm", (T, math.ceil((H + KVH) / 4)), (128,),
+                     (qkv.ptr, _ptr(positions), _ptr(q_norm), _ptr(k_norm), H, KVH, hd, stride, theta, eps, flags))
+
+    def kv_store(self, qkv, positions, kc, vc, H, KVH, hd, cap, layer, state=None) -> None:
+        """Store k/v rows at positions; the cache comes from `state` (a DecodeState) when given."""
+        T = qkv.shape[0]
+        assert qkv.shape[1] == (H + 2 * KVH) * hd and positions.numel >= T
+        assert state is not None or (kc.dtype == vc.dtype == "bf16" and cap > 0)
+        self._launch("kv_store", (T,), (128,), (qkv.ptr, positions.ptr, _ptr(kc), _ptr(vc), _ptr(state), H, KVH, hd,
+                                                cap, layer))
+
+    def attention_prefill(self, qkv, positions, kc, vc, out, H, KVH, hd, cap, layer, state=None) -> None:
+        T = qkv.shape[0]
+        assert state is not None or cap > 0
+        G = H // KVH
+        assert G <= 16, f"{G} query heads per kv head: the prefill kernel handles up to 16"
+        assert out.shape == (T, H * hd) and out.dtype == "f32"
+        d = head_dim_variant(hd)
+        bq = max(1, 16 // G)
+        smem = 64 * hd + 128 * (hd + 2)
+        self._launch(f"attention_prefill_d{d}", (math.ceil(T / bq), KVH), (128,),
+                     (qkv.ptr, positions.ptr, _ptr(kc), _ptr(vc), _ptr(state), out.ptr, T, H, KVH, hd, cap, layer,
+                      1.0 / math.sqrt(hd), bq), smem)
+
+    def decode_splits(self, KVH: int, G: int, capacity: int) -> int:
+        """Blocks along the sequence: enough to fill the GPU at full context; the kernel uses
+        only ceil(len / chunk) of them (chunk >= 128 keys) at the current length."""
+        hz = math.ceil(G / ATT_MAXG)
+        return max(1, min(math.ceil(capacity / 128), max(1, 2 * self.sm_count // (KVH * hz)), 64))
+
+    def attention_decode(self, qkv, out, H, KVH, hd, layer, n_splits, *, positions=None, kc=None, vc=None,
+                         cap=0, state=None, q_norm=None, k_norm=None, theta=0.0, eps=0.0, rope=False) -> None:
+        """One token (fused RoPE / q-k norm / kv store when asked). Position, cache pointers and
+        capacity come from `state` (a DecodeState) when given, else from the arguments."""
+        assert qkv.numel == (H + 2 * KVH) * hd and out.numel == H * hd and out.dtype == "f32"
+        assert state is not None or (positions is not None and kc is not None and vc is not None and cap > 0)
+        G = H // KVH
+        hz = math.ceil(G / ATT_MAXG)
+        d = head_dim_variant(hd)
+        flags = (ROPE_FLAG_ROPE if rope else 0) | (ROPE_FLAG_NORM if q_norm is not None else 0)
+        ws = self.att_ws.get(KVH * hz * n_splits * (2 * ATT_MAXG + ATT_MAXG * hd))
+        counters = self.att_counters.get(KVH * hz)
+        smem = 4 * (5 * ATT_MAXG * hd + 8 * ATT_MAXG + 3 * hd)
+        self._launch(f"attention_decode_d{d}", (n_splits, KVH, hz), (128,),
+                     (qkv.ptr, _ptr(positions), _ptr(kc), _ptr(vc), _ptr(state), out.ptr, _ptr(q_norm), _ptr(k_norm),
+                      ws.ptr, counters.ptr, H, KVH, hd, cap, layer, 1.0 / math.sqrt(hd), theta, eps, flags), smem)
+
+    # ---- sampling ---------------------------------------------------------------------------
+    def sample(self, logits: DeviceTensor, state: DeviceTensor) -> None:
+        """Sample into `state` (token, logprob, entropy, margin) with its parameters."""
+        V = logits.numel
+        assert logits.dtype == "f32" and state.nbytes >= 80
+        nb = max(1, min(256, math.ceil(V / (256 * 8))))
+        part = self.sample_ws.get((nb + 1) * SAMPLE_STATS_BYTES // 4)
+        counter = self.sample_counter.get(1)
+        self._launch("sample_reduce", (nb,), (256,), (logits.ptr, V, state.ptr, part.ptr, counter.ptr))
+        self._launch("sample_truncated", (1,), (1024,), (logits.ptr, V, state.ptr, part.ptr + nb * SAMPLE_STATS_BYTES))

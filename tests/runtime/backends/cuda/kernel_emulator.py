@@ -1,0 +1,324 @@
+"""numpy semantics of each kernel's contract, on raw (bounds-checked) device memory, plus the
+launch-shape checks the CUDA code relies on: grid coverage, block size, shared memory,
+alignment, zeroed counters, workspace sizes. Used by fake_driver.py; never by the backend.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from services.runtime.backends.cpu.backend import rope_cos_sin
+from services.runtime.backends.cuda.state import DECODE_STATE, SAMPLE_STATS_BYTES
+from services.runtime.engine.sampler import _filter_top_k_top_p
+
+KERNELS = {}
+
+
+def static_smem(name: str) -> int:
+    return {"gemm_bf16": 2 * 2 * 64 * 40 * 2 + 4, "sample_reduce": 256 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
+
+
+def kernel(name):
+    def wrap(fn):
+        KERNELS[name] = fn
+        return fn
+    return wrap
+
+
+def run(name, mem, grid, block, smem, args):
+    if name.startswith(("attention_prefill_d", "attention_decode_d")):
+        base, d = name.rsplit("_d", 1)
+        return KERNELS[base](mem, grid, block, smem, int(d), *args)
+    if name.startswith("gemv_"):
+        return KERNELS["gemv"](mem, grid, block, smem, name, *args)
+    return KERNELS[name](mem, grid, block, smem, *args)
+
+
+# ---- memory helpers ------------------------------------------------------------------------
+def widen(bits):
+    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+
+
+def bits(a):
+    b = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def f32(mem, p, n):
+    return mem.view(p, 4 * n, np.float32)
+
+
+def bf(mem, p, n):
+    return widen(mem.view(p, 2 * n, np.uint16))
+
+
+def i32(mem, p, n):
+    return mem.view(p, 4 * n, np.int32)
+
+
+def rms(x, w, eps):
+    x = x.astype(np.float32)
+    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps))) * w
+
+
+def rotate(x, pos, theta):
+    """x [..., n, hd] rows at positions pos [n] (HF rotate-half), returns a new array."""
+    hd = x.shape[-1]
+    cos, sin = rope_cos_sin(np.asarray(pos), hd, theta)
+    half = hd // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(np.float32)
+
+
+def state_view(mem, p):
+    return mem.view(p, DECODE_STATE.itemsize).view(DECODE_STATE)
+
+
+# ---- kernels -----------------------------------------------------------------------------------
+@kernel("embedding")
+def _embedding(mem, grid, block, smem, table, ids, out, D, V):
+    T = grid[0]
+    o = f32(mem, out, T * D).reshape(T, D)
+    for t, i in enumerate(i32(mem, ids, T)):
+        o[t] = bf(mem, table + 2 * int(i) * D, D) if 0 <= i < V else 0.0
+
+
+@kernel("rmsnorm")
+def _rmsnorm(mem, grid, block, smem, x, w, out, D, eps):
+    T = grid[0]
+    f32(mem, out, T * D)[:] = rms(f32(mem, x, T * D).reshape(T, D), bf(mem, w, D), eps).reshape(-1)
+
+
+@kernel("add_rmsnorm")
+def _add_rmsnorm(mem, grid, block, smem, x, res, w, out, sum_out, D, eps):
+    T = grid[0]
+    s = f32(mem, x, T * D) + f32(mem, res, T * D)
+    f32(mem, sum_out, T * D)[:] = s
+    f32(mem, out, T * D)[:] = rms(s.reshape(T, D), bf(mem, w, D), eps).reshape(-1)
+
+
+@kernel("swiglu")
+def _swiglu(mem, grid, block, smem, gu, out, T, F):
+    g = f32(mem, gu, T * 2 * F).reshape(T, 2 * F)
+    with np.errstate(over="ignore"):
+        f32(mem, out, T * F)[:] = (g[:, :F] / (1 + np.exp(-g[:, :F])) * g[:, F:]).reshape(-1)
+
+
+@kernel("convert_f32_bf16")
+def _cvt32(mem, grid, block, smem, src, dst, n):
+    assert src % 16 == 0 and dst % 8 == 0, "vector path: float4 loads, uint2 stores"
+    mem.view(dst, 2 * n, np.uint16)[:] = bits(f32(mem, src, n))
+
+
+@kernel("convert_f16_bf16")
+def _cvt16(mem, grid, block, smem, src, dst, n):
+    mem.view(dst, 2 * n, np.uint16)[:] = bits(mem.view(src, 2 * n, np.float16).astype(np.float32))
+
+
+@kernel("convert_bf16_f32")
+def _cvtb(mem, grid, block, smem, src, dst, n):
+    f32(mem, dst, n)[:] = bf(mem, src, n)
+
+
+@kernel("rope_qknorm")
+def _rope_qknorm(mem, grid, block, smem, qkv, positions, qw, kw, H, KVH, hd, stride, theta, eps, flags):
+    T = grid[0]
+    assert grid[1] * 4 >= H + KVH and block[0] == 128
+    m = f32(mem, qkv, T * stride).reshape(T, stride)
+    heads = m[:, : (H + KVH) * hd].reshape(T, H + KVH, hd).copy()
+    if flags & 2:
+        heads[:, :H] = rms(heads[:, :H], bf(mem, qw, hd), eps)
+        heads[:, H:] = rms(heads[:, H:], bf(mem, kw, hd), eps)
+    if flags & 1:
+        heads = rotate(heads.transpose(1, 0, 2), i32(mem, positions, T), theta).transpose(1, 0, 2)
+    m[:, : (H + KVH) * hd] = heads.reshape(T, -1)
+
+
+def _cache_rows(mem, base, layer, KVH, kvh, cap, hd, start, n):
+    off = ((int(layer) * KVH + kvh) * cap + int(start)) * hd
+    return mem.view(base + 2 * off, 2 * n * hd, np.uint16).reshape(n, hd)
+
+
+def _cache_from_state(mem, st, kc, vc, cap):
+    if not st:
+        return kc, vc, cap
+    s = state_view(mem, st)[0]
+    return int(s["k_cache"]), int(s["v_cache"]), int(s["capacity"])
+
+
+@kernel("select_row")
+def _select_row(mem, grid, block, smem, src, dst, st, D, max_rows):
+    row = min(max(int(state_view(mem, st)[0]["rows"]), 1), max_rows) - 1
+    f32(mem, dst, D)[:] = f32(mem, src + 4 * row * D, D)
+
+
+@kernel("kv_store")
+def _kv_store(mem, grid, block, smem, qkv, positions, kc, vc, st, H, KVH, hd, cap, layer):
+    kc, vc, cap = _cache_from_state(mem, st, kc, vc, cap)
+    T, stride = grid[0], (H + 2 * KVH) * hd
+    m = f32(mem, qkv, T * stride).reshape(T, stride)
+    for t, p in enumerate(i32(mem, positions, T)):
+        if 0 <= p < cap:
+            for h in range(KVH):
+                _cache_rows(mem, kc, layer, KVH, h, cap, hd, p, 1)[0] = bits(m[t, (H + h) * hd:(H + h + 1) * hd])
+                _cache_rows(mem, vc, layer, KVH, h, cap, hd, p, 1)[0] = bits(m[t, (H + KVH + h) * hd:(H + KVH + h + 1) * hd])
+
+
+@kernel("gemm_bf16")
+def _gemm(mem, grid, block, smem, A, W, bias, C, ws, counters, M, N, K, kps, mode):
+    assert block == (128, 1, 1) and K % 8 == 0 and A % 16 == 0 and W % 16 == 0
+    assert grid[0] * 64 >= N and grid[1] * 64 >= M and kps % 32 == 0
+    assert grid[2] * kps >= K and (grid[2] - 1) * kps < K, "a split with no K range"
+    if grid[2] > 1:
+        mem.check(ws, 4 * grid[2] * M * N)
+        assert (i32(mem, counters, grid[0] * grid[1]) == 0).all(), "split-K counters not at rest"
+    a = widen(bits(f32(mem, A, M * K))).reshape(M, K)
+    y = (a.astype(np.float64) @ bf(mem, W, N * K).reshape(N, K).T.astype(np.float64)).astype(np.float32)
+    if bias:
+        y += bf(mem, bias, N)
+    c = f32(mem, C, M * N).reshape(M, N)
+    c[:] = c + y if mode == 1 else y
+
+
+@kernel("gemv")
+def _gemv(mem, grid, block, smem, name, W, x, bias, norm_w, y, N, K, F, ks, eps):
+    threads = block[0]
+    assert threads % 32 == 0 and threads <= 256 and (threads // 32) % ks == 0 and ks in (1, 2, 4, 8)
+    swiglu, norm = "swiglu" in name, "norm" in name
+    groups = F if swiglu else math.ceil(N / 2)
+    assert grid[0] * (threads // 32 // ks) >= groups, "grid does not cover every row group"
+    assert smem >= 4 * K + 8 * (threads // 32) and K % 8 == 0 and W % 16 == 0 and x % 16 == 0
+    assert not swiglu or N == 2 * F
+    xv = f32(mem, x, K).copy()
+    if norm:
+        assert norm_w % 8 == 0
+        xv = rms(xv, bf(mem, norm_w, K), eps)
+    acc = (bf(mem, W, N * K).reshape(N, K).astype(np.float64) @ xv.astype(np.float64)).astype(np.float32)
+    if bias:
+        acc += bf(mem, bias, N)
+    if swiglu:
+        g, u = acc[:F], acc[F:]
+        with np.errstate(over="ignore"):
+            f32(mem, y, F)[:] = g / (1 + np.exp(-g)) * u
+    elif "residual" in name:
+        f32(mem, y, N)[:] += acc
+    else:
+        f32(mem, y, N)[:] = acc
+
+
+def _attend(q, keys, values):
+    """q [n, hd] (scaled), keys/values [L, hd] -> [n, hd]."""
+    s = q.astype(np.float64) @ keys.T.astype(np.float64)
+    s -= s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(axis=-1, keepdims=True)
+    return (p @ values.astype(np.float64)).astype(np.float32)
+
+
+@kernel("attention_prefill")
+def _prefill(mem, grid, block, smem, D, qkv, positions, kc, vc, st, out, T, H, KVH, hd, cap, layer, scale, BQ):
+    kc, vc, cap = _cache_from_state(mem, st, kc, vc, cap)
+    G = H // KVH
+    assert hd <= D and hd % 8 == 0 and (D == 32 or hd > D // 2), f"head_dim {hd} in the d{D} variant"
+    assert BQ * G <= 16 and grid == (math.ceil(T / BQ), KVH, 1) and block[0] == 128
+    assert smem >= 64 * hd + 128 * (hd + 2)
+    stride = (H + 2 * KVH) * hd
+    m = f32(mem, qkv, T * stride).reshape(T, stride)
+    o = f32(mem, out, T * H * hd).reshape(T, H, hd)
+    pos = i32(mem, positions, T)
+    for t in range(T):
+        L = min(int(pos[t]), cap - 1) + 1
+        for kvh in range(KVH):
+            keys = widen(_cache_rows(mem, kc, layer, KVH, kvh, cap, hd, 0, L))
+            vals = widen(_cache_rows(mem, vc, layer, KVH, kvh, cap, hd, 0, L))
+            q = m[t, kvh * G * hd:(kvh + 1) * G * hd].reshape(G, hd) * np.float32(scale)
+            o[t, kvh * G:(kvh + 1) * G] = _attend(q, keys, vals)
+
+
+@kernel("attention_decode")
+def _decode(mem, grid, block, smem, D, qkv, pos_ptr, kc, vc, st, out, qw, kw, ws, counters, H, KVH, hd, cap, layer,
+            scale, theta, eps, flags):
+    G = H // KVH
+    hz = math.ceil(G / 8)
+    assert hd <= D and hd % 8 == 0 and (D == 32 or hd > D // 2), f"head_dim {hd} in the d{D} variant"
+    assert grid[1] == KVH and grid[2] == hz and block[0] == 128
+    assert smem >= 4 * (5 * 8 * hd + 64 + 3 * hd)
+    mem.check(ws, 4 * KVH * hz * grid[0] * (16 + 8 * hd))
+    assert (i32(mem, counters, KVH * hz) == 0).all(), "decode counters not at rest"
+    if st:
+        s = state_view(mem, st)[0]
+        pos, kc, vc, cap = int(s["pos"]), int(s["k_cache"]), int(s["v_cache"]), int(s["capacity"])
+    else:
+        pos = int(i32(mem, pos_ptr, 1)[0])
+    if not 0 <= pos < cap:
+        return
+    stride = (H + 2 * KVH) * hd
+    row = f32(mem, qkv, stride).copy()
+    heads = row[: (H + KVH) * hd].reshape(H + KVH, hd)
+    if flags & 2:
+        heads[:H] = rms(heads[:H], bf(mem, qw, hd), eps)
+        heads[H:] = rms(heads[H:], bf(mem, kw, hd), eps)
+    if flags & 1:
+        heads = rotate(heads[:, None, :], np.array([pos]), theta)[:, 0, :]
+    vnew = row[(H + KVH) * hd:].reshape(KVH, hd)
+    o = f32(mem, out, H * hd).reshape(H, hd)
+    for kvh in range(KVH):
+        _cache_rows(mem, kc, layer, KVH, kvh, cap, hd, pos, 1)[0] = bits(heads[H + kvh])
+        _cache_rows(mem, vc, layer, KVH, kvh, cap, hd, pos, 1)[0] = bits(vnew[kvh])
+        keys = widen(_cache_rows(mem, kc, layer, KVH, kvh, cap, hd, 0, pos + 1))
+        vals = widen(_cache_rows(mem, vc, layer, KVH, kvh, cap, hd, 0, pos + 1))
+        o[kvh * G:(kvh + 1) * G] = _attend(heads[kvh * G:(kvh + 1) * G] * np.float32(scale), keys, vals)
+
+
+def _truncating(s, V) -> bool:
+    return s["temperature"] > 0 and ((0 < s["top_k"] < V) or s["top_p"] < 1)
+
+
+def _finish(s, token, logits, M, z):
+    s["token"] = token
+    s["logprob"] = (logits[token] - M) - math.log(z)
+    if s["flags"] & 1:
+        s["pos"] += 1
+        s["rng_step"] += 1
+
+
+def _rng(s):
+    return np.random.default_rng([int(s["seed_lo"]), int(s["seed_hi"]), int(s["rng_step"])])
+
+
+@kernel("sample_reduce")
+def _sample_reduce(mem, grid, block, smem, logits, V, st, part, counter):
+    nb = grid[0]
+    assert block[0] == 256 and nb <= 256
+    mem.check(part, (nb + 1) * SAMPLE_STATS_BYTES)
+    assert i32(mem, counter, 1)[0] == 0, "sampler counter not at rest"
+    s = state_view(mem, st)[0:1]
+    lg = f32(mem, logits, V).astype(np.float64)
+    M = lg.max()
+    e = np.exp(lg - M)
+    z, S = e.sum(), (e * (lg - M)).sum()
+    top2 = np.partition(lg, -2)[-2] if V > 1 else -np.inf
+    s["entropy"] = math.log(z) - S / z
+    s["margin"] = (1 - math.exp(top2 - M)) / z
+    f32(mem, part + nb * SAMPLE_STATS_BYTES, 2)[:] = (M, z)
+    T = float(s["temperature"][0])
+    if T <= 0:
+        _finish(s, int(np.argmax(lg)), lg, M, z)
+    elif not _truncating(s[0], V):
+        _finish(s, int(np.argmax(lg / T + _rng(s[0]).gumbel(size=V))), lg, M, z)
+
+
+@kernel("sample_truncated")
+def _sample_truncated(mem, grid, block, smem, logits, V, st, final):
+    assert grid == (1, 1, 1) and block[0] == 1024
+    s = state_view(mem, st)[0:1]
+    if not _truncating(s[0], V):
+        return
+    lg = f32(mem, logits, V).astype(np.float64)
+    M, z = (float(v) for v in f32(mem, final, 2))
+    T = float(s["temperature"][0])
+    kept = _filter_top_k_top_p(lg / T, int(s["top_k"][0]), float(s["top_p"][0]))
+    p = np.exp(kept - kept.max())
+    p /= p.sum()
+    _finish(s, int(_rng(s[0]).choice(V, p=p)), lg, M, z)

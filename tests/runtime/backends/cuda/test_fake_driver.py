@@ -1,0 +1,132 @@
+"""The whole Python side of the CUDA backend, run without a GPU on a strict driver double.
+
+fake_driver.FakeDriver replaces cuda.bindings.driver (the real boundary): real enums and
+structs, argument counts checked against the real bindings, bounds-checked device memory,
+packed kernel arguments decoded as the driver decodes them, graphs recorded and replayed,
+and every kernel emulated with numpy semantics plus its launch-shape checks. The GPU test
+modules are collected again here, so the op-by-op and end-to-end parity tests exercise the
+launchers, the pointer arithmetic, the DecodeState, the uploads and the graph logic on any
+machine. (What only a GPU can show, the CUDA C itself, is left to the same tests on a GPU.)
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.runtime.backends.cuda import driver as driver_module
+
+from .fake_driver import FakeDriver
+from .parity import assert_close, bf16
+from .test_model import *  # noqa: F403  (collected again, against the double)
+from .test_ops import *  # noqa: F403
+from .test_sampling import *  # noqa: F403
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@pytest.fixture(scope="module")
+def gpu(fake_gpu):
+    return fake_gpu
+
+
+@pytest.fixture(scope="module")
+def fake(fake_gpu):
+    return fake_gpu.fake_driver
+
+
+def test_backend_describes_the_device(gpu):
+    d = gpu.describe()
+    assert d["device"] == "Fake H100" and d["arch"] == "sm_90" and d["pdl"] is True
+
+
+def test_upload_converts_every_source_dtype_on_the_device(gpu):
+    a = np.random.default_rng(0).standard_normal((33, 40)).astype(np.float32)
+    assert np.array_equal(gpu.to_host(gpu.upload(a)), bf16(a))
+    assert np.array_equal(gpu.to_host(gpu.upload(a.astype(np.float16))), bf16(a.astype(np.float16).astype(np.float32)))
+    bits = (bf16(a).view(np.uint32) >> 16).astype(np.uint16)
+    assert np.array_equal(gpu.to_host(gpu.upload_raw(bits, "BF16", a.shape)), bf16(a))
+    assert np.array_equal(gpu.to_host(gpu.upload(np.arange(5))), np.arange(5))
+
+
+def test_large_upload_crosses_staging_chunks(gpu):
+    from services.runtime.backends.cuda.upload import CHUNK_BYTES
+
+    a = np.random.default_rng(1).standard_normal(CHUNK_BYTES // 4 * 2 + 12).astype(np.float32)
+    assert np.array_equal(gpu.to_host(gpu.upload(a)), bf16(a))
+
+
+def test_copy_kv_keeps_the_prefix(gpu):
+    src, dst = gpu.alloc_kv(2, 3, 8, 16), gpu.alloc_kv(2, 3, 20, 16)
+    gpu.attention(gpu.upload_activation(np.ones((5, (6 + 6) * 16), np.float32)), src, 1,
+                  gpu.ids(np.arange(5)), 6, 3, 16)
+    gpu.copy_kv(src, dst, 5)
+    assert np.array_equal(gpu.to_host(dst.k)[:, :, :5], gpu.to_host(src.k)[:, :, :5])
+    assert np.array_equal(gpu.to_host(dst.v)[:, :, :5], gpu.to_host(src.v)[:, :, :5])
+
+
+def test_decode_graph_is_pdl_launches_of_the_fused_kernels(gpu, fake, models):
+    cfg, _, gpu_model, _ = models
+    dg = gpu.decode_graph(gpu_model, 64)
+    cache = gpu_model.new_cache(64)
+    dg.bind(cache)
+    dg.graph(True)
+    fake.launches.clear()
+    dg.step(5, 0)
+    names = [n for n, _ in fake.launches]
+    assert len(names) == dg.kernels_per_step(True) == 1 + 5 * cfg.num_layers + 3
+    assert all(pdl for _, pdl in fake.launches)
+    assert names[:3] == ["embedding", "gemv_norm_store", names[2]] and names[2].startswith("attention_decode_d")
+    assert names[-3:] == ["gemv_norm_store", "sample_reduce", "sample_truncated"]
+
+
+def test_graph_survives_workspace_growth_after_capture(gpu, models):
+    cfg, _, gpu_model, _ = models
+    dg = gpu.decode_graph(gpu_model, 64)
+    cache = gpu_model.new_cache(64)
+    dg.bind(cache)
+    before = dg.step(7, 0)
+    H, KVH, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    big = gpu.alloc_kv(1, KVH, 40000, hd)  # more splits: the shared workspace grows
+    gpu.attention(gpu.upload_activation(np.zeros((1, cfg.qkv_size), np.float32)), big, 0, gpu.ids([3]), H, KVH, hd)
+    assert dg.step(7, 0) == before
+
+
+def test_no_pdl_before_hopper(cubin_cache):
+    from services.runtime.backends.cuda.backend import CudaBackend
+
+    mp = pytest.MonkeyPatch()
+    ampere = FakeDriver(capability=(8, 0))
+    mp.setattr(driver_module, "_drv", lambda: ampere)
+    try:
+        be = CudaBackend()
+        assert be.arch == "sm_80" and be.pdl is False
+    finally:
+        mp.undo()
+
+
+def test_position_outside_the_cache_is_refused(gpu, models):
+    _, _, gpu_model, _ = models
+    dg = gpu.decode_graph(gpu_model, 16)
+    dg.bind(gpu_model.new_cache(16))
+    with pytest.raises(ValueError, match="outside the bound KV cache"):
+        dg.step(1, 16)
+
+
+def test_assert_close_reports_the_worst_element():
+    with pytest.raises(AssertionError, match="worst at"):
+        assert_close(np.array([1.0, 2.0]), np.array([1.0, 3.0]), 0, 0.1, "demo")
+
+
+def test_engine_generates_the_same_greedy_text_through_the_op_interface(gpu, cpu, tmp_path):
+    pytest.importorskip("structlog")
+    from services.runtime.engine.engine import Engine
+    from services.runtime.engine.types import GenerateRequest, SamplingParams
+    from services.runtime.model.tiny import make_tiny
+
+    d = make_tiny("llama", tmp_path / "m", seed=2, dtype="bfloat16")
+    req = dict(prompt="The quick brown fox", sampling=SamplingParams(max_tokens=12, return_uncertainty=True),
+               session_id="")
+    ours = Engine.load(d, backend=gpu).generate(GenerateRequest(**req))
+    ref = Engine.load(d, backend=cpu).generate(GenerateRequest(**req))
+    assert ours.token_ids == ref.token_ids
+    assert abs(ours.token_stats[0].logprob - ref.token_stats[0].logprob) < 1e-2

@@ -1,0 +1,47 @@
+"""scripts/gpu_check.py's parity, benchmark and report code, run on the driver double with a
+tiny model, so the one GPU run is not spent on the script's own bugs."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from services.runtime.model.tiny import make_tiny
+
+SCRIPT = Path(__file__).resolve().parents[4] / "scripts" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "DECODE_TOKENS", 6)
+    monkeypatch.setattr(gpu_check, "PROMPT_LEN", 9)
+    d = make_tiny("qwen2", tmp_path / "m", seed=3, dtype="bfloat16")
+    parity = gpu_check.greedy_parity(d, fake_gpu, 11, 6)
+    assert parity["ok"] and parity["free_running_equal_tokens"], parity
+    ours = gpu_check.bench_cuda(d, fake_gpu, gpu_check.PROMPT_LEN, gpu_check.DECODE_TOKENS)
+    for key in ("ttft_ms", "ttft_eager_ms", "decode_ms_per_token", "decode_gpu_ms_per_step", "breakdown_us"):
+        assert key in ours, key
+    assert ours["prefill_graph_token_equals_eager"]
+    assert sum(v["count"] for v in ours["breakdown_us"].values()) == ours["kernels_per_step"]
+    results = {"environment": {"device": "Fake"}, "compile": {"all_ok": True, "arch": "sm_90", "wall_seconds": 1},
+               "pytest": {"summary": "1 passed"}, "parity": {"tiny": parity},
+               "bench": {"smollm2-135m": {"ours": ours, "hf": {"decode_ms_per_token": 20.0, "ttft_ms": 30.0},
+                                          "start_ours": {"seconds": 1.0}, "start_hf": {"seconds": 15.0}}},
+               "total_seconds": 3}
+    table = gpu_check.summary_table(results)
+    assert "decode ms/tok" in table and "x HF" in table and "greedy parity tiny" in table
+
+
+def test_first_token_child_runs(gpu_check, fake_gpu, tmp_path, capsys):
+    d = make_tiny("llama", tmp_path / "m", seed=4, dtype="float32")
+    gpu_check.first_token_child("ours", str(d))
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("FIRST_TOKEN ") and '"token"' in line

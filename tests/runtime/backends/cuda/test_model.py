@@ -1,0 +1,179 @@
+"""End to end on tiny models (GPU only): the CUDA forward pass and the decode graph give the
+numpy backend's greedy tokens; a divergence is allowed only where numpy's top-2 logit margin
+is below the bf16 tolerance, and each one is reported. Graph replay equals the same launches
+made one by one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.runtime.engine.sampler import log_softmax, token_stats
+from services.runtime.model.config import ModelConfig
+from services.runtime.model.tiny import make_tiny
+from services.runtime.model.transformer import Transformer
+from services.runtime.model.weights import Weights
+
+from .parity import assert_close, report
+
+pytestmark = pytest.mark.gpu
+ARCHS = ("llama", "qwen2", "qwen3")
+PROMPT_LEN, STEPS, CAPACITY = 11, 24, 64
+
+
+def margin_tolerance(logits: np.ndarray) -> float:
+    """How far apart two logits must be for bf16 weights/KV to keep their order: a few bf16 ulps
+    of the logit scale."""
+    return 3e-2 * max(1.0, float(np.abs(logits).max()))
+
+
+def top2_margin(logits: np.ndarray) -> float:
+    a = np.partition(logits, -2)[-2:]
+    return float(a[1] - a[0])
+
+
+@pytest.fixture(scope="module", params=[(a, "bfloat16") for a in ARCHS] + [("llama", "float32")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def models(request, tmp_path_factory, cpu, gpu):
+    arch, dtype = request.param
+    d = make_tiny(arch, tmp_path_factory.mktemp(f"{arch}-{dtype}"), seed=5, dtype=dtype)
+    cfg = ModelConfig.from_dir(d)
+    from services.runtime.backends.cuda.loader import load_transformer
+
+    return (cfg, Transformer(cfg, cpu, Weights(d)), Transformer(cfg, gpu, Weights(d)),
+            load_transformer(gpu, cfg, Weights(d)))
+
+
+def _prompt(cfg) -> np.ndarray:
+    return np.random.default_rng(0).integers(3, cfg.vocab_size, PROMPT_LEN).astype(np.int32)
+
+
+def _forward(model, ids, start, cache):
+    b = model.backend
+    logits = model.forward(b.ids(np.asarray(ids, np.int32)), b.ids(np.arange(start, start + len(ids), dtype=np.int32)),
+                           cache)
+    return np.asarray(b.to_host(logits))[-1]
+
+
+def _numpy_greedy(cpu_model, cfg):
+    """Free-running greedy on numpy: tokens and each step's logits."""
+    cache = cpu_model.new_cache(CAPACITY)
+    ids = _prompt(cfg)
+    logits = [_forward(cpu_model, ids, 0, cache)]
+    tokens = []
+    for step in range(STEPS):
+        tokens.append(int(np.argmax(logits[-1])))
+        logits.append(_forward(cpu_model, [tokens[-1]], PROMPT_LEN + step, cache))
+    return tokens, logits
+
+
+def test_raw_loader_uploads_the_same_weights(models):
+    cfg, _, ours, raw = models
+    for a, b in ((ours.embed, raw.embed), (ours.layers[0].qkv, raw.layers[0].qkv),
+                 (ours.layers[-1].gate_up, raw.layers[-1].gate_up), (ours.final_norm, raw.final_norm)):
+        assert np.array_equal(ours.backend.to_host(a), raw.backend.to_host(b))
+
+
+def test_forward_matches_numpy_teacher_forced(models):
+    cfg, cpu_model, gpu_model, _ = models
+    tokens, ref_logits = _numpy_greedy(cpu_model, cfg)
+    cache = gpu_model.new_cache(CAPACITY)
+    got = [_forward(gpu_model, _prompt(cfg), 0, cache)]
+    for step, tok in enumerate(tokens):
+        got.append(_forward(gpu_model, [tok], PROMPT_LEN + step, cache))
+    for step, (g, r) in enumerate(zip(got, ref_logits)):
+        tol = margin_tolerance(r)
+        assert_close(g, r, 2e-2, tol, f"logits at step {step}")
+        if int(np.argmax(g)) != int(np.argmax(r)):
+            assert top2_margin(r) < tol, f"step {step}: argmax differs with numpy margin {top2_margin(r)}"
+            report({"test": "forward", "arch": cfg.arch, "step": step, "numpy_margin": top2_margin(r), "tol": tol})
+
+
+def _graph_for(gpu_model, cfg):
+    dg = gpu_model.backend.decode_graph(gpu_model, CAPACITY)
+    cache = gpu_model.new_cache(CAPACITY)
+    logits = _forward(gpu_model, _prompt(cfg), 0, cache)
+    dg.bind(cache)
+    return dg, cache, logits
+
+
+@pytest.mark.parametrize("which", ["forward-model", "raw-loader-model"])
+def test_decode_graph_greedy_matches_numpy(models, which):
+    cfg, cpu_model, gpu_model, raw_model = models
+    model = gpu_model if which == "forward-model" else raw_model
+    tokens, ref_logits = _numpy_greedy(cpu_model, cfg)
+    dg, cache, prefill_logits = _graph_for(model, cfg)
+    first = int(np.argmax(prefill_logits))
+    assert first == tokens[0] or top2_margin(ref_logits[0]) < margin_tolerance(ref_logits[0])
+    # teacher-forced: the graph's logits at every step
+    for step, tok in enumerate(tokens):
+        g = dg.step_logits(tok, PROMPT_LEN + step)
+        r = ref_logits[step + 1]
+        assert_close(g, r, 2e-2, margin_tolerance(r), f"graph logits at step {step}")
+    # free-running: GPU sampling inside the graph, chained through device memory
+    got = [first]
+    for step in range(STEPS - 1):
+        tok, logprob, entropy, margin = dg.step(got[-1], PROMPT_LEN + step) if step == 0 else dg.step()
+        got.append(tok)
+    for step, (g, r) in enumerate(zip(got, tokens)):
+        if g != r:
+            m, tol = top2_margin(ref_logits[step]), margin_tolerance(ref_logits[step])
+            assert m < tol, f"{cfg.arch}: greedy token {step} differs ({g} vs {r}) with numpy margin {m:.4g} >= {tol:.4g}"
+            report({"test": "decode_graph", "arch": cfg.arch, "step": step, "numpy_margin": m, "tol": tol})
+            break  # the sequences legitimately part here
+
+
+def test_graph_replay_equals_launches_one_by_one(models):
+    cfg, _, gpu_model, _ = models
+    dg, cache, logits = _graph_for(gpu_model, cfg)
+    tok = int(np.argmax(logits))
+    eager = dg.step_logits(tok, PROMPT_LEN, use_graph=False)
+    graph = dg.step_logits(tok, PROMPT_LEN, use_graph=True)
+    assert np.array_equal(eager, graph)
+    a = dg.step(tok, PROMPT_LEN, use_graph=False)
+    b = dg.step(tok, PROMPT_LEN, use_graph=True)
+    assert a == b
+    steps = [dg.step(tok, PROMPT_LEN)] + [dg.step() for _ in range(9)]
+    chained = dg.generate(tok, PROMPT_LEN, 10)
+    assert [s[0] for s in steps] == [c[0] for c in chained]
+
+
+def test_graph_sampling_stats_match_the_host(models):
+    cfg, _, gpu_model, _ = models
+    dg, cache, logits = _graph_for(gpu_model, cfg)
+    tok = int(np.argmax(logits))
+    host_logits = dg.step_logits(tok, PROMPT_LEN)
+    nxt, logprob, entropy, margin = dg.step(tok, PROMPT_LEN)
+    ref = token_stats(log_softmax(host_logits), int(np.argmax(host_logits)))
+    assert nxt == int(np.argmax(host_logits))
+    assert abs(logprob - ref.logprob) < 1e-3 and abs(entropy - ref.entropy) < 1e-3 and abs(margin - ref.margin) < 1e-4
+
+
+def test_prefill_graph_matches_numpy_and_chains_into_decode(models, monkeypatch):
+    from services.runtime.backends.cuda import prefill
+
+    cfg, cpu_model, gpu_model, _ = models
+    tokens, ref_logits = _numpy_greedy(cpu_model, cfg)
+    runner = gpu_model.backend.graph_runner(gpu_model, CAPACITY)
+    cache = gpu_model.new_cache(CAPACITY)
+    g = runner.prefill_logits(_prompt(cfg), 0, cache)
+    assert_close(g, ref_logits[0], 2e-2, margin_tolerance(ref_logits[0]), "prefill graph logits")
+    pg = runner.prefill_graph(PROMPT_LEN)
+    eager = pg.logits_for(list(_prompt(cfg)), 0, cache, use_graph=False)
+    assert np.array_equal(eager, pg.logits_for(list(_prompt(cfg)), 0, cache))
+    tok = runner.prefill_sample(_prompt(cfg), 0, cache)[0]
+    got = [tok]
+    for step in range(STEPS - 1):
+        got.append(runner.decode_sample(got[-1], PROMPT_LEN + step, cache)[0])
+    first_div = next((i for i, (a, b) in enumerate(zip(got, tokens)) if a != b), None)
+    if first_div is not None:
+        m, tol = top2_margin(ref_logits[first_div]), margin_tolerance(ref_logits[first_div])
+        assert m < tol, f"{cfg.arch}: runner greedy token {first_div} differs with numpy margin {m:.4g}"
+        report({"test": "runner", "arch": cfg.arch, "step": first_div, "numpy_margin": m, "tol": tol})
+    # a prompt longer than the largest bucket runs in chunks through the cache
+    monkeypatch.setattr(prefill, "BUCKETS", (16,))
+    long_ids = np.random.default_rng(3).integers(3, cfg.vocab_size, 40).astype(np.int32)
+    chunked = gpu_model.backend.graph_runner(gpu_model, CAPACITY)
+    c2 = gpu_model.new_cache(CAPACITY)
+    ref_cache = cpu_model.new_cache(CAPACITY)
+    ref = _forward(cpu_model, long_ids, 0, ref_cache)
+    assert_close(chunked.prefill_logits(long_ids, 0, c2), ref, 2e-2, margin_tolerance(ref), "chunked prefill")

@@ -1,0 +1,176 @@
+"""Op-by-op parity of the CUDA kernels with the numpy reference backend (GPU only).
+
+Weights are rounded to bf16 on the host first, so both backends multiply the same numbers
+and the tolerances measure the kernels (fp32 accumulation order, bf16 K/V, bf16 GEMM inputs).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from .parity import assert_close, bf16
+
+pytestmark = pytest.mark.gpu
+RNG = np.random.default_rng(1234)
+
+
+def rand(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def pair(cpu, gpu, w):
+    """A weight on both backends (bf16-exact values)."""
+    w = bf16(w)
+    return cpu.upload(w), gpu.upload(w)
+
+
+@pytest.mark.parametrize("D", [64, 60, 576])
+def test_embedding(cpu, gpu, D):
+    tc, tg = pair(cpu, gpu, rand(300, D))
+    ids = np.array([0, 7, 299, 7, 150], np.int32)
+    assert_close(gpu.to_host(gpu.embedding(tg, gpu.ids(ids))), cpu.embedding(tc, cpu.ids(ids)), 0, 0, "embedding")
+
+
+@pytest.mark.parametrize("T,D", [(1, 64), (5, 576), (3, 896)])
+def test_rmsnorm_and_add_rmsnorm(cpu, gpu, T, D):
+    wc, wg = pair(cpu, gpu, 1 + 0.1 * rand(D))
+    x, r = rand(T, D), rand(T, D)
+    xg, rg = gpu.upload_activation(x), gpu.upload_activation(r)
+    assert_close(gpu.to_host(gpu.rmsnorm(xg, wg, 1e-6)), cpu.rmsnorm(x, wc, 1e-6), 1e-5, 1e-5, "rmsnorm")
+    hg, sg = gpu.add_rmsnorm(xg, rg, wg, 1e-5)
+    hc, sc = cpu.add_rmsnorm(x, r, wc, 1e-5)
+    assert_close(gpu.to_host(sg), sc, 0, 0, "residual sum")
+    assert_close(gpu.to_host(hg), hc, 1e-5, 1e-5, "add_rmsnorm")
+
+
+@pytest.mark.parametrize("T,N,K,bias", [
+    (1, 960, 576, True),    # SmolLM2 qkv: one pass per thread
+    (1, 576, 1536, False),  # down: split K over 2 warps
+    (1, 896, 4864, False),  # Qwen2.5 down: 4 warps
+    (1, 64, 18944, False),  # 8 warps, > 48 KB of shared memory (opt-in path)
+    (1, 1001, 64, True),    # odd N: a half-empty last row group
+    (7, 960, 576, True),    # tensor-core GEMM, split K
+    (32, 3072, 576, False),
+    (70, 50, 64, True),     # partial tiles in both dimensions
+    (130, 200, 1536, False),
+])
+def test_linear(cpu, gpu, T, N, K, bias):
+    wc, wg = pair(cpu, gpu, rand(N, K, scale=K ** -0.5))
+    bc, bg = pair(cpu, gpu, rand(N, scale=0.1)) if bias else (None, None)
+    x = rand(T, K)
+    got = gpu.to_host(gpu.linear(gpu.upload_activation(x), wg, bg))
+    if T == 1:  # the GEMV keeps x in fp32: only the summation order differs
+        assert_close(got, cpu.linear(x, wc, bc), 1e-4, 1e-4, "gemv")
+    else:       # tensor cores take x as bf16
+        assert_close(got, cpu.linear(bf16(x), wc, bc), 1e-4, 1e-4, "gemm vs bf16(x)")
+        assert_close(got, cpu.linear(x, wc, bc), 2e-2, 2e-2, "gemm vs fp32 x")
+
+
+@pytest.mark.parametrize("H,KVH,hd", [(4, 2, 24), (9, 3, 64), (16, 8, 128)])
+def test_qk_norm_and_rope(cpu, gpu, H, KVH, hd):
+    T = 5
+    qkv = rand(T, (H + 2 * KVH) * hd)
+    pos = np.array([0, 3, 17, 250, 1000], np.int32)
+    qw_c, qw_g = pair(cpu, gpu, 1 + 0.1 * rand(hd))
+    kw_c, kw_g = pair(cpu, gpu, 1 + 0.1 * rand(hd))
+    ref = qkv.copy()
+    cpu.qk_norm(ref, qw_c, kw_c, 1e-6, H, KVH, hd)
+    g = gpu.upload_activation(qkv)
+    gpu.qk_norm(g, qw_g, kw_g, 1e-6, H, KVH, hd)
+    assert_close(gpu.to_host(g), ref, 1e-5, 1e-5, "qk_norm")
+    cpu.rope(ref, cpu.ids(pos), H, KVH, hd, 1e6)
+    gpu.rope(g, gpu.ids(pos), H, KVH, hd, 1e6)
+    assert_close(gpu.to_host(g), ref, 1e-4, 1e-4, "rope")
+
+
+def _qkv_bf16_kv(T, H, KVH, hd):
+    """Random qkv whose k and v parts are bf16-exact, so both caches hold the same values."""
+    qkv = rand(T, (H + 2 * KVH) * hd)
+    qkv[:, H * hd:] = bf16(qkv[:, H * hd:])
+    return qkv
+
+
+@pytest.mark.parametrize("H,KVH,hd", [(9, 3, 64), (14, 2, 64), (4, 2, 24), (16, 8, 128), (8, 1, 256), (32, 2, 64)])
+def test_attention_prefill_then_decode(cpu, gpu, H, KVH, hd):
+    cap, layers = 64, 2
+    cc, cg = cpu.alloc_kv(layers, KVH, cap, hd), gpu.alloc_kv(layers, KVH, cap, hd)
+    for start, T in ((0, 9), (9, 5), (14, 1), (15, 1)):  # prefill, a second chunk, two decode steps
+        qkv = _qkv_bf16_kv(T, H, KVH, hd)
+        pos = np.arange(start, start + T, dtype=np.int32)
+        if H // KVH > 16 and T > 1:
+            continue  # (the prefill kernel takes up to 16 query heads per kv head)
+        ref = cpu.attention(qkv, cc, 1, cpu.ids(pos), H, KVH, hd)
+        got = gpu.to_host(gpu.attention(gpu.upload_activation(qkv), cg, 1, gpu.ids(pos), H, KVH, hd))
+        assert_close(got, ref, 1e-4, 1e-4, f"attention T={T} at {start}")
+    end = 16 if H // KVH <= 16 else 0
+    assert_close(gpu.to_host(cg.k)[1, :, :end], cc.k[1, :, :end], 0, 0, "k cache")
+    assert_close(gpu.to_host(cg.v)[1, :, :end], cc.v[1, :, :end], 0, 0, "v cache")
+
+
+def test_long_context_decode_uses_several_splits(cpu, gpu):
+    H, KVH, hd, cap = 9, 3, 64, 1024
+    splits = gpu.ops.decode_splits(KVH, H // KVH, cap)
+    assert splits > 1
+    cc, cg = cpu.alloc_kv(1, KVH, cap, hd), gpu.alloc_kv(1, KVH, cap, hd)
+    qkv = _qkv_bf16_kv(700, H, KVH, hd)
+    pos = np.arange(700, dtype=np.int32)
+    ref = cpu.attention(qkv, cc, 0, cpu.ids(pos), H, KVH, hd)
+    got = gpu.to_host(gpu.attention(gpu.upload_activation(qkv), cg, 0, gpu.ids(pos), H, KVH, hd))
+    assert_close(got, ref, 1e-4, 1e-4, "prefill 700")
+    for p in (700, 701, 955):  # 6, 6 and 8 active splits
+        q1 = _qkv_bf16_kv(1, H, KVH, hd)
+        ref = cpu.attention(q1, cc, 0, cpu.ids([p]), H, KVH, hd)
+        got = gpu.to_host(gpu.attention(gpu.upload_activation(q1), cg, 0, gpu.ids([p]), H, KVH, hd))
+        assert_close(got, ref, 1e-4, 1e-4, f"decode at {p}")
+
+
+@pytest.mark.parametrize("H,KVH,hd,qk", [(9, 3, 64, False), (4, 2, 24, True), (14, 2, 64, False), (16, 8, 128, True)])
+def test_fused_decode_attention(cpu, gpu, H, KVH, hd, qk):
+    """RoPE (+ q/k norm) and the k/v store inside the decode kernel, as the decode graph runs it."""
+    cap, theta, eps = 256, 1e4, 1e-6
+    cc, cg = cpu.alloc_kv(1, KVH, cap, hd), gpu.alloc_kv(1, KVH, cap, hd)
+    prefix = _qkv_bf16_kv(40, H, KVH, hd)
+    pos = np.arange(40, dtype=np.int32)
+    cpu.attention(prefix, cc, 0, cpu.ids(pos), H, KVH, hd)
+    gpu.attention(gpu.upload_activation(prefix), cg, 0, gpu.ids(pos), H, KVH, hd)
+    qw_c, qw_g = pair(cpu, gpu, 1 + 0.1 * rand(hd)) if qk else (None, None)
+    kw_c, kw_g = pair(cpu, gpu, 1 + 0.1 * rand(hd)) if qk else (None, None)
+    qkv = rand(1, (H + 2 * KVH) * hd)
+    ref_qkv = qkv.copy()
+    if qk:
+        cpu.qk_norm(ref_qkv, qw_c, kw_c, eps, H, KVH, hd)
+    cpu.rope(ref_qkv, cpu.ids([40]), H, KVH, hd, theta)
+    ref = cpu.attention(ref_qkv, cc, 0, cpu.ids([40]), H, KVH, hd)
+    out = gpu._empty((1, H * hd))
+    gpu.ops.attention_decode(gpu.upload_activation(qkv), out, H, KVH, hd, 0, gpu.ops.decode_splits(KVH, H // KVH, cap),
+                             positions=gpu.ids([40]), kc=cg.k, vc=cg.v, cap=cap, q_norm=qw_g, k_norm=kw_g,
+                             theta=theta, eps=eps, rope=True)
+    assert_close(gpu.to_host(out), ref, 1e-2, 1e-2, "fused decode attention")
+    assert_close(gpu.to_host(cg.k)[0, :, 40], bf16(cc.k[0, :, 40]), 1e-2, 1e-2, "new k (roped) in the cache")
+
+
+def test_swiglu(cpu, gpu):
+    gu = rand(3, 2 * 1536, scale=4.0)
+    assert_close(gpu.to_host(gpu.swiglu(gpu.upload_activation(gu))), cpu.swiglu(gu), 1e-5, 1e-6, "swiglu")
+
+
+@pytest.mark.parametrize("K,N", [(576, 960), (896, 9728), (64, 256)])
+def test_fused_gemv_modes(cpu, gpu, K, N):
+    """The decode graph's GEMV prologue (rmsnorm) and epilogues (residual add, swiglu)."""
+    eps = 1e-5
+    wc, wg = pair(cpu, gpu, rand(N, K, scale=K ** -0.5))
+    nc, ng = pair(cpu, gpu, 1 + 0.1 * rand(K))
+    x = rand(1, K)
+    xg = gpu.upload_activation(x)
+    y = gpu._empty((1, N))
+    gpu.ops.gemv(wg, xg, y, norm_w=ng, eps=eps)
+    assert_close(gpu.to_host(y), cpu.linear(cpu.rmsnorm(x, nc, eps), wc), 1e-4, 1e-4, "norm + gemv")
+    act = gpu._empty((1, N // 2))
+    gpu.ops.gemv(wg, xg, act, norm_w=ng, eps=eps, mode="swiglu")
+    ref = cpu.swiglu(cpu.linear(cpu.rmsnorm(x, nc, eps), wc))
+    assert_close(gpu.to_host(act), ref, 1e-4, 1e-4, "norm + gemv + swiglu")
+    wd_c, wd_g = pair(cpu, gpu, rand(K, N // 2, scale=(N // 2) ** -0.5))
+    r = rand(1, K)
+    rg = gpu.upload_activation(r)
+    gpu.ops.gemv(wd_g, act, rg, mode="residual")
+    assert_close(gpu.to_host(rg), r + cpu.linear(gpu.to_host(act), wd_c), 1e-4, 1e-4, "gemv residual add")
