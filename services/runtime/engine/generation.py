@@ -63,7 +63,8 @@ class Generation:
         """Sample the next token (among `allowed` if given), emit it, and queue it for the model."""
         self._feed_pending()
         logits = self.logits if allowed is None else np.where(allowed, self.logits, -np.inf).astype(np.float32)
-        token, _ = self.sampler.sample(logits)
+        # stats come from the full distribution, not the grammar-masked one
+        token = self.sampler.choose(logits)
         st = token_stats(log_softmax(self.logits), token) if self.sampler.params.return_uncertainty else None
         self._emit(token, st)
         self._pending = token

@@ -47,15 +47,18 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def sample(self, logits: np.ndarray) -> tuple[int, TokenStats | None]:
-        """logits [V] (float32) -> (token id, stats if asked for)."""
+    def choose(self, logits: np.ndarray) -> int:
+        """logits [V] (float32, -inf where not allowed) -> token id."""
         p = self.params
         if p.temperature == 0.0:
-            token = int(np.argmax(logits))
-        else:
-            scaled = _filter_top_k_top_p(logits / p.temperature, p.top_k, p.top_p)
-            probs = np.exp(scaled - np.max(scaled))
-            probs /= probs.sum()
-            token = int(self.rng.choice(probs.size, p=probs))
-        stats = token_stats(log_softmax(logits), token) if p.return_uncertainty else None
+            return int(np.argmax(logits))
+        scaled = _filter_top_k_top_p(logits / p.temperature, p.top_k, p.top_p)
+        probs = np.exp(scaled - np.max(scaled))
+        probs /= probs.sum()
+        return int(self.rng.choice(probs.size, p=probs))
+
+    def sample(self, logits: np.ndarray) -> tuple[int, TokenStats | None]:
+        """logits [V] (float32) -> (token id, stats if asked for)."""
+        token = self.choose(logits)
+        stats = token_stats(log_softmax(logits), token) if self.params.return_uncertainty else None
         return token, stats
