@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
+bash scripts/system_packages.sh
 .venv/bin/inloop model pull-default
 # every CUDA kernel must compile with NVRTC even where no GPU exists
 .venv/bin/inloop cuda compile --arch sm_80,sm_90
