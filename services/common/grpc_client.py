@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpc_server import MAX_MESSAGE_BYTES
+from services.common.telemetry import aio_client_interceptors, intercept_channel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -27,11 +28,13 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
 
 
 def insecure_channel(target: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+    """A channel whose calls carry a CLIENT span and the W3C traceparent."""
+    return intercept_channel(grpc.insecure_channel(target, options=channel_options(max_message_bytes)))
 
 
 def aio_insecure_channel(target: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+    return grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes),
+                                     interceptors=aio_client_interceptors())
 
 
 def check_health(channel: grpc.Channel, service: str = "", timeout_s: float = 1.0) -> int:

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.logging import get_logger
+from services.common.telemetry import server_interceptors, shutdown_tracing
 
 log = get_logger(__name__)
 
@@ -87,7 +88,9 @@ def create_server(
 
     Add the service's own servicers to `handle.server` before `await handle.start()`.
     """
-    server = grpc.aio.server(interceptors=list(interceptors), options=server_options(max_message_bytes))
+    # Tracing first, so the server span is open while the service's own interceptors run.
+    server = grpc.aio.server(interceptors=[*server_interceptors(), *interceptors],
+                             options=server_options(max_message_bytes))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(service_names)
@@ -128,6 +131,7 @@ async def serve_until_signal(handle: ServerHandle, grace_s: float = 5.0) -> str:
         await handle.set_not_serving()
         await handle.server.stop(grace_s)
         await terminated
+        shutdown_tracing()  # send the last spans before the process exits
         return reason
     finally:
         signalled.cancel()

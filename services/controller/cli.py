@@ -15,6 +15,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from services.controller.server import SERVICE_NAME, ControllerServicer
 
     configure_logging("controller", args.log_level)
+    from services.common.telemetry import setup_tracing
+    setup_tracing("inloop-controller")
     log = get_logger("services.controller.cli")
     runtime_channel = aio_insecure_channel(args.runtime)
     tools_channel = aio_insecure_channel(args.tools)

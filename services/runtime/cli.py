@@ -23,6 +23,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.common.logging import configure_logging
 
     configure_logging("runtime", args.log_level)
+    from services.common.telemetry import setup_tracing
+    setup_tracing("inloop-runtime")
     return asyncio.run(_serve(args))
 
 

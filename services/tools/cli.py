@@ -40,6 +40,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.tools.state import DEFAULT_CORPUS, ToolState
 
     configure_logging("tools", args.log_level)
+    from services.common.telemetry import setup_tracing
+    setup_tracing("inloop-tools")
     log = get_logger("services.tools.cli")
     try:
         faults = _default_faults(args)
