@@ -54,9 +54,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0 if same == len(rows) else 1
 
 
-def register(sub) -> None:
-    p = sub.add_parser("loadgen", help="drive both routes with the same tasks and compare them")
-    lsub = p.add_subparsers(dest="loadgen_command", metavar="CMD")
+def register_compare(lsub) -> None:
     c = lsub.add_parser("compare", help="run task cases through both routes (no faults) and compare",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--runtime", default="127.0.0.1:50051", help="the runtime (internal route)")
@@ -66,4 +64,3 @@ def register(sub) -> None:
     c.add_argument("--max-tokens", type=int, default=96, help="per model step")
     c.add_argument("--json", help="write every row here")
     c.set_defaults(func=_cmd)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

@@ -19,7 +19,7 @@ COMMAND_MODULES = (
     "services.tools.cli",                # inloop tools serve
     "services.controller.cli",           # inloop controller serve
     "services.common.task_cli",          # inloop task run (either route)
-    "loadgen.compare",                   # inloop loadgen compare
+    "loadgen.cli",                       # inloop loadgen compare|matrix|loops|coldwarm|load|report
 )
 
 

@@ -6,6 +6,12 @@ until the model answers in text or the step limit is reached. The internal route
 in-process adapters (the runtime's engine, tools as function calls); the external route
 plugs in gRPC clients with deadlines and retries (the controller). Any difference the
 loadgen measures between the routes then comes from the transport, never from the loop.
+
+Spans follow the OpenTelemetry GenAI conventions: `invoke_agent {route}` for the task,
+`chat {model}` for each model step and `execute_tool {tool}` for each tool call (and for
+environment writes to tool state). On the external route the gRPC client spans of each
+attempt (and the runtime's and tools service's server spans) nest under them, which is what
+the loadgen's hop analysis reads.
 """
 from __future__ import annotations
 
@@ -15,6 +21,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry import trace
+
+from services.common.telemetry import tracer
 from services.common.tool_calls import ToolCallParseError, parse_tool_call, tool_result_content
 
 HOP_ERRORS = ("tool_hop_failed", "tool_timeout", "runtime_hop_failed", "runtime_timeout")
@@ -146,19 +155,87 @@ class _Run:
                            (time.monotonic() - self.t0) * 1e3)
 
 
+def _tool_span(name: str, call_id: str = "", scripted: bool = False):
+    attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name, "gen_ai.tool.type": "function"}
+    if call_id:
+        attributes["gen_ai.tool.call.id"] = call_id
+    if scripted:  # an environment write (preloaded state, another writer), not the model's call
+        attributes["inloop.scripted"] = True
+    return tracer().start_as_current_span(f"execute_tool {name}", attributes=attributes)
+
+
 async def apply_initial_state(task: TaskSpec, tools: ToolPort) -> None:
     for key, value in (task.setup.get("kv") or {}).items():
-        await tools.setup(task, "kv", {"op": "put", "key": key, "value": value})
+        with _tool_span("kv", scripted=True):
+            await tools.setup(task, "kv", {"op": "put", "key": key, "value": value})
 
 
 async def _apply_changes(task: TaskSpec, tools: ToolPort, tool_call_number: int) -> None:
     for change in task.setup.get("changes") or []:
         if change.get("before_tool_call") == tool_call_number:
             args = {k: change[k] for k in ("op", "key", "value", "amount") if k in change}
-            await tools.setup(task, "kv", args)
+            with _tool_span("kv", scripted=True):
+                await tools.setup(task, "kv", args)
 
 
-async def run_agent(task: TaskSpec, model: ModelPort, tools: ToolPort) -> TaskOutcome:
+def _failed(span: trace.Span, error_type: str) -> None:
+    span.set_attribute("error.type", error_type)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, error_type))
+
+
+async def run_agent(task: TaskSpec, model: ModelPort, tools: ToolPort, route: str = "") -> TaskOutcome:
+    """Run one task; `route` ("internal" | "external") names its `invoke_agent` span."""
+    attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "inloop",
+                  "gen_ai.conversation.id": task.task_id, "gen_ai.request.model": model.name,
+                  "inloop.route": route, "inloop.family": task.family}
+    with tracer().start_as_current_span(f"invoke_agent {route or 'task'}", attributes=attributes) as span:
+        outcome = await _run_loop(task, model, tools, route)
+        span.set_attribute("inloop.ok", outcome.ok)
+        span.set_attribute("inloop.steps", len(outcome.steps))
+        span.set_attribute("inloop.retries", outcome.retries)
+        span.set_attribute("gen_ai.usage.input_tokens", sum(s.prompt_tokens for s in outcome.steps))
+        span.set_attribute("gen_ai.usage.output_tokens", sum(s.completion_tokens for s in outcome.steps))
+        if not outcome.ok:
+            _failed(span, outcome.error_type)
+        return outcome
+
+
+async def _model_step(task: TaskSpec, model: ModelPort, messages: list[dict], choice: str, route: str):
+    """One model step inside its `chat {model}` span (CLIENT when the model is across the network)."""
+    kind = trace.SpanKind.CLIENT if route == "external" else trace.SpanKind.INTERNAL
+    attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model.name,
+                  "inloop.tool_choice": choice}
+    for key, attr in (("max_tokens", "gen_ai.request.max_tokens"), ("temperature", "gen_ai.request.temperature")):
+        if task.sampling.get(key) is not None:
+            attributes[attr] = task.sampling[key]
+    with tracer().start_as_current_span(f"chat {model.name}", kind=kind, attributes=attributes,
+                                        record_exception=False, set_status_on_exception=False) as span:
+        try:
+            reply = await model.step(task, messages, choice)
+        except HopError as exc:
+            span.set_attribute("inloop.attempts", exc.attempts)
+            _failed(span, exc.error_type)
+            raise
+        span.set_attribute("inloop.attempts", reply.attempts)
+        span.set_attribute("gen_ai.usage.input_tokens", reply.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", reply.completion_tokens)
+        span.set_attribute("gen_ai.response.finish_reasons", [reply.finish_reason])
+        return reply
+
+
+async def _tool_call(task: TaskSpec, tools: ToolPort, name: str, arguments: dict, call_id: str) -> ToolReply:
+    with _tool_span(name, call_id) as span:
+        try:
+            out = await tools.call(task, name, arguments, call_id)
+        except HopError as exc:
+            span.set_attribute("inloop.attempts", exc.attempts)
+            _failed(span, exc.error_type)
+            raise
+        span.set_attribute("inloop.attempts", out.attempts)
+        return out
+
+
+async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: str) -> TaskOutcome:
     run = _Run(task)
     messages = [dict(m) for m in task.messages]
     offered = {t["function"]["name"] for t in task.tools}
@@ -172,7 +249,7 @@ async def run_agent(task: TaskSpec, model: ModelPort, tools: ToolPort) -> TaskOu
             return run.done(False, error_type="deadline_exceeded", message="the task's deadline passed")
         started = run.begin()
         try:
-            reply = await model.step(task, messages, choice)
+            reply = await _model_step(task, model, messages, choice, route)
         except HopError as exc:
             run.add(started, Step("model", model.name, "error", exc.error_type, str(exc), exc.attempts))
             return run.done(False, error_type=exc.error_type, message=str(exc))
@@ -189,6 +266,8 @@ async def run_agent(task: TaskSpec, model: ModelPort, tools: ToolPort) -> TaskOu
             if (task.gate.enabled and not gated and task.gate.tool in offered and stat is not None
                     and stat < task.gate.threshold):
                 gated, choice = True, task.gate.tool
+                trace.get_current_span().add_event("gate", {"inloop.statistic": task.gate.statistic,
+                                                            "inloop.value": stat, "inloop.threshold": task.gate.threshold})
                 run.add(run.begin(), Step("gate", task.gate.statistic, detail=(
                     f"{task.gate.statistic}={stat:.3f} < {task.gate.threshold:.3f}: branch to {task.gate.tool}")))
                 continue
@@ -207,7 +286,7 @@ async def run_agent(task: TaskSpec, model: ModelPort, tools: ToolPort) -> TaskOu
             return run.done(False, error_type=exc.error_type, message=f"a scripted state change failed: {exc}")
         call_id = f"{task.task_id}-{tool_calls}"
         try:
-            out = await tools.call(task, call.name, call.arguments, call_id)
+            out = await _tool_call(task, tools, call.name, call.arguments, call_id)
         except HopError as exc:
             run.add(started, Step("tool", call.name, "error", exc.error_type, str(exc), exc.attempts,
                                   arguments=call.arguments))

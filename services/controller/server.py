@@ -13,9 +13,11 @@ import grpc
 
 from inloop.v1 import controller_pb2_grpc
 from inloop.v1 import runtime_pb2 as pb
+from services.common import metrics
 from services.common.agent_loop import run_agent
 from services.common.logging import get_logger
 from services.common.task_convert import outcome_to_proto, task_from_proto
+from services.common.telemetry import current_trace_id
 from services.controller.hops import Faults, Policy, RuntimeHop, ToolsHop
 from services.runtime.engine.types import InvalidRequest
 
@@ -31,6 +33,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
         self.model_name = model_name
         self._slots = asyncio.Semaphore(max_concurrency)
         self.max_concurrency = max_concurrency
+        self.in_flight = 0  # tasks holding a slot; only touched on the event loop's thread
+        metrics.track_queue_depth("controller", lambda: self.in_flight)
 
     async def RunTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext):
         try:
@@ -42,10 +46,16 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"the controller is running {self.max_concurrency} tasks; retry later")
         async with self._slots:
-            model = RuntimeHop(self.runtime_channel, Policy.from_proto(request.policy, "runtime"), self.model_name)
-            tools = ToolsHop(self.tools_channel, Policy.from_proto(request.policy, "tools"),
-                             Faults.from_proto(request.fault))
-            outcome = await run_agent(task, model, tools)
+            self.in_flight += 1
+            try:
+                model = RuntimeHop(self.runtime_channel, Policy.from_proto(request.policy, "runtime"),
+                                   self.model_name)
+                tools = ToolsHop(self.tools_channel, Policy.from_proto(request.policy, "tools"),
+                                 Faults.from_proto(request.fault))
+                outcome = await run_agent(task, model, tools, route="external")
+            finally:
+                self.in_flight -= 1
+        metrics.observe_task("external", outcome.latency_ms / 1e3, outcome.error_type)
         log.info("task_done", task_id=task.task_id, route="external", ok=outcome.ok, error_type=outcome.error_type,
                  steps=len(outcome.steps), retries=outcome.retries, latency_ms=round(outcome.latency_ms, 1))
-        return outcome_to_proto(outcome, "external", request.family)
+        return outcome_to_proto(outcome, "external", request.family, trace_id=current_trace_id())

@@ -73,7 +73,7 @@ class LocalToolPort:
 async def run_internal(task: TaskSpec, scheduler: Scheduler, state: ToolState):
     """Run one task on the internal route; its KV session and tool state end with it."""
     try:
-        return await run_agent(task, EngineModelPort(scheduler), LocalToolPort(state))
+        return await run_agent(task, EngineModelPort(scheduler), LocalToolPort(state), route="internal")
     finally:
         # The session store is thread-safe; freeing a numpy cache from this thread is fine,
         # and the CUDA backend frees through the primary context, current on any thread.

@@ -21,8 +21,10 @@ import grpc
 
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc
+from services.common import metrics
 from services.common.logging import get_logger
 from services.common.task_convert import outcome_to_proto, task_from_proto
+from services.common.telemetry import current_trace_id
 from services.runtime import convert
 from services.runtime.internal_route import run_internal
 from services.runtime.engine.types import MAX_TOKENS_LIMIT, GenerateRequest, InvalidRequest
@@ -67,6 +69,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         self.scheduler = scheduler
         self.max_tokens_limit = max_tokens_limit
         self.tool_state = tool_state or ToolState()
+        metrics.track_queue_depth("runtime", lambda: self.scheduler.depth())
 
     async def RunTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext):
         """The internal route: the whole agent loop in this process."""
@@ -80,9 +83,10 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         except NotReady as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         outcome = await run_internal(task, self.scheduler, self.tool_state)
+        metrics.observe_task("internal", outcome.latency_ms / 1e3, outcome.error_type)
         log.info("task_done", task_id=task.task_id, route="internal", ok=outcome.ok, error_type=outcome.error_type,
                  steps=len(outcome.steps), latency_ms=round(outcome.latency_ms, 1))
-        return outcome_to_proto(outcome, "internal", request.family)
+        return outcome_to_proto(outcome, "internal", request.family, trace_id=current_trace_id())
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         req = await self._accept(request, context)

@@ -132,6 +132,9 @@ def tool_call(d: Driver, tools: list[dict], only: str | None = None, opened: boo
         _value(d, props[prop])
         first = False
     for prop in optional:
+        if d.remaining() <= CLOSING_RESERVE:  # no room for another argument: close the call
+            _force(d, "}")
+            break
         include = ("" if first else ", ") + json.dumps(prop) + ": "
         if choose(d, [include, "}"]) == "}":
             break

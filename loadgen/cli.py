@@ -1,0 +1,26 @@
+"""`inloop loadgen ...`: the commands that drive both routes and report them side by side."""
+from __future__ import annotations
+
+import importlib
+
+# (module, function) pairs, each adding one sub-command to `inloop loadgen`.
+SUBCOMMANDS = (
+    ("loadgen.compare", "register_compare"),       # compare: same cases, both routes, no faults
+    ("loadgen.matrix", "register"),                # matrix: profiles x tasks x routes
+    ("loadgen.loops", "register"),                 # loops: agentic scenarios, gate on/off
+    ("loadgen.coldwarm", "register_coldwarm"),     # coldwarm: start -> healthy, cold/warm latency
+    ("loadgen.load", "register_load"),             # load: concurrent clients, vLLM's metrics
+    ("loadgen.report.cli", "register_report"),     # report: re-render an artifact
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("loadgen", help="drive both routes with the same tasks and report them side by side")
+    lsub = p.add_subparsers(dest="loadgen_command", metavar="CMD")
+    for module, function in SUBCOMMANDS:
+        try:
+            getattr(importlib.import_module(module), function)(lsub)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a missing dependency inside a present module is a real error
+                raise
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

@@ -1,0 +1,77 @@
+"""What every trace-reading loadgen command sets up: the OTLP receiver, the loadgen's own
+tracing, and the services (started here, or already running elsewhere).
+
+    with open_harness(args, log_dir) as h:
+        h.runtime, h.controller, h.store       # targets and every span received
+
+Local (no `--runtime`/`--controller`): the three services start on loopback as children,
+exporting to the receiver. Existing deployment (`--runtime A --controller B`): nothing is
+started; the receiver listens on `--otlp-listen` (default 0.0.0.0:4317, the OTLP port) and
+the services, or a collector fanning out, must export there.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor
+from loadgen.stack import LocalStack
+
+
+@dataclass
+class Harness:
+    runtime: str
+    controller: str
+    store: SpanStore
+    receiver: OtlpReceiver
+    stack: LocalStack | None
+    model: str          # --model as given ("" for an existing deployment)
+    backend: str
+
+
+def add_harness_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("services")
+    g.add_argument("--model", default="default",
+                   help="model to serve when the loadgen starts the services itself ('default' = SmolLM2)")
+    g.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "auto"), help="runtime backend (local)")
+    g.add_argument("--runtime", default="", help="an existing runtime's host:port (then nothing is started)")
+    g.add_argument("--controller", default="", help="an existing controller's host:port")
+    g.add_argument("--otlp-listen", default="",
+                   help="where the OTLP receiver listens (default: loopback, free port when local; "
+                        "0.0.0.0:4317 against an existing deployment)")
+
+
+@contextlib.contextmanager
+def open_harness(args: argparse.Namespace, log_dir: Path):
+    from services.common.telemetry import setup_tracing
+
+    if bool(args.runtime) != bool(args.controller):
+        raise SystemExit("error: give both --runtime and --controller (an existing deployment), or neither")
+    local = not args.runtime
+    listen = args.otlp_listen or ("127.0.0.1:0" if local else "0.0.0.0:4317")
+    host, _, port = listen.rpartition(":")
+    store = SpanStore()
+    receiver = OtlpReceiver(store).start(host or "127.0.0.1", int(port or 0))
+    setup_tracing("inloop-loadgen", (StoreProcessor(store),))
+    stack = None
+    try:
+        if local:
+            print(f"loadgen: starting runtime ({args.model}, {args.backend}), tools and controller on loopback; "
+                  f"logs in {log_dir}", file=sys.stderr)
+            stack = LocalStack(args.model, args.backend, log_dir, otlp_endpoint=receiver.endpoint).start()
+            runtime, controller = stack.runtime, stack.controller
+        else:
+            print(f"loadgen: OTLP receiver on {receiver.address}; the services must export there", file=sys.stderr)
+            runtime, controller = args.runtime, args.controller
+        yield Harness(runtime, controller, store, receiver, stack, args.model if local else "",
+                      args.backend if local else "")
+    finally:
+        if stack is not None:
+            codes = stack.stop()
+            bad = {k: v for k, v in codes.items() if v != 0}
+            if bad:
+                print(f"loadgen: services that did not stop cleanly: {bad}", file=sys.stderr)
+        receiver.stop()
