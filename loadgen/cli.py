@@ -10,6 +10,7 @@ SUBCOMMANDS = (
     ("loadgen.loops", "register"),                 # loops: agentic scenarios, gate on/off
     ("loadgen.coldwarm", "register_coldwarm"),     # coldwarm: start -> healthy, cold/warm latency
     ("loadgen.load", "register_load"),             # load: concurrent clients, vLLM's metrics
+    ("loadgen.calibrate_gate", "register"),        # calibrate-gate: fit the gate's default threshold
     ("loadgen.report.cli", "register_report"),     # report: re-render an artifact
 )
 

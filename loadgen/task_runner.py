@@ -55,6 +55,10 @@ class TaskRunner:
                       retries=res.retries, steps=len(res.steps), trace_id=res.trace_id,
                       model_steps=sum(1 for s in res.steps if s.kind == "model"),
                       gate_fired=any(s.kind == "gate" for s in res.steps))
+        answers = [s for s in res.steps if s.kind == "model"]
+        if res.ok and answers:  # the answer step's confidence: what the uncertainty gate reads
+            u = answers[-1].uncertainty
+            record["answer_stats"] = {"mean_logprob": u.mean_logprob, "min_margin": u.min_margin}
         return record
 
     def close(self) -> None:

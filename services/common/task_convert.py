@@ -11,6 +11,7 @@ import time
 
 from inloop.v1 import runtime_pb2 as pb
 from services.common.agent_loop import GateConfig, TaskOutcome, TaskSpec, new_task_id
+from services.common.gate_defaults import default_gate
 from services.runtime.engine.types import ROLES, InvalidRequest, SamplingParams
 from services.tools.faults import parse_abort, parse_delay
 from services.tools.registry import TOOLS
@@ -33,6 +34,15 @@ def _sampling(msg: pb.SamplingParams) -> dict:
     sp.validate()
     return {"max_tokens": sp.max_tokens, "temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p,
             "seed": sp.seed, "stop": sp.stop, "return_uncertainty": True}
+
+
+def _gate(gate: pb.GateConfig) -> GateConfig:
+    """Threshold 0 means "the calibrated default" (services/common/gate_defaults.py): neither
+    statistic has a useful gate at exactly 0 (every logprob is <= 0; a margin of 0 never gates)."""
+    statistic, threshold = gate.statistic, gate.threshold
+    if gate.enabled and threshold == 0:
+        statistic, threshold, _ = default_gate(statistic)
+    return GateConfig(gate.enabled, statistic or "mean_logprob", threshold, gate.tool or "search")
 
 
 def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) -> TaskSpec:
@@ -89,7 +99,7 @@ def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) 
         tools=[TOOLS[name].openai() for name in req.tools],
         tool_choice=choice, max_steps=req.max_steps or DEFAULT_MAX_STEPS, sampling=sampling,
         deadline=time.monotonic() + budget_s,
-        gate=GateConfig(gate.enabled, gate.statistic or "mean_logprob", gate.threshold, gate.tool or "search"),
+        gate=_gate(gate),
         setup=setup, family=req.family,
     )
 

@@ -108,8 +108,9 @@ def hand_built_tasks() -> list[pb.TaskRequest]:
              ["extract_receipt", "calculator"], "extract_receipt"),
         task("What is the capital of France?"),                              # no tool at all
         task("What is 2 + 3?", ["calculator", "kv", "search"], "auto"),      # the model may answer freely
-        task("Where is Haddow?", ["search"], "auto",                          # the gate branches to search
-             gate=pb.GateConfig(enabled=True, statistic="mean_logprob", threshold=0.0, tool="search")),
+        # The gate branches to search: no mean logprob reaches 0.5 (0 would mean "the calibrated default").
+        task("Where is Haddow?", ["search"], "auto",
+             gate=pb.GateConfig(enabled=True, statistic="mean_logprob", threshold=0.5, tool="search")),
     ]
 
 

@@ -1,0 +1,45 @@
+"""The loadgen's OTLP receiver, fed by the real OTLP/gRPC exporter of the OpenTelemetry SDK."""
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind
+
+from loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor
+
+
+def _provider(service: str, processor) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(processor)
+    return provider
+
+
+def test_spans_from_two_processes_join_one_trace():
+    store = SpanStore()
+    receiver = OtlpReceiver(store).start("127.0.0.1", 0)
+    try:
+        remote = _provider("inloop-tools", SimpleSpanProcessor(OTLPSpanExporter(endpoint=receiver.endpoint)))
+        local = _provider("inloop-loadgen", StoreProcessor(store))
+        with local.get_tracer("t").start_as_current_span("call", kind=SpanKind.CLIENT) as parent:
+            with remote.get_tracer("t").start_as_current_span(
+                    "execute_tool search", attributes={"gen_ai.tool.name": "search", "n": 3, "ok": True,
+                                                       "tags": ["a", "b"]}):
+                pass
+        remote.shutdown()
+        trace_id = format(parent.get_span_context().trace_id, "032x")
+        spans = store.wait_for_trace(trace_id, lambda s: len(s) == 2, timeout_s=10)
+    finally:
+        receiver.stop()
+    by_name = {s["name"]: s for s in spans}
+    assert set(by_name) == {"call", "execute_tool search"}
+    tool, call = by_name["execute_tool search"], by_name["call"]
+    assert tool["service"] == "inloop-tools" and call["service"] == "inloop-loadgen"
+    assert tool["parent_span_id"] == call["span_id"] and call["parent_span_id"] == ""
+    assert call["kind"] == "client" and tool["kind"] == "internal"
+    assert tool["attributes"] == {"gen_ai.tool.name": "search", "n": 3, "ok": True, "tags": ["a", "b"]}
+    assert call["start_ns"] <= tool["start_ns"] <= tool["end_ns"] <= call["end_ns"]
+
+
+def test_waiting_for_a_trace_that_never_completes_returns_what_arrived():
+    store = SpanStore()
+    assert store.wait_for_trace("0" * 32, lambda s: bool(s), timeout_s=0.2) == []
