@@ -35,7 +35,9 @@ class ServiceProc:
 
     def __init__(self, service: str, args: list[str], log_path: Path, env: dict[str, str]):
         self.service, self.log_path = service, Path(log_path)
-        self.cmd = [sys.executable, "-m", "services.cli", service, "serve", "--port", "0", *args]
+        # Free ports for gRPC and metrics: several stacks (and tests) may run on one host.
+        self.cmd = [sys.executable, "-m", "services.cli", service, "serve", "--port", "0",
+                    "--metrics-port", "0", *args]
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(self.cmd, cwd=_REPO, stdout=subprocess.PIPE, stderr=self._log,
                                      stdin=subprocess.DEVNULL, text=True, env={**os.environ, **env})

@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "services.tools.cli",                # inloop tools serve
     "services.controller.cli",           # inloop controller serve
     "services.common.task_cli",          # inloop task run (either route)
+    "services.common.certs_cli",         # inloop certs dev
+    "services.common.config_cli",        # inloop config show
     "loadgen.cli",                       # inloop loadgen compare|matrix|loops|coldwarm|load|report
 )
 

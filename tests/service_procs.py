@@ -31,7 +31,10 @@ class ServiceProcess:
         self.args = list(args)
         self.log_path = Path(log_path)
         self._log_file = open(self.log_path, "a")
-        cmd = [sys.executable, "-m", "services.cli", service, *self.args]
+        extra = []
+        if self.args[:1] == ["serve"] and "--metrics-port" not in self.args:
+            extra = ["--metrics-port", "-1"]  # tests run many services at once: no default-port clashes
+        cmd = [sys.executable, "-m", "services.cli", service, *self.args, *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
         self.target = self._read_address(start_timeout_s)
         wait_for_serving(self.target, timeout_s=start_timeout_s)

@@ -2,6 +2,13 @@
 
 Every call an inloop client makes carries a deadline (`timeout=`); these helpers only
 build channels and wait for a server's standard health service to say SERVING.
+
+    security = client_security_from_args(args)          # --tls-*, --token-file, env INLOOP_*
+    with make_channel("10.0.0.5:50051", security) as channel: ...
+    channel = make_channel(target, security, aio=True)   # grpc.aio, e.g. the controller's hops
+
+Every channel carries the OpenTelemetry client interceptors; with a `ClientSecurity` it is
+TLS (client certificate when given) and sends the bearer token on every call.
 """
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpc_server import MAX_MESSAGE_BYTES
+from services.common.security import ClientSecurity, client_security_from_args  # noqa: F401 - re-exported
 from services.common.telemetry import aio_client_interceptors, intercept_channel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -27,14 +35,33 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
     ]
 
 
+def make_channel(target: str, security: ClientSecurity | None = None, aio: bool = False,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+    """A channel to `target` whose calls carry a CLIENT span, the W3C traceparent and, with
+    `security`, TLS credentials and the bearer token. `aio=True` gives a grpc.aio channel."""
+    security = security or ClientSecurity()
+    options = channel_options(max_message_bytes)
+    credentials = security.channel_credentials()
+    if aio:
+        interceptors = [*aio_client_interceptors(), *security.aio_interceptors()]
+        if credentials is not None:
+            return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    channel = (grpc.secure_channel(target, credentials, options=options) if credentials is not None
+               else grpc.insecure_channel(target, options=options))
+    token = security.sync_interceptors()
+    if token:
+        channel = grpc.intercept_channel(channel, *token)
+    return intercept_channel(channel)
+
+
 def insecure_channel(target: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
-    """A channel whose calls carry a CLIENT span and the W3C traceparent."""
-    return intercept_channel(grpc.insecure_channel(target, options=channel_options(max_message_bytes)))
+    """A plaintext channel whose calls carry a CLIENT span and the W3C traceparent."""
+    return make_channel(target, None, aio=False, max_message_bytes=max_message_bytes)
 
 
 def aio_insecure_channel(target: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes),
-                                     interceptors=aio_client_interceptors())
+    return make_channel(target, None, aio=True, max_message_bytes=max_message_bytes)
 
 
 def check_health(channel: grpc.Channel, service: str = "", timeout_s: float = 1.0) -> int:
@@ -45,15 +72,16 @@ def check_health(channel: grpc.Channel, service: str = "", timeout_s: float = 1.
 
 
 def wait_for_serving(target: str, timeout_s: float = 30.0, service: str = "",
-                     poll_s: float = 0.1) -> None:
+                     poll_s: float = 0.1, security: ClientSecurity | None = None) -> None:
     """Block until target's health service reports SERVING for `service`.
 
     Each probe has its own short deadline (a server that accepts the connection but
     hangs must not eat the whole budget). Raises TimeoutError with the last status seen.
+    A TLS service needs `security` (Health itself needs no token).
     """
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    with insecure_channel(target) as channel:
+    with make_channel(target, security) as channel:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

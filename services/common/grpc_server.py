@@ -11,6 +11,10 @@ everything to NOT_SERVING before the grace period, so load balancers drain first
     await handle.start()
     await handle.set_serving()
     await serve_until_signal(handle, grace_s=5.0)
+
+Transport security comes from a `ServerSecurity` (services/common/security.py): mTLS
+credentials on the port, the bearer-token interceptor, and the rule that a server
+without TLS binds only loopback unless plaintext was chosen explicitly.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.logging import get_logger
+from services.common.security import ServerSecurity
 from services.common.telemetry import server_interceptors, shutdown_tracing
 
 log = get_logger(__name__)
@@ -54,6 +59,7 @@ class ServerHandle:
     service_names: tuple[str, ...]
     host: str
     port: int
+    tls: bool = False
 
     @property
     def address(self) -> str:
@@ -83,13 +89,20 @@ def create_server(
     port: int = 0,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    security: ServerSecurity | None = None,
 ) -> ServerHandle:
     """A grpc.aio server bound to host:port (0 = a free port) with health and reflection.
 
     Add the service's own servicers to `handle.server` before `await handle.start()`.
+    `security` (default: plaintext, loopback only) adds mTLS and the token check; a
+    plaintext non-loopback bind without its explicit opt-in raises SecurityError.
     """
-    # Tracing first, so the server span is open while the service's own interceptors run.
-    server = grpc.aio.server(interceptors=[*server_interceptors(), *interceptors],
+    security = security or ServerSecurity()
+    security.check_bind(host)
+    # Tracing first, so the server span is open (and records the status) when the token
+    # check or the service's own interceptors refuse a call; the service's interceptors
+    # (metrics) before the token check, so refused calls are counted too.
+    server = grpc.aio.server(interceptors=[*server_interceptors(), *interceptors, *security.interceptors()],
                              options=server_options(max_message_bytes))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -98,10 +111,16 @@ def create_server(
         (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    credentials = security.server_credentials()
+    try:
+        bound = (server.add_secure_port(address, credentials) if credentials is not None
+                 else server.add_insecure_port(address))
+    except RuntimeError as exc:  # newer grpc raises where older returned 0
+        raise OSError(f"cannot bind {address}: {exc}") from None
     if bound == 0:  # grpc returns 0 instead of raising when the bind fails
         raise OSError(f"cannot bind {host}:{port} (in use, or not an address of this host)")
-    return ServerHandle(server, health_servicer, names, host, bound)
+    return ServerHandle(server, health_servicer, names, host, bound, tls=credentials is not None)
 
 
 async def serve_until_signal(handle: ServerHandle, grace_s: float = 5.0) -> str:

@@ -6,8 +6,14 @@ import sys
 
 def _cmd(args) -> int:
     from services.common.grpc_client import wait_for_serving
+    from services.common.security import SecurityError, client_security_from_args
     try:
-        wait_for_serving(args.target, timeout_s=args.wait, service=args.service)
+        security = client_security_from_args(args)  # TLS only: Health needs no token
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        wait_for_serving(args.target, timeout_s=args.wait, service=args.service, security=security)
     except TimeoutError as exc:
         print(f"NOT SERVING: {exc}", file=sys.stderr)
         return 1
@@ -22,4 +28,6 @@ def register(sub) -> None:
     p.add_argument("target", help="host:port of a runtime, controller or tools service")
     p.add_argument("--wait", type=float, default=1.0, help="seconds to keep trying (default 1)")
     p.add_argument("--service", default="", help="a service name; '' asks about the whole server")
+    from services.common.config import add_client_security_options
+    add_client_security_options(p)
     p.set_defaults(func=_cmd)

@@ -26,9 +26,15 @@ def _cmd(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
     from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
-    from services.common.grpc_client import insecure_channel
+    from services.common.grpc_client import make_channel
+    from services.common.security import SecurityError, client_security_from_args
 
-    with insecure_channel(args.target) as channel:
+    try:
+        security = client_security_from_args(args)
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with make_channel(args.target, security) as channel:
         stub = (runtime_pb2_grpc.RuntimeStub if args.route == "internal" else controller_pb2_grpc.ControllerStub)(channel)
         try:
             result = stub.RunTask(build_request(args), timeout=args.deadline_ms / 1e3 + 5)
@@ -68,5 +74,7 @@ def register(sub) -> None:
     r.add_argument("--gate-threshold", type=float, help="enable the uncertainty gate at this threshold")
     r.add_argument("--gate-statistic", default="mean_logprob", choices=("mean_logprob", "min_margin"))
     r.add_argument("--json", action="store_true", help="print the whole TaskResult as JSON")
+    from services.common.config import add_client_security_options
+    add_client_security_options(r)
     r.set_defaults(func=_cmd)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

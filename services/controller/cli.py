@@ -1,37 +1,63 @@
-"""`inloop controller serve`: the external route's orchestrator."""
+"""`inloop controller serve`: the external route's orchestrator.
+
+    inloop controller serve --runtime 10.0.0.5:50051 --tools 127.0.0.1:50061 --port 50071
+
+Every flag can also be given as env INLOOP_<FLAG> or in a TOML file (--config) under
+[controller] or [common] (services/common/config.py). With --tls-*/--token-file the
+service requires mTLS and the token, and its own hops to the runtime and the tools service
+use the same certificate, CA and token (services/common/security.py).
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.common.security import SecurityError, server_security_from_args
+
+    try:  # before anything connects: a wrong setting fails at once, with how to fix it
+        security = server_security_from_args(args)
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(args, security))
+
+
+async def _serve(args: argparse.Namespace, security=None) -> int:
     from inloop.v1 import controller_pb2_grpc
     from inloop.v1 import runtime_pb2 as pb
     from inloop.v1 import runtime_pb2_grpc
-    from services.common.grpc_client import aio_insecure_channel
+    from services.common.config import export_otlp_endpoint
+    from services.common.grpc_client import make_channel
     from services.common.grpc_server import create_server, serve_until_signal
     from services.common.logging import configure_logging, get_logger
+    from services.common.metrics import RpcMetricsInterceptor, start_metrics_server
     from services.controller.server import SERVICE_NAME, ControllerServicer
 
     configure_logging("controller", args.log_level)
+    export_otlp_endpoint(args)
     from services.common.telemetry import setup_tracing
     setup_tracing("inloop-controller")
     log = get_logger("services.controller.cli")
-    runtime_channel = aio_insecure_channel(args.runtime)
-    tools_channel = aio_insecure_channel(args.tools)
+    peer = security.client() if security is not None else None  # our cert, CA and token for the hops
+    runtime_channel = make_channel(args.runtime, peer, aio=True)
+    tools_channel = make_channel(args.tools, peer, aio=True)
     model_name = "model"
     try:  # the model's name labels model steps; the runtime may still be starting
         info = await runtime_pb2_grpc.RuntimeStub(runtime_channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
         model_name = info.name or model_name
     except Exception as exc:  # noqa: BLE001 - informational only
         log.info("runtime_info_unavailable", runtime=args.runtime, detail=str(exc)[:200])
-    handle = create_server([SERVICE_NAME], host=args.host, port=args.port)
+    handle = create_server([SERVICE_NAME], host=args.host, port=args.port, interceptors=[RpcMetricsInterceptor()],
+                           security=security)
     controller_pb2_grpc.add_ControllerServicer_to_server(
         ControllerServicer(runtime_channel, tools_channel, model_name, args.max_concurrency), handle.server)
     await handle.start()
     await handle.set_serving()
     log.info("serving", address=handle.address, runtime=args.runtime, tools=args.tools)
+    start_metrics_server(args.metrics_port, args.host)
     print(f"inloop controller listening on {handle.address}", flush=True)
     await serve_until_signal(handle, args.grace_s)
     await runtime_channel.close()
@@ -45,13 +71,17 @@ def register(sub) -> None:
     csub = p.add_subparsers(dest="controller_command", metavar="CMD")
     s = csub.add_parser("serve", help="serve inloop.v1.Controller (RunTask over the network)",
                         description="Runs agent tasks by calling the runtime (Generate) and the tools "
-                                    "service (Call) over gRPC with deadlines, retries and faults.")
+                                    "service (Call) over gRPC with deadlines, retries and faults. Every "
+                                    "--foo-bar flag can also be set as env INLOOP_FOO_BAR or as foo_bar in the "
+                                    "--config TOML file's [controller] or [common] table "
+                                    "(flag > env > [controller] > [common] > default).")
+    from services.common.config import add_common_serve_options
+    add_common_serve_options(s, "controller", port=50071)  # host, port, log, TLS, token, tracing
     s.add_argument("--runtime", default="127.0.0.1:50051", help="the runtime's host:port")
     s.add_argument("--tools", default="127.0.0.1:50061", help="the tools service's host:port")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other hosts)")
-    s.add_argument("--port", type=int, default=50071, help="0 picks a free port (printed)")
     s.add_argument("--max-concurrency", type=int, default=64, help="tasks at once; more get RESOURCE_EXHAUSTED")
-    s.add_argument("--grace-s", type=float, default=5.0, help="seconds running tasks get on SIGTERM")
-    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    s.set_defaults(func=lambda a: asyncio.run(_serve(a)))
+    s.add_argument("--metrics-port", type=int, default=9103,
+                   help="Prometheus /metrics port (bound on --host); 0 picks a free one, logged as "
+                   "metrics_listening; -1 = no metrics")
+    s.set_defaults(func=cmd_serve)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

@@ -17,6 +17,7 @@ from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_a
 
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
+from services.common import metrics
 from services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply
 from services.runtime.convert import tool_to_proto
 from services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
@@ -56,6 +57,7 @@ NO_FAULTS = ((HEADER_ABORT, "off"), (HEADER_DELAY, "off"))  # environment writes
 class _Hop:
     """Retry one call per the policy; returns (response, attempts) or raises HopError."""
 
+    hop = "hop"  # the `hop` label of inloop_hop_duration_seconds / inloop_hop_retries_total
     timeout_type = "hop_timeout"
     failed_type = "hop_failed"
     invalid_type = "hop_failed"  # INVALID_ARGUMENT: the far side refused the request itself
@@ -82,7 +84,7 @@ class _Hop:
                     attempts += 1
                     timeout = min(p.per_try_timeout_s, remaining) if p.per_try_timeout_s > 0 else remaining
                     try:
-                        return await call(timeout), attempts
+                        return await self._timed(call(timeout), retry=attempts > 1), attempts
                     except grpc.RpcError as exc:
                         last = exc
                         raise
@@ -90,6 +92,16 @@ class _Hop:
             raise self._hop_error(exc, attempts) from None
         except RetryError:  # not raised with reraise=True, kept for safety
             raise self._hop_error(last, attempts) from None
+
+    async def _timed(self, pending, retry: bool = False):
+        """Await one call over the hop, recording its duration and outcome (a cancel is an error)."""
+        started, ok = time.perf_counter(), False
+        try:
+            response = await pending
+            ok = True
+            return response
+        finally:
+            metrics.observe_hop_call(self.hop, time.perf_counter() - started, ok, retry)
 
     def _hop_error(self, exc: grpc.RpcError | None, attempts: int) -> HopError:
         code = exc.code() if exc is not None else grpc.StatusCode.UNKNOWN
@@ -101,6 +113,7 @@ class _Hop:
 
 
 class RuntimeHop(_Hop):
+    hop = "runtime"
     timeout_type, failed_type, invalid_type = "runtime_timeout", "runtime_hop_failed", "runtime_hop_failed"
 
     def __init__(self, channel: grpc.aio.Channel, policy: Policy, model_name: str = "model"):
@@ -127,6 +140,7 @@ class RuntimeHop(_Hop):
 
 class ToolsHop(_Hop):
     # tool_error: the tool refused the call (bad arguments...); the loop tells the model why
+    hop = "tools"
     timeout_type, failed_type, invalid_type = "tool_timeout", "tool_hop_failed", "tool_error"
 
     def __init__(self, channel: grpc.aio.Channel, policy: Policy, faults: Faults):
@@ -146,6 +160,6 @@ class ToolsHop(_Hop):
     async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:
         req = tools_pb2.ToolCallRequest(name=name, arguments_json=json.dumps(arguments), session=task.task_id)
         try:
-            await self.stub.Call(req, timeout=max(task.remaining_s(), 0.001), metadata=NO_FAULTS)
+            await self._timed(self.stub.Call(req, timeout=max(task.remaining_s(), 0.001), metadata=NO_FAULTS))
         except grpc.RpcError as exc:
             raise self._hop_error(exc, 1) from None

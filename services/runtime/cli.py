@@ -3,6 +3,9 @@
     inloop runtime serve --model default --backend auto --port 50051
     inloop generate "What is 17 * 23?" --max-tokens 64 --uncertainty
 
+Every serve flag can also be given as env INLOOP_<FLAG> or in a TOML file (--config) under
+[runtime] or [common] (services/common/config.py); --tls-*/--token-file secure the service
+and `generate` alike (services/common/security.py).
 Heavy imports (grpc, numpy, the engine) happen inside the handlers, so `inloop --help`
 stays fast.
 """
@@ -20,12 +23,20 @@ DEFAULT_TARGET = os.environ.get("INLOOP_RUNTIME_TARGET", f"127.0.0.1:{DEFAULT_PO
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from services.common.config import export_otlp_endpoint
     from services.common.logging import configure_logging
+    from services.common.security import SecurityError, server_security_from_args
 
     configure_logging("runtime", args.log_level)
+    export_otlp_endpoint(args)
     from services.common.telemetry import setup_tracing
     setup_tracing("inloop-runtime")
-    return asyncio.run(_serve(args))
+    try:  # before the model loads: a wrong setting fails in a second, not after the load
+        security = server_security_from_args(args)
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(args, security))
 
 
 def _load_engine(model: str, backend: str):
@@ -36,23 +47,26 @@ def _load_engine(model: str, backend: str):
     return Engine.load(resolve_model(model), backend=backend)
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, security=None) -> int:
     import asyncio
 
     from inloop.v1 import runtime_pb2_grpc
     from services.common.grpc_server import create_server, serve_until_signal
     from services.common.logging import get_logger
+    from services.common.metrics import RpcMetricsInterceptor, start_metrics_server
     from services.runtime.scheduler import Scheduler
     from services.runtime.server import SERVICE_NAME, RuntimeServicer
 
     log = get_logger("services.runtime.cli")
     scheduler = Scheduler(lambda: _load_engine(args.model, args.backend), args.max_queue).start()
-    handle = create_server([SERVICE_NAME], host=args.host, port=args.port)
+    handle = create_server([SERVICE_NAME], host=args.host, port=args.port, interceptors=[RpcMetricsInterceptor()],
+                           security=security)
     runtime_pb2_grpc.add_RuntimeServicer_to_server(RuntimeServicer(scheduler), handle.server)
     # Listen while the model loads: health answers NOT_SERVING, so probes and
     # wait_for_serving see "starting" rather than "connection refused".
     await handle.start()
     log.info("listening", address=handle.address, model=args.model, max_queue=args.max_queue)
+    start_metrics_server(args.metrics_port, args.host)
     print(f"inloop runtime listening on {handle.address}", flush=True)
 
     serving = asyncio.ensure_future(serve_until_signal(handle, args.grace_s))
@@ -115,15 +129,21 @@ def _print_summary(final) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
-
     from inloop.v1 import runtime_pb2_grpc
-    from services.common.grpc_client import insecure_channel
+
+    from services.common.grpc_client import make_channel
+    from services.common.security import SecurityError, client_security_from_args
 
     if args.raw and args.system:
         print("error: --system needs chat mode; drop --raw", file=sys.stderr)
         return 2
+    try:
+        security = client_security_from_args(args)
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     final = None
-    with insecure_channel(args.target) as channel:
+    with make_channel(args.target, security) as channel:
         call = runtime_pb2_grpc.RuntimeStub(channel).GenerateStream(_build_request(args), timeout=args.timeout)
         try:
             for chunk in call:
@@ -155,17 +175,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     runtime.set_defaults(func=show_help)
     sub = runtime.add_subparsers(dest="runtime_command", metavar="SUBCOMMAND")
-    serve = sub.add_parser("serve", help="serve a model over gRPC (inloop.v1.Runtime, health, reflection)")
+    serve = sub.add_parser("serve", help="serve a model over gRPC (inloop.v1.Runtime, health, reflection)",
+                           description="Serve a model over gRPC. Every --foo-bar flag can also be set as "
+                                       "env INLOOP_FOO_BAR or as foo_bar in the --config TOML file's [runtime] "
+                                       "or [common] table (flag > env > [runtime] > [common] > default).")
+    from services.common.config import add_common_serve_options
+    add_common_serve_options(serve, "runtime", port=DEFAULT_PORT)  # host, port, log, TLS, token, tracing
     serve.add_argument("--model", default="default", help="an HF-layout model directory, or 'default'")
     serve.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto",
                        help="cuda needs a GPU; auto picks cuda where one answers, else cpu")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other hosts)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (printed)")
     serve.add_argument("--max-queue", type=int, default=16,
                        help="requests that may wait; more get RESOURCE_EXHAUSTED")
-    serve.add_argument("--grace-s", type=float, default=5.0,
-                       help="on SIGTERM, seconds running requests get to finish")
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--metrics-port", type=int, default=9101,
+                       help="Prometheus /metrics port (bound on --host); 0 picks a free one, logged as "
+                       "metrics_listening; -1 = no metrics")
     serve.set_defaults(func=cmd_serve)
 
     gen = subparsers.add_parser("generate", help="stream a completion from a running runtime")
@@ -182,4 +205,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     gen.add_argument("--uncertainty", action="store_true", help="print the uncertainty summary")
     gen.add_argument("--timeout", type=float, default=120.0, help="deadline of the whole call, seconds")
+    from services.common.config import add_client_security_options
+    add_client_security_options(gen)
     gen.set_defaults(func=cmd_generate)

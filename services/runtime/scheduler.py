@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Callable
 
+from services.common import metrics
 from services.common.logging import get_logger
 from services.runtime.engine.types import GenerateRequest, GenerateResult, InvalidRequest, TokenEvent
 
@@ -122,6 +123,11 @@ class Scheduler:
         with self._cond:
             return len(self._queue)
 
+    def depth(self) -> int:
+        """Requests waiting plus the one running (the inloop_queue_depth gauge reads this)."""
+        with self._cond:
+            return len(self._queue) + (self._running is not None)
+
     def submit(self, req: GenerateRequest, on_token: Callable[[TokenEvent], None] | None = None,
                timeout_s: float | None = None) -> RequestHandle:
         """Queue `req`; `on_token` runs on the caller's event loop when there is one.
@@ -174,6 +180,7 @@ class Scheduler:
             return
         with self._cond:
             self._engine = engine
+        metrics.observe_gpu_memory(engine)  # weights and graphs are resident now (cuda only)
         _settle(self.ready, result=engine)
         while (handle := self._next()) is not None:
             try:
@@ -214,6 +221,8 @@ class Scheduler:
         # The engine times from its own start; a client's TTFT starts when we accepted it.
         result.timings.ttft_ms += queue_ms
         _log_done(handle.request, result)
+        metrics.observe_generation(str(engine.info.get("name", "")), handle.submitted_at, result)
+        metrics.observe_gpu_memory(engine)  # on this thread: it has the device context current
         handle._resolve(result)
 
 

@@ -1,12 +1,16 @@
 """`inloop tools serve`: the tools service (search, extract_receipt, summarize, calculator, kv).
 
-    inloop tools serve --port 50052
-    inloop tools serve --port 50052 --fault-abort "every=2;status=UNAVAILABLE" --fault-delay "every=3;ms=900"
+    inloop tools serve --port 50061
+    inloop tools serve --port 50061 --fault-abort "every=2;status=UNAVAILABLE" --fault-delay "every=3;ms=900"
     inloop tools serve --fault-config faults.json     # {"key": ..., "abort": {...}, "delay": {...}}
+
+Every flag can also be given as env INLOOP_<FLAG> or in a TOML file (--config) under
+[tools] or [common] (services/common/config.py); --tls-*/--token-file secure it
+(services/common/security.py).
 
 Fault flags set the service default; callers override it per request with the
 x-inloop-fault-* headers (services/tools/faults.py, services/tools/README.md).
-Also runnable without the `inloop` entry point: `python -m services.tools.cli tools serve`.
+Also runnable without the `inloop` entry point: `python -m services.cli tools serve`.
 Heavy imports happen inside the handler, so `inloop --help` stays fast.
 """
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_PORT = 50052
+DEFAULT_PORT = 50061
 
 
 def _default_faults(args: argparse.Namespace):
@@ -34,15 +38,23 @@ def _default_faults(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from services.common.config import export_otlp_endpoint
     from services.common.logging import configure_logging, get_logger
+    from services.common.security import SecurityError, server_security_from_args
     from services.tools.faults import FaultSpecError
     from services.tools.server import serve
     from services.tools.state import DEFAULT_CORPUS, ToolState
 
     configure_logging("tools", args.log_level)
+    export_otlp_endpoint(args)
     from services.common.telemetry import setup_tracing
     setup_tracing("inloop-tools")
     log = get_logger("services.tools.cli")
+    try:
+        security = server_security_from_args(args)
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         faults = _default_faults(args)
     except (FaultSpecError, OSError) as exc:
@@ -59,9 +71,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     log.info("corpus_loaded", path=str(state.corpus_path), docs=docs)
+    from services.common.metrics import start_metrics_server
+    start_metrics_server(args.metrics_port, args.host)
     try:
         asyncio.run(serve(state, host=args.host, port=args.port, default_faults=faults,
-                          max_concurrency=args.max_concurrency, grace_s=args.grace_s))
+                          max_concurrency=args.max_concurrency, grace_s=args.grace_s,
+                          security=security))
     except OSError as exc:  # the port is taken or not ours
         log.error("bind_failed", error=str(exc))
         return 1
@@ -77,9 +92,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     tools.set_defaults(func=show_help)
     sub = tools.add_subparsers(dest="tools_command", metavar="SUBCOMMAND")
-    serve = sub.add_parser("serve", help="serve the tools over gRPC (inloop.v1.Tools, health, reflection)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other hosts)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (printed)")
+    serve = sub.add_parser("serve", help="serve the tools over gRPC (inloop.v1.Tools, health, reflection)",
+                           description="Serve the tools over gRPC. Every --foo-bar flag can also be set as "
+                                       "env INLOOP_FOO_BAR or as foo_bar in the --config TOML file's [tools] or "
+                                       "[common] table (flag > env > [tools] > [common] > default).")
+    from services.common.config import add_common_serve_options
+    add_common_serve_options(serve, "tools", port=DEFAULT_PORT)  # host, port, log, TLS, token, tracing
     serve.add_argument("--max-concurrency", type=int, default=64,
                        help="calls in progress at once; more get RESOURCE_EXHAUSTED")
     serve.add_argument("--fault-abort", default=None, metavar="SPEC",
@@ -93,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--corpus", default=None, help="search corpus, JSON lines {id, title, text}")
     serve.add_argument("--max-sessions", type=int, default=1024,
                        help="kv namespaces kept; the least recently used is evicted beyond this")
-    serve.add_argument("--grace-s", type=float, default=5.0,
-                       help="on SIGTERM, seconds running calls get to finish")
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--metrics-port", type=int, default=9102,
+                       help="Prometheus /metrics port (bound on --host); 0 picks a free one, logged as "
+                       "metrics_listening; -1 = no metrics")
     serve.set_defaults(func=cmd_serve)

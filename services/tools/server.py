@@ -23,6 +23,7 @@ import grpc
 
 from inloop.v1 import tools_pb2 as pb
 from inloop.v1 import tools_pb2_grpc
+from services.common import metrics
 from services.common.grpc_server import create_server, serve_until_signal
 from services.common.logging import get_logger
 from services.tools.faults import FaultDecision, FaultInjector, FaultSpec, FaultSpecError
@@ -71,6 +72,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
         self.injector = injector or FaultInjector()
         self.max_concurrency = max_concurrency
         self.in_flight = 0  # only touched on the event loop's thread: no lock needed
+        metrics.track_queue_depth("tools", lambda: self.in_flight)
 
     async def List(self, request: pb.ListToolsRequest, context) -> pb.ListToolsResponse:
         return pb.ListToolsResponse(tools=[
@@ -114,6 +116,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
     async def _inject(self, decision: FaultDecision, context) -> None:
         """Sleep an injected delay (never past the deadline), then an injected abort."""
         if decision.delay_s:
+            metrics.observe_fault("delay")
             remaining = context.time_remaining()
             if remaining is not None and remaining < decision.delay_s:
                 # The caller gives up first: wait only as long as it waits, then stop,
@@ -124,6 +127,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
                                f"(fault key {decision.key!r}, attempt {decision.attempt}); the tool did not run")
             await asyncio.sleep(decision.delay_s)
         if decision.abort is not None:
+            metrics.observe_fault("abort")
             raise Rejected(decision.abort, decision.abort_message)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
@@ -156,10 +160,14 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
 
 async def serve(state: ToolState, *, host: str = "127.0.0.1", port: int = 0,
                 default_faults: FaultSpec = FaultSpec(), max_concurrency: int = 64,
-                grace_s: float = 5.0, max_message_bytes: int = MAX_MESSAGE_BYTES) -> str:
-    """Serve until SIGTERM/SIGINT, then stop gracefully; returns what stopped it."""
+                grace_s: float = 5.0, max_message_bytes: int = MAX_MESSAGE_BYTES, security=None) -> str:
+    """Serve until SIGTERM/SIGINT, then stop gracefully; returns what stopped it.
+
+    `security` (a services.common.security.ServerSecurity) adds mTLS and the token check.
+    """
     servicer = ToolsServicer(state, default_faults, max_concurrency=max_concurrency)
-    handle = create_server([SERVICE_NAME], host=host, port=port, max_message_bytes=max_message_bytes)
+    handle = create_server([SERVICE_NAME], host=host, port=port, max_message_bytes=max_message_bytes,
+                           interceptors=[metrics.RpcMetricsInterceptor()], security=security)
     tools_pb2_grpc.add_ToolsServicer_to_server(servicer, handle.server)
     await handle.start()
     await handle.set_serving()  # nothing to load: the corpus was indexed before we bound

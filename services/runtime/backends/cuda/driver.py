@@ -129,6 +129,12 @@ class Device:
     def synchronize(self) -> None:
         check(_drv().cuCtxSynchronize(), "cuCtxSynchronize")
 
+    def memory_info(self) -> tuple[int, int]:
+        """(free, total) bytes of device memory (cuMemGetInfo); "used" counts every process."""
+        self.make_current()
+        free, total = check(_drv().cuMemGetInfo(), "cuMemGetInfo")
+        return int(free), int(total)
+
 
 class Stream:
     def __init__(self):
