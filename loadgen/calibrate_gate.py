@@ -70,7 +70,6 @@ def _cmd(args: argparse.Namespace) -> int:
 
     from loadgen.harness import open_harness
     from loadgen.run_meta import model_sha256, resolve_model_dir
-    from loadgen.task_runner import TaskRunner
     from loadgen.tasks import load_cases
 
     cases = [c for c in load_cases(None, split="calibration") if args.tool in c.tools or not args.offering_tool_only]
@@ -78,7 +77,7 @@ def _cmd(args: argparse.Namespace) -> int:
         cases = cases[:args.limit]
     print(f"calibrate-gate: {len(cases)} calibration cases", file=sys.stderr)
     with open_harness(args, Path(args.out) / "logs") as h:
-        runner = TaskRunner(h.runtime, h.controller, max_tokens=args.max_tokens, deadline_ms=args.deadline_ms)
+        runner = h.runner(args)
         try:
             records = [runner.run(c, "internal", run_id=f"cal{int(time.time())}", label="calibration")
                        for c in tqdm(cases, desc="calibrate", unit="task", file=sys.stderr)]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor
 from loadgen.stack import LocalStack
+from services.common.config import add_client_security_options
 
 
 @dataclass
@@ -30,6 +31,12 @@ class Harness:
     stack: LocalStack | None
     model: str          # --model as given ("" for an existing deployment)
     backend: str
+    security: object = None   # ClientSecurity for the calls to the services (TLS, token)
+
+    def runner(self, args: argparse.Namespace):
+        from loadgen.task_runner import TaskRunner
+        return TaskRunner(self.runtime, self.controller, max_tokens=args.max_tokens,
+                          deadline_ms=args.deadline_ms, security=self.security)
 
 
 def add_harness_args(p: argparse.ArgumentParser) -> None:
@@ -42,10 +49,12 @@ def add_harness_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--otlp-listen", default="",
                    help="where the OTLP receiver listens (default: loopback, free port when local; "
                         "0.0.0.0:4317 against an existing deployment)")
+    add_client_security_options(p)
 
 
 @contextlib.contextmanager
 def open_harness(args: argparse.Namespace, log_dir: Path):
+    from services.common.security import client_security_from_args
     from services.common.telemetry import setup_tracing
 
     if bool(args.runtime) != bool(args.controller):
@@ -66,8 +75,10 @@ def open_harness(args: argparse.Namespace, log_dir: Path):
         else:
             print(f"loadgen: OTLP receiver on {receiver.address}; the services must export there", file=sys.stderr)
             runtime, controller = args.runtime, args.controller
+        # The local stack is plaintext on loopback; a deployment may need TLS and a token.
+        security = None if local else client_security_from_args(args)
         yield Harness(runtime, controller, store, receiver, stack, args.model if local else "",
-                      args.backend if local else "")
+                      args.backend if local else "", security)
     finally:
         if stack is not None:
             codes = stack.stop()

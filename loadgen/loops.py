@@ -95,7 +95,6 @@ def _cmd(args: argparse.Namespace) -> int:
     from loadgen.harness import open_harness
     from loadgen.profiles import ProfileError, load_profile
     from loadgen.reporting import finish_report
-    from loadgen.task_runner import TaskRunner
     from loadgen.tasks import SCENARIOS, load_cases
     from loadgen.trace_analysis import attach_breakdowns, hop_rows, sample_traces
     from services.common.gate_defaults import default_gate
@@ -117,7 +116,7 @@ def _cmd(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     started = time.monotonic()
     with open_harness(args, out_dir / "logs") as h:
-        runner = TaskRunner(h.runtime, h.controller, max_tokens=args.max_tokens, deadline_ms=args.deadline_ms)
+        runner = h.runner(args)
         try:
             with tqdm(total=total, desc="loops", unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
                 records = run_loops(runner, sets, cases, runs=args.runs, gate_msg=gate_msg,

@@ -114,7 +114,6 @@ def _cmd(args: argparse.Namespace) -> int:
     from loadgen.harness import open_harness
     from loadgen.profiles import ProfileError, load_profiles
     from loadgen.reporting import finish_report
-    from loadgen.task_runner import TaskRunner
     from loadgen.tasks import load_cases
     from loadgen.trace_analysis import attach_breakdowns, breakdown_check, hop_rows, sample_traces
 
@@ -134,7 +133,7 @@ def _cmd(args: argparse.Namespace) -> int:
           f"(+{args.warmups} warm-up pairs per profile) = {total} tasks", file=sys.stderr)
     started = time.monotonic()
     with open_harness(args, out_dir / "logs") as h:
-        runner = TaskRunner(h.runtime, h.controller, max_tokens=args.max_tokens, deadline_ms=args.deadline_ms)
+        runner = h.runner(args)
         try:
             with tqdm(total=total, desc="matrix", unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
                 records = run_matrix(runner, profiles, cases, runs=args.runs, warmups=args.warmups,

@@ -19,11 +19,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA = "inloop.loadgen/v1"
 PACKAGES = ("grpcio", "protobuf", "numpy", "inloop")
 _REPO = Path(__file__).resolve().parents[1]
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}

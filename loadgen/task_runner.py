@@ -19,11 +19,13 @@ ROUTES = ("internal", "external")
 
 
 class TaskRunner:
-    def __init__(self, runtime: str, controller: str, max_tokens: int = 64, deadline_ms: float = 60000):
+    def __init__(self, runtime: str, controller: str, max_tokens: int = 64, deadline_ms: float = 60000,
+                 security=None):
+        """`security`: a services.common.security.ClientSecurity (mTLS, token) or None for plaintext."""
         from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
-        from services.common.grpc_client import insecure_channel
+        from services.common.grpc_client import make_channel
 
-        self._channels = [insecure_channel(runtime), insecure_channel(controller)]
+        self._channels = [make_channel(runtime, security), make_channel(controller, security)]
         self.stubs = {"internal": runtime_pb2_grpc.RuntimeStub(self._channels[0]),
                       "external": controller_pb2_grpc.ControllerStub(self._channels[1])}
         self.max_tokens, self.deadline_ms = max_tokens, deadline_ms

@@ -30,7 +30,7 @@ def attach_breakdowns(records: list[dict], store: SpanStore, timeout_s: float = 
             continue
         rec["hops"] = {k: round(v, 3) for k, v in parts.items() if k != "hops"}
         rec["hop_rows"] = parts["hops"]
-        timeout_s = min(timeout_s, 1.0)  # once one trace is in, the rest are (nearly) too
+        timeout_s = min(timeout_s, 2.0)  # once one trace is in, the rest are (nearly) too
 
 
 def hop_rows(records: list[dict]) -> list[dict]:
