@@ -156,15 +156,3 @@ def register_coldwarm(lsub) -> None:
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=cmd_coldwarm)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m loadgen.coldwarm ...`: the same command as `inloop loadgen coldwarm`."""
-    p = argparse.ArgumentParser(prog="inloop loadgen coldwarm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return cmd_coldwarm(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -232,15 +232,3 @@ def register_load(lsub) -> None:
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=cmd_load)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m loadgen.load ...`: the same command as `inloop loadgen load`."""
-    p = argparse.ArgumentParser(prog="inloop loadgen load", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return cmd_load(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

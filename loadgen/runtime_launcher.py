@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from loadgen.stack import read_listen_address
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -53,17 +53,11 @@ class RuntimeLauncher:
         self.spawned_at = time.perf_counter()
         self.proc = subprocess.Popen(self.cmd, cwd=_REPO, stdout=subprocess.PIPE, stderr=self._log,
                                      stdin=subprocess.DEVNULL, text=True)
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout_s)
-        except queue.Empty:
-            line = ""
-        if "listening on" not in line:
+        self.target = read_listen_address(self.proc, timeout_s)
+        if not self.target:
             code = self.stop()
             raise RuntimeLaunchError(f"runtime did not start listening within {timeout_s:.0f}s "
-                                     f"(exit code {code}, stdout {line!r})\n{self.log_tail()}")
-        self.target = line.rsplit(" ", 1)[-1].strip()
+                                     f"(exit code {code})\n{self.log_tail()}")
         return self
 
     async def wait_healthy(self, channel, timeout_s: float = 300.0, poll_s: float = 0.01) -> float:

@@ -30,6 +30,18 @@ class StackError(RuntimeError):
     pass
 
 
+def read_listen_address(proc: subprocess.Popen, timeout_s: float) -> str:
+    """The HOST:PORT from a service's first stdout line ("inloop ... listening on HOST:PORT"),
+    or "" when it printed something else, exited, or said nothing within `timeout_s`."""
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        line = lines.get(timeout=timeout_s)
+    except queue.Empty:
+        return ""
+    return line.rsplit(" ", 1)[-1].strip() if "listening on" in line else ""
+
+
 class ServiceProc:
     """One service as a child process; `target` is its address once started."""
 
@@ -44,16 +56,10 @@ class ServiceProc:
         self.target = ""
 
     def wait_started(self, timeout_s: float) -> None:
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout_s)
-        except queue.Empty:
-            line = ""
-        if "listening on" not in line:
-            self.stop()
-            raise StackError(f"{self.service} did not start (stdout {line!r})\n{self.log_tail()}")
-        self.target = line.rsplit(" ", 1)[-1].strip()
+        self.target = read_listen_address(self.proc, timeout_s)
+        if not self.target:
+            code = self.stop()
+            raise StackError(f"{self.service} did not start (exit code {code})\n{self.log_tail()}")
         try:
             wait_for_serving(self.target, timeout_s=timeout_s)
         except TimeoutError as exc:

@@ -12,14 +12,13 @@ service says SERVING. Its JSON logs (stderr) go to a file the tests can read.
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+from loadgen.stack import read_listen_address
 from services.common.grpc_client import wait_for_serving
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,16 +43,11 @@ class ServiceProcess:
         return int(self.target.rsplit(":", 1)[1])
 
     def _read_address(self, timeout_s: float) -> str:
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout_s)
-        except queue.Empty:
-            line = ""
-        if "listening on" not in line:
+        address = read_listen_address(self.proc, timeout_s)
+        if not address:
             self.stop()
-            raise RuntimeError(f"{self.service} did not start: {line!r}\n{self.log_path.read_text()}")
-        return line.rsplit(" ", 1)[-1].strip()
+            raise RuntimeError(f"{self.service} did not start\n{self.log_path.read_text()}")
+        return address
 
     def logs(self, event: str | None = None) -> list[dict]:
         records = []

@@ -9,8 +9,14 @@ from datetime import datetime
 
 import pytest
 
-from loadgen.coldwarm import cmd_coldwarm, main, register_coldwarm
+from loadgen.coldwarm import cmd_coldwarm, register_coldwarm
 from loadgen.report.schema import validate
+from services.cli import main as inloop
+
+
+def main(argv: list[str]) -> int:
+    """The command as a user runs it: `inloop loadgen coldwarm ...`."""
+    return inloop(["loadgen", "coldwarm", *argv])
 
 
 def test_coldwarm_measures_a_fresh_runtime_and_writes_the_artifact(tiny_llama, tmp_path, capsys):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from loadgen.load import cmd_load, main, poisson_offsets, register_load, run_load
+from loadgen.load import cmd_load, poisson_offsets, register_load, run_load
 from loadgen.load_metrics import calculate_metrics, parse_goodput
 from loadgen.prompt_set import chat_prompts
 from loadgen.report.schema import validate
@@ -19,8 +19,14 @@ from loadgen.runtime_launcher import RuntimeLauncher
 from loadgen.stats import STAT_KEYS
 from loadgen.stream_client import StreamResult
 from services.common.grpc_client import aio_insecure_channel, wait_for_serving
+from services.cli import main as inloop
 
 MAX_TOKENS = 8
+
+
+def main(argv: list[str]) -> int:
+    """The command as a user runs it: `inloop loadgen load ...`."""
+    return inloop(["loadgen", "load", *argv])
 
 
 # ---- pure parts ---------------------------------------------------------------------------
