@@ -8,6 +8,7 @@ mesh (tests/common/conftest.py): three service processes and a Prometheus server
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import urllib.request
@@ -307,3 +308,13 @@ def test_scraped_metric_names_hold_every_service_metric(scraped_metric_names):
                  "inloop_faults_injected_total", "inloop_hop_retries_total", "inloop_tasks_total", "up"}
     assert expected <= scraped_metric_names, sorted(expected - scraped_metric_names)
     assert "inloop_gpu_memory_used_bytes" not in scraped_metric_names  # the numpy backend has no GPU
+
+
+def test_every_metric_the_grafana_dashboard_queries_was_scraped(scraped_metric_names):
+    """The provisioned dashboard (deploy/grafana) reads only series a real Prometheus scraped
+    from the running services: a renamed metric breaks this, not a dashboard in production."""
+    from tests.deploy.test_dashboard_and_prometheus import DASHBOARD, expressions, series_names
+
+    queried = {name for _, expr in expressions(json.loads(DASHBOARD.read_text())) for name in series_names(expr)}
+    assert len(queried) >= 6, queried
+    assert queried <= scraped_metric_names, sorted(queried - scraped_metric_names)
