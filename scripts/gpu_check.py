@@ -8,6 +8,9 @@
      like SmolLM2-135M and Qwen2.5-0.5B: TTFT (32-token prompt), decode ms/token over 128
      tokens, process start -> first token (cubin cache warm), and a per-kernel breakdown of
      one decode step
+  5. the engine's fast path (`inloop bench runtime --backend cuda`: Engine.load, Generation
+     through the CUDA graphs with GPU sampling) side by side with HF, medians and ratios;
+     the engine's GPU tests (test_engine_on_cuda.py) run with the others in step 2
 
 Writes results.json and summary.txt (plus pytest.log / parity.jsonl) to --out. Needs only
 numpy, cuda-bindings (+ NVRTC), tokenizers, and torch + transformers for the HF side; no
@@ -33,7 +36,12 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from services.runtime.backends.cuda.bench_models import SHAPES, make_random_model, prompt_ids  # noqa: E402
-from services.runtime.backends.cuda.benchmark import bench_cuda, greedy_parity  # noqa: E402
+from services.runtime.backends.cuda.benchmark import (  # noqa: E402
+    bench_cuda,
+    bench_engine,
+    engine_bench_lines,
+    greedy_parity,
+)
 
 PROMPT_LEN, DECODE_TOKENS = 32, 128
 DEADLINE_S = 225  # stop starting optional work after this
@@ -104,7 +112,8 @@ def compile_kernels(arch: str) -> dict:
 
 
 # ---- 2. the GPU tests ----------------------------------------------------------------------
-GPU_TEST_MODULES = ("test_compile.py", "test_ops.py", "test_sampling.py", "test_model.py")
+GPU_TEST_MODULES = ("test_compile.py", "test_ops.py", "test_sampling.py", "test_model.py", "test_engine_on_cuda.py")
+PYTEST_BUDGET_S = 140  # the engine module adds ~20 s (a SmolLM2-shaped model on numpy as the reference)
 
 
 def run_pytest(out: Path, budget_s: int) -> dict:
@@ -197,6 +206,14 @@ def bench_hf(model_dir: Path, device: str = "cuda") -> dict:
     return {"load_s": round(load_s, 2), "ttft_ms": statistics.median(ttft[1:]), "decode_ms_per_token": decode[-1]}
 
 
+ENGINE_RUNS, ENGINE_NEW_TOKENS = 5, 32  # inloop bench runtime's defaults: ~8 s a model, mostly HF
+
+
+def engine_bench(model_dir: Path, be, with_hf: bool) -> dict:
+    """Step 5: the engine's fast path vs HF (benchmark.bench_engine) at this script's sizes."""
+    return bench_engine(model_dir, be, PROMPT_LEN, ENGINE_NEW_TOKENS, ENGINE_RUNS, with_hf)
+
+
 def first_token_child(kind: str, model_dir: str) -> None:
     """Child process: load and produce the first token, then print it (the parent times us)."""
     if kind == "ours":
@@ -276,6 +293,7 @@ def summary_table(r: dict) -> str:
         if top:
             lines.append(f"{'':<14}step breakdown (eager, us): " + ", ".join(
                 f"{k} {v['total_us']:.0f} ({v['count']}x)" for k, v in top))
+    lines.extend(engine_bench_lines(r.get("engine_bench") or {}, ENGINE_NEW_TOKENS, ENGINE_RUNS))
     lines.append(f"total {r.get('total_seconds')} s")
     return "\n".join(lines)
 
@@ -296,6 +314,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("INLOOP_CACHE", str(work / "cache"))
     os.environ["INLOOP_TEST_USE_CACHE"] = "1"  # the GPU test processes reuse the warm cache
+    os.environ["INLOOP_GPU_WORK"] = str(work)  # ... and write the SmolLM2-shaped model where step 4 finds it
     if Path(os.environ["INLOOP_CACHE"]).resolve() == (work / "cache").resolve():
         shutil.rmtree(work / "cache", ignore_errors=True)  # the compile step measures a cold build
     results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -314,7 +333,7 @@ def main() -> int:
     step(results, "compile", compile_kernels, env["arch"])
     log(f"compiled kernels for {env['arch']} in {results['compile'].get('wall_seconds')} s")
     if not args.skip_tests:
-        step(results, "pytest", run_pytest, out, 120)
+        step(results, "pytest", run_pytest, out, PYTEST_BUDGET_S)
         log(f"GPU tests: {results['pytest'].get('summary') or results['pytest'].get('reason')}")
     save()
 
@@ -348,6 +367,15 @@ def main() -> int:
         if not args.skip_hf:
             step(b, "hf", bench_hf, models[name])
             log(f"{name}: HF {b['hf'].get('decode_ms_per_token')} ms/token, TTFT {b['hf'].get('ttft_ms')} ms")
+        save()
+    results["engine_bench"] = {}
+    for name in SHAPES:  # the engine's fast path side by side with HF (inloop bench runtime --backend cuda)
+        if time.perf_counter() - T0 > DEADLINE_S - 30:
+            results["engine_bench"][name] = {"skipped": "time budget"}
+            continue
+        e = step(results["engine_bench"], name, engine_bench, models[name], be, not args.skip_hf)
+        log(f"{name}: engine {e.get('ours', {}).get('decode_ms_per_token')} ms/token, TTFT "
+            f"{e.get('ours', {}).get('ttft_ms')} ms; ratio ours/HF {e.get('decode_speed_ratio_ours_over_hf')}")
         save()
     for name in SHAPES:  # child processes; the cubin cache is warm by now
         b = results["bench"][name]

@@ -3,6 +3,13 @@
 Both sides run the same greedy loop shape (one prefill, then one token per step with a KV
 cache), interleaved run by run so that machine noise hits both alike. We report medians and
 the ratios: decode tokens/s ours/HF (> 1 means we are faster) and TTFT HF/ours.
+
+On the CUDA backend ours is measured the way the engine runs a request, its fast path:
+Generation.pick through the backend's StepRunner (the prompt's prefill graph with
+GPU sampling, then one captured decode graph per token, token and uncertainty back from
+the same pass, detokenization included); HF runs on the same GPU in bf16, eager (no
+torch.compile, no CUDA graphs). On the numpy backend ours is the forward pass with host
+logits and argmax, against HF on the CPU in float32.
 """
 from __future__ import annotations
 
@@ -62,6 +69,45 @@ def run_ours(engine, ids: list[int], new_tokens: int) -> tuple[float, float, lis
     return ttft, time.perf_counter() - t1, out
 
 
+def run_engine(engine, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+    """The engine's own per-token path (a request's Generation.pick loop through the backend's
+    StepRunner), greedy and not stopping at EOS, so that both sides make new_tokens tokens."""
+    from services.runtime.engine.generation import Generation
+    from services.runtime.engine.sampler import Sampler
+    from services.runtime.engine.types import SamplingParams
+
+    cache = engine.runner.new_cache(len(ids) + new_tokens)
+    gen = Generation(engine, list(ids), cache, Sampler(SamplingParams(max_tokens=new_tokens)), new_tokens,
+                     (), None, None)
+    t0 = time.perf_counter()
+    gen.prefill()
+    out = [gen.pick()]  # the token is on the host: nothing left in flight
+    ttft = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        out.append(gen.pick())
+    decode = time.perf_counter() - t1
+    engine.runner.free_cache(cache)
+    return ttft, decode, out
+
+
+def ours_loop(engine):
+    """run_engine where the backend has a fast path (samples on the device), else run_ours."""
+    return run_engine if engine.runner.samples_on_device else run_ours
+
+
+def load_hf(model_dir, device: str):
+    """HF transformers, eager: bf16 on a GPU, float32 on the CPU (`dtype=` from 4.56 on)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    return AutoModelForCausalLM.from_pretrained(model_dir, **{key: dtype}).to(device).eval()
+
+
 def run_hf(model, ids: list[int], new_tokens: int, device: str) -> tuple[float, float, list[int]]:
     import torch
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -98,35 +144,33 @@ def _first_token_child(model_dir: str, backend: str, side: str) -> None:
         from services.runtime.engine.engine import Engine
         engine = Engine.load(model_dir, backend=backend)
         ids = prompt_ids(engine.tokenizer, 32, 0)
-        run_ours(engine, ids, 1)
+        ours_loop(engine)(engine, ids, 1)
     else:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
         device = "cuda" if backend == "cuda" else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        model = load_hf(model_dir, device)
         ids = AutoTokenizer.from_pretrained(model_dir)("hello " * 32)["input_ids"][:32]
         run_hf(model, ids, 1, device)
     print(time.time(), flush=True)
 
 
-def bench(model_dir: Path, backend: str, runs: int, prompt_tokens: int, new_tokens: int,
+def bench(model_dir: Path, backend, runs: int, prompt_tokens: int, new_tokens: int,
           with_hf: bool, start_runs: int) -> dict:
+    """backend: cpu | cuda | auto, or a Backend object (scripts/gpu_check.py passes its own)."""
     import structlog
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     from services.runtime.engine.engine import Engine
     engine = Engine.load(model_dir, backend=backend)
+    backend_name = engine.model.backend.name
+    run_ours_loop = ours_loop(engine)
     hf = device = None
     if with_hf:
-        import torch
-        from transformers import AutoModelForCausalLM
-        device = "cuda" if engine.model.backend.name == "cuda" else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        device = "cuda" if backend_name == "cuda" else "cpu"
+        hf = load_hf(model_dir, device)
     ours, ref = RunStats(), RunStats()
     agree = []
     ids0 = prompt_ids(engine.tokenizer, prompt_tokens, 0)
-    run_ours(engine, ids0, 4)  # warm-up: first-touch of weights, BLAS threads, caches
+    run_ours_loop(engine, ids0, 4)  # warm-up: first-touch of weights, BLAS threads, caches, graph capture
     if hf is not None:
         run_hf(hf, ids0, 4, device)
     for i in range(runs):
@@ -134,7 +178,7 @@ def bench(model_dir: Path, backend: str, runs: int, prompt_tokens: int, new_toke
         order = ("ours", "hf") if i % 2 == 0 else ("hf", "ours")  # alternate who goes first
         for side in order:
             if side == "ours":
-                ttft, dec, toks_ours = run_ours(engine, ids, new_tokens)
+                ttft, dec, toks_ours = run_ours_loop(engine, ids, new_tokens)
                 ours.add(ttft, dec, new_tokens - 1)
             elif hf is not None:
                 ttft, dec, toks_hf = run_hf(hf, ids, new_tokens, device)
@@ -144,7 +188,9 @@ def bench(model_dir: Path, backend: str, runs: int, prompt_tokens: int, new_toke
         print(f"  run {i + 1}/{runs}: ours {ours.decode_tok_s[-1]:.1f} tok/s"
               + (f", HF {ref.decode_tok_s[-1]:.1f} tok/s" if hf is not None else ""), file=sys.stderr)
     report = {
-        "model": str(model_dir.name), "backend": engine.model.backend.name, "device": engine.model.backend.describe(),
+        "model": str(model_dir.name), "backend": backend_name, "device": engine.model.backend.describe(),
+        "ours_path": f"engine (Generation.pick, {engine.runner.name})" if run_ours_loop is run_engine
+        else f"forward + host argmax ({engine.runner.name})",
         "prompt_tokens": len(ids0), "new_tokens": new_tokens, "runs": runs,
         "ours": ours.medians(), "ours_all": asdict(ours),
     }
@@ -152,13 +198,14 @@ def bench(model_dir: Path, backend: str, runs: int, prompt_tokens: int, new_toke
         m_o, m_h = ours.medians(), ref.medians()
         report.update({
             "hf": m_h, "hf_all": asdict(ref), "hf_device": device, "same_greedy_tokens": agree,
+            "hf_dtype": str(hf.dtype), "hf_attn_implementation": getattr(hf.config, "_attn_implementation", None),
             "decode_speed_ratio_ours_over_hf": m_o["decode_tok_s"] / m_h["decode_tok_s"],
             "ttft_speedup_hf_over_ours": m_h["ttft_ms"] / m_o["ttft_ms"],
         })
     if start_runs:
         report["start_to_first_token_s"] = {
-            "ours": statistics.median(start_to_first_token(model_dir, backend, "ours") for _ in range(start_runs)),
-            **({"hf": statistics.median(start_to_first_token(model_dir, backend, "hf") for _ in range(start_runs))}
+            "ours": statistics.median(start_to_first_token(model_dir, backend_name, "ours") for _ in range(start_runs)),
+            **({"hf": statistics.median(start_to_first_token(model_dir, backend_name, "hf") for _ in range(start_runs))}
                if with_hf else {}),
         }
     return report
@@ -166,7 +213,7 @@ def bench(model_dir: Path, backend: str, runs: int, prompt_tokens: int, new_toke
 
 def print_table(r: dict) -> None:
     print(f"model {r['model']}  backend {r['backend']}  prompt {r['prompt_tokens']} tokens, "
-          f"{r['new_tokens']} new, medians of {r['runs']} runs")
+          f"{r['new_tokens']} new, medians of {r['runs']} runs; ours = {r['ours_path']}")
     print(f"{'':8}{'TTFT ms':>10}{'decode tok/s':>14}{'ms/token':>10}")
     for side in ("ours", "hf"):
         if side in r:
@@ -199,7 +246,9 @@ def register(sub) -> None:
     r = bsub.add_parser("runtime", help="TTFT and decode tokens/s, ours vs HF transformers, medians of N runs",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--model", default="default", help="model directory, or 'default' (SmolLM2-135M-Instruct)")
-    r.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "auto"))
+    r.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="cpu: numpy forward vs HF float32 on the CPU; cuda: the engine's fast path (CUDA graphs, "
+                        "GPU sampling) vs HF bf16 eager on the same GPU; auto: cuda where a device answers")
     r.add_argument("--runs", type=int, default=5, help="timed runs per side (medians are reported)")
     r.add_argument("--prompt-tokens", type=int, default=32)
     r.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (decode = new-1)")

@@ -3,6 +3,10 @@
 `generate` is blocking and runs on the caller's thread (the scheduler's worker). It checks
 `should_stop()` before every token, so a cancelled or expired request stops at the next
 token and its KV cache is released when the call returns.
+
+The model runs through a StepRunner the backend provides (engine/step_runner.py): the
+op-by-op forward pass on numpy, CUDA graphs with GPU sampling on the CUDA backend. The
+backend also loads the weights where it has its own loader (`backend.load_model`).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from services.runtime.engine import constrained
 from services.runtime.engine.generation import Generation
 from services.runtime.engine.kv_sessions import KVSessionStore, Session, common_prefix
 from services.runtime.engine.sampler import Sampler
+from services.runtime.engine.step_runner import StepRunner, runner_for
 from services.runtime.engine.vocab_masks import VocabMasks
 from services.runtime.engine.types import (
     GenerateRequest, GenerateResult, InvalidRequest, TokenEvent, UncertaintySummary,
@@ -67,18 +72,20 @@ def _eos_ids(model_dir: Path, cfg: ModelConfig, tokenizer: Tokenizer) -> tuple[i
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, eos_ids: tuple[int, ...],
-                 name: str, max_context: int = DEFAULT_MAX_CONTEXT, kv_session_positions: int = 65536):
+                 name: str, max_context: int = DEFAULT_MAX_CONTEXT, kv_session_positions: int = 65536,
+                 runner: StepRunner | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = frozenset(eos_ids)
         self.max_context = min(max_context, model.cfg.max_position)
+        self.runner = runner or runner_for(model, self.max_context)
         cfg = model.cfg
         self.info = {
             "name": name, "arch": cfg.arch, "backend": model.backend.name,
             "dtype": model.backend.compute_dtype, "vocab_size": cfg.vocab_size,
             "context_length": self.max_context, "num_parameters": model.num_parameters,
             "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
-            "eos_token_ids": sorted(self.eos_ids),
+            "eos_token_ids": sorted(self.eos_ids), "step_runner": self.runner.name,
         }
         self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions)
         self.template_renders_tools = "tools" in (tokenizer.chat_template or "")
@@ -99,11 +106,13 @@ class Engine:
         cfg = ModelConfig.from_dir(model_dir)
         tokenizer = Tokenizer(model_dir)
         be = make_backend(backend) if isinstance(backend, str) else backend
-        model = Transformer(cfg, be, Weights(model_dir))
+        load = getattr(be, "load_model", None)  # a backend's own loader (CUDA: straight to the GPU)
+        model = load(cfg, Weights(model_dir)) if load is not None else Transformer(cfg, be, Weights(model_dir))
         engine = cls(model, tokenizer, _eos_ids(model_dir, cfg, tokenizer), model_dir.name, max_context,
                      kv_session_positions)
         log.info("model_loaded", model=model_dir.name, arch=cfg.arch, backend=be.name,
-                 params=model.num_parameters, load_ms=round((time.perf_counter() - t0) * 1e3, 1))
+                 step_runner=engine.runner.name, params=model.num_parameters,
+                 load_ms=round((time.perf_counter() - t0) * 1e3, 1))
         return engine
 
     # ---- prompt -------------------------------------------------------------------
@@ -131,12 +140,7 @@ class Engine:
     # ---- the steps ----------------------------------------------------------------
     def extend(self, ids: list[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run ids through the model at positions cache.length...; logits [len(ids) or 1, V]."""
-        b = self.model.backend
-        start = cache.length
-        positions = np.arange(start, start + len(ids), dtype=np.int32)
-        logits = self.model.forward(b.ids(np.asarray(ids, np.int32)), b.ids(positions), cache, all_logits)
-        cache.length = start + len(ids)
-        return b.to_host(logits)
+        return self.runner.logits(ids, cache, all_logits)
 
     def prefill(self, ids: list[int], cache: KVCache) -> np.ndarray:
         """Run the prompt (from cache.length on) through the model; logits of the last token [V]."""
@@ -151,15 +155,12 @@ class Engine:
         capacity = min(-(-capacity // 256) * 256, self.max_context)  # round up: fewer regrowths
         session = self.sessions.take(session_id) if session_id else None
         if session is None:
-            return self.model.new_cache(capacity)
+            return self.runner.new_cache(capacity)
         keep = min(common_prefix(session.ids, ids), len(ids) - 1)  # >= 1 token to prefill for logits
         self.sessions.hits += keep
         cache = session.cache
         if cache.capacity < capacity:
-            grown = self.model.new_cache(capacity)
-            self.model.backend.copy_kv(cache, grown, keep)
-            self.model.backend.free_kv(cache)
-            cache = grown
+            cache = self.runner.grow_cache(cache, capacity, keep)
         cache.length = keep
         return cache
 
@@ -191,7 +192,7 @@ class Engine:
             if keep_session:
                 self.sessions.put(req.session_id, Session(cache, gen.fed_ids()))
             else:
-                self.model.backend.free_kv(cache)
+                self.runner.free_cache(cache)
         gen.finish()
         return self._result(gen, finish)
 

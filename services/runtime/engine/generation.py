@@ -4,10 +4,18 @@ It owns the KV cache position, the current next-token logits, the sampled and fo
 tokens, the text stream (incremental detokenization + stop strings) and the statistics.
 `pick` (sample, optionally among allowed tokens) and `force` (append fixed text) are the
 two ways to add tokens; constrained tool calls are written against exactly these.
+
+Tokens reach the model lazily: the prompt and each sampled token wait in `_pending` until
+the next pick or force feeds them, so that step knows what it needs back. A pick among
+allowed tokens, or forced text, needs the logits row on the host; a free pick on a runner
+that samples on the device (CUDA) gets only the token and its statistics back, and the
+prompt + first token (or a token + the next one) is one device pass.
 """
 from __future__ import annotations
 
+import secrets
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -15,6 +23,7 @@ import numpy as np
 from services.runtime.backends.base import KVCache
 from services.runtime.engine.detokenize import IncrementalDecoder, StopMatcher
 from services.runtime.engine.sampler import Sampler, log_softmax, token_stats
+from services.runtime.engine.step_runner import DeviceSampling
 from services.runtime.engine.types import TokenEvent, TokenStats, Timings
 from services.runtime.engine.vocab_masks import VocabMasks
 
@@ -35,20 +44,53 @@ class Generation:
         self.out_ids: list[int] = []
         self.stats: list[TokenStats] = []
         self.timings = Timings()
-        self.logits: np.ndarray | None = None
         self.stop_hit = False
-        self._pending: int | None = None  # sampled but not yet fed through the model
+        self.runner = engine.runner
+        self._logits: np.ndarray | None = None   # host logits after the last host-logits feed
+        self._pending: list[int] = []            # queued for the model, not yet fed (prompt, then a token)
+        self._prompt_fed = False
+        p = sampler.params
+        # the device sampler's RNG is counter-based (seed, token index): a seeded request
+        # repeats; an unseeded one gets a fresh seed (not from sampler.rng, which stays the
+        # host sampler's alone)
+        seed = p.seed if p.seed is not None else secrets.randbits(62)
+        self._device = DeviceSampling(p.temperature, p.top_k, p.top_p, seed)
         self._t0 = time.perf_counter()
 
     # ---- model ----------------------------------------------------------------------
     def prefill(self) -> None:
-        self.logits = self.engine.prefill(self.prompt_ids, self.cache)
-        self.timings.prefill_ms = (time.perf_counter() - self._t0) * 1e3
+        """Queue the prompt (what the cache does not hold yet); it runs with the first pick."""
+        self._pending = list(self.prompt_ids[self.cache.length:])
+
+    @property
+    def logits(self) -> np.ndarray:
+        """The next-token logits on the host: a pending token is fed first, so after a pick
+        this is the distribution of the token that follows it (what the grammar asks about
+        when it decides whether a number goes on)."""
+        self._feed_pending()
+        if self._logits is None:
+            raise RuntimeError("no host logits here: the last step sampled on the device "
+                               "(feed the pending token with a masked pick or a force first)")
+        return self._logits
+
+    def _fed(self) -> None:
+        if not self._prompt_fed:
+            self._prompt_fed = True
+            self.timings.prefill_ms = (time.perf_counter() - self._t0) * 1e3
 
     def _feed_pending(self) -> None:
-        if self._pending is not None:
-            token, self._pending = self._pending, None
-            self.logits = self.engine.decode_one_token(token, self.cache)
+        if self._pending:
+            ids, self._pending = self._pending, []
+            self._logits = self.engine.extend(ids, self.cache)[-1]
+            self._fed()
+
+    def _sample_pending_on_device(self) -> tuple[int, TokenStats]:
+        ids, self._pending = self._pending, []
+        sampling = replace(self._device, step=len(self.out_ids))
+        token, logprob, entropy, margin = self.runner.sample(ids, self.cache, sampling)
+        self._logits = None  # this position's logits stayed on the device
+        self._fed()
+        return token, TokenStats(logprob=logprob, entropy=max(entropy, 0.0), margin=margin)
 
     def fed_ids(self) -> list[int]:
         """The ids whose keys/values are in the cache (everything but a pending token)."""
@@ -61,13 +103,18 @@ class Generation:
     # ---- adding tokens ------------------------------------------------------------
     def pick(self, allowed: np.ndarray | None = None) -> int:
         """Sample the next token (among `allowed` if given), emit it, and queue it for the model."""
-        self._feed_pending()
-        logits = self.logits if allowed is None else np.where(allowed, self.logits, -np.inf).astype(np.float32)
-        # stats come from the full distribution, not the grammar-masked one
-        token = self.sampler.choose(logits)
-        st = token_stats(log_softmax(self.logits), token) if self.sampler.params.return_uncertainty else None
+        want_stats = self.sampler.params.return_uncertainty
+        if allowed is None and self._pending and self.runner.samples_on_device:
+            token, st = self._sample_pending_on_device()  # stats from the same device pass
+            st = st if want_stats else None
+        else:
+            self._feed_pending()
+            logits = self.logits if allowed is None else np.where(allowed, self.logits, -np.inf).astype(np.float32)
+            # stats come from the full distribution, not the grammar-masked one
+            token = self.sampler.choose(logits)
+            st = token_stats(log_softmax(self.logits), token) if want_stats else None
         self._emit(token, st)
-        self._pending = token
+        self._pending = [token]
         return token
 
     def force(self, text: str) -> bool:
@@ -78,12 +125,12 @@ class Generation:
         if len(ids) > self.remaining():
             return False
         want_stats = self.sampler.params.return_uncertainty
+        prev = self.logits if want_stats else None
         rows = self.engine.extend(ids, self.cache, all_logits=want_stats)  # [len(ids), V] or [1, V]
-        prev = self.logits
         for i, token in enumerate(ids):
             st = token_stats(log_softmax(prev if i == 0 else rows[i - 1]), token) if want_stats else None
             self._emit(token, st)
-        self.logits = rows[-1]
+        self._logits = rows[-1]
         return True
 
     def _emit(self, token: int, st: TokenStats | None) -> None:

@@ -231,3 +231,25 @@ class CudaBackend(Backend):
         from .prefill import GraphRunner
 
         return GraphRunner(self, model, max_capacity)
+
+    # ---- what the engine asks for (engine/step_runner.py) ---------------------------------
+    def load_model(self, cfg, weights):
+        """The Transformer with its weights loaded straight to the GPU (loader.py: raw stored
+        bytes, converted to bf16 on the device; no float32 copy on the host)."""
+        from .loader import load_transformer
+
+        stored = weights.storage_dtype()
+        if stored == "F16":
+            # the kernels read bf16 weights only; fp16 storage would need an fp16 variant of
+            # every GEMV/GEMM/attention kernel (not built yet), so fp16 is converted to bf16
+            log.info("fp16 checkpoint: weights are stored as bf16 on the GPU (bf16 is the only "
+                     "weight dtype the kernels read; fp16 storage is not implemented)")
+        model = load_transformer(self, cfg, weights)
+        log.info("weights loaded to the GPU: stored %s, kept bf16, %.3fs", stored, model.load_seconds)
+        return model
+
+    def step_runner(self, model, max_capacity: int):
+        """The engine's fast path: prefill and decode graphs, sampling on the GPU (step_runner.py)."""
+        from .step_runner import CudaStepRunner
+
+        return CudaStepRunner(self, model, max_capacity)

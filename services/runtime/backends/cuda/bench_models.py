@@ -1,6 +1,8 @@
 """Random models with the exact shapes of SmolLM2-135M and Qwen2.5-0.5B, written on the spot
 in the HF layout (config.json + bf16 model.safetensors), for benchmarks on machines that have
 no real weights. HF transformers loads them as it would the real ones (no tokenizer needed).
+The engine needs a tokenizer, so each also gets the tiny models' small byte-level BPE one
+(its ids are a prefix of the model's vocabulary; ids past it decode to nothing).
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ def make_random_model(out_dir: str | Path, name: str, seed: int = 0) -> Path:
     out = Path(out_dir)
     done = out / ".complete"
     if done.is_file():
-        return out
+        return add_tokenizer(out)  # a model written before models had a tokenizer gets one
     out.mkdir(parents=True, exist_ok=True)
     cfg = {**SHAPES[name], "torch_dtype": "bfloat16", "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
            "initializer_range": 0.02, "attention_dropout": 0.0, "use_cache": True}
@@ -87,7 +89,30 @@ def make_random_model(out_dir: str | Path, name: str, seed: int = 0) -> Path:
             fh.write(_bf16_bits(make()).tobytes())
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    add_tokenizer(out)
     done.write_text("ok\n")
+    return out
+
+
+def add_tokenizer(model_dir: str | Path) -> Path:
+    """Give a model directory the tiny models' tokenizer and ChatML template (ids 0/1/2 are
+    <|endoftext|>/<|im_start|>/<|im_end|>, as in SmolLM2), so that the engine can load it."""
+    from services.runtime.model.tiny import (
+        CHATML_TEMPLATE,
+        SPECIAL_TOKENS,
+        train_tokenizer,
+    )
+
+    out = Path(model_dir)
+    if (out / "tokenizer.json").is_file():
+        return out
+    train_tokenizer().save(str(out / "tokenizer.json"))
+    added = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
+                      "single_word": False} for i, t in enumerate(SPECIAL_TOKENS)}
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>", "added_tokens_decoder": added,
+        "chat_template": CHATML_TEMPLATE}, indent=2))
     return out
 
 

@@ -1,6 +1,7 @@
 """Parity and speed probes of the CUDA backend on a model directory, shared by
 scripts/gpu_check.py and benchmarks: greedy parity with the numpy backend, TTFT and decode
-timings through the graphs, and a per-kernel breakdown of one decode step.
+timings through the graphs, a per-kernel breakdown of one decode step, and the engine-level
+bench (the engine's fast path against HF).
 """
 from __future__ import annotations
 
@@ -181,3 +182,42 @@ def step_breakdown(be, dg) -> dict:
         d["total_us"] = round(d["total_us"], 1)
         d["mean_us"] = round(d["total_us"] / d["count"], 2)
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["total_us"]))
+
+
+def bench_engine(model_dir: Path, be, prompt_len: int = 32, new_tokens: int = 64, runs: int = 5,
+                 with_hf: bool = True) -> dict:
+    """`inloop bench runtime --backend cuda` on this backend: the engine's per-request path
+    (prefill graph + one decode graph per token, GPU sampling, detokenization) against HF
+    bf16 on the same GPU, interleaved runs, medians and ratios (services/runtime/bench.py)."""
+    import importlib.util
+
+    from services.runtime.bench import bench
+
+    with_hf = with_hf and all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+    r = bench(Path(model_dir), be, runs, prompt_len, new_tokens, with_hf, 0)
+    r.pop("device", None)  # the caller reports the device once
+    return r
+
+
+def engine_bench_lines(results: dict, new_tokens: int, runs: int) -> list[str]:
+    """A text table of bench_engine results {model: report | {"error"/"skipped": ...}}."""
+    if not results:
+        return []
+    lines = ["", f"engine fast path vs HF ({new_tokens} new tokens, medians of {runs} runs)",
+             f"{'model':<14}{'':<6}{'TTFT ms':>10}{'decode tok/s':>14}{'ms/token':>10}"]
+    for name, e in results.items():
+        if name == "seconds":  # gpu_check's step() timings
+            continue
+        if not isinstance(e, dict) or "ours" not in e:
+            lines.append(f"{name:<14}{(e or {}).get('error') or (e or {}).get('skipped') or e}")
+            continue
+        for side in ("ours", "hf"):
+            m = e.get(side)
+            if m:
+                lines.append(f"{name if side == 'ours' else '':<14}{side:<6}{m['ttft_ms']:>10.2f}"
+                             f"{m['decode_tok_s']:>14.1f}{m['decode_ms_per_token']:>10.3f}")
+        if "decode_speed_ratio_ours_over_hf" in e:
+            agree = e.get("same_greedy_tokens") or []
+            lines.append(f"{'':<14}decode ours/HF {e['decode_speed_ratio_ours_over_hf']:.1f}x, TTFT HF/ours "
+                         f"{e['ttft_speedup_hf_over_ours']:.1f}x, same greedy tokens {sum(agree)}/{len(agree)} runs")
+    return lines

@@ -120,13 +120,16 @@ def test_assert_close_reports_the_worst_element():
 def test_engine_generates_the_same_greedy_text_through_the_op_interface(gpu, cpu, tmp_path):
     pytest.importorskip("structlog")
     from services.runtime.engine.engine import Engine
+    from services.runtime.engine.step_runner import ForwardStepRunner
     from services.runtime.engine.types import GenerateRequest, SamplingParams
     from services.runtime.model.tiny import make_tiny
 
     d = make_tiny("llama", tmp_path / "m", seed=2, dtype="bfloat16")
     req = dict(prompt="The quick brown fox", sampling=SamplingParams(max_tokens=12, return_uncertainty=True),
                session_id="")
-    ours = Engine.load(d, backend=gpu).generate(GenerateRequest(**req))
+    engine = Engine.load(d, backend=gpu)
+    engine.runner = ForwardStepRunner(engine.model)  # the op interface (the graphs: test_engine_on_fake_driver.py)
+    ours = engine.generate(GenerateRequest(**req))
     ref = Engine.load(d, backend=cpu).generate(GenerateRequest(**req))
     assert ours.token_ids == ref.token_ids
     assert abs(ours.token_stats[0].logprob - ref.token_stats[0].logprob) < 1e-2

@@ -45,3 +45,25 @@ def test_first_token_child_runs(gpu_check, fake_gpu, tmp_path, capsys):
     gpu_check.first_token_child("ours", str(d))
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("FIRST_TOKEN ") and '"token"' in line
+
+
+def test_engine_bench_and_its_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "ENGINE_RUNS", 2)
+    monkeypatch.setattr(gpu_check, "ENGINE_NEW_TOKENS", 5)
+    monkeypatch.setattr(gpu_check, "PROMPT_LEN", 12)
+    d = make_tiny("qwen3", tmp_path / "m", seed=6, dtype="bfloat16")
+    r = gpu_check.engine_bench(d, fake_gpu, with_hf=False)
+    assert "cuda-graphs" in r["ours_path"] and r["new_tokens"] == 5 and len(r["ours_all"]["ttft_ms"]) == 2
+    with_hf = {**r, "hf": {"ttft_ms": 30.0, "decode_tok_s": 40.0, "decode_ms_per_token": 25.0},
+               "decode_speed_ratio_ours_over_hf": 12.5, "ttft_speedup_hf_over_ours": 9.0,
+               "same_greedy_tokens": [True, False]}
+    table = gpu_check.summary_table({"engine_bench": {"smollm2-135m": with_hf, "qwen2.5-0.5b": {"skipped": "time budget"},
+                                                      "seconds": {"smollm2-135m": 3.0}}})
+    assert "engine fast path vs HF" in table and "decode ours/HF 12.5x" in table and "1/2 runs" in table
+    assert "time budget" in table and "seconds" not in table.split("engine fast path")[1]
+
+
+def test_every_gpu_test_module_exists(gpu_check):
+    here = Path(__file__).parent
+    assert all((here / m).is_file() for m in gpu_check.GPU_TEST_MODULES), gpu_check.GPU_TEST_MODULES
+    assert "test_engine_on_cuda.py" in gpu_check.GPU_TEST_MODULES

@@ -1,0 +1,135 @@
+"""The engine's CUDA fast path without a GPU: test_engine_on_cuda.py collected again on the
+driver double (fake_driver.py + kernel_emulator.py), plus checks only the double can make:
+which launches a request makes (graphs, not the op-by-op forward pass), that no device
+memory outlives a request, the fp16 note, and the bench's engine loop.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from services.runtime.engine.engine import Engine
+from services.runtime.engine.types import ChatMessage, GenerateRequest, SamplingParams
+from services.runtime.model.tiny import make_tiny
+
+# every test of the GPU module, collected again here against the double
+from .test_engine_on_cuda import *
+from .test_engine_on_cuda import KV_TOOL, _chat, assert_same_greedy
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@pytest.fixture(scope="module")
+def gpu(fake_gpu):
+    return fake_gpu
+
+
+@pytest.fixture(scope="module")
+def fake(fake_gpu):
+    return fake_gpu.fake_driver
+
+
+@pytest.fixture(scope="module")
+def llama_engines(tiny_dirs, gpu, cpu):
+    d = tiny_dirs["llama"]
+    return Engine.load(d, backend=gpu), Engine.load(d, backend=cpu)
+
+
+def _no_forward(engine, monkeypatch):
+    def forbidden(*a, **k):
+        raise AssertionError("the op-by-op Transformer.forward ran on the fast path")
+
+    monkeypatch.setattr(engine.model, "forward", forbidden)
+
+
+def _names(fake) -> list[str]:
+    return [name for name, _ in fake.launches]
+
+
+def test_free_generation_is_one_prefill_graph_then_one_decode_graph_per_token(llama_engines, fake, monkeypatch):
+    ours, _ = llama_engines
+    ours.generate(_chat(max_tokens=4))  # captures the decode graph and this prompt's prefill bucket
+    _no_forward(ours, monkeypatch)
+    fake.launches.clear()
+    result = ours.generate(_chat(max_tokens=9, return_uncertainty=True))
+    names = _names(fake)
+    n = result.completion_tokens
+    assert n == 9 and len(result.token_stats) == n
+    # every token is one pass that starts with an embedding and ends with the GPU sampler
+    assert names.count("embedding") == n and names.count("sample_reduce") == n
+    per_step = ours.runner.graphs.decode.kernels_per_step(True)
+    prefill = names.index("sample_truncated") + 1
+    assert "gemm_bf16" in names[:prefill]  # the prompt ran as one prefill (tensor-core GEMMs)
+    assert len(names) - prefill == (n - 1) * per_step  # then exactly the decode graph, token after token
+    assert all(pdl for _, pdl in fake.launches[prefill:])  # replays of the PDL-captured graph
+
+
+def test_constrained_call_reads_logits_from_the_graphs(llama_engines, fake, monkeypatch):
+    ours, ref = llama_engines
+    req = GenerateRequest(messages=[ChatMessage("user", "Increment the counter named visits")], tools=[KV_TOOL],
+                          tool_choice="kv", sampling=SamplingParams(max_tokens=96))
+    want = ours.generate(req)
+    _no_forward(ours, monkeypatch)  # without uncertainty nothing needs every row's logits
+    fake.launches.clear()
+    got = ours.generate(req)
+    assert got.token_ids == want.token_ids and got.finish_reason == "tool_calls"
+    assert "sample_reduce" not in _names(fake)  # masked picks sample on the host from the graph's logits
+    assert_same_greedy(got, ref.generate(req), ref, ref.prompt_ids(req), "tool call on the graphs")
+
+
+def test_no_device_memory_outlives_a_request(llama_engines, fake):
+    ours, _ = llama_engines
+    ours.generate(_chat(max_tokens=6))  # warm: graphs and workspaces exist
+    live = len(fake.mem.blocks)
+    seen = []
+    for kw in ({}, {"should_stop": lambda: len(seen) >= 2, "on_token": seen.append}):
+        ours.generate(_chat(max_tokens=6), **kw)
+        assert len(fake.mem.blocks) == live, kw
+    ours.generate(_chat(max_tokens=6, session_id="held"))
+    assert len(fake.mem.blocks) == live + 2  # the session keeps its k and v
+    ours.end_session("held")
+    assert len(fake.mem.blocks) == live
+
+
+def test_device_sampled_and_host_sampled_greedy_agree(llama_engines):
+    """The bench's two loops: the engine's Generation path (graphs + GPU sampler) and the
+    forward-pass loop (host logits + argmax), on the same engine."""
+    from services.runtime.bench import prompt_ids, run_engine, run_ours
+
+    ours, _ = llama_engines
+    ids = prompt_ids(ours.tokenizer, 20, 1)
+    ttft, decode, fast = run_engine(ours, ids, 10)
+    _, _, host = run_ours(ours, ids, 10)
+    assert fast == host and len(fast) == 10 and ttft > 0 and decode > 0
+
+
+def test_bench_runtime_measures_the_engine_path_on_cuda(tiny_dirs, gpu):
+    from services.runtime.bench import bench
+
+    r = bench(tiny_dirs["qwen2"], gpu, runs=2, prompt_tokens=16, new_tokens=5, with_hf=False, start_runs=0)
+    assert r["backend"] == "cuda" and "cuda-graphs" in r["ours_path"] and r["ours_path"].startswith("engine")
+    assert len(r["ours_all"]["decode_tok_s"]) == 2 and r["ours"]["ttft_ms"] > 0
+
+
+def test_fp16_checkpoint_loads_as_bf16_with_a_note(tmp_path, gpu, cpu, caplog):
+    d = make_tiny("qwen3", tmp_path / "fp16", seed=31, dtype="float16")
+    with caplog.at_level(logging.INFO, logger="inloop.cuda"):
+        ours = Engine.load(d, backend=gpu)
+    assert any("fp16 checkpoint" in r.getMessage() for r in caplog.records)
+    assert ours.model.layers[0].qkv.dtype == "bf16"
+    req = _chat(max_tokens=12)
+    assert_same_greedy(ours.generate(req), Engine.load(d, backend=cpu).generate(req),
+                       Engine.load(d, backend=cpu), ours.prompt_ids(req), "fp16 checkpoint")
+
+
+def test_a_step_past_the_cache_is_refused(llama_engines):
+    ours, _ = llama_engines
+    cache = ours.runner.new_cache(4)
+    ours.runner.logits([5, 6, 7], cache)
+    with pytest.raises(ValueError, match="capacity 4"):
+        ours.runner.logits([1, 2], cache)
+    assert cache.length == 3
+    assert np.isfinite(ours.runner.logits([1], cache)).all() and cache.length == 4
+    ours.runner.free_cache(cache)
