@@ -9,8 +9,9 @@
 It speaks the OpenTelemetry collector protocol (`TraceService/Export` from opentelemetry-proto),
 so services point `OTEL_EXPORTER_OTLP_ENDPOINT` at it exactly as they would at a collector;
 against an existing deployment a collector can fan out to it. Spans are kept as plain dicts
-(the report's `traces` format): trace_id, span_id, parent_span_id, name, service, kind,
-start_ns, end_ns, status, attributes.
+(the report's `traces` format): trace_id, span_id, parent_span_id, name, service, host, kind,
+start_ns, end_ns, status, attributes. `host` is the resource's `host.name` ("" when the
+exporter sets none): in the two-host lab it says which host a span came from.
 """
 from __future__ import annotations
 
@@ -43,11 +44,12 @@ def spans_from_request(request: trace_service_pb2.ExportTraceServiceRequest) -> 
     for resource_spans in request.resource_spans:
         resource = {kv.key: _any_value(kv.value) for kv in resource_spans.resource.attributes}
         service = str(resource.get("service.name", "unknown"))
+        host = str(resource.get("host.name", ""))
         for scope_spans in resource_spans.scope_spans:
             for s in scope_spans.spans:
                 out.append({
                     "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
-                    "parent_span_id": s.parent_span_id.hex(), "name": s.name, "service": service,
+                    "parent_span_id": s.parent_span_id.hex(), "name": s.name, "service": service, "host": host,
                     "kind": _KINDS.get(s.kind, str(s.kind)), "start_ns": s.start_time_unix_nano,
                     "end_ns": s.end_time_unix_nano, "status": _STATUS.get(s.status.code, str(s.status.code)),
                     "attributes": {kv.key: _any_value(kv.value) for kv in s.attributes},
@@ -62,6 +64,8 @@ def span_from_sdk(span: ReadableSpan) -> dict:
         "trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x"),
         "parent_span_id": format(parent.span_id, "016x") if parent is not None else "",
         "name": span.name, "service": str(span.resource.attributes.get("service.name", "unknown")),
+        "host": str(span.resource.attributes.get("host.name", "")),
+        "host": str(span.resource.attributes.get("host.name", "")),
         "kind": span.kind.name.lower(), "start_ns": span.start_time, "end_ns": span.end_time,
         "status": span.status.status_code.name.lower(),
         "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (span.attributes or {}).items()},

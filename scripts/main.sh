@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
-# The main job: set up, fetch and convert the default model (SmolLM2-135M-Instruct), serve it
-# on loopback with the numpy backend, and answer a prompt through the gRPC client.
+# The main job: set up, fetch and convert the default model (SmolLM2-135M-Instruct), and run the
+# routing matrix on it: the runtime, tools and controller start on loopback (numpy backend), every
+# fault profile (loadgen/profiles/p00..p05) runs the same task cases on the internal and the
+# external route, and the report lands in loadgen-out/ (JSON, Markdown, self-contained HTML).
+# About 10 minutes on 2 cores; grow it with --per-family N / --runs N (extra flags pass through).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 INLOOP=.venv/bin/inloop
 $INLOOP model pull-default
-PORT=${INLOOP_PORT:-50151}
-LOG=${TMPDIR:-/tmp}/inloop-runtime-$PORT.log
-$INLOOP runtime serve --model default --backend cpu --host 127.0.0.1 --port "$PORT" 2>"$LOG" &
-SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-$INLOOP health "127.0.0.1:$PORT" --wait 120 \
-  || { echo "runtime did not become healthy; its log:" >&2; tail -20 "$LOG" >&2; exit 1; }
-$INLOOP generate --target "127.0.0.1:$PORT" --max-tokens 64 --uncertainty \
-  "${1:-In two sentences: what does a service mesh do?}"
+exec $INLOOP loadgen matrix --model default --backend cpu --per-family 1 --runs 1 --out loadgen-out "$@"

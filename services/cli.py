@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "services.common.certs_cli",         # inloop certs dev
     "services.common.config_cli",        # inloop config show
     "loadgen.cli",                       # inloop loadgen compare|matrix|loops|coldwarm|load|report
+    "loadgen.lab.cli",                   # inloop lab up|run|down|status (two hosts on network namespaces)
 )
 
 
