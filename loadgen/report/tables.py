@@ -70,7 +70,25 @@ def matrix_tables(sec: dict) -> list[Table]:
                                   fmt.ms(fc["internal"]["p50_ms"]), fmt.ms(fc["external"]["p50_ms"]),
                                   fmt.pct(fc["internal"]["success_rate"]),
                                   fmt.pct(fc["external"]["success_rate"])])
-    return [t for t in (overall, routes, families) if t.rows]
+    return [t for t in (overall, routes, families, *lab_tables(sec.get("lab"))) if t.rows]
+
+
+def lab_tables(lab: dict | None) -> list[Table]:
+    """The two-host lab (`inloop lab run`): the wire time of each hop, cross-host vs same-host."""
+    if not lab:
+        return []
+    c = lab.get("comparison", {})
+    table = Table(f"Two-host lab: wire time per hop ({lab.get('mechanism', '?')}, delay "
+                  f"{lab.get('delay_ms', 0):g} ms ± {lab.get('jitter_ms', 0):g} ms each way)",
+                  ["hop", "from", "to", "cross-host", "n", "mean", "median"], "llllrrr",
+                  note=f"Cross-host hops {fmt.ms(c.get('cross_host_mean_ms'))} vs same-host "
+                       f"{fmt.ms(c.get('same_host_mean_ms'))} on average: "
+                       f"{fmt.ms(c.get('excess_ms'))} more, for a configured round trip of "
+                       f"{fmt.ms(c.get('round_trip_ms'))}.")
+    for hop, row in lab.get("wire_by_hop", {}).items():
+        table.rows.append([hop, row.get("from", ""), row.get("to", ""), "yes" if row.get("cross_host") else "no",
+                           fmt.count(row.get("n", 0)), fmt.ms(row.get("mean_ms")), fmt.ms(row.get("median_ms"))])
+    return [table]
 
 
 def loops_tables(sec: dict) -> list[Table]:
