@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor
+from loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor, mtls_credentials
 from loadgen.stack import LocalStack
 from services.common.config import add_client_security_options
 
@@ -49,6 +49,9 @@ def add_harness_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--otlp-listen", default="",
                    help="where the OTLP receiver listens (default: loopback, free port when local; "
                         "0.0.0.0:4317 against an existing deployment)")
+    g.add_argument("--otlp-tls", action="store_true",
+                   help="the OTLP receiver requires mTLS with the --tls-cert/--tls-key/--tls-ca files "
+                        "(services then export to https://, presenting their own certificates)")
     add_client_security_options(p)
 
 
@@ -62,8 +65,13 @@ def open_harness(args: argparse.Namespace, log_dir: Path):
     local = not args.runtime
     listen = args.otlp_listen or ("127.0.0.1:0" if local else "0.0.0.0:4317")
     host, _, port = listen.rpartition(":")
+    credentials = None
+    if args.otlp_tls:
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise SystemExit("error: --otlp-tls needs --tls-cert, --tls-key and --tls-ca")
+        credentials = mtls_credentials(args.tls_cert, args.tls_key, args.tls_ca)
     store = SpanStore()
-    receiver = OtlpReceiver(store).start(host or "127.0.0.1", int(port or 0))
+    receiver = OtlpReceiver(store).start(host or "127.0.0.1", int(port or 0), credentials)
     setup_tracing("inloop-loadgen", (StoreProcessor(store),))
     stack = None
     try:

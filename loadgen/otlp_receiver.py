@@ -130,6 +130,13 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+def mtls_credentials(cert: str, key: str, ca: str) -> grpc.ServerCredentials:
+    """Server credentials that also require the exporter's certificate, signed by `ca`."""
+    read = lambda path: open(path, "rb").read()  # noqa: E731
+    return grpc.ssl_server_credentials([(read(key), read(cert))], root_certificates=read(ca),
+                                       require_client_auth=True)
+
+
 class OtlpReceiver:
     """A collector-protocol endpoint on a gRPC server of its own (plaintext: loopback or the lab's link)."""
 
@@ -137,12 +144,18 @@ class OtlpReceiver:
         self.store = store
         self._server: grpc.Server | None = None
         self.address = ""
+        self.tls = False
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> "OtlpReceiver":
+    def start(self, host: str = "127.0.0.1", port: int = 0,
+              credentials: grpc.ServerCredentials | None = None) -> "OtlpReceiver":
+        """Listen on host:port (0 = a free port); with `credentials` (see `mtls_credentials`)
+        exporters must speak TLS and present a certificate from the CA."""
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                              options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self.store), server)
-        bound = server.add_insecure_port(f"{host}:{port}")
+        self.tls = credentials is not None
+        address = f"{host}:{port}"
+        bound = server.add_secure_port(address, credentials) if self.tls else server.add_insecure_port(address)
         if bound == 0:
             raise OSError(f"the OTLP receiver cannot bind {host}:{port}")
         server.start()
@@ -151,8 +164,8 @@ class OtlpReceiver:
 
     @property
     def endpoint(self) -> str:
-        """What OTEL_EXPORTER_OTLP_ENDPOINT should say (http:// = plaintext gRPC)."""
-        return f"http://{self.address}"
+        """What OTEL_EXPORTER_OTLP_ENDPOINT should say (http:// = plaintext gRPC, https:// = TLS)."""
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     def stop(self, grace_s: float = 1.0) -> None:
         if self._server is not None:

@@ -232,7 +232,7 @@ def run_matrix(state: LabState, out_dir: Path) -> Path:
     """`inloop loadgen matrix` inside the CPU host against the lab; returns its JSON artifact."""
     cfg, sec = state.cfg, state.secrets
     args = ["loadgen", "matrix", "--runtime", state.runtime_target, "--controller", cfg.controller_target,
-            "--otlp-listen", cfg.otlp_listen, *sec.client_flags(), "--out", str(out_dir),
+            "--otlp-listen", cfg.otlp_listen, "--otlp-tls", *sec.client_flags(), "--out", str(out_dir),
             "--per-family", str(cfg.per_family), "--runs", str(cfg.runs), "--warmups", str(cfg.warmups),
             "--max-tokens", str(cfg.max_tokens)]
     for profile in cfg.profiles:

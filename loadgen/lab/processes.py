@@ -133,7 +133,7 @@ def spawn(name: str, ns: str, argv: list[str], log_dir: Path) -> LabProc:
 
 def service_argv(service: str, cfg: LabConfig, sec: Secrets, runtime_target: str) -> list[str]:
     """`inloop SERVICE serve ...` bound to its host's address, with mTLS, token and OTLP export."""
-    otlp = ["--otlp-endpoint", f"http://{cfg.otlp_listen}"]
+    otlp = ["--otlp-endpoint", f"https://{cfg.otlp_listen}"]  # span export over mTLS too
     metrics = ["--metrics-port", str(METRICS_PORTS[service])]
     if service == "runtime":
         where = ["--host", cfg.gpu_addr, "--port", str(cfg.runtime_port), "--model", cfg.model,

@@ -106,10 +106,21 @@ def add_client_security_options(parser: argparse.ArgumentParser) -> None:
 
 
 def export_otlp_endpoint(args: argparse.Namespace) -> None:
-    """Hand a configured otlp_endpoint to OpenTelemetry; call before setup_tracing()."""
+    """Hand a configured otlp_endpoint to OpenTelemetry; call before setup_tracing().
+
+    An https:// endpoint is the span export over TLS; a service that has its own TLS files
+    then presents them there too (mTLS to a collector or the loadgen's receiver), through the
+    exporter's standard variables, unless those are set already."""
     endpoint = getattr(args, "otlp_endpoint", "")
     if endpoint:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    endpoint = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    if endpoint.startswith("https://"):
+        for var, key in (("OTEL_EXPORTER_OTLP_CERTIFICATE", "tls_ca"),
+                         ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "tls_cert"),
+                         ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "tls_key")):
+            if getattr(args, key, None):
+                os.environ.setdefault(var, str(getattr(args, key)))
 
 
 # ---- hooking a parser ----------------------------------------------------------------------

@@ -43,3 +43,42 @@ def test_spans_from_two_processes_join_one_trace():
 def test_waiting_for_a_trace_that_never_completes_returns_what_arrived():
     store = SpanStore()
     assert store.wait_for_trace("0" * 32, lambda s: bool(s), timeout_s=0.2) == []
+
+
+def test_the_receiver_can_require_mtls_from_exporters(tmp_path, monkeypatch):
+    import argparse
+
+    from loadgen.otlp_receiver import mtls_credentials
+    from services.common.certs_cli import make_dev_pki
+    from services.common.config import export_otlp_endpoint
+
+    make_dev_pki(tmp_path / "tls")
+    store = SpanStore()
+    receiver = OtlpReceiver(store).start("127.0.0.1", 0, mtls_credentials(
+        str(tmp_path / "tls/loadgen.crt"), str(tmp_path / "tls/loadgen.key"), str(tmp_path / "tls/ca.crt")))
+    try:
+        assert receiver.endpoint.startswith("https://")
+        for var in ("OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                    "OTEL_EXPORTER_OTLP_CLIENT_KEY", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+            monkeypatch.delenv(var, raising=False)
+        # A service with TLS files and an https:// endpoint presents its own certificate.
+        args = argparse.Namespace(otlp_endpoint=receiver.endpoint, tls_cert=str(tmp_path / "tls/tools.crt"),
+                                  tls_key=str(tmp_path / "tls/tools.key"), tls_ca=str(tmp_path / "tls/ca.crt"))
+        export_otlp_endpoint(args)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)  # undone after the test
+        good = _provider("inloop-tools", SimpleSpanProcessor(OTLPSpanExporter()))
+        with good.get_tracer("t").start_as_current_span("with a certificate") as span:
+            pass
+        good.shutdown()
+        spans = store.wait_for_trace(format(span.get_span_context().trace_id, "032x"), bool, timeout_s=10)
+        assert [s["name"] for s in spans] == ["with a certificate"]
+        # Without a client certificate the export is refused (nothing arrives).
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_CLIENT_KEY")
+        bad = _provider("inloop-tools", SimpleSpanProcessor(OTLPSpanExporter(timeout=2)))
+        with bad.get_tracer("t").start_as_current_span("without") as span2:
+            pass
+        bad.shutdown()
+        assert store.wait_for_trace(format(span2.get_span_context().trace_id, "032x"), bool, timeout_s=1) == []
+    finally:
+        receiver.stop()
