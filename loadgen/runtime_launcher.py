@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from loadgen.stack import read_listen_address
+from loadgen.stack import read_listen_address, terminate
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -95,18 +94,10 @@ class RuntimeLauncher:
         (0 for the runtime's graceful stop; -9 when it had to be killed)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None and not self.proc.stdout.closed:
-            self.proc.stdout.close()
+        code = terminate(self.proc, timeout_s)
         if not self._log.closed:
             self._log.close()
-        return self.proc.returncode
+        return code
 
     def cleanup(self) -> None:
         """Remove the log file when it was a temporary one (call after a successful run)."""

@@ -42,6 +42,21 @@ def read_listen_address(proc: subprocess.Popen, timeout_s: float) -> str:
     return line.rsplit(" ", 1)[-1].strip() if "listening on" in line else ""
 
 
+def terminate(proc: subprocess.Popen, timeout_s: float) -> int:
+    """SIGTERM (a service drains and flushes its spans), SIGKILL if it has not exited within
+    `timeout_s`; closes its stdout pipe. Returns the exit code (0 = a clean stop)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None and not proc.stdout.closed:
+        proc.stdout.close()
+    return proc.returncode
+
+
 class ServiceProc:
     """One service as a child process; `target` is its address once started."""
 
@@ -73,17 +88,9 @@ class ServiceProc:
             return ""
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout and not self.proc.stdout.closed:
-            self.proc.stdout.close()
+        code = terminate(self.proc, timeout_s)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 class LocalStack:

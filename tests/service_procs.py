@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadgen.stack import read_listen_address
+from loadgen.stack import read_listen_address, terminate
 from services.common.grpc_client import wait_for_serving
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,18 +80,10 @@ class ServiceProcess:
         return code
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = terminate(self.proc, timeout_s)
         if not self._log_file.closed:
             self._log_file.close()
-        if self.proc.stdout is not None and not self.proc.stdout.closed:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        return code
 
 
 def runtime_process(model_dir: Path, log_path: Path, *extra: str) -> ServiceProcess:

@@ -3,8 +3,9 @@
 Both routes call tools through `call_tool` / `execute` (the runtime in-process, the tools
 service per RPC), so validation, idempotency and results are identical on both.
 
-The schemas use a small subset of JSON Schema, which `validate_arguments` checks itself
-(jsonschema is not a dependency) and which a constrained decoder can follow: `type`
+The schemas use a small subset of JSON Schema, which `validate_arguments` checks itself (so
+that each message names the argument the way a model or a person can act on, which
+jsonschema's generic messages do not) and which a constrained decoder can follow: `type`
 (one name or a list), `properties`, `required`, `additionalProperties: false`, `enum`,
 `minimum`/`maximum`, `minLength`/`maxLength`. Note that JSON Schema's "integer" refuses
 booleans and 3.0, and "number" refuses booleans, as Python's json would otherwise let through.
