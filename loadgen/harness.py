@@ -44,6 +44,9 @@ def add_harness_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="default",
                    help="model to serve when the loadgen starts the services itself ('default' = SmolLM2)")
     g.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "auto"), help="runtime backend (local)")
+    g.add_argument("--prefix-cache", action="store_true",
+                   help="start the runtime with automatic prefix caching (local only): the external "
+                        "route's session-less Generate calls then reuse earlier KV caches too")
     g.add_argument("--runtime", default="", help="an existing runtime's host:port (then nothing is started)")
     g.add_argument("--controller", default="", help="an existing controller's host:port")
     g.add_argument("--otlp-listen", default="",
@@ -78,7 +81,8 @@ def open_harness(args: argparse.Namespace, log_dir: Path):
         if local:
             print(f"loadgen: starting runtime ({args.model}, {args.backend}), tools and controller on loopback; "
                   f"logs in {log_dir}", file=sys.stderr)
-            stack = LocalStack(args.model, args.backend, log_dir, otlp_endpoint=receiver.endpoint).start()
+            stack = LocalStack(args.model, args.backend, log_dir, otlp_endpoint=receiver.endpoint,
+                               runtime_args=("--prefix-cache",) if args.prefix_cache else ()).start()
             runtime, controller = stack.runtime, stack.controller
         else:
             print(f"loadgen: OTLP receiver on {receiver.address}; the services must export there", file=sys.stderr)

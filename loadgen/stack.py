@@ -97,11 +97,13 @@ class LocalStack:
     """runtime, tools and controller on loopback, exporting spans to `otlp_endpoint`."""
 
     def __init__(self, model: str, backend: str, log_dir: Path, otlp_endpoint: str = "",
-                 host: str = "127.0.0.1", start_timeout_s: float = 300.0, max_queue: int = 64):
+                 host: str = "127.0.0.1", start_timeout_s: float = 300.0, max_queue: int = 64,
+                 runtime_args: tuple[str, ...] = ()):
         self.model, self.backend, self.host = model, backend, host
         self.log_dir = Path(log_dir)
         self.start_timeout_s = start_timeout_s
         self.max_queue = max_queue
+        self.runtime_args = tuple(runtime_args)
         # A short batch delay: the report waits for each sampled trace's last spans.
         self.env = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
         if otlp_endpoint:
@@ -113,7 +115,7 @@ class LocalStack:
         try:
             # Spawn runtime and tools together (the runtime's model load is the slow part).
             self._spawn("runtime", ["--model", self.model, "--backend", self.backend, "--host", self.host,
-                                    "--max-queue", str(self.max_queue)])
+                                    "--max-queue", str(self.max_queue), *self.runtime_args])
             self._spawn("tools", ["--host", self.host])
             for name in ("runtime", "tools"):
                 self.procs[name].wait_started(self.start_timeout_s)

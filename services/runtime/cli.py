@@ -39,12 +39,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args, security))
 
 
-def _load_engine(model: str, backend: str):
+def _load_engine(model: str, backend: str, prefix_cache: bool = False):
     """Runs on the scheduler's worker thread: resolving 'default' may convert the GGUF."""
     from services.runtime.engine.engine import Engine
     from services.runtime.model.default_model import resolve_model
 
-    return Engine.load(resolve_model(model), backend=backend)
+    engine = Engine.load(resolve_model(model), backend=backend)
+    engine.prefix_cache = prefix_cache
+    return engine
 
 
 async def _serve(args: argparse.Namespace, security=None) -> int:
@@ -58,7 +60,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     from services.runtime.server import SERVICE_NAME, RuntimeServicer
 
     log = get_logger("services.runtime.cli")
-    scheduler = Scheduler(lambda: _load_engine(args.model, args.backend), args.max_queue).start()
+    scheduler = Scheduler(lambda: _load_engine(args.model, args.backend, args.prefix_cache), args.max_queue).start()
     handle = create_server([SERVICE_NAME], host=args.host, port=args.port, interceptors=[RpcMetricsInterceptor()],
                            security=security)
     runtime_pb2_grpc.add_RuntimeServicer_to_server(RuntimeServicer(scheduler), handle.server)
@@ -184,6 +186,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--model", default="default", help="an HF-layout model directory, or 'default'")
     serve.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto",
                        help="cuda needs a GPU; auto picks cuda where one answers, else cpu")
+    serve.add_argument("--prefix-cache", action="store_true",
+                       help="keep the KV cache of session-less requests and reuse it for a later prompt "
+                            "that shares its prefix (automatic prefix caching, as vLLM's); off by default")
     serve.add_argument("--max-queue", type=int, default=16,
                        help="requests that may wait; more get RESOURCE_EXHAUSTED")
     serve.add_argument("--metrics-port", type=int, default=9101,

@@ -36,6 +36,8 @@ from services.runtime.model.weights import Weights
 
 log = structlog.get_logger("engine")
 DEFAULT_MAX_CONTEXT = 8192
+PREFIX_NAMESPACE = "prefix-cache:"   # store keys of anonymous (session-less) caches
+PREFIX_MIN_TOKENS = 16               # a shorter shared prefix is not worth reusing a cache for
 
 
 def make_backend(name: str) -> Backend:
@@ -88,6 +90,10 @@ class Engine:
             "eos_token_ids": sorted(self.eos_ids), "step_runner": self.runner.name,
         }
         self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions)
+        # Automatic prefix caching for requests without a session (off by default: the routing
+        # matrix measures what the internal route's own KV reuse is worth against stateless hops).
+        self.prefix_cache = False
+        self._anonymous = 0
         self.template_renders_tools = "tools" in (tokenizer.chat_template or "")
         self._masks: VocabMasks | None = None
 
@@ -154,6 +160,8 @@ class Engine:
         """A cache holding the longest reusable prefix of ids (from the task's session), with room for `capacity`."""
         capacity = min(-(-capacity // 256) * 256, self.max_context)  # round up: fewer regrowths
         session = self.sessions.take(session_id) if session_id else None
+        if session is None and self.prefix_cache:  # a task's first step, or a stateless request
+            session = self.sessions.take_longest_prefix(ids, PREFIX_NAMESPACE, PREFIX_MIN_TOKENS)
         if session is None:
             return self.runner.new_cache(capacity)
         keep = min(common_prefix(session.ids, ids), len(ids) - 1)  # >= 1 token to prefill for logits
@@ -164,8 +172,15 @@ class Engine:
         cache.length = keep
         return cache
 
+    def _anonymous_key(self) -> str:
+        self._anonymous += 1
+        return f"{PREFIX_NAMESPACE}{self._anonymous}"
+
     def end_session(self, session_id: str) -> bool:
-        """Free a task's kept cache (task ended, failed, expired or was cancelled)."""
+        """Free a task's kept cache (task ended, failed, expired or was cancelled); with the
+        prefix cache on, hand it to the prefix cache instead, as a stateless caller's would be."""
+        if self.prefix_cache:
+            return self.sessions.rename(session_id, self._anonymous_key())
         return self.sessions.drop(session_id)
 
     # ---- one request --------------------------------------------------------------
@@ -187,10 +202,10 @@ class Engine:
                 return self._result(gen, "cancelled")
             gen.prefill()
             finish = self._decode(gen, req, should_stop)
-            keep_session = bool(req.session_id) and finish != "cancelled"
+            keep_session = (bool(req.session_id) or self.prefix_cache) and finish != "cancelled"
         finally:
             if keep_session:
-                self.sessions.put(req.session_id, Session(cache, gen.fed_ids()))
+                self.sessions.put(req.session_id or self._anonymous_key(), Session(cache, gen.fed_ids()))
             else:
                 self.runner.free_cache(cache)
         gen.finish()

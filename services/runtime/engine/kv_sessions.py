@@ -4,6 +4,11 @@ A task's next model step usually starts with the previous step's prompt and outp
 tool result. Keeping the cache lets that step prefill only what is new. The memory held
 this way has a cap in cached positions; least recently used sessions are evicted first,
 and a session is dropped when its task ends, fails, expires or is cancelled.
+
+The same store serves the optional automatic prefix cache (`take_longest_prefix`): requests
+without a session leave their cache under an anonymous key, and a later request takes the
+entry whose tokens share the longest prefix with its prompt, as vLLM's prefix caching lets
+a stateless caller (the external route's Generate calls) skip what was computed before.
 """
 from __future__ import annotations
 
@@ -42,6 +47,18 @@ class KVSessionStore:
         with self._lock:
             return self._sessions.pop(session_id, None)
 
+    def take_longest_prefix(self, ids: list[int], namespace: str, min_tokens: int) -> Session | None:
+        """Remove and return the entry under `namespace` sharing the longest prefix with `ids`,
+        if that prefix is at least `min_tokens` long (shorter matches are not worth a cache)."""
+        with self._lock:
+            best, best_len = None, min_tokens - 1
+            for key, session in self._sessions.items():
+                if key.startswith(namespace):
+                    n = common_prefix(session.ids, ids)
+                    if n > best_len:
+                        best, best_len = key, n
+            return self._sessions.pop(best) if best is not None else None
+
     def put(self, session_id: str, session: Session) -> None:
         with self._lock:
             old = self._sessions.pop(session_id, None)
@@ -49,6 +66,14 @@ class KVSessionStore:
                 self.backend.free_kv(old.cache)
             self._sessions[session_id] = session
             self._evict_locked(keep=session_id)
+
+    def rename(self, session_id: str, new_id: str) -> bool:
+        """Keep a session's cache under another key (its LRU position is refreshed)."""
+        with self._lock:
+            s = self._sessions.pop(session_id, None)
+            if s is not None:
+                self._sessions[new_id] = s
+        return s is not None
 
     def drop(self, session_id: str) -> bool:
         with self._lock:

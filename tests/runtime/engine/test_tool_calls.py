@@ -91,3 +91,39 @@ def test_session_store_evicts_least_recently_used(tiny_llama):
     assert engine.sessions.evictions >= 1
     assert engine.sessions.held_positions() <= 600 or len(engine.sessions) == 1
     assert engine.sessions.take("s3") is not None  # the newest is kept
+
+
+def test_prefix_cache_reuses_session_less_caches_only_when_on(tiny_llama):
+    """Automatic prefix caching: a stateless follow-up request (the external route's next model
+    step) prefills only what the previous request did not, and gets the same tokens."""
+    engine = Engine.load(tiny_llama)
+    first_req = _req("search")
+    first = engine.generate(first_req)
+    follow = [ChatMessage("user", "Find the receipt total"), ChatMessage("assistant", first.text),
+              ChatMessage("tool", '{"hits": []}')]
+    follow_req = GenerateRequest(messages=follow, tools=TOOLS, sampling=SamplingParams(max_tokens=12))
+    fresh = engine.generate(follow_req)
+    assert engine.sessions.hits == 0 and len(engine.sessions) == 0  # off: nothing kept, nothing reused
+
+    engine.prefix_cache = True
+    engine.generate(first_req)
+    assert len(engine.sessions) == 1
+    reused = engine.generate(follow_req)
+    assert engine.sessions.hits >= first.prompt_tokens   # the first prompt was not prefilled again
+    assert reused.token_ids == fresh.token_ids
+    # An unrelated prompt shares too little to take a cache (and leaves the kept one alone).
+    hits = engine.sessions.hits
+    engine.generate(GenerateRequest(prompt="x", sampling=SamplingParams(max_tokens=2)))
+    assert engine.sessions.hits == hits
+
+
+def test_prefix_cache_serves_a_tasks_first_step_from_an_ended_task(tiny_llama):
+    """With the prefix cache on, both routes cache alike: an ended task's cache is handed to the
+    prefix cache, and another task's first step (a session miss) starts from it."""
+    engine = Engine.load(tiny_llama)
+    engine.prefix_cache = True
+    engine.generate(_req("search", session_id="task-a"))
+    assert engine.end_session("task-a") and len(engine.sessions) == 1   # kept, not freed
+    before = engine.sessions.hits
+    engine.generate(_req("search", session_id="task-b"))                 # same prompt, new task
+    assert engine.sessions.hits - before >= 16
