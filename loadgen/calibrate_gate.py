@@ -68,10 +68,14 @@ def fit(records: list[dict]) -> dict:
 def _cmd(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from loadgen.harness import open_harness
+    from loadgen.harness import check_counts, open_harness
     from loadgen.run_meta import model_sha256, resolve_model_dir
     from loadgen.tasks import load_cases
 
+    problem = check_counts(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     cases = [c for c in load_cases(None, split="calibration") if args.tool in c.tools or not args.offering_tool_only]
     if args.limit:
         cases = cases[:args.limit]

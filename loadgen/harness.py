@@ -58,6 +58,16 @@ def add_harness_args(p: argparse.ArgumentParser) -> None:
     add_client_security_options(p)
 
 
+def check_counts(args: argparse.Namespace) -> str:
+    """The first count flag out of range, as an error message ("" when all are fine): checked
+    before anything starts, so a typo costs no model load."""
+    for name, low in (("runs", 1), ("per_family", 1), ("warmups", 0), ("max_tokens", 1), ("deadline_ms", 1)):
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            return f"--{name.replace('_', '-')} must be >= {low}, not {value}"
+    return ""
+
+
 @contextlib.contextmanager
 def open_harness(args: argparse.Namespace, log_dir: Path):
     from services.common.security import client_security_from_args

@@ -92,13 +92,17 @@ def _cmd(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from inloop.v1 import runtime_pb2 as pb
-    from loadgen.harness import open_harness
+    from loadgen.harness import check_counts, open_harness
     from loadgen.profiles import ProfileError, load_profile
     from loadgen.reporting import finish_report
     from loadgen.tasks import SCENARIOS, load_cases
     from loadgen.trace_analysis import attach_breakdowns, hop_rows, sample_traces
     from services.common.gate_defaults import default_gate
 
+    problem = check_counts(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         sets = [("baseline", load_profile(args.baseline_profile)), ("stress", load_profile(args.stress_profile))]
     except ProfileError as exc:

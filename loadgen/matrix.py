@@ -111,12 +111,16 @@ def _print_table(summary: dict) -> None:
 def _cmd(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from loadgen.harness import open_harness
+    from loadgen.harness import check_counts, open_harness
     from loadgen.profiles import ProfileError, load_profiles
     from loadgen.reporting import finish_report
     from loadgen.tasks import load_cases
     from loadgen.trace_analysis import attach_breakdowns, breakdown_check, hop_rows, sample_traces
 
+    problem = check_counts(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         profiles = load_profiles(args.profile)
     except ProfileError as exc:

@@ -111,3 +111,10 @@ def test_loops_runs_four_arms_per_set_and_reports_the_gate_deltas(tiny_llama, tm
         assert d["ci95"][0] <= d["success_delta"] <= d["ci95"][1]
     assert not any(r["gate_fired"] for r in doc["runs"] if not r["gate"])
     assert loops["gate"] == {"statistic": "mean_logprob", "threshold": 0.5, "source": "--gate-threshold"}
+
+
+@pytest.mark.parametrize("command, flag", [("matrix", "--runs"), ("loops", "--per-family"), ("matrix", "--max-tokens")])
+def test_a_bad_count_is_refused_before_anything_starts(command, flag, tmp_path):
+    proc = _run([command, flag, "0", "--out", str(tmp_path)], timeout=60)
+    assert proc.returncode == 2 and f"{flag} must be >= 1, not 0" in proc.stderr
+    assert not list(tmp_path.iterdir())  # no logs: no service was started
