@@ -41,10 +41,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _load_engine(model: str, backend: str, prefix_cache: bool = False):
     """Runs on the scheduler's worker thread: resolving 'default' may convert the GGUF."""
+    from services.common.logging import get_logger
     from services.runtime.engine.engine import Engine
     from services.runtime.model.default_model import resolve_model
 
     engine = Engine.load(resolve_model(model), backend=backend)
+    # Before health says SERVING: the first real request should not pay for graph capture.
+    get_logger(__name__).info("warmed_up", seconds=round(engine.warm_up(), 3), step_runner=engine.runner.name)
     engine.prefix_cache = prefix_cache
     return engine
 

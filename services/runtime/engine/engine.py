@@ -27,7 +27,7 @@ from services.runtime.engine.sampler import Sampler
 from services.runtime.engine.step_runner import StepRunner, runner_for
 from services.runtime.engine.vocab_masks import VocabMasks
 from services.runtime.engine.types import (
-    GenerateRequest, GenerateResult, InvalidRequest, TokenEvent, UncertaintySummary,
+    ChatMessage, GenerateRequest, GenerateResult, InvalidRequest, SamplingParams, TokenEvent, UncertaintySummary,
 )
 from services.runtime.model.config import ModelConfig
 from services.runtime.model.tokenizer import Tokenizer
@@ -36,6 +36,9 @@ from services.runtime.model.weights import Weights
 
 log = structlog.get_logger("engine")
 DEFAULT_MAX_CONTEXT = 8192
+# A tool with one enum argument: a forced call of it picks masked tokens (host logits) and forces text.
+_WARM_UP_TOOL = {"type": "function", "function": {"name": "ping", "description": "warm-up", "parameters": {
+    "type": "object", "properties": {"mode": {"type": "string", "enum": ["a", "b"]}}, "required": ["mode"]}}}
 PREFIX_NAMESPACE = "prefix-cache:"   # store keys of anonymous (session-less) caches
 PREFIX_MIN_TOKENS = 16               # a shorter shared prefix is not worth reusing a cache for
 
@@ -120,6 +123,20 @@ class Engine:
                  step_runner=engine.runner.name, params=model.num_parameters,
                  load_ms=round((time.perf_counter() - t0) * 1e3, 1))
         return engine
+
+    # ---- start-up -----------------------------------------------------------------
+    def warm_up(self) -> float:
+        """Pay, before the service reports healthy, what the first request would pay: the
+        grammar's vocabulary masks, and on a runner that samples on the device (CUDA) the
+        capture of the decode graphs — the sampling one by a short free generation, the
+        host-logits one by a forced tool call — and a small prefill bucket. Returns seconds."""
+        t0 = time.perf_counter()
+        self.masks  # noqa: B018 - built on first use
+        self.generate(GenerateRequest(prompt="Hello", sampling=SamplingParams(max_tokens=3)))
+        if self.runner.samples_on_device:
+            self.generate(GenerateRequest(messages=[ChatMessage("user", "ping")], tools=[_WARM_UP_TOOL],
+                                          tool_choice="required", sampling=SamplingParams(max_tokens=32)))
+        return time.perf_counter() - t0
 
     # ---- prompt -------------------------------------------------------------------
     def render(self, req: GenerateRequest) -> str:

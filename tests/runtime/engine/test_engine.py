@@ -89,3 +89,12 @@ def test_stop_matcher_holds_back_a_possible_stop_prefix():
     assert m.feed("X") == ("ENX", False)
     assert m.feed("yyEND zz") == ("yy", True)
     assert m.text == "abcENXyy"
+
+
+def test_warm_up_builds_the_grammar_masks_and_keeps_nothing(tiny_llama):
+    from services.runtime.engine.engine import Engine
+
+    engine = Engine.load(tiny_llama)
+    assert engine._masks is None
+    assert engine.warm_up() > 0
+    assert engine._masks is not None and len(engine.sessions) == 0

@@ -133,3 +133,14 @@ def test_a_step_past_the_cache_is_refused(llama_engines):
     assert cache.length == 3
     assert np.isfinite(ours.runner.logits([1], cache)).all() and cache.length == 4
     ours.runner.free_cache(cache)
+
+
+def test_warm_up_captures_both_decode_graphs_before_the_first_request(tiny_dirs, gpu, fake):
+    engine = Engine.load(tiny_dirs["llama"], backend=gpu)
+    assert not engine.runner.graphs.decode.graphs
+    engine.warm_up()
+    assert set(engine.runner.graphs.decode.graphs) == {True, False}  # sampling and host-logits steps
+    assert len(engine.sessions) == 0  # nothing kept
+    fake.launches.clear()
+    engine.generate(_chat(max_tokens=3))
+    assert "sample_reduce" in _names(fake)  # and a real request runs as before
