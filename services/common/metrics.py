@@ -207,25 +207,39 @@ def observe_task(route: str, seconds: float, error_type: str) -> None:
 
 
 # ---- the endpoint -----------------------------------------------------------------------
-def start_metrics_server(port: int | None, host: str = "127.0.0.1") -> int | None:
-    """Serve REGISTRY at http://host:port/metrics on a daemon thread; returns the bound port.
+def start_metrics_server(port: int | None, host: str = "127.0.0.1", tls: tuple[str, str, str] | None = None) -> int | None:
+    """Serve REGISTRY at http(s)://host:port/metrics on a daemon thread; returns the bound port.
 
     port < 0 or None: metrics off (returns None). port 0: a free port. The bound address is
     logged as `metrics_listening` (the JSON log line tests and operators read the port from).
     A port that cannot be bound is logged as `metrics_bind_failed` and the service runs
     without metrics: losing the scrape endpoint must not take the service down with it.
+    `tls` = (cert, key, ca) files: a service that speaks mTLS on gRPC serves its metrics over
+    HTTPS and requires the scraper's certificate from the same CA, so nothing it serves to
+    other hosts is plaintext unless plaintext was asked for.
     """
     if port is None or port < 0:
         log.info("metrics_disabled")
         return None
+    kw = {}
+    if tls is not None:
+        cert, key, ca = tls
+        kw = {"certfile": cert, "keyfile": key, "client_cafile": ca, "client_auth_required": True}
     try:
-        httpd, _thread = prometheus_client.start_http_server(port, addr=host, registry=REGISTRY)
+        httpd, _thread = prometheus_client.start_http_server(port, addr=host, registry=REGISTRY, **kw)
     except OSError as exc:
         log.error("metrics_bind_failed", host=host, port=port, error=str(exc))
         return None
     bound = httpd.server_address[1]
-    log.info("metrics_listening", address=f"{_url_host(host)}:{bound}", host=host, port=bound, path="/metrics")
+    log.info("metrics_listening", address=f"{_url_host(host)}:{bound}", host=host, port=bound, path="/metrics",
+             scheme="https" if tls else "http")
     return bound
+
+
+def metrics_tls(args) -> tuple[str, str, str] | None:
+    """The serve options' TLS files, when all three are set (else None: plain HTTP)."""
+    files = tuple(getattr(args, k, None) for k in ("tls_cert", "tls_key", "tls_ca"))
+    return files if all(files) else None
 
 
 def _url_host(host: str) -> str:

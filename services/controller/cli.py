@@ -33,7 +33,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     from services.common.grpc_client import make_channel
     from services.common.grpc_server import create_server, serve_until_signal
     from services.common.logging import configure_logging, get_logger
-    from services.common.metrics import RpcMetricsInterceptor, start_metrics_server
+    from services.common.metrics import RpcMetricsInterceptor, metrics_tls, start_metrics_server
     from services.controller.server import SERVICE_NAME, ControllerServicer
 
     configure_logging("controller", args.log_level)
@@ -57,7 +57,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     await handle.start()
     await handle.set_serving()
     log.info("serving", address=handle.address, runtime=args.runtime, tools=args.tools)
-    start_metrics_server(args.metrics_port, args.host)
+    start_metrics_server(args.metrics_port, args.host, metrics_tls(args))
     print(f"inloop controller listening on {handle.address}", flush=True)
     await serve_until_signal(handle, args.grace_s)
     await runtime_channel.close()

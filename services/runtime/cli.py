@@ -58,7 +58,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     from inloop.v1 import runtime_pb2_grpc
     from services.common.grpc_server import create_server, serve_until_signal
     from services.common.logging import get_logger
-    from services.common.metrics import RpcMetricsInterceptor, start_metrics_server
+    from services.common.metrics import RpcMetricsInterceptor, metrics_tls, start_metrics_server
     from services.runtime.scheduler import Scheduler
     from services.runtime.server import SERVICE_NAME, RuntimeServicer
 
@@ -71,7 +71,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     # wait_for_serving see "starting" rather than "connection refused".
     await handle.start()
     log.info("listening", address=handle.address, model=args.model, max_queue=args.max_queue)
-    start_metrics_server(args.metrics_port, args.host)
+    start_metrics_server(args.metrics_port, args.host, metrics_tls(args))
     print(f"inloop runtime listening on {handle.address}", flush=True)
 
     serving = asyncio.ensure_future(serve_until_signal(handle, args.grace_s))

@@ -71,8 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     log.info("corpus_loaded", path=str(state.corpus_path), docs=docs)
-    from services.common.metrics import start_metrics_server
-    start_metrics_server(args.metrics_port, args.host)
+    from services.common.metrics import metrics_tls, start_metrics_server
+    start_metrics_server(args.metrics_port, args.host, metrics_tls(args))
     try:
         asyncio.run(serve(state, host=args.host, port=args.port, default_faults=faults,
                           max_concurrency=args.max_concurrency, grace_s=args.grace_s,

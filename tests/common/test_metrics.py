@@ -11,6 +11,8 @@ import asyncio
 import json
 import socket
 import time
+import http.client
+import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
@@ -258,6 +260,29 @@ def test_metrics_server_port_zero_minus_one_and_taken():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         assert metrics.start_metrics_server(taken.getsockname()[1], "127.0.0.1") is None  # logged, not raised
+
+
+def test_a_service_with_tls_serves_metrics_over_https_to_certified_scrapers_only(tmp_path):
+    import argparse
+    import ssl
+
+    from services.common.certs_cli import make_dev_pki
+
+    make_dev_pki(tmp_path)
+    args = argparse.Namespace(tls_cert=str(tmp_path / "tools.crt"), tls_key=str(tmp_path / "tools.key"),
+                              tls_ca=str(tmp_path / "ca.crt"))
+    assert metrics.metrics_tls(argparse.Namespace(tls_cert=None, tls_key=None, tls_ca=None)) is None
+    port = metrics.start_metrics_server(0, "127.0.0.1", metrics.metrics_tls(args))
+    url = f"https://localhost:{port}/metrics"
+    scraper = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    scraper.load_cert_chain(str(tmp_path / "loadgen.crt"), str(tmp_path / "loadgen.key"))
+    with urllib.request.urlopen(url, context=scraper, timeout=5) as resp:
+        assert "rpc_server_requests_total" in resp.read().decode()
+    anonymous = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))  # no client certificate
+    with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+        urllib.request.urlopen(url, context=anonymous, timeout=5).read()
+    with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()  # no plaintext
 
 
 # ---- a real Prometheus scraping the three services ------------------------------------------

@@ -110,7 +110,19 @@ def test_prometheus_config_scrapes_the_metrics_ports(path):
 
 
 @pytest.mark.parametrize("path", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
-def test_promtool_check_config(path: Path):
+def test_promtool_check_config(path: Path, tmp_path: Path):
     tool = require_tool("promtool")
+    text = path.read_text()
+    if "/etc/prometheus/inloop/" in text:
+        # promtool opens the scrape TLS files: give it real ones from a dev CA, where they would be.
+        from services.common.certs_cli import make_dev_pki
+
+        make_dev_pki(tmp_path / "pki")
+        tls = tmp_path / "inloop"
+        tls.mkdir()
+        for src, dst in (("ca.crt", "ca.crt"), ("loadgen.crt", "client.crt"), ("loadgen.key", "client.key")):
+            (tls / dst).write_bytes((tmp_path / "pki" / src).read_bytes())
+        path = tmp_path / path.name
+        path.write_text(text.replace("/etc/prometheus/inloop/", f"{tls}/"))
     result = run([tool, "check", "config", str(path)])
     assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout
