@@ -13,7 +13,7 @@ The file is `--config FILE` or `$INLOOP_CONFIG`. Values are typed by the argpars
 where it came from: `INLOOP_PORT='abc' (env): not an int`. Unknown tables or keys in the
 file are errors that name them, so a typo never silently falls back to a default.
 
-How: `add_common_serve_options(parser, service, port=...)` adds the options every service
+How: `add_common_serve_options(parser, service, port=..., metrics_port=...)` adds the options every service
 shares and turns layering on for that parser. Layering hooks the parser's own
 `parse_known_args`: just before parsing it records every option's default and replaces it
 with argparse.SUPPRESS (so an absent flag leaves no attribute), and right after parsing it
@@ -64,8 +64,9 @@ def env_name(key: str) -> str:
 
 
 # ---- the options every service shares ------------------------------------------------------
-def add_common_serve_options(parser: argparse.ArgumentParser, service: str, *, port: int) -> None:
-    """Add host/port/logging/shutdown/TLS/token/tracing options and enable layered config.
+def add_common_serve_options(parser: argparse.ArgumentParser, service: str, *, port: int,
+                             metrics_port: int) -> None:
+    """Add host/port/logging/shutdown/TLS/token/tracing/metrics options and enable layered config.
 
     Service-specific options may be added before or after this call, with plain
     `parser.add_argument`; all of them get env and TOML forms.
@@ -91,6 +92,9 @@ def add_common_serve_options(parser: argparse.ArgumentParser, service: str, *, p
     parser.add_argument("--otlp-endpoint", default="", metavar="URL",
                         help="OTLP/gRPC trace collector, e.g. http://127.0.0.1:4317 "
                              "(also OTEL_EXPORTER_OTLP_ENDPOINT)")
+    parser.add_argument("--metrics-port", type=int, default=metrics_port,
+                        help="Prometheus /metrics port (bound on --host; HTTPS with the TLS files); "
+                             "0 picks a free one, logged as metrics_listening; -1 = no metrics")
     enable_layered_config(parser, service)
 
 

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from services.common.security import SecurityError, server_security_from_args
+    from services.common.serve_setup import prepare_service
 
-    try:  # before anything connects: a wrong setting fails at once, with how to fix it
-        security = server_security_from_args(args)
-    except SecurityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # before anything connects: a wrong setting fails at once, with how to fix it
+    security = prepare_service(args, "controller")
     return asyncio.run(_serve(args, security))
 
 
@@ -29,17 +25,13 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     from inloop.v1 import controller_pb2_grpc
     from inloop.v1 import runtime_pb2 as pb
     from inloop.v1 import runtime_pb2_grpc
-    from services.common.config import export_otlp_endpoint
     from services.common.grpc_client import make_channel
     from services.common.grpc_server import create_server, serve_until_signal
-    from services.common.logging import configure_logging, get_logger
-    from services.common.metrics import RpcMetricsInterceptor, metrics_tls, start_metrics_server
+    from services.common.logging import get_logger
+    from services.common.metrics import RpcMetricsInterceptor
+    from services.common.serve_setup import start_metrics
     from services.controller.server import SERVICE_NAME, ControllerServicer
 
-    configure_logging("controller", args.log_level)
-    export_otlp_endpoint(args)
-    from services.common.telemetry import setup_tracing
-    setup_tracing("inloop-controller")
     log = get_logger("services.controller.cli")
     peer = security.client() if security is not None else None  # our cert, CA and token for the hops
     runtime_channel = make_channel(args.runtime, peer, aio=True)
@@ -57,7 +49,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     await handle.start()
     await handle.set_serving()
     log.info("serving", address=handle.address, runtime=args.runtime, tools=args.tools)
-    start_metrics_server(args.metrics_port, args.host, metrics_tls(args))
+    start_metrics(args)
     print(f"inloop controller listening on {handle.address}", flush=True)
     await serve_until_signal(handle, args.grace_s)
     await runtime_channel.close()
@@ -76,12 +68,9 @@ def register(sub) -> None:
                                     "--config TOML file's [controller] or [common] table "
                                     "(flag > env > [controller] > [common] > default).")
     from services.common.config import add_common_serve_options
-    add_common_serve_options(s, "controller", port=50071)  # host, port, log, TLS, token, tracing
+    add_common_serve_options(s, "controller", port=50071, metrics_port=9103)  # host, port, log, TLS, ...
     s.add_argument("--runtime", default="127.0.0.1:50051", help="the runtime's host:port")
     s.add_argument("--tools", default="127.0.0.1:50061", help="the tools service's host:port")
     s.add_argument("--max-concurrency", type=int, default=64, help="tasks at once; more get RESOURCE_EXHAUSTED")
-    s.add_argument("--metrics-port", type=int, default=9103,
-                   help="Prometheus /metrics port (bound on --host); 0 picks a free one, logged as "
-                   "metrics_listening; -1 = no metrics")
     s.set_defaults(func=cmd_serve)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

@@ -23,19 +23,10 @@ DEFAULT_TARGET = os.environ.get("INLOOP_RUNTIME_TARGET", f"127.0.0.1:{DEFAULT_PO
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.common.config import export_otlp_endpoint
-    from services.common.logging import configure_logging
-    from services.common.security import SecurityError, server_security_from_args
+    from services.common.serve_setup import prepare_service
 
-    configure_logging("runtime", args.log_level)
-    export_otlp_endpoint(args)
-    from services.common.telemetry import setup_tracing
-    setup_tracing("inloop-runtime")
-    try:  # before the model loads: a wrong setting fails in a second, not after the load
-        security = server_security_from_args(args)
-    except SecurityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # before the model loads: a wrong setting fails in a second, not after the load
+    security = prepare_service(args, "runtime")
     return asyncio.run(_serve(args, security))
 
 
@@ -58,7 +49,8 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     from inloop.v1 import runtime_pb2_grpc
     from services.common.grpc_server import create_server, serve_until_signal
     from services.common.logging import get_logger
-    from services.common.metrics import RpcMetricsInterceptor, metrics_tls, start_metrics_server
+    from services.common.metrics import RpcMetricsInterceptor
+    from services.common.serve_setup import start_metrics
     from services.runtime.scheduler import Scheduler
     from services.runtime.server import SERVICE_NAME, RuntimeServicer
 
@@ -71,7 +63,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     # wait_for_serving see "starting" rather than "connection refused".
     await handle.start()
     log.info("listening", address=handle.address, model=args.model, max_queue=args.max_queue)
-    start_metrics_server(args.metrics_port, args.host, metrics_tls(args))
+    start_metrics(args)
     print(f"inloop runtime listening on {handle.address}", flush=True)
 
     serving = asyncio.ensure_future(serve_until_signal(handle, args.grace_s))
@@ -185,7 +177,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "env INLOOP_FOO_BAR or as foo_bar in the --config TOML file's [runtime] "
                                        "or [common] table (flag > env > [runtime] > [common] > default).")
     from services.common.config import add_common_serve_options
-    add_common_serve_options(serve, "runtime", port=DEFAULT_PORT)  # host, port, log, TLS, token, tracing
+    add_common_serve_options(serve, "runtime", port=DEFAULT_PORT, metrics_port=9101)  # host, port, log, TLS, ...
     serve.add_argument("--model", default="default", help="an HF-layout model directory, or 'default'")
     serve.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto",
                        help="cuda needs a GPU; auto picks cuda where one answers, else cpu")
@@ -194,9 +186,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "that shares its prefix (automatic prefix caching, as vLLM's); off by default")
     serve.add_argument("--max-queue", type=int, default=16,
                        help="requests that may wait; more get RESOURCE_EXHAUSTED")
-    serve.add_argument("--metrics-port", type=int, default=9101,
-                       help="Prometheus /metrics port (bound on --host); 0 picks a free one, logged as "
-                       "metrics_listening; -1 = no metrics")
     serve.set_defaults(func=cmd_serve)
 
     gen = subparsers.add_parser("generate", help="stream a completion from a running runtime")

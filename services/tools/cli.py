@@ -38,23 +38,14 @@ def _default_faults(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.common.config import export_otlp_endpoint
-    from services.common.logging import configure_logging, get_logger
-    from services.common.security import SecurityError, server_security_from_args
+    from services.common.logging import get_logger
+    from services.common.serve_setup import prepare_service, start_metrics
     from services.tools.faults import FaultSpecError
     from services.tools.server import serve
     from services.tools.state import DEFAULT_CORPUS, ToolState
 
-    configure_logging("tools", args.log_level)
-    export_otlp_endpoint(args)
-    from services.common.telemetry import setup_tracing
-    setup_tracing("inloop-tools")
+    security = prepare_service(args, "tools")
     log = get_logger("services.tools.cli")
-    try:
-        security = server_security_from_args(args)
-    except SecurityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     try:
         faults = _default_faults(args)
     except (FaultSpecError, OSError) as exc:
@@ -71,8 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     log.info("corpus_loaded", path=str(state.corpus_path), docs=docs)
-    from services.common.metrics import metrics_tls, start_metrics_server
-    start_metrics_server(args.metrics_port, args.host, metrics_tls(args))
+    start_metrics(args)
     try:
         asyncio.run(serve(state, host=args.host, port=args.port, default_faults=faults,
                           max_concurrency=args.max_concurrency, grace_s=args.grace_s,
@@ -97,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "env INLOOP_FOO_BAR or as foo_bar in the --config TOML file's [tools] or "
                                        "[common] table (flag > env > [tools] > [common] > default).")
     from services.common.config import add_common_serve_options
-    add_common_serve_options(serve, "tools", port=DEFAULT_PORT)  # host, port, log, TLS, token, tracing
+    add_common_serve_options(serve, "tools", port=DEFAULT_PORT, metrics_port=9102)  # host, port, log, TLS, ...
     serve.add_argument("--max-concurrency", type=int, default=64,
                        help="calls in progress at once; more get RESOURCE_EXHAUSTED")
     serve.add_argument("--fault-abort", default=None, metavar="SPEC",
@@ -111,7 +101,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--corpus", default=None, help="search corpus, JSON lines {id, title, text}")
     serve.add_argument("--max-sessions", type=int, default=1024,
                        help="kv namespaces kept; the least recently used is evicted beyond this")
-    serve.add_argument("--metrics-port", type=int, default=9102,
-                       help="Prometheus /metrics port (bound on --host); 0 picks a free one, logged as "
-                       "metrics_listening; -1 = no metrics")
     serve.set_defaults(func=cmd_serve)

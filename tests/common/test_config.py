@@ -25,9 +25,9 @@ from services.common.config import (
 
 def make_parser() -> argparse.ArgumentParser:
     """A serve parser as the services build theirs: common options, own options, and one
-    added afterwards with a plain add_argument (as --metrics-port is)."""
+    added afterwards with a plain add_argument."""
     p = argparse.ArgumentParser(prog="inloop runtime serve")
-    add_common_serve_options(p, "runtime", port=50051)
+    add_common_serve_options(p, "runtime", port=50051, metrics_port=9101)
     p.add_argument("--max-queue", type=int, default=16)
     p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--late-flag", type=float, default=1.5)  # added after the common options
