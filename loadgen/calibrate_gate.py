@@ -66,9 +66,7 @@ def fit(records: list[dict]) -> dict:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from loadgen.harness import check_counts, open_harness
+    from loadgen.harness import check_counts, run_traced
     from loadgen.run_meta import model_sha256, resolve_model_dir
     from loadgen.tasks import load_cases
 
@@ -80,14 +78,16 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.limit:
         cases = cases[:args.limit]
     print(f"calibrate-gate: {len(cases)} calibration cases", file=sys.stderr)
-    with open_harness(args, Path(args.out) / "logs") as h:
-        runner = h.runner(args)
-        try:
-            records = [runner.run(c, "internal", run_id=f"cal{int(time.time())}", label="calibration")
-                       for c in tqdm(cases, desc="calibrate", unit="task", file=sys.stderr)]
-        finally:
-            runner.close()
-    result = fit(records)
+    run_id = f"cal{int(time.time())}"
+
+    def run(runner, bar) -> list[dict]:
+        records = []
+        for case in cases:
+            records.append(runner.run(case, "internal", run_id=run_id, label="calibration"))
+            bar.update(1)
+        return records
+
+    result = fit(run_traced(args, Path(args.out), len(cases), "calibrate", run, traced=False).records)
     model_dir = resolve_model_dir(args.model)
     result.update(split="calibration", tool=args.tool, offering_tool_only=args.offering_tool_only,
                   max_tokens=args.max_tokens,

@@ -108,3 +108,40 @@ def open_harness(args: argparse.Namespace, log_dir: Path):
             if bad:
                 print(f"loadgen: services that did not stop cleanly: {bad}", file=sys.stderr)
         receiver.stop()
+
+
+@dataclass
+class TracedRun:
+    """Records of a run, each joined to its trace, and the whole traces kept for the report."""
+    records: list[dict]
+    traces: dict[str, list[dict]]
+    model: str
+
+    def report_extra(self) -> dict:
+        """The artifact's hops/runs/traces sections."""
+        from loadgen.trace_analysis import hop_rows
+
+        return {"hops": {"rows": hop_rows(self.records)}, "runs": self.records, "traces": self.traces}
+
+
+def run_traced(args: argparse.Namespace, out_dir: Path, total: int, desc: str, run, traced: bool = True) -> TracedRun:
+    """Open the harness, call `run(runner, progress)` (it returns the task records) under a
+    progress bar of `total` tasks, then (with `traced`) join every record to its trace."""
+    from tqdm import tqdm
+
+    from loadgen.trace_analysis import attach_breakdowns, sample_traces
+
+    with open_harness(args, out_dir / "logs") as h:
+        runner = h.runner(args)
+        try:
+            with tqdm(total=total, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
+                records = run(runner, bar)
+        finally:
+            runner.close()
+        traces = {}
+        if traced:
+            print(f"{desc}: collecting traces", file=sys.stderr)
+            attach_breakdowns(records, h.store)
+            traces = sample_traces(records, h.store)
+    return TracedRun(records, traces, h.model)
+

@@ -89,14 +89,11 @@ def _print(section: dict) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from inloop.v1 import runtime_pb2 as pb
-    from loadgen.harness import check_counts, open_harness
+    from loadgen.harness import check_counts, run_traced
     from loadgen.profiles import ProfileError, load_profile
     from loadgen.reporting import finish_report
     from loadgen.tasks import SCENARIOS, load_cases
-    from loadgen.trace_analysis import attach_breakdowns, hop_rows, sample_traces
     from services.common.gate_defaults import default_gate
 
     problem = check_counts(args)
@@ -119,23 +116,14 @@ def _cmd(args: argparse.Namespace) -> int:
           f"gate {statistic} < {threshold:g} ({source})", file=sys.stderr)
     out_dir = Path(args.out)
     started = time.monotonic()
-    with open_harness(args, out_dir / "logs") as h:
-        runner = h.runner(args)
-        try:
-            with tqdm(total=total, desc="loops", unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
-                records = run_loops(runner, sets, cases, runs=args.runs, gate_msg=gate_msg,
-                                    run_id=f"l{int(time.time())}", progress=bar)
-        finally:
-            runner.close()
-        attach_breakdowns(records, h.store)
-        traces = sample_traces(records, h.store)
+    done = run_traced(args, out_dir, total, "loops", lambda runner, bar: run_loops(
+        runner, sets, cases, runs=args.runs, gate_msg=gate_msg, run_id=f"l{int(time.time())}", progress=bar))
+    records = done.records
     section = summarize(records, args.seed)
     section["gate"] = {"statistic": statistic, "threshold": threshold, "source": source}
     section["wall_s"] = round(time.monotonic() - started, 1)
     _print(section)
-    paths = finish_report(args, "loops", section, {"hops": {"rows": hop_rows(records)}, "runs": records,
-                                                   "traces": traces},
-                          out_dir, model=h.model, seeds=[args.seed],
+    paths = finish_report(args, "loops", section, done.report_extra(), out_dir, model=done.model, seeds=[args.seed],
                           profiles={p.name: p.source for _, p in sets})
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")

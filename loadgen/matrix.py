@@ -109,13 +109,11 @@ def _print_table(summary: dict) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from loadgen.harness import check_counts, open_harness
+    from loadgen.harness import check_counts, run_traced
     from loadgen.profiles import ProfileError, load_profiles
     from loadgen.reporting import finish_report
     from loadgen.tasks import load_cases
-    from loadgen.trace_analysis import attach_breakdowns, breakdown_check, hop_rows, sample_traces
+    from loadgen.trace_analysis import breakdown_check
 
     problem = check_counts(args)
     if problem:
@@ -136,27 +134,17 @@ def _cmd(args: argparse.Namespace) -> int:
     print(f"matrix: {len(profiles)} profiles x {len(cases)} cases x {args.runs} runs x 2 routes "
           f"(+{args.warmups} warm-up pairs per profile) = {total} tasks", file=sys.stderr)
     started = time.monotonic()
-    with open_harness(args, out_dir / "logs") as h:
-        runner = h.runner(args)
-        try:
-            with tqdm(total=total, desc="matrix", unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
-                records = run_matrix(runner, profiles, cases, runs=args.runs, warmups=args.warmups,
-                                     run_id=run_id, progress=bar)
-        finally:
-            runner.close()
-        print("matrix: collecting traces", file=sys.stderr)
-        attach_breakdowns(records, h.store)
-        traces = sample_traces(records, h.store)
-        model_name = h.model
+    done = run_traced(args, out_dir, total, "matrix", lambda runner, bar: run_matrix(
+        runner, profiles, cases, runs=args.runs, warmups=args.warmups, run_id=run_id, progress=bar))
+    records = done.records
     section = summarize(records, profiles, args.seed)
     section["breakdown_check"] = breakdown_check(records)
     section["wall_s"] = round(time.monotonic() - started, 1)
-    doc_extra = {"hops": {"rows": hop_rows(records)}, "runs": records, "traces": traces}
     _print_table(section)
     check = section["breakdown_check"]
     print(f"hop overhead: {check['within_tolerance']}/{check['traced']} traced tasks add up within "
           f"{check['tolerance_pct']:.0f}% ({check['incomplete']} incomplete traces)")
-    paths = finish_report(args, "matrix", section, doc_extra, out_dir, model=model_name,
+    paths = finish_report(args, "matrix", section, done.report_extra(), out_dir, model=done.model,
                           seeds=[args.seed], profiles={p.name: p.source for p in profiles})
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
