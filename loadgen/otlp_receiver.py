@@ -65,7 +65,6 @@ def span_from_sdk(span: ReadableSpan) -> dict:
         "parent_span_id": format(parent.span_id, "016x") if parent is not None else "",
         "name": span.name, "service": str(span.resource.attributes.get("service.name", "unknown")),
         "host": str(span.resource.attributes.get("host.name", "")),
-        "host": str(span.resource.attributes.get("host.name", "")),
         "kind": span.kind.name.lower(), "start_ns": span.start_time, "end_ns": span.end_time,
         "status": span.status.status_code.name.lower(),
         "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (span.attributes or {}).items()},
