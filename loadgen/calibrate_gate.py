@@ -87,7 +87,11 @@ def _cmd(args: argparse.Namespace) -> int:
             bar.update(1)
         return records
 
-    result = fit(run_traced(args, Path(args.out), len(cases), "calibrate", run, traced=False).records)
+    try:
+        result = fit(run_traced(args, Path(args.out), len(cases), "calibrate", run, traced=False).records)
+    except ValueError as exc:  # e.g. every answer failed: no threshold separates anything
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     model_dir = resolve_model_dir(args.model)
     result.update(split="calibration", tool=args.tool, offering_tool_only=args.offering_tool_only,
                   max_tokens=args.max_tokens,
