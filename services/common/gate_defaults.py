@@ -14,8 +14,10 @@ from pathlib import Path
 
 CALIBRATION_FILE = Path(__file__).resolve().parent / "gate_calibration.json"
 STATISTICS = ("mean_logprob", "min_margin")
-# Used only when no calibration file exists (a fresh checkout before the first fit).
-FALLBACK = {"statistic": "mean_logprob", "threshold": -1.0}
+# Used only when no calibration file exists (a fresh checkout before the first fit):
+# the statistic, and a threshold per statistic.
+FALLBACK_STATISTIC = "mean_logprob"
+FALLBACK_THRESHOLDS = {"mean_logprob": -1.0, "min_margin": 0.5}
 
 
 @lru_cache(maxsize=1)
@@ -29,9 +31,9 @@ def calibration() -> dict:
 def default_gate(statistic: str = "") -> tuple[str, float, str]:
     """(statistic, threshold, source) for a gate enabled without a threshold."""
     cal = calibration()
-    stat = statistic or cal.get("statistic") or FALLBACK["statistic"]
+    stat = statistic or cal.get("statistic") or FALLBACK_STATISTIC
     fitted = (cal.get("fits") or {}).get(stat, {})
     if "threshold" in fitted:
         source = f"calibrated on {cal.get('answers', '?')} calibration-split answers of {cal.get('model', {}).get('name', '?')}"
         return stat, float(fitted["threshold"]), source
-    return stat, FALLBACK["threshold"] if stat == "mean_logprob" else 0.5, "built-in fallback (no calibration file)"
+    return stat, FALLBACK_THRESHOLDS[stat], "built-in fallback (no calibration file)"
