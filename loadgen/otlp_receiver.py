@@ -77,22 +77,16 @@ class SpanStore:
     def __init__(self):
         self._spans: dict[str, list[dict]] = defaultdict(list)
         self._cond = threading.Condition()
-        self.received = 0
 
     def add(self, spans: list[dict]) -> None:
         with self._cond:
             for span in spans:
                 self._spans[span["trace_id"]].append(span)
-            self.received += len(spans)
             self._cond.notify_all()
 
     def trace(self, trace_id: str) -> list[dict]:
         with self._cond:
             return sorted(self._spans.get(trace_id, ()), key=lambda s: (s["start_ns"], s["end_ns"]))
-
-    def trace_ids(self) -> list[str]:
-        with self._cond:
-            return list(self._spans)
 
     def wait_for_trace(self, trace_id: str, complete, timeout_s: float = 5.0) -> list[dict]:
         """Wait until `complete(spans)` is true for the trace (or the timeout); return its spans.

@@ -73,11 +73,6 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
-def force_flush(timeout_ms: int = 5000) -> bool:
-    provider = _provider
-    return provider.force_flush(timeout_ms) if provider is not None else True
-
-
 def tracer() -> trace.Tracer:
     return trace.get_tracer(INSTRUMENTATION)
 
