@@ -85,7 +85,8 @@ def open_harness(args: argparse.Namespace, log_dir: Path):
         credentials = mtls_credentials(args.tls_cert, args.tls_key, args.tls_ca)
     store = SpanStore()
     receiver = OtlpReceiver(store).start(host or "127.0.0.1", int(port or 0), credentials)
-    setup_tracing("inloop-loadgen", (StoreProcessor(store),))
+    own_spans = StoreProcessor(store)
+    setup_tracing("inloop-loadgen", (own_spans,))
     stack = None
     try:
         if local:
@@ -107,6 +108,7 @@ def open_harness(args: argparse.Namespace, log_dir: Path):
             bad = {k: v for k, v in codes.items() if v != 0}
             if bad:
                 print(f"loadgen: services that did not stop cleanly: {bad}", file=sys.stderr)
+        own_spans.close()
         receiver.stop()
 
 

@@ -105,13 +105,18 @@ class SpanStore:
 
 
 class StoreProcessor(SpanProcessor):
-    """A span processor that puts this process's finished spans straight into a SpanStore."""
+    """A span processor that puts this process's finished spans straight into a SpanStore,
+    until `close()` (a provider cannot drop a processor; a closed one just stops storing)."""
 
     def __init__(self, store: SpanStore):
-        self.store = store
+        self.store: SpanStore | None = store
 
     def on_end(self, span: ReadableSpan) -> None:
-        self.store.add([span_from_sdk(span)])
+        if self.store is not None:
+            self.store.add([span_from_sdk(span)])
+
+    def close(self) -> None:
+        self.store = None
 
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):

@@ -39,11 +39,14 @@ def setup_tracing(service_name: str, extra_processors: tuple[SpanProcessor, ...]
     """Install the process's tracer provider (first call wins; later calls return it).
 
     `OTEL_SERVICE_NAME` overrides `service_name`, as everywhere in OpenTelemetry.
-    `extra_processors` lets a process keep its own spans too (the loadgen keeps them in memory).
+    `extra_processors` lets a process keep its own spans too (the loadgen keeps them in memory);
+    they are attached on every call, so a second run in the same process gets its spans too.
     """
     global _provider
     with _lock:
         if _provider is not None:
+            for processor in extra_processors:
+                _provider.add_span_processor(processor)
             return _provider
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or service_name})
         provider = TracerProvider(resource=resource)

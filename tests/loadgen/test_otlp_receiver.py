@@ -82,3 +82,21 @@ def test_the_receiver_can_require_mtls_from_exporters(tmp_path, monkeypatch):
         assert store.wait_for_trace(format(span2.get_span_context().trace_id, "032x"), bool, timeout_s=1) == []
     finally:
         receiver.stop()
+
+
+def test_each_run_in_one_process_keeps_its_own_client_spans():
+    """setup_tracing's provider is per process; a second loadgen run there still gets its spans."""
+    from opentelemetry import trace
+
+    from services.common.telemetry import setup_tracing
+
+    first, second = SpanStore(), SpanStore()
+    p1, p2 = StoreProcessor(first), StoreProcessor(second)
+    setup_tracing("inloop-loadgen", (p1,))
+    p1.close()
+    setup_tracing("inloop-loadgen", (p2,))
+    with trace.get_tracer("t").start_as_current_span("second run") as span:
+        pass
+    tid = format(span.get_span_context().trace_id, "032x")
+    assert [s["name"] for s in second.trace(tid)] == ["second run"] and first.trace(tid) == []
+    p2.close()
