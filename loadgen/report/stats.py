@@ -9,18 +9,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 ROUTES = ("internal", "external")
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation between closest ranks; NaN if empty."""
-    xs = sorted(v for v in values if isinstance(v, (int, float)) and math.isfinite(v))
-    if not xs:
-        return math.nan
-    pos = (len(xs) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    """numpy's q-th percentile (0..100, linear interpolation) of the finite values; NaN if none."""
+    xs = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return float(np.percentile(xs, q)) if xs else math.nan
 
 
 @dataclass(frozen=True)
