@@ -178,13 +178,13 @@ __device__ __forceinline__ void attention_decode_body(
     for (int idx = threadIdx.x; idx < Gb * hd; idx += blockDim.x) {
         const int g = idx / hd, d = idx - g * hd;
         float M = NEG_INF;
-        for (int sp = 0; sp < active; ++sp) M = fmaxf(M, ld_cg(recs + (size_t)sp * rec + g));
+        for (int sp = 0; sp < active; ++sp) M = fmaxf(M, ld_cg_f32(recs + (size_t)sp * rec + g));
         float L = 0.f, O = 0.f;
         for (int sp = 0; sp < active; ++sp) {
             const float* r = recs + (size_t)sp * rec;
-            const float a = expf(ld_cg(r + g) - M);  // every active split saw >= 1 key: finite
-            L += a * ld_cg(r + ATT_MAXG + g);
-            O += a * ld_cg(r + 2 * ATT_MAXG + g * hd + d);
+            const float a = expf(ld_cg_f32(r + g) - M);  // every active split saw >= 1 key: finite
+            L += a * ld_cg_f32(r + ATT_MAXG + g);
+            O += a * ld_cg_f32(r + 2 * ATT_MAXG + g * hd + d);
         }
         out[(size_t)(kvh * G + g0 + g) * hd + d] = O / L;
     }

@@ -19,21 +19,7 @@ __device__ __forceinline__ float bf16_to_f32(bf16_t h) { return __uint_as_float(
 __device__ __forceinline__ float bf16lo(u32 w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float bf16hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
 
-__device__ __forceinline__ bf16_t f32_to_bf16(float f) {  // round to nearest even (sm_80+)
-    unsigned short r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
-    return r;
-}
-__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {  // lo -> bits 0..15
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-__device__ __forceinline__ float f16_to_f32(unsigned short h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
+#include "ptx.cuh"
 
 // 8 bf16 in a uint4 (one 16-byte load) dotted with 8 fp32 values.
 __device__ __forceinline__ float dot8(uint4 w, const float* x) {
@@ -46,14 +32,6 @@ __device__ __forceinline__ float dot8(uint4 w, const float* x) {
     s = fmaf(bf16lo(w.w), x[6], s);
     s = fmaf(bf16hi(w.w), x[7], s);
     return s;
-}
-
-// Weights are read once per step: stream them past L1 (they would only evict activations).
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    return r;
 }
 
 // ---- reductions -----------------------------------------------------------------------

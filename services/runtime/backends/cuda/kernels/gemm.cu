@@ -14,20 +14,6 @@
 #define BK 32
 #define LDS (BK + 8)  // bf16 row stride: 80 bytes, so the fragment loads below are conflict-free
 
-__device__ __forceinline__ void mma_bf16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float ld_cg_f(const float* p) {
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
-
 // grid (ceil(N/64), ceil(M/64), splits), block 128. K % 8 == 0; k_per_split % 32 == 0.
 // mode 0: C = AW^T + b;  mode 1: C += AW^T + b (residual stream).
 // ws: splits*M*N floats and counters: one int per (x, y) tile, zero at rest (splits > 1 only).
@@ -156,7 +142,7 @@ extern "C" __global__ void __launch_bounds__(128) gemm_bf16(
                 float v = acc[mi][ni][e];
                 if (splits > 1) {
                     v = 0.f;
-                    for (int s = 0; s < splits; ++s) v += ld_cg_f(ws + ((size_t)s * M + m) * N + n);
+                    for (int s = 0; s < splits; ++s) v += ld_cg_f32(ws + ((size_t)s * M + m) * N + n);
                 }
                 if (bias) v += bf16_to_f32(bias[n]);
                 if (mode == 1) C[(size_t)m * N + n] += v;
