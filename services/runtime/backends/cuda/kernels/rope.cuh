@@ -6,9 +6,12 @@
 #define ROPE_FLAG_ROPE 1
 #define ROPE_FLAG_NORM 2
 
-// HF: inv_freq = 1 / theta^(2i/d) and angle = pos * inv_freq, both fp32.
+// HF: inv_freq = 1 / theta^(2i/d) and angle = pos * inv_freq, both fp32. The power is taken
+// in double and rounded once: powf is not correctly rounded (CUDA's is within 2 ulp), and at
+// position 1000 one ulp of inv_freq moves sin/cos by ~1e-4, so it must match the reference's
+// correctly rounded fp32 value, not just come close.
 __device__ __forceinline__ float rope_inv_freq(int i, int hd, float theta) {
-    return 1.f / powf(theta, (float)(2 * i) / (float)hd);
+    return 1.f / (float)pow((double)theta, (double)(2 * i) / (double)hd);
 }
 
 // dst[0..hd) = scale * rope(norm(src)). src may equal dst: each lane writes only the pair
