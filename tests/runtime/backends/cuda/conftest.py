@@ -41,18 +41,39 @@ def cubin_cache(tmp_path_factory):
     mp.undo()
 
 
-@pytest.fixture(scope="module")
-def fake_gpu(cubin_cache):
-    """A CudaBackend on the driver double (fake_driver.py), patched in for one test module."""
+def _backend_on_double(kernels: str):
     from services.runtime.backends.cuda import driver as driver_module
     from services.runtime.backends.cuda.backend import CudaBackend
 
     from .fake_driver import FakeDriver
 
     mp = pytest.MonkeyPatch()
-    fd = FakeDriver()
+    fd = FakeDriver(kernels=kernels)
     mp.setattr(driver_module, "_drv", lambda: fd)
     be = CudaBackend()
     be.fake_driver = fd
+    return be, mp
+
+
+@pytest.fixture(scope="module")
+def fake_gpu(cubin_cache):
+    """A CudaBackend on the driver double (fake_driver.py), patched in for one test module;
+    kernels run as kernel_emulator.py's numpy contracts."""
+    be, mp = _backend_on_double("contract")
+    yield be
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def source_gpu(cubin_cache):
+    """The same, but kernels run as their own CUDA C compiled for the CPU (source_emulator/).
+    Skipped where a GPU answers (the same tests run on it for real) or no g++ is found."""
+    from .source_emulator.build import compiler
+
+    if GPU_OK:
+        pytest.skip(f"a GPU answers ({GPU_REASON}): the tests run on it, not on the CPU emulator")
+    if compiler() is None:
+        pytest.skip("no C++ compiler for the CPU kernel emulator")
+    be, mp = _backend_on_double("source")
     yield be
     mp.undo()

@@ -32,7 +32,11 @@ def _arity(name: str) -> int:
 
 class Memory:
     """Device (and pinned host) memory as real host allocations, so pointers are real
-    addresses; accesses are checked against the live set."""
+    addresses; accesses are checked against the live set. Each allocation sits between two
+    guard zones; `check_guards` finds a kernel that wrote past either end."""
+
+    GUARD = 1024
+    FILL = 0xA5
 
     def __init__(self):
         self.starts: list[int] = []
@@ -40,11 +44,23 @@ class Memory:
         self.graveyard: list[np.ndarray] = []  # freed memory stays mapped: stale reads fail the check, not the process
 
     def alloc(self, n: int) -> int:
-        raw = np.full(n + 256, 0xA5, np.uint8)  # not zero: code must not rely on fresh memory being zeroed
-        base = raw.ctypes.data + (-raw.ctypes.data % 256)
+        g = self.GUARD
+        raw = np.full(n + 2 * g + 256, self.FILL, np.uint8)  # not zero: code must not rely on fresh memory being zeroed
+        base = raw.ctypes.data + g + (-(raw.ctypes.data + g) % 256)
         self.blocks[base] = (n, raw)
         bisect.insort(self.starts, base)
         return base
+
+    def check_guards(self, what: str) -> None:
+        g = self.GUARD
+        for base, (n, raw) in self.blocks.items():
+            off = base - raw.ctypes.data
+            for lo, hi, side in ((off - g, off, "before"), (off + n, off + n + g, "past the end of")):
+                zone = raw[lo:hi]
+                if (zone != self.FILL).any():
+                    first = int(np.flatnonzero(zone != self.FILL)[0])
+                    raise AssertionError(f"{what} wrote {side} the allocation {base:#x}+{n} "
+                                         f"(guard byte {first} of {g})")
 
     def free(self, ptr: int) -> None:
         ptr = int(ptr)
@@ -72,7 +88,17 @@ class Memory:
 
 
 class FakeDriver:
-    def __init__(self, sm_count: int = 132, capability=(9, 0)):
+    """`kernels="contract"` runs each launch through kernel_emulator.py (numpy semantics of the
+    kernel's contract, fast); `kernels="source"` runs the real CUDA C of kernels/ compiled for
+    the CPU (source_emulator/), so the kernels' own code is what gets tested."""
+
+    def __init__(self, sm_count: int = 132, capability=(9, 0), kernels: str = "contract"):
+        if kernels not in ("contract", "source"):
+            raise ValueError(f"kernels must be 'contract' or 'source', got {kernels!r}")
+        self.source = None
+        if kernels == "source":
+            from .source_emulator.build import SourceKernels
+            self.source = SourceKernels()
         self.mem = Memory()
         self.sm_count, self.capability = sm_count, capability
         self.modules: dict[int, bytes] = {}
@@ -275,7 +301,14 @@ class FakeDriver:
 
         def run():
             self.launches.append((name, pdl))
-            kernel_emulator.run(name, self.mem, grid, block, smem, args)
+            if self.source is None:
+                kernel_emulator.run(name, self.mem, grid, block, smem, args)
+                return
+            sig = SIGNATURES[name][1]
+            holders = [_CT[c](0 if a is None else a) for c, a in zip(sig, args)]
+            packed = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+            self.source.launch(name, grid, block, smem, ctypes.addressof(packed))
+            self.mem.check_guards(name)
         self._enqueue(stream, run)
         return (OK,)
 
