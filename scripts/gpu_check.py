@@ -97,14 +97,15 @@ def compile_kernels(arch: str) -> dict:
     from services.runtime.backends.cuda import compiler
 
     t = time.perf_counter()
-    jobs = [(p, arch) for p in compiler.kernel_files()]
+    jobs = [(p, arch, w) for w in compiler.WEIGHT_FORMATS for p in compiler.format_files(w)]
     out = {}
-    for (p, _), r in zip(jobs, compiler.compile_many(jobs)):  # fills the cubin cache
+    for (p, _, w), r in zip(jobs, compiler.compile_many(jobs)):  # fills the cubin cache (both weight builds)
+        key = p.stem if w == "bf16" else f"{p.stem}.{w}"
         if isinstance(r, compiler.CompileError):
-            out[p.stem] = {"ok": False, "log": r.log[-3000:]}
+            out[key] = {"ok": False, "log": r.log[-3000:]}
         else:
             ptxas = compiler.ptxas_summary(r.log)
-            out[p.stem] = {"ok": True, "seconds": round(r.seconds, 3), "cached": r.cached, "cubin_bytes": len(r.cubin),
+            out[key] = {"ok": True, "seconds": round(r.seconds, 3), "cached": r.cached, "cubin_bytes": len(r.cubin),
                            "max_registers": max((k["registers"] for k in ptxas.values()), default=0),
                            "spill_bytes": sum(k["spill_bytes"] for k in ptxas.values())}
     return {"arch": arch, "wall_seconds": round(time.perf_counter() - t, 2), "files": out,

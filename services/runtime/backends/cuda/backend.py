@@ -1,6 +1,6 @@
 """CudaBackend: the backend interface on one NVIDIA GPU, with NVRTC-compiled kernels.
 
-Weights and the KV cache are bf16; activations are fp32 (tiny at batch 1, and they keep
+Weights are bf16 (fp16 for an fp16 checkpoint), the KV cache bf16; activations are fp32 (tiny at batch 1, and they keep
 parity with the numpy reference tight); every op accumulates in fp32. Ops run on one
 stream and return without synchronizing; `to_host` and `synchronize` wait. Entry points
 (uploads, ids, embedding, to_host, ...) bind the device's primary context to the calling
@@ -33,7 +33,7 @@ from .driver import (
 from .kernels_registry import KernelSet
 from .ops import Ops
 from .state import DECODE_STATE, new_state, set_sampling
-from .tensor import DeviceTensor
+from .tensor import DTYPES, WEIGHT_DTYPES, DeviceTensor
 from .upload import Uploader, source_dtype
 
 log = logging.getLogger("inloop.cuda")
@@ -66,22 +66,34 @@ class CudaBackend(Backend):
     def _empty(self, shape, dtype: str = "f32") -> DeviceTensor:
         return DeviceTensor.empty(self.allocator, shape, dtype)
 
-    def upload(self, array: np.ndarray, name: str = "") -> DeviceTensor:
-        """Floating arrays become bf16 on the device (converted there); ints stay int32."""
+    def upload(self, array: np.ndarray, name: str = "", storage: str | None = None) -> DeviceTensor:
+        """Floating arrays become 16-bit weights on the device (converted there): fp16 stays
+        fp16, anything else becomes bf16, unless `storage` says which. Ints stay int32."""
         self.device.make_current()
         array = np.asarray(array)
         if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
             raw, src = source_dtype(array)
-            return self.upload_raw(raw, src, array.shape, name)
+            return self.upload_raw(raw, src, array.shape, name, storage)
         t = self._empty(array.shape, "i32")
         host = np.ascontiguousarray(array, dtype=np.int32)
         copy_htod(t.ptr, host.ctypes.data, host.nbytes, self.stream)
         return t
 
-    def upload_raw(self, raw: np.ndarray, src_dtype: str, shape, name: str = "") -> DeviceTensor:
-        """Raw safetensors elements (F32 / F16 / BF16 bits) -> a bf16 device tensor."""
+    def weight_tensor(self, shape, storage: str) -> DeviceTensor:
+        """An empty weight tensor stored as `storage` ("bf16" or "f16"); the first fp16 one
+        loads the fp16-weight build of the kernels (never inside a graph capture: weights
+        are uploaded before any)."""
+        if storage not in WEIGHT_DTYPES:
+            raise ValueError(f"weights are stored as one of {WEIGHT_DTYPES}, not {storage!r}")
+        self.kernels.ensure(storage)
+        return self._empty(tuple(shape), storage)
+
+    def upload_raw(self, raw: np.ndarray, src_dtype: str, shape, name: str = "",
+                   storage: str | None = None) -> DeviceTensor:
+        """Raw safetensors elements (F32 / F16 / BF16 bits) -> a 16-bit device tensor: `storage`,
+        or fp16 for an F16 source and bf16 for the others."""
         self.device.make_current()
-        t = self._empty(tuple(shape), "bf16")
+        t = self.weight_tensor(shape, storage or ("f16" if src_dtype == "F16" else "bf16"))
         self.uploader.upload(np.ascontiguousarray(raw).reshape(-1), src_dtype, t)
         return t
 
@@ -98,12 +110,14 @@ class CudaBackend(Backend):
 
     def to_host(self, t: DeviceTensor) -> np.ndarray:
         self.device.make_current()
-        raw = np.empty(t.shape, dtype={"f32": np.float32, "bf16": np.uint16, "i32": np.int32}[t.dtype])
+        raw = np.empty(t.shape, dtype=DTYPES[t.dtype][0])
         if t.numel:
             copy_dtoh(raw.ctypes.data, t.ptr, t.nbytes, self.stream)
             self.stream.synchronize()
         if t.dtype == "bf16":
             return (raw.astype(np.uint32) << 16).view(np.float32)
+        if t.dtype == "f16":
+            return raw.astype(np.float32)
         return raw
 
     def ids(self, values) -> DeviceTensor:
@@ -235,17 +249,14 @@ class CudaBackend(Backend):
     # ---- what the engine asks for (engine/step_runner.py) ---------------------------------
     def load_model(self, cfg, weights):
         """The Transformer with its weights loaded straight to the GPU (loader.py: raw stored
-        bytes, converted to bf16 on the device; no float32 copy on the host)."""
+        bytes, converted on the device; no float32 copy on the host). An fp16 checkpoint keeps
+        fp16 weights (and runs the fp16-weight build of the kernels); any other is bf16."""
         from .loader import load_transformer
 
         stored = weights.storage_dtype()
-        if stored == "F16":
-            # the kernels read bf16 weights only; fp16 storage would need an fp16 variant of
-            # every GEMV/GEMM/attention kernel (not built yet), so fp16 is converted to bf16
-            log.info("fp16 checkpoint: weights are stored as bf16 on the GPU (bf16 is the only "
-                     "weight dtype the kernels read; fp16 storage is not implemented)")
-        model = load_transformer(self, cfg, weights)
-        log.info("weights loaded to the GPU: stored %s, kept bf16, %.3fs", stored, model.load_seconds)
+        storage = "f16" if stored == "F16" else "bf16"
+        model = load_transformer(self, cfg, weights, storage)
+        log.info("weights loaded to the GPU: stored %s, kept %s, %.3fs", stored, storage, model.load_seconds)
         return model
 
     def step_runner(self, model, max_capacity: int):

@@ -34,17 +34,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"inloop cuda compile: {exc}", file=sys.stderr)
         return 2
-    files = compiler.kernel_files()
-    jobs = [(path, arch) for path in files for arch in archs]
+    # every file for bf16 weights, and the weight-reading files again for fp16 weights
+    builds = [(path, w) for w in compiler.WEIGHT_FORMATS for path in compiler.format_files(w)]
+    labels = [path.stem if w == "bf16" else f"{path.stem} (fp16 w)" for path, w in builds]
+    jobs = [(path, arch, w) for path, w in builds for arch in archs]
     rows, failures = [], 0
-    for (path, arch), r in zip(jobs, compiler.compile_many(jobs, use_cache=not args.no_cache)):
+    results = compiler.compile_many(jobs, use_cache=not args.no_cache)
+    for (path, arch, w), label, r in zip(jobs, [lb for lb in labels for _ in archs], results):
         if isinstance(r, compiler.CompileError):
             failures += 1
-            rows.append({"file": path.stem, "arch": arch, "ok": False, "error": r.log})
-            print(f"FAILED {path.name} for {arch}:\n{r.log}", file=sys.stderr)
+            rows.append({"file": label, "weights": w, "arch": arch, "ok": False, "error": r.log})
+            print(f"FAILED {path.name} ({w} weights) for {arch}:\n{r.log}", file=sys.stderr)
             continue
         summary = compiler.ptxas_summary(r.log)
-        rows.append({"file": path.stem, "arch": arch, "ok": True, "seconds": round(r.seconds, 3),
+        rows.append({"file": label, "weights": w, "arch": arch, "ok": True, "seconds": round(r.seconds, 3),
                      "cubin_bytes": len(r.cubin), "cached": r.cached, "kernels": len(summary),
                      "spill_bytes": sum(k["spill_bytes"] for k in summary.values()), "ptxas": summary})
     if args.json:
@@ -52,20 +55,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
                          indent=2))
         return 1 if failures else 0
     print(f"NVRTC {compiler.nvrtc_version()}  cache {compiler.cache_dir()}")
-    head = f"{'kernel file':<17}" + "".join(f"{a:>18}" for a in archs)
+    head = f"{'kernel file':<24}" + "".join(f"{a:>18}" for a in archs)
     print(head)
     print("-" * len(head))
     by_key = {(r["file"], r["arch"]): r for r in rows}
-    for path in files:
+    for label in labels:
         cells = []
         for arch in archs:
-            r = by_key[(path.stem, arch)]
+            r = by_key[(label, arch)]
             if not r["ok"]:
                 cells.append(f"{'FAILED':>18}")
             else:
                 t = "cached" if r["cached"] else f"{r['seconds']:.2f}s"
                 cells.append(f"{t + ' ' + format(r['cubin_bytes'] // 1024, ',') + 'K':>18}")
-        print(f"{path.stem:<17}" + "".join(cells))
+        print(f"{label:<24}" + "".join(cells))
     if args.verbose:
         for r in rows:
             if r["ok"]:

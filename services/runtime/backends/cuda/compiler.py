@@ -23,6 +23,11 @@ KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 CACHE_FORMAT = "1"  # bump when the cache layout or the meaning of a key changes
 BASE_OPTIONS = ("-std=c++17", "--fmad=true", "--ptxas-options=-v")
 MIN_ARCH = 80  # cvt.rn.bf16*.f32 and mma.sync bf16 need sm_80
+# Weights are bf16, or fp16 where the model is fp16. Files whose kernels read weights are built
+# once per format; the fp16 build defines INLOOP_WEIGHTS_F16 and its weight-reading kernels
+# carry the suffix _f16 (kernels/common.cuh). Every other file is built once.
+WEIGHT_FORMATS = ("bf16", "f16")
+WEIGHT_FILES = ("attention_decode", "embedding", "gemm", "gemv", "norm", "rope")
 
 
 class CompileError(RuntimeError):
@@ -92,6 +97,18 @@ def parse_arch(arch: str) -> int:
 
 def kernel_files() -> list[Path]:
     return sorted(KERNEL_DIR.glob("*.cu"))
+
+
+def format_options(weights: str) -> tuple[str, ...]:
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format must be one of {WEIGHT_FORMATS}, got {weights!r}")
+    return () if weights == "bf16" else ("-DINLOOP_WEIGHTS_F16=1",)
+
+
+def format_files(weights: str) -> list[Path]:
+    """The kernel files built for a weight format: all of them for bf16, WEIGHT_FILES for f16."""
+    format_options(weights)
+    return [p for p in kernel_files() if weights == "bf16" or p.stem in WEIGHT_FILES]
 
 
 def _headers() -> list[tuple[str, bytes]]:
@@ -179,12 +196,13 @@ def compile_file(path: Path | str, arch: str, use_cache: bool = True,
     return CompileResult(path.stem, arch, cubin, log, seconds, False)
 
 
-def compile_many(jobs: list[tuple[Path, str]], use_cache: bool = True) -> list[CompileResult | CompileError]:
-    """Compile (file, arch) pairs on a few threads (NVRTC releases the GIL); a failure is
-    returned in its slot rather than raised, so every file gets reported."""
+def compile_many(jobs: list[tuple], use_cache: bool = True) -> list[CompileResult | CompileError]:
+    """Compile (file, arch) or (file, arch, weight format) jobs on a few threads (NVRTC releases
+    the GIL); a failure is returned in its slot rather than raised, so every file gets reported."""
     def one(job):
         try:
-            return compile_file(job[0], job[1], use_cache)
+            weights = job[2] if len(job) > 2 else "bf16"
+            return compile_file(job[0], job[1], use_cache, format_options(weights))
         except CompileError as exc:
             return exc
 
@@ -195,9 +213,10 @@ def compile_many(jobs: list[tuple[Path, str]], use_cache: bool = True) -> list[C
         return list(pool.map(one, jobs))
 
 
-def compile_all(arch: str, use_cache: bool = True) -> dict[str, CompileResult]:
-    files = kernel_files()
-    results = compile_many([(p, arch) for p in files], use_cache)
+def compile_all(arch: str, use_cache: bool = True, weights: str = "bf16") -> dict[str, CompileResult]:
+    """Every file of one weight format's build for `arch` (stem -> result); raises on a failure."""
+    files = format_files(weights)
+    results = compile_many([(p, arch, weights) for p in files], use_cache)
     for r in results:
         if isinstance(r, CompileError):
             raise r
@@ -224,12 +243,13 @@ def ptxas_summary(log: str) -> dict[str, dict]:
     return out
 
 
-def compile_ptx(path: Path | str, virtual_arch: str = "compute_80") -> str:
+def compile_ptx(path: Path | str, virtual_arch: str = "compute_80", weights: str = "bf16") -> str:
     """PTX of one kernel file (never cached: used by tests to read the entry signatures)."""
     nvrtc = _nvrtc()
     path = Path(path)
     headers = _headers()
-    opts = [f"--gpu-architecture={virtual_arch}".encode(), *(o.encode() for o in BASE_OPTIONS[:2])]
+    opts = [f"--gpu-architecture={virtual_arch}".encode(), *(o.encode() for o in BASE_OPTIONS[:2]),
+            *(o.encode() for o in format_options(weights))]
     prog = _check(nvrtc.nvrtcCreateProgram(path.read_bytes(), path.name.encode(), len(headers),
                                            [d for _, d in headers], [n.encode() for n, _ in headers]),
                   "nvrtcCreateProgram")

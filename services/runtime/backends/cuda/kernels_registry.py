@@ -35,28 +35,62 @@ SIGNATURES: dict[str, tuple[str, str]] = {
     **{f"attention_prefill_d{d}": ("attention", "ppppppiiiiiifi") for d in HEAD_DIM_VARIANTS},
     **{f"attention_decode_d{d}": ("attention_decode", "ppppppppppiiiiifffi") for d in HEAD_DIM_VARIANTS},
     **{name: ("gemv", "pppppiiiif") for name in GEMV_KERNELS},
+    "convert_f32_f16": ("convert", "ppq"),
+    "convert_bf16_f16": ("convert", "ppq"),
 }
+# The fp16-weight build of each kernel that reads weights (compiler.WEIGHT_FILES): same file,
+# same parameters, suffix _f16.
+F16_SUFFIX = "_f16"
+F16_BUILD = {name + F16_SUFFIX: (stem, sig) for name, (stem, sig) in SIGNATURES.items()
+             if stem in compiler.WEIGHT_FILES and name != "select_row"}
+SIGNATURES.update(F16_BUILD)
+
+
+def weight_format(name: str) -> str:
+    """Which build of its file a kernel comes from (convert_f32_f16 is a bf16-build kernel)."""
+    return "f16" if name in F16_BUILD else "bf16"
+
+
+def for_weights(name: str, dtype: str) -> str:
+    """The kernel `name` for weights stored as `dtype` ("bf16" or "f16")."""
+    return name + F16_SUFFIX if dtype == "f16" else name
 
 
 class KernelSet:
     """Every kernel compiled (or taken from the cubin cache) for one arch and loaded into the
-    current context."""
+    current context: the bf16 build at once, the fp16-weight build when a model needs it
+    (`ensure("f16")`, called when fp16 weights are uploaded, never during a capture)."""
 
     def __init__(self, arch: str, use_cache: bool = True):
-        self.arch = arch
+        self.arch, self.use_cache = arch, use_cache
+        self.modules: dict[tuple[str, str], Module] = {}
+        self.kernels: dict[str, Kernel] = {}
+        self.compiled: list[str] = []
+        self.compile_seconds = self.load_seconds = 0.0
+        self.ensure("bf16")
+
+    def ensure(self, weights: str) -> None:
+        if any(w == weights for _, w in self.modules):
+            return
         t0 = time.perf_counter()
-        results = compiler.compile_all(arch, use_cache)
+        results = compiler.compile_all(self.arch, self.use_cache, weights)
         t1 = time.perf_counter()
-        self.modules = {stem: Module(stem, r.cubin) for stem, r in results.items()}
-        self.kernels: dict[str, Kernel] = {
-            name: self.modules[stem].kernel(name, sig) for name, (stem, sig) in SIGNATURES.items()
-        }
+        for stem, r in results.items():
+            self.modules[(stem, weights)] = Module(stem if weights == "bf16" else f"{stem}.{weights}", r.cubin)
+        for name, (stem, sig) in SIGNATURES.items():
+            if weight_format(name) == weights:
+                self.kernels[name] = self.modules[(stem, weights)].kernel(name, sig)
         t2 = time.perf_counter()
-        self.compiled = [stem for stem, r in results.items() if not r.cached]
-        self.compile_seconds, self.load_seconds = t1 - t0, t2 - t1
-        log.info("cuda kernels ready: arch=%s files=%d compiled=%s compile_s=%.3f load_s=%.3f",
-                 arch, len(results), ",".join(self.compiled) or "none (cache)", self.compile_seconds,
-                 self.load_seconds)
+        compiled = [stem for stem, r in results.items() if not r.cached]
+        self.compiled += [s if weights == "bf16" else f"{s}.{weights}" for s in compiled]
+        self.compile_seconds += t1 - t0
+        self.load_seconds += t2 - t1
+        log.info("cuda kernels ready: arch=%s weights=%s files=%d compiled=%s compile_s=%.3f load_s=%.3f",
+                 self.arch, weights, len(results), ",".join(compiled) or "none (cache)", t1 - t0, t2 - t1)
 
     def __getitem__(self, name: str) -> Kernel:
-        return self.kernels[name]
+        kernel = self.kernels.get(name)
+        if kernel is None:
+            raise KeyError(f"kernel {name} is not loaded" + (" (the fp16-weight build loads with the first fp16 "
+                                                            "upload)" if weight_format(name) == "f16" else ""))
+        return kernel

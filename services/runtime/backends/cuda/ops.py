@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 
 from .driver import Allocator, DeviceInfo, Stream, memset_d8
-from .kernels_registry import HEAD_DIM_VARIANTS, KernelSet
+from .kernels_registry import HEAD_DIM_VARIANTS, KernelSet, for_weights
 from .state import SAMPLE_STATS_BYTES
-from .tensor import DeviceTensor
+from .tensor import WEIGHT_DTYPES, DeviceTensor
 
 ROPE_FLAG_ROPE, ROPE_FLAG_NORM = 1, 2
 GEMV_U = 4                 # 16-byte chunks in flight per thread (kernels/gemv.cu GEMV_U)
@@ -30,6 +30,15 @@ def head_dim_variant(hd: int) -> int:
     assert hd % 8 == 0 and hd <= HEAD_DIM_VARIANTS[-1], f"head_dim {hd}: need a multiple of 8 up to 256"
     return next(d for d in HEAD_DIM_VARIANTS if hd <= d)
 
+
+
+def _for(weight: DeviceTensor, name: str, *others: DeviceTensor | None) -> str:
+    """The build of kernel `name` that reads `weight`'s storage type; every other weight the
+    launch reads (bias, norm) must be stored the same way."""
+    assert weight.dtype in WEIGHT_DTYPES, f"{name}: weight stored as {weight.dtype}"
+    for o in others:
+        assert o is None or o.dtype == weight.dtype, f"{name}: weights stored as {weight.dtype} and {o.dtype}"
+    return for_weights(name, weight.dtype)
 
 class Workspace:
     """A device scratch buffer that only grows (growing is refused under capture)."""
@@ -71,9 +80,9 @@ class Ops:
     def embedding(self, table: DeviceTensor, ids: DeviceTensor, out: DeviceTensor) -> None:
         V, D = table.shape
         T = out.shape[0]
-        assert table.dtype == "bf16" and ids.dtype == "i32" and out.dtype == "f32" and out.shape == (T, D)
+        assert ids.dtype == "i32" and out.dtype == "f32" and out.shape == (T, D)
         assert ids.numel >= T
-        self._launch("embedding", (T,), (128,), (table.ptr, ids.ptr, out.ptr, D, V))
+        self._launch(_for(table, "embedding"), (T,), (128,), (table.ptr, ids.ptr, out.ptr, D, V))
 
     def select_row(self, src: DeviceTensor, dst: DeviceTensor, state: DeviceTensor) -> None:
         """dst [1, D] = src[state.rows - 1] (the last valid row of a padded prefill)."""
@@ -83,13 +92,13 @@ class Ops:
 
     def rmsnorm(self, x: DeviceTensor, w: DeviceTensor, out: DeviceTensor, eps: float) -> None:
         T, D = x.shape
-        assert x.dtype == out.dtype == "f32" and w.dtype == "bf16" and w.numel == D and out.shape == (T, D)
-        self._launch("rmsnorm", (T,), (256,), (x.ptr, w.ptr, out.ptr, D, eps))
+        assert x.dtype == out.dtype == "f32" and w.numel == D and out.shape == (T, D)
+        self._launch(_for(w, "rmsnorm"), (T,), (256,), (x.ptr, w.ptr, out.ptr, D, eps))
 
     def add_rmsnorm(self, x, residual, w, out, sum_out, eps: float) -> None:
         T, D = x.shape
         assert residual.shape == out.shape == sum_out.shape == (T, D) and w.numel == D
-        self._launch("add_rmsnorm", (T,), (256,), (x.ptr, residual.ptr, w.ptr, out.ptr, sum_out.ptr, D, eps))
+        self._launch(_for(w, "add_rmsnorm"), (T,), (256,), (x.ptr, residual.ptr, w.ptr, out.ptr, sum_out.ptr, D, eps))
 
     def swiglu(self, gate_up: DeviceTensor, out: DeviceTensor) -> None:
         T, F2 = gate_up.shape
@@ -99,9 +108,11 @@ class Ops:
         self._launch("swiglu", (grid,), (256,), (gate_up.ptr, out.ptr, T, F))
 
     def convert(self, src_ptr: int, src_dtype: str, dst: DeviceTensor, offset_elems: int, n: int) -> None:
-        """dst[offset : offset+n] = bf16(src[0:n]) for a raw f32/f16 source already on the device."""
-        assert dst.dtype == "bf16" and offset_elems + n <= dst.numel and offset_elems % 4 == 0
-        name = {"F32": "convert_f32_bf16", "F16": "convert_f16_bf16"}[src_dtype]
+        """dst[offset : offset+n] = src[0:n] in dst's type (bf16 or f16), for a raw F32 / F16 /
+        BF16 source already on the device."""
+        assert dst.dtype in WEIGHT_DTYPES and offset_elems + n <= dst.numel and offset_elems % 4 == 0
+        name = {("F32", "bf16"): "convert_f32_bf16", ("F16", "bf16"): "convert_f16_bf16",
+                ("F32", "f16"): "convert_f32_f16", ("BF16", "f16"): "convert_bf16_f16"}[(src_dtype, dst.dtype)]
         grid = max(1, min(math.ceil(n / 1024), 4 * self.sm_count))
         self._launch(name, (grid,), (256,), (src_ptr, dst.ptr + 2 * offset_elems, n))
 
@@ -110,7 +121,7 @@ class Ops:
              norm_w: DeviceTensor | None = None, eps: float = 0.0, mode: str = "store") -> None:
         """One token: y = W·norm?(x) (+b); mode store | residual (y +=) | swiglu (rows g, g+F)."""
         N, K = W.shape
-        assert W.dtype == "bf16" and x.dtype == y.dtype == "f32" and x.numel == K
+        assert x.dtype == y.dtype == "f32" and x.numel == K
         assert K % 8 == 0 and _aligned(W) and _aligned(x), "gemv needs K % 8 == 0 and 16-byte aligned W, x"
         assert bias is None or bias.numel == N
         assert norm_w is None or norm_w.numel == K
@@ -128,7 +139,7 @@ class Ops:
         threads = 256 if ks == 8 or (ks == 1 and groups >= 64 * self.sm_count) else 128
         per_block = threads // 32 // ks
         smem = 4 * K + 4 * 2 * (threads // 32)
-        self._launch(name, (math.ceil(groups / per_block),), (threads,),
+        self._launch(_for(W, name, bias, norm_w), (math.ceil(groups / per_block),), (threads,),
                      (W.ptr, x.ptr, _ptr(bias), _ptr(norm_w), y.ptr, N, K, F, ks, eps), smem)
 
     def gemm(self, x: DeviceTensor, W: DeviceTensor, y: DeviceTensor, bias: DeviceTensor | None = None,
@@ -136,7 +147,7 @@ class Ops:
         """Several tokens on tensor cores: y (=|+=) x @ W^T (+b); K split when tiles are few."""
         M, K = x.shape
         N = W.shape[0]
-        assert W.shape == (N, K) and W.dtype == "bf16" and x.dtype == y.dtype == "f32" and y.shape == (M, N)
+        assert W.shape == (N, K) and x.dtype == y.dtype == "f32" and y.shape == (M, N)
         assert K % 8 == 0 and _aligned(W) and _aligned(x), "gemm needs K % 8 == 0 and 16-byte aligned W, x"
         assert bias is None or bias.numel == N
         tiles_n, tiles_m = math.ceil(N / GEMM_TILE), math.ceil(M / GEMM_TILE)
@@ -148,7 +159,7 @@ class Ops:
         splits = math.ceil(K / k_per_split)
         ws = self.gemm_ws.get(splits * M * N) if splits > 1 else None
         counters = self.gemm_counters.get(tiles_n * tiles_m) if splits > 1 else None
-        self._launch("gemm_bf16", (tiles_n, tiles_m, splits), (128,),
+        self._launch(_for(W, "gemm_bf16", bias), (tiles_n, tiles_m, splits), (128,),
                      (x.ptr, W.ptr, _ptr(bias), y.ptr, _ptr(ws), _ptr(counters), M, N, K, k_per_split,
                       1 if mode == "residual" else 0))
 
@@ -161,7 +172,8 @@ class Ops:
         flags = (ROPE_FLAG_ROPE if rope else 0) | (ROPE_FLAG_NORM if q_norm is not None else 0)
         assert not rope or (positions is not None and positions.numel >= T)
         assert (q_norm is None) == (k_norm is None)
-        self._launch("rope_qknorm", (T, math.ceil((H + KVH) / 4)), (128,),
+        name = _for(q_norm, "rope_qknorm", k_norm) if q_norm is not None else "rope_qknorm"
+        self._launch(name, (T, math.ceil((H + KVH) / 4)), (128,),
                      (qkv.ptr, _ptr(positions), _ptr(q_norm), _ptr(k_norm), H, KVH, hd, stride, theta, eps, flags))
 
     def kv_store(self, qkv, positions, kc, vc, H, KVH, hd, cap, layer, state=None) -> None:
@@ -204,7 +216,10 @@ class Ops:
         ws = self.att_ws.get(KVH * hz * n_splits * (2 * ATT_MAXG + ATT_MAXG * hd))
         counters = self.att_counters.get(KVH * hz)
         smem = 4 * (5 * ATT_MAXG * hd + 8 * ATT_MAXG + 3 * hd)
-        self._launch(f"attention_decode_d{d}", (n_splits, KVH, hz), (128,),
+        name = f"attention_decode_d{d}"
+        if q_norm is not None:
+            name = _for(q_norm, name, k_norm)
+        self._launch(name, (n_splits, KVH, hz), (128,),
                      (qkv.ptr, _ptr(positions), _ptr(kc), _ptr(vc), _ptr(state), out.ptr, _ptr(q_norm), _ptr(k_norm),
                       ws.ptr, counters.ptr, H, KVH, hd, cap, layer, 1.0 / math.sqrt(hd), theta, eps, flags), smem)
 

@@ -6,7 +6,8 @@ import numpy as np
 from .driver import DeviceBuffer
 
 # dtype name -> (numpy dtype of the raw elements, bytes per element)
-DTYPES = {"f32": (np.float32, 4), "bf16": (np.uint16, 2), "i32": (np.int32, 4)}
+DTYPES = {"f32": (np.float32, 4), "bf16": (np.uint16, 2), "f16": (np.float16, 2), "i32": (np.int32, 4)}
+WEIGHT_DTYPES = ("bf16", "f16")  # how weights are stored (kernels_registry.for_weights)
 
 
 class DeviceTensor:

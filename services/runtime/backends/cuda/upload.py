@@ -1,9 +1,10 @@
-"""Weight upload: raw bytes -> pinned staging -> device -> bf16 on the device.
+"""Weight upload: raw bytes -> pinned staging -> device -> bf16 (or fp16) on the device.
 
 Two pinned slots alternate, so filling one (the host read of the memory-mapped file) overlaps
 the other's DMA and conversion kernel. Every stage is timed; `summary()` is logged once the
-model is up. bf16 sources are copied straight into place; f32/f16 land in a device scratch
-slot and the convert kernel writes bf16 into the destination.
+model is up. A source already in the destination's type (bf16 -> bf16, fp16 -> fp16) is
+copied straight into place; any other lands in a device scratch slot and a convert kernel
+writes the destination's type.
 """
 from __future__ import annotations
 
@@ -52,13 +53,14 @@ class Uploader:
             self._gpu_start.record(self.stream)
 
     def upload(self, raw: np.ndarray, src_dtype: str, dst: DeviceTensor, offset: int = 0) -> None:
-        """raw: 1-D array of the stored elements (uint16 bits for BF16), written to dst (bf16)
-        from element `offset` on (a part of a fused tensor: q|k|v, gate|up)."""
+        """raw: 1-D array of the stored elements (uint16 bits for BF16), written to dst (bf16 or
+        f16) from element `offset` on (a part of a fused tensor: q|k|v, gate|up)."""
         t0 = time.perf_counter()
         itemsize = SOURCE_DTYPES[src_dtype]
         n = raw.size
-        assert dst.dtype == "bf16" and offset + n <= dst.numel, (dst, offset, n)
-        assert src_dtype == "BF16" or offset % 4 == 0, "converted parts must start at a multiple of 4"
+        assert dst.dtype in ("bf16", "f16") and offset + n <= dst.numel, (dst, offset, n)
+        direct = src_dtype == dst.dtype.upper()
+        assert direct or offset % 4 == 0, "converted parts must start at a multiple of 4"
         assert raw.dtype.itemsize == itemsize, (raw.dtype, src_dtype)
         self._ensure_slots()
         data = raw.view(np.uint8)
@@ -76,7 +78,7 @@ class Uploader:
             pinned.array[: count * itemsize] = data[start * itemsize: (start + count) * itemsize]
             te = time.perf_counter()
             self.stats["host_read_s"] += te - tr
-            if src_dtype == "BF16":
+            if direct:
                 copy_htod(dst.ptr + 2 * (offset + start), pinned.ptr, count * 2, self.stream)
             else:
                 copy_htod(self._scratch[slot].ptr, pinned.ptr, count * itemsize, self.stream)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from services.runtime.backends.cpu.backend import rope_cos_sin
+from services.runtime.backends.cuda.kernels_registry import F16_SUFFIX, weight_format
 from services.runtime.backends.cuda.state import DECODE_STATE, SAMPLE_STATS_BYTES
 from services.runtime.engine.sampler import _filter_top_k_top_p
 
@@ -16,6 +17,8 @@ KERNELS = {}
 
 
 def static_smem(name: str) -> int:
+    if weight_format(name) == "f16":
+        name = name.removesuffix(F16_SUFFIX)
     return {"gemm_bf16": 2 * 2 * 64 * 40 * 2 + 4, "sample_reduce": 256 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
 
 
@@ -26,7 +29,13 @@ def kernel(name):
     return wrap
 
 
+_WEIGHTS = ["bf16"]  # the build of the kernel now running: how it reads weights (wt)
+
+
 def run(name, mem, grid, block, smem, args):
+    _WEIGHTS[0] = weight_format(name)
+    if _WEIGHTS[0] == "f16":
+        name = name.removesuffix(F16_SUFFIX)
     if name.startswith(("attention_prefill_d", "attention_decode_d")):
         base, d = name.rsplit("_d", 1)
         return KERNELS[base](mem, grid, block, smem, int(d), *args)
@@ -43,6 +52,20 @@ def widen(bits):
 def bits(a):
     b = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
     return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def wt(mem, p, n):
+    """n weights at p as float32, stored as the running kernel's build reads them."""
+    if _WEIGHTS[0] == "f16":
+        return mem.view(p, 2 * n, np.float16).astype(np.float32)
+    return bf(mem, p, n)
+
+
+def round_w(a):
+    """a rounded to the weights' type (the GEMM's A operand)."""
+    if _WEIGHTS[0] == "f16":
+        return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+    return widen(bits(a))
 
 
 def f32(mem, p, n):
@@ -81,13 +104,13 @@ def _embedding(mem, grid, block, smem, table, ids, out, D, V):
     T = grid[0]
     o = f32(mem, out, T * D).reshape(T, D)
     for t, i in enumerate(i32(mem, ids, T)):
-        o[t] = bf(mem, table + 2 * int(i) * D, D) if 0 <= i < V else 0.0
+        o[t] = wt(mem, table + 2 * int(i) * D, D) if 0 <= i < V else 0.0
 
 
 @kernel("rmsnorm")
 def _rmsnorm(mem, grid, block, smem, x, w, out, D, eps):
     T = grid[0]
-    f32(mem, out, T * D)[:] = rms(f32(mem, x, T * D).reshape(T, D), bf(mem, w, D), eps).reshape(-1)
+    f32(mem, out, T * D)[:] = rms(f32(mem, x, T * D).reshape(T, D), wt(mem, w, D), eps).reshape(-1)
 
 
 @kernel("add_rmsnorm")
@@ -95,7 +118,7 @@ def _add_rmsnorm(mem, grid, block, smem, x, res, w, out, sum_out, D, eps):
     T = grid[0]
     s = f32(mem, x, T * D) + f32(mem, res, T * D)
     f32(mem, sum_out, T * D)[:] = s
-    f32(mem, out, T * D)[:] = rms(s.reshape(T, D), bf(mem, w, D), eps).reshape(-1)
+    f32(mem, out, T * D)[:] = rms(s.reshape(T, D), wt(mem, w, D), eps).reshape(-1)
 
 
 @kernel("swiglu")
@@ -116,6 +139,19 @@ def _cvt16(mem, grid, block, smem, src, dst, n):
     mem.view(dst, 2 * n, np.uint16)[:] = bits(mem.view(src, 2 * n, np.float16).astype(np.float32))
 
 
+@kernel("convert_f32_f16")
+def _cvt32h(mem, grid, block, smem, src, dst, n):
+    assert src % 16 == 0 and dst % 8 == 0, "vector path: float4 loads, uint2 stores"
+    with np.errstate(over="ignore"):
+        mem.view(dst, 2 * n, np.float16)[:] = f32(mem, src, n).astype(np.float16)
+
+
+@kernel("convert_bf16_f16")
+def _cvtbh(mem, grid, block, smem, src, dst, n):
+    with np.errstate(over="ignore"):
+        mem.view(dst, 2 * n, np.float16)[:] = bf(mem, src, n).astype(np.float16)
+
+
 @kernel("convert_bf16_f32")
 def _cvtb(mem, grid, block, smem, src, dst, n):
     f32(mem, dst, n)[:] = bf(mem, src, n)
@@ -128,8 +164,8 @@ def _rope_qknorm(mem, grid, block, smem, qkv, positions, qw, kw, H, KVH, hd, str
     m = f32(mem, qkv, T * stride).reshape(T, stride)
     heads = m[:, : (H + KVH) * hd].reshape(T, H + KVH, hd).copy()
     if flags & 2:
-        heads[:, :H] = rms(heads[:, :H], bf(mem, qw, hd), eps)
-        heads[:, H:] = rms(heads[:, H:], bf(mem, kw, hd), eps)
+        heads[:, :H] = rms(heads[:, :H], wt(mem, qw, hd), eps)
+        heads[:, H:] = rms(heads[:, H:], wt(mem, kw, hd), eps)
     if flags & 1:
         heads = rotate(heads.transpose(1, 0, 2), i32(mem, positions, T), theta).transpose(1, 0, 2)
     m[:, : (H + KVH) * hd] = heads.reshape(T, -1)
@@ -173,10 +209,10 @@ def _gemm(mem, grid, block, smem, A, W, bias, C, ws, counters, M, N, K, kps, mod
     if grid[2] > 1:
         mem.check(ws, 4 * grid[2] * M * N)
         assert (i32(mem, counters, grid[0] * grid[1]) == 0).all(), "split-K counters not at rest"
-    a = widen(bits(f32(mem, A, M * K))).reshape(M, K)
-    y = (a.astype(np.float64) @ bf(mem, W, N * K).reshape(N, K).T.astype(np.float64)).astype(np.float32)
+    a = round_w(f32(mem, A, M * K)).reshape(M, K)
+    y = (a.astype(np.float64) @ wt(mem, W, N * K).reshape(N, K).T.astype(np.float64)).astype(np.float32)
     if bias:
-        y += bf(mem, bias, N)
+        y += wt(mem, bias, N)
     c = f32(mem, C, M * N).reshape(M, N)
     c[:] = c + y if mode == 1 else y
 
@@ -193,10 +229,10 @@ def _gemv(mem, grid, block, smem, name, W, x, bias, norm_w, y, N, K, F, ks, eps)
     xv = f32(mem, x, K).copy()
     if norm:
         assert norm_w % 8 == 0
-        xv = rms(xv, bf(mem, norm_w, K), eps)
-    acc = (bf(mem, W, N * K).reshape(N, K).astype(np.float64) @ xv.astype(np.float64)).astype(np.float32)
+        xv = rms(xv, wt(mem, norm_w, K), eps)
+    acc = (wt(mem, W, N * K).reshape(N, K).astype(np.float64) @ xv.astype(np.float64)).astype(np.float32)
     if bias:
-        acc += bf(mem, bias, N)
+        acc += wt(mem, bias, N)
     if swiglu:
         g, u = acc[:F], acc[F:]
         with np.errstate(over="ignore"):
@@ -257,8 +293,8 @@ def _decode(mem, grid, block, smem, D, qkv, pos_ptr, kc, vc, st, out, qw, kw, ws
     row = f32(mem, qkv, stride).copy()
     heads = row[: (H + KVH) * hd].reshape(H + KVH, hd)
     if flags & 2:
-        heads[:H] = rms(heads[:H], bf(mem, qw, hd), eps)
-        heads[H:] = rms(heads[H:], bf(mem, kw, hd), eps)
+        heads[:H] = rms(heads[:H], wt(mem, qw, hd), eps)
+        heads[H:] = rms(heads[H:], wt(mem, kw, hd), eps)
     if flags & 1:
         heads = rotate(heads[:, None, :], np.array([pos]), theta)[:, 0, :]
     vnew = row[(H + KVH) * hd:].reshape(KVH, hd)

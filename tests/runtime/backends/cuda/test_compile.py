@@ -11,11 +11,14 @@ pytest.importorskip("cuda.bindings.nvrtc")
 
 from services.runtime.backends.cuda import compiler
 from services.runtime.backends.cuda.driver import cuda_available
-from services.runtime.backends.cuda.kernels_registry import SIGNATURES
+from services.runtime.backends.cuda.kernels_registry import SIGNATURES, weight_format
 from services.runtime.backends.cuda.state import DECODE_STATE, SAMPLE_STATS_BYTES
 
 FILES = compiler.kernel_files()
 ARCHS = ("sm_80", "sm_90")
+# (file, weight format): every file for bf16 weights, the weight-reading ones again for fp16
+BUILDS = [(p, w) for w in compiler.WEIGHT_FORMATS for p in compiler.format_files(w)]
+BUILD_IDS = [f"{p.stem}-{w}" for p, w in BUILDS]
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +28,9 @@ def cache(cubin_cache):
 
 @pytest.fixture(scope="module")
 def compiled(cache):
-    """Every (file, arch) compiled once, on a few threads, into the test's own cache."""
-    jobs = [(p, a) for p in FILES for a in ARCHS]
-    return dict(zip(((p.stem, a) for p, a in jobs), compiler.compile_many(jobs)))
+    """Every (file, weight format, arch) compiled once, on a few threads, into the test's own cache."""
+    jobs = [(p, a, w) for p, w in BUILDS for a in ARCHS]
+    return dict(zip(((p.stem, w, a) for p, a, w in jobs), compiler.compile_many(jobs)))
 
 
 def test_there_are_kernel_files():
@@ -36,9 +39,9 @@ def test_there_are_kernel_files():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_every_kernel_file_compiles(compiled, path, arch):
-    r = compiled[(path.stem, arch)]
+@pytest.mark.parametrize("path,weights", BUILDS, ids=BUILD_IDS)
+def test_every_kernel_file_compiles(compiled, path, weights, arch):
+    r = compiled[(path.stem, weights, arch)]
     assert not isinstance(r, compiler.CompileError), r.log if isinstance(r, compiler.CompileError) else ""
     assert r.cubin[:4] == b"\x7fELF"
     summary = compiler.ptxas_summary(r.log)
@@ -61,8 +64,18 @@ def test_second_compile_is_a_cache_hit_without_nvrtc(compiled, monkeypatch):
     monkeypatch.setattr(nvrtc, "nvrtcCompileProgram", refuse)
     for path in FILES:
         r = compiler.compile_file(path, "sm_90")
-        assert r.cached and r.cubin == compiled[(path.stem, "sm_90")].cubin and r.seconds == 0.0
+        assert r.cached and r.cubin == compiled[(path.stem, "bf16", "sm_90")].cubin and r.seconds == 0.0
     assert compiler.compile_all("sm_80")["gemv"].cached
+    assert compiler.compile_all("sm_80", weights="f16")["gemv"].cached
+
+
+def test_the_fp16_weight_build_differs_and_names_its_kernels():
+    assert set(compiler.WEIGHT_FILES) <= {p.stem for p in FILES}
+    bf16 = compiler.ptx_entry_params(compiler.compile_ptx(compiler.KERNEL_DIR / "gemv.cu"))
+    f16 = compiler.ptx_entry_params(compiler.compile_ptx(compiler.KERNEL_DIR / "gemv.cu", weights="f16"))
+    assert {n + "_f16" for n in bf16} == set(f16)
+    with pytest.raises(ValueError, match="weight format"):
+        compiler.format_options("fp8")
 
 
 def test_cache_key_covers_source_headers_options_arch_and_version():
@@ -90,10 +103,11 @@ def test_unsupported_arch_is_refused():
         compiler.parse_arch("compute_90")
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_launcher_signatures_match_the_ptx(path):
-    entries = compiler.ptx_entry_params(compiler.compile_ptx(path))
-    expected = {name: sig for name, (stem, sig) in SIGNATURES.items() if stem == path.stem}
+@pytest.mark.parametrize("path,weights", BUILDS, ids=BUILD_IDS)
+def test_launcher_signatures_match_the_ptx(path, weights):
+    entries = compiler.ptx_entry_params(compiler.compile_ptx(path, weights=weights))
+    expected = {name: sig for name, (stem, sig) in SIGNATURES.items()
+                if stem == path.stem and weight_format(name) == weights}
     assert set(entries) == set(expected), "kernels in the file and in SIGNATURES differ"
     width = {"p": ".u64", "q": ".u64", "i": ".u32", "f": ".f32"}
     for name, sig in expected.items():
@@ -121,5 +135,5 @@ def test_cli_compile_prints_a_table(compiled, capsys):
 
     assert main(["cuda", "compile", "--arch", "sm_80,sm_90"]) == 0
     out = capsys.readouterr().out
-    assert "attention_decode" in out and "sm_90" in out and "0 failed" in out
+    assert "attention_decode" in out and "gemv (fp16 w)" in out and "sm_90" in out and "0 failed" in out
     assert main(["cuda", "compile", "--arch", "sm_70"]) == 2

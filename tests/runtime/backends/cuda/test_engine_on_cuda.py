@@ -202,6 +202,16 @@ def test_seeded_sampling_on_the_gpu_repeats(engines):
         assert len({tuple(run(s).token_ids) for s in range(1, 5)}) > 1
 
 
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2"])  # q/k norm in the fused attention; biases
+def test_fp16_checkpoint_keeps_fp16_weights_and_the_numpy_greedy_tokens(tmp_path, gpu, cpu, arch):
+    d = make_tiny(arch, tmp_path / f"fp16-{arch}", seed=31, dtype="float16")
+    ours, ref = Engine.load(d, backend=gpu), Engine.load(d, backend=cpu)
+    layer = ours.model.layers[0]
+    assert {ours.model.embed.dtype, layer.qkv.dtype, layer.input_norm.dtype, layer.down.dtype} == {"f16"}
+    req = _chat(max_tokens=12)
+    assert_same_greedy(ours.generate(req), ref.generate(req), ref, ours.prompt_ids(req), f"fp16 {arch}")
+
+
 # ---- a SmolLM2-135M-shaped model (a GPU, or the kernel sources on the CPU at ~4 s a token) ------
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory, gpu):

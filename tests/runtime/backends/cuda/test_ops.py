@@ -66,6 +66,52 @@ def test_linear(cpu, gpu, T, N, K, bias):
         assert_close(got, cpu.linear(x, wc, bc), 2e-2, 2e-2, "gemm vs fp32 x")
 
 
+def test_upload_converts_every_source_dtype_on_the_device(gpu):
+    a = np.random.default_rng(0).standard_normal((33, 40)).astype(np.float32)
+    h = a.astype(np.float16)
+    bits = (bf16(a).view(np.uint32) >> 16).astype(np.uint16)
+    # (source, storage) -> what the device holds; fp16 stays fp16 unless told otherwise
+    assert np.array_equal(gpu.to_host(gpu.upload(a)), bf16(a))
+    assert gpu.upload(h).dtype == "f16" and np.array_equal(gpu.to_host(gpu.upload(h)), h.astype(np.float32))
+    assert np.array_equal(gpu.to_host(gpu.upload(h, storage="bf16")), bf16(h.astype(np.float32)))
+    assert np.array_equal(gpu.to_host(gpu.upload(a, storage="f16")), h.astype(np.float32))
+    assert np.array_equal(gpu.to_host(gpu.upload_raw(bits, "BF16", a.shape)), bf16(a))
+    assert np.array_equal(gpu.to_host(gpu.upload_raw(bits, "BF16", a.shape, storage="f16")),
+                          bf16(a).astype(np.float16).astype(np.float32))
+    big = np.array([7e4, -7e4, 65519.0, 65520.0, 1e-8, 3e-5, np.inf], np.float32)  # overflow, subnormals
+    assert np.array_equal(gpu.to_host(gpu.upload(big, storage="f16")), big.astype(np.float16).astype(np.float32))
+    assert np.array_equal(gpu.to_host(gpu.upload(np.arange(5))), np.arange(5))
+    with pytest.raises(ValueError, match="bf16"):
+        gpu.upload(a, storage="f8")
+
+
+def pair16(cpu, gpu, w):
+    """A weight stored as fp16 on the GPU (the fp16-weight kernels), the same values on numpy."""
+    h = np.asarray(w, np.float32).astype(np.float16)
+    return cpu.upload(h.astype(np.float32)), gpu.upload(h)
+
+
+@pytest.mark.parametrize("T,N,K", [(1, 960, 576), (1, 64, 18944), (7, 960, 576), (70, 50, 64)])
+def test_fp16_weights_embedding_norms_and_projections(cpu, gpu, T, N, K):
+    tc, tg = pair16(cpu, gpu, rand(300, K))
+    ids = np.array([0, 7, 299, 7, 150], np.int32)
+    assert_close(gpu.to_host(gpu.embedding(tg, gpu.ids(ids))), cpu.embedding(tc, cpu.ids(ids)), 0, 0, "fp16 embedding")
+    nc, ng = pair16(cpu, gpu, 1 + 0.1 * rand(K))
+    x, r = rand(T, K), rand(T, K)
+    xg, rg = gpu.upload_activation(x), gpu.upload_activation(r)
+    assert_close(gpu.to_host(gpu.rmsnorm(xg, ng, 1e-6)), cpu.rmsnorm(x, nc, 1e-6), 1e-5, 1e-5, "fp16 rmsnorm")
+    hg, _ = gpu.add_rmsnorm(xg, rg, ng, 1e-5)
+    assert_close(gpu.to_host(hg), cpu.add_rmsnorm(x, r, nc, 1e-5)[0], 1e-5, 1e-5, "fp16 add_rmsnorm")
+    wc, wg = pair16(cpu, gpu, rand(N, K, scale=K ** -0.5))
+    bc, bg = pair16(cpu, gpu, rand(N, scale=0.1))
+    got = gpu.to_host(gpu.linear(xg, wg, bg))
+    if T == 1:  # GEMV: x stays fp32
+        assert_close(got, cpu.linear(x, wc, bc), 1e-4, 1e-4, "fp16 gemv")
+    else:       # tensor cores take x rounded to fp16
+        x16 = x.astype(np.float16).astype(np.float32)
+        assert_close(got, cpu.linear(x16, wc, bc), 1e-4, 1e-4, "fp16 gemm vs fp16(x)")
+
+
 @pytest.mark.parametrize("H,KVH,hd", [(4, 2, 24), (9, 3, 64), (16, 8, 128)])
 def test_qk_norm_and_rope(cpu, gpu, H, KVH, hd):
     T = 5

@@ -13,8 +13,8 @@
 template <int DPL>
 __device__ __forceinline__ void attention_decode_body(
     const float* __restrict__ qkv, const int* __restrict__ pos_ptr, bf16_t* kc, bf16_t* vc,
-    const DecodeState* __restrict__ st, float* __restrict__ out, const bf16_t* __restrict__ q_norm_w,
-    const bf16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters, int H, int KVH, int hd,
+    const DecodeState* __restrict__ st, float* __restrict__ out, const w16_t* __restrict__ q_norm_w,
+    const w16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters, int H, int KVH, int hd,
     int cap, int layer, float scale, float theta, float eps, int flags) {
     extern __shared__ float4 smem4[];
     __shared__ int s_last;
@@ -192,10 +192,10 @@ __device__ __forceinline__ void attention_decode_body(
 }
 
 #define DECODE_KERNEL(D, DPL)                                                                                \
-    extern "C" __global__ void __launch_bounds__(128) attention_decode_d##D(                                \
+    extern "C" __global__ void __launch_bounds__(128) WNAME(attention_decode_d##D)(                         \
         const float* __restrict__ qkv, const int* __restrict__ pos_ptr, bf16_t* kc, bf16_t* vc,               \
-        const DecodeState* __restrict__ st, float* __restrict__ out, const bf16_t* __restrict__ q_norm_w,     \
-        const bf16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters, int H,       \
+        const DecodeState* __restrict__ st, float* __restrict__ out, const w16_t* __restrict__ q_norm_w,      \
+        const w16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters, int H,       \
         int KVH, int hd, int cap, int layer, float scale, float theta, float eps, int flags) {                \
         attention_decode_body<DPL>(qkv, pos_ptr, kc, vc, st, out, q_norm_w, k_norm_w, ws, counters, H, KVH,   \
                                    hd, cap, layer, scale, theta, eps, flags);                                \

@@ -1,9 +1,9 @@
 // Shared helpers for every kernel file. Self-contained on purpose: no CUDA headers, so
 // NVRTC needs nothing but libnvrtc (the pip wheels ship cuda_bf16.h but not crt/mma.h).
 //
-// Storage: weights and the KV cache are bf16 (raw 16-bit words, `bf16_t`); activations
-// are fp32 (batch 1 makes them tiny, and fp32 keeps parity with the numpy reference);
-// all accumulation is fp32.
+// Storage: weights are bf16, or fp16 where the model is fp16 (raw 16-bit words, `w16_t`);
+// the KV cache is bf16 (`bf16_t`); activations are fp32 (batch 1 makes them tiny, and fp32
+// keeps parity with the numpy reference); all accumulation is fp32.
 #pragma once
 
 typedef unsigned short bf16_t;
@@ -21,7 +21,28 @@ __device__ __forceinline__ float bf16hi(u32 w) { return __uint_as_float(w & 0xff
 
 #include "ptx.cuh"
 
-// 8 bf16 in a uint4 (one 16-byte load) dotted with 8 fp32 values.
+// ---- weights: bf16, or fp16 where the model is fp16 ---------------------------------------
+// Files whose kernels read weights are compiled twice (compiler.WEIGHT_FILES); the
+// fp16 build defines INLOOP_WEIGHTS_F16 and names those kernels with the suffix _f16 (WNAME).
+// Weight reads go through w_to_f32 / wlo / whi, never bf16_to_f32 (which stays for the cache).
+typedef unsigned short w16_t;
+#if INLOOP_WEIGHTS_F16
+#define WNAME(n) n##_f16
+__device__ __forceinline__ float w_to_f32(w16_t h) { return f16_to_f32(h); }
+__device__ __forceinline__ float wlo(u32 w) { return f16_to_f32((unsigned short)(w & 0xffffu)); }
+__device__ __forceinline__ float whi(u32 w) { return f16_to_f32((unsigned short)(w >> 16)); }
+#define pack_w16x2 pack_f16x2      // GEMM A operand, rounded to the weights' type
+#define mma_w16_16816 mma_f16_16816
+#else
+#define WNAME(n) n
+__device__ __forceinline__ float w_to_f32(w16_t h) { return bf16_to_f32(h); }
+__device__ __forceinline__ float wlo(u32 w) { return bf16lo(w); }
+__device__ __forceinline__ float whi(u32 w) { return bf16hi(w); }
+#define pack_w16x2 pack_bf16x2
+#define mma_w16_16816 mma_bf16_16816
+#endif
+
+// 8 bf16 in a uint4 (one 16-byte load) dotted with 8 fp32 values (the KV cache).
 __device__ __forceinline__ float dot8(uint4 w, const float* x) {
     float s = bf16lo(w.x) * x[0];
     s = fmaf(bf16hi(w.x), x[1], s);
@@ -31,6 +52,18 @@ __device__ __forceinline__ float dot8(uint4 w, const float* x) {
     s = fmaf(bf16hi(w.z), x[5], s);
     s = fmaf(bf16lo(w.w), x[6], s);
     s = fmaf(bf16hi(w.w), x[7], s);
+    return s;
+}
+// The same for 8 weights.
+__device__ __forceinline__ float dot8_w(uint4 w, const float* x) {
+    float s = wlo(w.x) * x[0];
+    s = fmaf(whi(w.x), x[1], s);
+    s = fmaf(wlo(w.y), x[2], s);
+    s = fmaf(whi(w.y), x[3], s);
+    s = fmaf(wlo(w.z), x[4], s);
+    s = fmaf(whi(w.z), x[5], s);
+    s = fmaf(wlo(w.w), x[6], s);
+    s = fmaf(whi(w.w), x[7], s);
     return s;
 }
 

@@ -3,7 +3,7 @@
 #include "common.cuh"
 
 // grid (T), block 128. `ids` may point at DecodeState::token (offset 0) in a decode graph.
-extern "C" __global__ void embedding(const bf16_t* __restrict__ table, const int* __restrict__ ids,
+extern "C" __global__ void WNAME(embedding)(const w16_t* __restrict__ table, const int* __restrict__ ids,
                                      float* __restrict__ out, int D, int V) {
     pdl_launch_dependents();
     pdl_wait();
@@ -14,20 +14,21 @@ extern "C" __global__ void embedding(const bf16_t* __restrict__ table, const int
         for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = 0.f;
         return;
     }
-    const bf16_t* row = table + (size_t)id * D;
+    const w16_t* row = table + (size_t)id * D;
     if ((D & 7) == 0) {
         const uint4* r4 = reinterpret_cast<const uint4*>(row);
         float4* o4 = reinterpret_cast<float4*>(o);
         for (int c = threadIdx.x; c < (D >> 3); c += blockDim.x) {
             const uint4 w = r4[c];
-            o4[2 * c] = make_float4(bf16lo(w.x), bf16hi(w.x), bf16lo(w.y), bf16hi(w.y));
-            o4[2 * c + 1] = make_float4(bf16lo(w.z), bf16hi(w.z), bf16lo(w.w), bf16hi(w.w));
+            o4[2 * c] = make_float4(wlo(w.x), whi(w.x), wlo(w.y), whi(w.y));
+            o4[2 * c + 1] = make_float4(wlo(w.z), whi(w.z), wlo(w.w), whi(w.w));
         }
     } else {
-        for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = bf16_to_f32(row[i]);
+        for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = w_to_f32(row[i]);
     }
 }
 
+#if !INLOOP_WEIGHTS_F16  // reads no weight: built once
 // dst[0, :] = src[st->rows - 1, :]. grid (1), block 256.
 extern "C" __global__ void select_row(const float* __restrict__ src, float* __restrict__ dst,
                                       const DecodeState* __restrict__ st, int D, int max_rows) {
@@ -36,3 +37,4 @@ extern "C" __global__ void select_row(const float* __restrict__ src, float* __re
     const int row = min(max(st->rows, 1), max_rows) - 1;
     for (int i = threadIdx.x; i < D; i += blockDim.x) dst[i] = src[(size_t)row * D + i];
 }
+#endif

@@ -1,7 +1,8 @@
 // Prefill projections on tensor cores: C[M, N] = A[M, K] @ W[N, K]^T (+ b), with
-// mma.sync.m16n8k16 bf16 -> fp32 written as inline PTX (no mma.h, which the pip wheels lack).
+// mma.sync.m16n8k16 bf16 (fp16 for fp16 weights) -> fp32, inline PTX (no mma.h, which the pip
+// wheels lack).
 //
-// A is the fp32 activation, rounded to bf16 as it is staged in shared memory; W is bf16.
+// A is the fp32 activation, rounded to the weights' type as it is staged in shared memory.
 // Tiles: 64x64 per block, 32x32 per warp, BK 32, two shared-memory buffers with the next
 // tile's global loads in registers while the current one is multiplied.
 // A short prompt gives few tiles (N/64), so K is split over gridDim.z: each split writes its
@@ -17,12 +18,12 @@
 // grid (ceil(N/64), ceil(M/64), splits), block 128. K % 8 == 0; k_per_split % 32 == 0.
 // mode 0: C = AW^T + b;  mode 1: C += AW^T + b (residual stream).
 // ws: splits*M*N floats and counters: one int per (x, y) tile, zero at rest (splits > 1 only).
-extern "C" __global__ void __launch_bounds__(128) gemm_bf16(
-    const float* __restrict__ A, const bf16_t* __restrict__ W, const bf16_t* __restrict__ bias,
+extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
+    const float* __restrict__ A, const w16_t* __restrict__ W, const w16_t* __restrict__ bias,
     float* __restrict__ C, float* __restrict__ ws, int* __restrict__ counters, int M, int N, int K,
     int k_per_split, int mode) {
-    __shared__ __align__(16) bf16_t As[2][BM * LDS];
-    __shared__ __align__(16) bf16_t Bs[2][BN * LDS];
+    __shared__ __align__(16) w16_t As[2][BM * LDS];
+    __shared__ __align__(16) w16_t Bs[2][BN * LDS];
     __shared__ int s_last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3, wm = warp >> 1, wn = warp & 1;
@@ -52,7 +53,7 @@ extern "C" __global__ void __launch_bounds__(128) gemm_bf16(
         for (int i = 0; i < 4; ++i) {
             const int idx = tid + 128 * i, r = idx >> 3, c = idx & 7;
             *reinterpret_cast<uint2*>(&As[buf][r * LDS + c * 4]) =
-                make_uint2(pack_bf16x2(a_reg[i].x, a_reg[i].y), pack_bf16x2(a_reg[i].z, a_reg[i].w));
+                make_uint2(pack_w16x2(a_reg[i].x, a_reg[i].y), pack_w16x2(a_reg[i].z, a_reg[i].w));
         }
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
@@ -81,8 +82,8 @@ extern "C" __global__ void __launch_bounds__(128) gemm_bf16(
             load_b(k0 + BK);
             load_a(k0 + BK);
         }
-        const bf16_t* as = As[buf];
-        const bf16_t* bs = Bs[buf];
+        const w16_t* as = As[buf];
+        const w16_t* bs = Bs[buf];
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             u32 a[2][4], b[4][2];
@@ -104,7 +105,7 @@ extern "C" __global__ void __launch_bounds__(128) gemm_bf16(
             for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
                 for (int ni = 0; ni < 4; ++ni)
-                    mma_bf16_16816(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
+                    mma_w16_16816(acc[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
         }
         buf ^= 1;
     }
@@ -144,7 +145,7 @@ extern "C" __global__ void __launch_bounds__(128) gemm_bf16(
                     v = 0.f;
                     for (int s = 0; s < splits; ++s) v += ld_cg_f32(ws + ((size_t)s * M + m) * N + n);
                 }
-                if (bias) v += bf16_to_f32(bias[n]);
+                if (bias) v += w_to_f32(bias[n]);
                 if (mode == 1) C[(size_t)m * N + n] += v;
                 else C[(size_t)m * N + n] = v;
             }

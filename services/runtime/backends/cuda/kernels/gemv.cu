@@ -1,4 +1,4 @@
-// Decode-time projections: y = W x (+ b) for one token, W bf16 [N, K], x fp32 [K].
+// Decode-time projections: y = W x (+ b) for one token, W bf16 or fp16 [N, K], x fp32 [K].
 //
 // At batch 1 a projection is a stream over W, and at these sizes (0.3-56 MB) the step is
 // bound by latency, not bandwidth. So: 16-byte loads, every thread issues R*U of them before
@@ -18,8 +18,8 @@
 #define GEMV_U 4   // 16-byte chunks per row in flight per thread per iteration
 
 template <int MODE, bool NORM>
-__device__ __forceinline__ void gemv_body(const bf16_t* __restrict__ W, const float* __restrict__ x,
-                                          const bf16_t* __restrict__ bias, const bf16_t* __restrict__ norm_w,
+__device__ __forceinline__ void gemv_body(const w16_t* __restrict__ W, const float* __restrict__ x,
+                                          const w16_t* __restrict__ bias, const w16_t* __restrict__ norm_w,
                                           float* __restrict__ y, int N, int K, int F, int ks_count, float eps) {
     extern __shared__ float4 smem4[];
     float* xs = reinterpret_cast<float*>(smem4);   // [K] the (normalized) input
@@ -69,8 +69,8 @@ __device__ __forceinline__ void gemv_body(const bf16_t* __restrict__ W, const fl
         for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x) {  // same indices this thread wrote
             const uint2 nw = *reinterpret_cast<const uint2*>(norm_w + 4 * i);
             float4 v = smem4[i];
-            v.x *= scale * bf16lo(nw.x); v.y *= scale * bf16hi(nw.x);
-            v.z *= scale * bf16lo(nw.y); v.w *= scale * bf16hi(nw.y);
+            v.x *= scale * wlo(nw.x); v.y *= scale * whi(nw.x);
+            v.z *= scale * wlo(nw.y); v.w *= scale * whi(nw.y);
             smem4[i] = v;
         }
     }
@@ -87,7 +87,7 @@ __device__ __forceinline__ void gemv_body(const bf16_t* __restrict__ W, const fl
                 const float4 xa = smem4[2 * c], xb = smem4[2 * c + 1];
                 const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
-                for (int j = 0; j < GEMV_R; ++j) acc[j] += dot8(w[j][u], xv);
+                for (int j = 0; j < GEMV_R; ++j) acc[j] += dot8_w(w[j][u], xv);
             }
         }
         const int next = base + GEMV_U * gt;
@@ -124,14 +124,14 @@ __device__ __forceinline__ void gemv_body(const bf16_t* __restrict__ W, const fl
     if (ks != 0 || lane != 0 || !group_ok) return;
 
     if (MODE == 2) {
-        const float g = acc[0] + (bias ? bf16_to_f32(bias[rows[0]]) : 0.f);
-        const float u = acc[1] + (bias ? bf16_to_f32(bias[rows[1]]) : 0.f);
+        const float g = acc[0] + (bias ? w_to_f32(bias[rows[0]]) : 0.f);
+        const float u = acc[1] + (bias ? w_to_f32(bias[rows[1]]) : 0.f);
         y[group] = silu(g) * u;
     } else {
 #pragma unroll
         for (int j = 0; j < GEMV_R; ++j) {
             if (!row_ok[j]) continue;
-            const float v = acc[j] + (bias ? bf16_to_f32(bias[rows[j]]) : 0.f);
+            const float v = acc[j] + (bias ? w_to_f32(bias[rows[j]]) : 0.f);
             if (MODE == 1) y[rows[j]] += v;
             else y[rows[j]] = v;
         }
@@ -139,9 +139,9 @@ __device__ __forceinline__ void gemv_body(const bf16_t* __restrict__ W, const fl
 }
 
 #define GEMV_KERNEL(NAME, MODE, NORM)                                                              \
-    extern "C" __global__ void __launch_bounds__(256) NAME(                                        \
-        const bf16_t* __restrict__ W, const float* __restrict__ x, const bf16_t* __restrict__ bias,   \
-        const bf16_t* __restrict__ norm_w, float* __restrict__ y, int N, int K, int F, int ks_count, \
+    extern "C" __global__ void __launch_bounds__(256) WNAME(NAME)(                                 \
+        const w16_t* __restrict__ W, const float* __restrict__ x, const w16_t* __restrict__ bias,     \
+        const w16_t* __restrict__ norm_w, float* __restrict__ y, int N, int K, int F, int ks_count, \
         float eps) {                                                                               \
         gemv_body<MODE, NORM>(W, x, bias, norm_w, y, N, K, F, ks_count, eps);                      \
     }

@@ -1,9 +1,9 @@
 // RMSNorm, alone and fused with the residual add. One block per token row, fp32 in/out,
-// bf16 weight; y = x * rsqrt(mean(x^2) + eps) * w, the HF formula in fp32.
+// 16-bit weight; y = x * rsqrt(mean(x^2) + eps) * w, the HF formula in fp32.
 #include "common.cuh"
 
 // grid (T), block 256.
-extern "C" __global__ void rmsnorm(const float* __restrict__ x, const bf16_t* __restrict__ w,
+extern "C" __global__ void WNAME(rmsnorm)(const float* __restrict__ x, const w16_t* __restrict__ w,
                                    float* __restrict__ out, int D, float eps) {
     __shared__ float scratch[32];
     pdl_launch_dependents();
@@ -13,12 +13,12 @@ extern "C" __global__ void rmsnorm(const float* __restrict__ x, const bf16_t* __
     float ss = 0.f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
     const float scale = rsqrtf(block_sum(ss, scratch) / (float)D + eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = xr[i] * scale * bf16_to_f32(w[i]);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = xr[i] * scale * w_to_f32(w[i]);
 }
 
 // s = x + residual (written to sum_out), out = rmsnorm(s) * w. grid (T), block 256.
-extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, const float* __restrict__ residual,
-                                       const bf16_t* __restrict__ w, float* __restrict__ out,
+extern "C" __global__ void WNAME(add_rmsnorm)(const float* __restrict__ x, const float* __restrict__ residual,
+                                       const w16_t* __restrict__ w, float* __restrict__ out,
                                        float* __restrict__ sum_out, int D, float eps) {
     __shared__ float scratch[32];
     pdl_launch_dependents();
@@ -32,5 +32,5 @@ extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, const float*
     }
     const float scale = rsqrtf(block_sum(ss, scratch) / (float)D + eps);
     for (int i = threadIdx.x; i < D; i += blockDim.x)  // reads back only this thread's own writes
-        out[row + i] = sum_out[row + i] * scale * bf16_to_f32(w[i]);
+        out[row + i] = sum_out[row + i] * scale * w_to_f32(w[i]);
 }

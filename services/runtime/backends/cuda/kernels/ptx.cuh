@@ -1,5 +1,5 @@
 // Every inline PTX statement of the kernels, and nothing else: bf16/f16 conversions, the two
-// cache-hinted loads and the tensor-core MMA. Kept in one file so that the CPU emulator of
+// cache-hinted loads and the tensor-core MMAs. Kept in one file so that the CPU emulator of
 // the kernel sources (tests/runtime/backends/cuda/source_emulator) can stand in for exactly
 // these functions; it defines INLOOP_PTX_CUH first, so this file then adds nothing.
 #ifndef INLOOP_PTX_CUH
@@ -13,6 +13,16 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {  // round to nearest ev
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {  // lo -> bits 0..15
     u32 r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ unsigned short f32_to_f16(float f) {  // round to nearest even
+    unsigned short r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {  // lo -> bits 0..15
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
 __device__ __forceinline__ float f16_to_f32(unsigned short h) {
@@ -43,6 +53,14 @@ __device__ __forceinline__ float ld_cg_f32(const float* p) {
 __device__ __forceinline__ void mma_bf16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// The same with fp16 A and B (same fragment layout).
+__device__ __forceinline__ void mma_f16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));

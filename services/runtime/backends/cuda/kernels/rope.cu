@@ -3,8 +3,8 @@
 #include "rope.cuh"
 
 // grid (T, ceil((H+KVH)/4)), block 128: one warp per (token, head).
-extern "C" __global__ void rope_qknorm(float* __restrict__ qkv, const int* __restrict__ positions,
-                                       const bf16_t* __restrict__ q_norm_w, const bf16_t* __restrict__ k_norm_w,
+extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int* __restrict__ positions,
+                                       const w16_t* __restrict__ q_norm_w, const w16_t* __restrict__ k_norm_w,
                                        int H, int KVH, int hd, int qkv_stride, float theta, float eps, int flags) {
     pdl_launch_dependents();
     pdl_wait();

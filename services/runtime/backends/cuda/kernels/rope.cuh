@@ -16,7 +16,7 @@ __device__ __forceinline__ float rope_inv_freq(int i, int hd, float theta) {
 
 // dst[0..hd) = scale * rope(norm(src)). src may equal dst: each lane writes only the pair
 // (i, i+hd/2) it has just read, and the norm's reads finish at the warp_sum before any write.
-__device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, const bf16_t* __restrict__ norm_w,
+__device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, const w16_t* __restrict__ norm_w,
                                                int pos, int hd, float theta, float eps, int flags, float scale) {
     const int lane = threadIdx.x & 31, half = hd >> 1;
     float r = 1.f;
@@ -28,8 +28,8 @@ __device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, con
     for (int i = lane; i < half; i += 32) {
         float a = src[i], b = src[i + half];
         if (flags & ROPE_FLAG_NORM) {
-            a *= r * bf16_to_f32(norm_w[i]);
-            b *= r * bf16_to_f32(norm_w[i + half]);
+            a *= r * w_to_f32(norm_w[i]);
+            b *= r * w_to_f32(norm_w[i + half]);
         }
         if (flags & ROPE_FLAG_ROPE) {
             float s, c;

@@ -21,8 +21,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.runtime.backends.cuda.compiler import KERNEL_DIR
-from services.runtime.backends.cuda.kernels_registry import SIGNATURES
+from services.runtime.backends.cuda.compiler import KERNEL_DIR, WEIGHT_FORMATS, format_files, format_options
+from services.runtime.backends.cuda.kernels_registry import SIGNATURES, weight_format
 
 RUNTIME = Path(__file__).resolve().parent / "runtime.h"
 # UBSan checks whose handlers runtime.h defines (no sanitizer runtime is linked).
@@ -63,9 +63,10 @@ def cache_root() -> Path:
     return Path(root) / "cpu-kernels"
 
 
-def build_library(stem: str, source: str, exports: list[str], root: Path | None = None) -> Path:
-    """Compile one kernel file's source (kernels/ headers on the include path) to a shared
-    library, or return the cached one built from the same inputs."""
+def build_library(stem: str, source: str, exports: list[str], root: Path | None = None,
+                  defines: tuple[str, ...] = ()) -> Path:
+    """Compile one kernel file's source (kernels/ headers on the include path, `defines` as
+    NVRTC gets them) to a shared library, or return the cached one built from the same inputs."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) for the CPU kernel emulator")
@@ -73,7 +74,7 @@ def build_library(stem: str, source: str, exports: list[str], root: Path | None 
     unit = translate(stem, source, exports)
     version = _version(cxx)
     h = hashlib.sha256()
-    for part in (RUNTIME.read_bytes(), unit.encode(), version.encode(), "\0".join(FLAGS).encode()):
+    for part in (RUNTIME.read_bytes(), unit.encode(), version.encode(), "\0".join(FLAGS + defines).encode()):
         h.update(len(part).to_bytes(8, "little") + part)
     for header in sorted(KERNEL_DIR.glob("*.cuh")):
         h.update(header.name.encode() + b"\0" + header.read_bytes())
@@ -85,7 +86,7 @@ def build_library(stem: str, source: str, exports: list[str], root: Path | None 
         src = Path(tmp) / f"{stem}.emu.cpp"
         src.write_text(unit)
         lib = Path(tmp) / out.name
-        cmd = [cxx, *FLAGS, "-include", str(RUNTIME), "-I", str(KERNEL_DIR), "-o", str(lib), str(src)]
+        cmd = [cxx, *FLAGS, *defines, "-include", str(RUNTIME), "-I", str(KERNEL_DIR), "-o", str(lib), str(src)]
         done = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"g++ failed on {stem}.cu for the CPU emulator:\n{done.stderr[-6000:]}")
@@ -124,20 +125,22 @@ class Library:
 
 
 class SourceKernels:
-    """Every kernel file of kernels/ built for the CPU and loaded."""
+    """Every kernel file of kernels/ built for the CPU and loaded, as the GPU gets them: each
+    file for bf16 weights, and the weight-reading files again for fp16 weights."""
 
     def __init__(self, root: Path | None = None):
-        by_stem: dict[str, list[str]] = {}
-        for name, (stem, _sig) in SIGNATURES.items():
-            by_stem.setdefault(stem, []).append(name)
+        builds = [(path.stem, w) for w in WEIGHT_FORMATS for path in format_files(w)]
+        exports = {b: [n for n, (stem, _sig) in SIGNATURES.items() if (stem, weight_format(n)) == b] for b in builds}
 
-        def build(stem):
-            return build_library(stem, (KERNEL_DIR / f"{stem}.cu").read_text(), by_stem[stem], root)
+        def build(b):
+            stem, weights = b
+            return build_library(stem, (KERNEL_DIR / f"{stem}.cu").read_text(), exports[b], root,
+                                 format_options(weights))
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            paths = dict(zip(by_stem, pool.map(build, by_stem)))
-        self.libs = {stem: Library(path, by_stem[stem]) for stem, path in paths.items()}
-        self.lib_of = {name: self.libs[stem] for stem, names in by_stem.items() for name in names}
+            paths = dict(zip(builds, pool.map(build, builds)))
+        self.libs = {b: Library(path, exports[b]) for b, path in paths.items()}
+        self.lib_of = {name: self.libs[b] for b, names in exports.items() for name in names}
 
     def launch(self, name: str, grid, block, smem: int, params: int) -> None:
         self.lib_of[name].launch(name, grid, block, smem, params)

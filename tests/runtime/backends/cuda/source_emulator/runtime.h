@@ -78,7 +78,7 @@ namespace emu {
 
 // ---- fibers, barriers, warp collectives -----------------------------------------------------
 enum State { RUNNABLE, AT_BARRIER, AT_WARP, DONE };
-enum WarpKind { W_NONE, W_SHFL, W_SYNC, W_MMA };
+enum WarpKind { W_NONE, W_SHFL, W_SYNC, W_MMA, W_MMA_F16 };
 
 // ---- context switch: the scheduler and the fibers hand the CPU to each other -------------
 #if defined(__x86_64__)
@@ -226,12 +226,22 @@ inline const uint64_t* warp_collective(WarpKind kind, unsigned mask, const uint6
 }
 
 inline float bf16_bits_to_f32(unsigned h) { return __uint_as_float((h & 0xffffu) << 16); }
+inline float f16_bits_to_f32(unsigned h) {  // exact (every fp16 value is a float)
+    const unsigned sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu;
+    if (exp == 0) {
+        const float v = std::ldexp((float)man, -24);
+        return sign ? -v : v;
+    }
+    if (exp == 31) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+    return __uint_as_float(sign | ((exp + 112) << 23) | (man << 13));
+}
 
 inline void complete_warp(int w) {
     Warp& W = R.warps[w];
     if (W.kind == W_SHFL) {
         for (int l = 0; l < 32; ++l) W.out[l][0] = W.in[W.in[l][1] & 31][0];
-    } else if (W.kind == W_MMA) {
+    } else if (W.kind == W_MMA || W.kind == W_MMA_F16) {
+        auto elem = W.kind == W_MMA ? bf16_bits_to_f32 : f16_bits_to_f32;
         // mma.m16n8k16 .row.col bf16 (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating
         // point type"): groupID = lane >> 2, threadID_in_group = lane % 4. A element i of 8
         // (two per register, lower index in the low half): row groupID (+8 for i in 2,3,6,7),
@@ -245,11 +255,11 @@ inline void complete_warp(int w) {
                 const unsigned reg = (unsigned)W.in[l][i >> 1];
                 const int row = g + ((i == 2 || i == 3 || i == 6 || i == 7) ? 8 : 0);
                 const int col = tig * 2 + (i & 1) + (i >= 4 ? 8 : 0);
-                A[row][col] = bf16_bits_to_f32((i & 1) ? reg >> 16 : reg);
+                A[row][col] = elem((i & 1) ? reg >> 16 : reg);
             }
             for (int i = 0; i < 4; ++i) {
                 const unsigned reg = (unsigned)W.in[l][4 + (i >> 1)];
-                B[tig * 2 + (i & 1) + (i >= 2 ? 8 : 0)][g] = bf16_bits_to_f32((i & 1) ? reg >> 16 : reg);
+                B[tig * 2 + (i & 1) + (i >= 2 ? 8 : 0)][g] = elem((i & 1) ? reg >> 16 : reg);
             }
             for (int i = 0; i < 4; ++i) {
                 unsigned bits = (unsigned)W.in[l][6 + i];
@@ -453,15 +463,20 @@ inline bf16_t f32_to_bf16(float f) {  // cvt.rn.bf16.f32: round to nearest even,
     return (bf16_t)(u >> 16);
 }
 inline u32 pack_bf16x2(float lo, float hi) { return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16); }
-inline float f16_to_f32(unsigned short h) {  // cvt.f32.f16 (exact)
-    const u32 sign = (u32)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu;
-    if (exp == 0) {
-        const float v = std::ldexp((float)man, -24);
-        return sign ? -v : v;
+inline float f16_to_f32(unsigned short h) { return emu::f16_bits_to_f32(h); }  // cvt.f32.f16 (exact)
+inline unsigned short f32_to_f16(float f) {  // cvt.rn.f16.f32: nearest even, overflow to inf
+    const u32 u = __float_as_uint(f), sign = (u >> 16) & 0x8000u;
+    const u32 a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);  // NaN
+    if (a >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);  // rounds to >= 65520: inf
+    if (a < 0x38800000u) {  // below 2^-14: subnormal (or zero), in units of 2^-24
+        const float v = __uint_as_float(a) * 16777216.f;  // exact: a power-of-two scale
+        return (unsigned short)(sign | (u32)std::nearbyint(v));  // default rounding: nearest even
     }
-    if (exp == 31) return __uint_as_float(sign | 0x7f800000u | (man << 13));
-    return __uint_as_float(sign | ((exp + 112) << 23) | (man << 13));
+    const u32 r = a + 0xfffu + ((a >> 13) & 1u);  // round the 13 dropped bits to nearest even
+    return (unsigned short)(sign | ((r - 0x38000000u) >> 13));
 }
+inline u32 pack_f16x2(float lo, float hi) { return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16); }
 inline uint4 ld_stream(const uint4* p) {
     if (reinterpret_cast<uintptr_t>(p) & 15) emu::fail("ld_stream: address not 16-byte aligned");
     return *p;
@@ -470,11 +485,17 @@ inline float ld_cg_f32(const float* p) {
     if (reinterpret_cast<uintptr_t>(p) & 3) emu::fail("ld_cg_f32: address not 4-byte aligned");
     return *p;
 }
-inline void mma_bf16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+inline void mma_16816(emu::WarpKind kind, float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     uint64_t in[10] = {a0, a1, a2, a3, b0, b1, __float_as_uint(c[0]), __float_as_uint(c[1]),
                         __float_as_uint(c[2]), __float_as_uint(c[3])};
-    const uint64_t* out = emu::warp_collective(emu::W_MMA, 0xffffffffu, in, 10);
+    const uint64_t* out = emu::warp_collective(kind, 0xffffffffu, in, 10);
     for (int i = 0; i < 4; ++i) c[i] = __uint_as_float((u32)out[i]);
+}
+inline void mma_bf16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    mma_16816(emu::W_MMA, c, a0, a1, a2, a3, b0, b1);
+}
+inline void mma_f16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    mma_16816(emu::W_MMA_F16, c, a0, a1, a2, a3, b0, b1);
 }
 
 // ---- UBSan handlers (build.py compiles with -fsanitize=... and links no sanitizer runtime) ----
