@@ -268,6 +268,17 @@ def compile_ptx(path: Path | str, virtual_arch: str = "compute_80", weights: str
         nvrtc.nvrtcDestroyProgram(prog)
 
 
+def ptx_entry_max_threads(ptx: str) -> dict[str, int]:
+    """Kernel name -> the block size its __launch_bounds__ allows (`.maxntid`); kernels without
+    one are left out (the device limit, 1024, applies). A bigger launch fails on the GPU."""
+    out: dict[str, int] = {}
+    for m in re.finditer(r"\.entry\s+(\w+)\s*\(.*?\)\s*((?:\.\w+[^\n{]*\s*)*)\{", ptx, re.DOTALL):
+        bound = re.search(r"\.maxntid\s+(\d+)\s*,\s*(\d+)\s*,\s*(\d+)", m.group(2))
+        if bound:
+            out[m.group(1)] = int(bound.group(1)) * int(bound.group(2)) * int(bound.group(3))
+    return out
+
+
 def ptx_entry_params(ptx: str) -> dict[str, list[str]]:
     """Kernel name -> PTX parameter types ('.u64', '.u32', '.f32', ...) from `.entry` blocks."""
     out: dict[str, list[str]] = {}

@@ -12,16 +12,32 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from cuda.bindings import driver as real
 
+from services.runtime.backends.cuda import compiler
 from services.runtime.backends.cuda.kernels_registry import SIGNATURES
 
 from . import kernel_emulator
 
 OK = real.CUresult.CUDA_SUCCESS
 _CT = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "f": ctypes.c_float, "q": ctypes.c_int64}
+
+
+@functools.cache
+def launch_bounds() -> dict[str, int]:
+    """Kernel -> the most threads per block its __launch_bounds__ allows, read from the PTX of
+    every build (the GPU refuses a bigger launch; the emulators would not notice)."""
+    builds = [(p, w) for w in compiler.WEIGHT_FORMATS for p in compiler.format_files(w)]
+    with ThreadPoolExecutor(4) as pool:  # NVRTC releases the GIL
+        ptxs = list(pool.map(lambda b: compiler.compile_ptx(b[0], weights=b[1]), builds))
+    out: dict[str, int] = {}
+    for ptx in ptxs:
+        out.update(compiler.ptx_entry_max_threads(ptx))
+    return out
 
 
 def _arity(name: str) -> int:
@@ -36,7 +52,8 @@ class Memory:
     guard zones; `check_guards` finds a kernel that wrote past either end."""
 
     GUARD = 1024
-    FILL = 0xA5
+    FILL = 0xA5        # fresh memory: not zero, finite as f32/bf16/f16 (code must not rely on zeroed memory)
+    GUARD_FILL = 0xFF  # NaN as f32, bf16 and f16: a read past either end shows up in the results
 
     def __init__(self):
         self.starts: list[int] = []
@@ -45,8 +62,10 @@ class Memory:
 
     def alloc(self, n: int) -> int:
         g = self.GUARD
-        raw = np.full(n + 2 * g + 256, self.FILL, np.uint8)  # not zero: code must not rely on fresh memory being zeroed
+        raw = np.full(n + 2 * g + 256, self.FILL, np.uint8)
         base = raw.ctypes.data + g + (-(raw.ctypes.data + g) % 256)
+        off = base - raw.ctypes.data
+        raw[off - g:off] = raw[off + n:off + n + g] = self.GUARD_FILL
         self.blocks[base] = (n, raw)
         bisect.insort(self.starts, base)
         return base
@@ -57,8 +76,8 @@ class Memory:
             off = base - raw.ctypes.data
             for lo, hi, side in ((off - g, off, "before"), (off + n, off + n + g, "past the end of")):
                 zone = raw[lo:hi]
-                if (zone != self.FILL).any():
-                    first = int(np.flatnonzero(zone != self.FILL)[0])
+                if (zone != self.GUARD_FILL).any():
+                    first = int(np.flatnonzero(zone != self.GUARD_FILL)[0])
                     raise AssertionError(f"{what} wrote {side} the allocation {base:#x}+{n} "
                                          f"(guard byte {first} of {g})")
 
@@ -296,7 +315,10 @@ class FakeDriver:
         fn = self.functions[int(f)]
         name = fn["name"]
         assert smem <= fn["max_dynamic_smem"], f"{name}: {smem} B dynamic smem > allowed {fn['max_dynamic_smem']}"
-        assert all(g >= 1 for g in grid) and 1 <= block[0] * block[1] * block[2] <= 1024, (name, grid, block)
+        threads = block[0] * block[1] * block[2]
+        assert all(g >= 1 for g in grid) and 1 <= threads <= 1024, (name, grid, block)
+        bound = launch_bounds().get(name, 1024)
+        assert threads <= bound, f"{name}: {threads} threads per block > its __launch_bounds__ ({bound})"
         args = self._decode_args(name, params)  # copied at launch, as the driver does
 
         def run():

@@ -39,6 +39,16 @@ def test_backend_describes_the_device(gpu):
     assert d["device"] == "Fake H100" and d["arch"] == "sm_90" and d["pdl"] is True
 
 
+def test_a_launch_past_the_kernels_launch_bounds_is_refused(gpu):
+    from .fake_driver import launch_bounds
+
+    assert launch_bounds()["gemv_store"] == 256 and launch_bounds()["gemv_store_f16"] == 256
+    assert launch_bounds()["attention_decode_d64"] == 128
+    k = gpu.kernels["gemv_store"]
+    with pytest.raises(AssertionError, match="launch_bounds"):
+        k.launch((1,), (512,), (0,) * len(k.signature), gpu.stream)
+
+
 def test_large_upload_crosses_staging_chunks(gpu):
     from services.runtime.backends.cuda.upload import CHUNK_BYTES
 

@@ -61,6 +61,14 @@ extern "C" __global__ void ticket_sum(float* partial, int* counter, float* out) 
     }
 }
 
+// each thread reads what the mirror thread wrote: needs the barrier
+extern "C" __global__ void mirror(float* out, int with_barrier) {
+    __shared__ float s[64];
+    s[threadIdx.x] = (float)threadIdx.x;
+    if (with_barrier) __syncthreads();
+    out[threadIdx.x] = s[63 - threadIdx.x];
+}
+
 // ---- bugs ----
 extern "C" __global__ void early_return_then_barrier(float* out) {
     if (threadIdx.x == 5) return;
@@ -85,7 +93,7 @@ extern "C" __global__ void write_past_the_end(float* out, int n) {
     out[threadIdx.x] = 2.f;  // launched with more threads than n
 }
 '''
-EXPORTS = ["block_total", "reverse", "one_mma", "ticket_sum", "early_return_then_barrier",
+EXPORTS = ["block_total", "reverse", "one_mma", "ticket_sum", "mirror", "early_return_then_barrier",
            "shuffle_in_a_short_warp", "barrier_against_shuffle", "misaligned_stream", "int_overflow",
            "write_past_the_end"]
 
@@ -135,6 +143,16 @@ def test_atomic_ticket_lets_the_last_block_finish(lib):
     partial, counter, out = np.zeros(7, np.float32), np.zeros(1, np.int32), np.zeros(1, np.float32)
     lib.call("ticket_sum", (7,), (64,), ptr(partial), ptr(counter), ptr(out))
     assert out[0] == 28 and counter[0] == 0
+
+
+def test_a_missing_barrier_shows(lib):
+    want = np.arange(64, dtype=np.float32)[::-1]
+    results = []
+    for with_barrier in (0, 0, 1, 1):  # two launches each: threads run forward, then in reverse
+        out = np.zeros(64, np.float32)
+        lib.call("mirror", (1,), (64,), ptr(out), ctypes.c_int(with_barrier))
+        results.append(np.array_equal(out, want))
+    assert results[2:] == [True, True] and not all(results[:2])
 
 
 @pytest.mark.parametrize("kernel,block,args,expect", [

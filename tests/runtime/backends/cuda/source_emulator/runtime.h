@@ -140,6 +140,8 @@ struct Runner {
     std::vector<unsigned char> dyn_smem;
     Context sched;
     int cur = 0, n = 0, live = 0, at_barrier = 0;
+    bool reverse = false;        // this block's scheduling order (see run_block)
+    unsigned long launches = 0;
     void (*body)(void*) = nullptr;
     void* body_arg = nullptr;
     std::string error;
@@ -345,9 +347,13 @@ inline bool run_block(const Launch& L) {
         f.state = RUNNABLE;
         init_fiber(f, R.stacks + (size_t)i * Runner::kStack);
     }
+    // Threads run in index order in half of the blocks and in reverse in the other half (and
+    // alternate per launch): a read of another warp's write with no barrier between them
+    // then sees stale data in one of the two orders, as it may on the GPU.
     while (R.live > 0) {
         bool ran = false;
-        for (int i = 0; i < R.n; ++i) {
+        for (int k = 0; k < R.n; ++k) {
+            const int i = R.reverse ? R.n - 1 - k : k;
             if (R.fibers[i].state != RUNNABLE) continue;
             R.cur = i;
             threadIdx = R.fibers[i].tid;
@@ -369,6 +375,7 @@ inline bool run_block(const Launch& L) {
 }
 
 inline int run_grid(const Launch& L, void (*body)(void*), void* arg) {
+    ++R.launches;
     R.error.clear();
     R.body = body;
     R.body_arg = arg;
@@ -379,6 +386,7 @@ inline int run_grid(const Launch& L, void (*body)(void*), void* arg) {
         for (unsigned y = 0; y < L.grid[1]; ++y)
             for (unsigned x = 0; x < L.grid[0]; ++x) {
                 blockIdx = {x, y, z};
+                R.reverse = ((R.launches + x + y + z) & 1) != 0;
                 if (!run_block(L)) return 1;
             }
     return 0;
