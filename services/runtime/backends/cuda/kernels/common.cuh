@@ -42,30 +42,21 @@ __device__ __forceinline__ float whi(u32 w) { return bf16hi(w); }
 #define mma_w16_16816 mma_bf16_16816
 #endif
 
-// 8 bf16 in a uint4 (one 16-byte load) dotted with 8 fp32 values (the KV cache).
-__device__ __forceinline__ float dot8(uint4 w, const float* x) {
-    float s = bf16lo(w.x) * x[0];
-    s = fmaf(bf16hi(w.x), x[1], s);
-    s = fmaf(bf16lo(w.y), x[2], s);
-    s = fmaf(bf16hi(w.y), x[3], s);
-    s = fmaf(bf16lo(w.z), x[4], s);
-    s = fmaf(bf16hi(w.z), x[5], s);
-    s = fmaf(bf16lo(w.w), x[6], s);
-    s = fmaf(bf16hi(w.w), x[7], s);
+// 8 16-bit values in a uint4 (one 16-byte load), widened by LO/HI, dotted with 8 fp32 values.
+template <float (*LO)(u32), float (*HI)(u32)>
+__device__ __forceinline__ float dot8_of(uint4 w, const float* x) {
+    float s = LO(w.x) * x[0];
+    s = fmaf(HI(w.x), x[1], s);
+    s = fmaf(LO(w.y), x[2], s);
+    s = fmaf(HI(w.y), x[3], s);
+    s = fmaf(LO(w.z), x[4], s);
+    s = fmaf(HI(w.z), x[5], s);
+    s = fmaf(LO(w.w), x[6], s);
+    s = fmaf(HI(w.w), x[7], s);
     return s;
 }
-// The same for 8 weights.
-__device__ __forceinline__ float dot8_w(uint4 w, const float* x) {
-    float s = wlo(w.x) * x[0];
-    s = fmaf(whi(w.x), x[1], s);
-    s = fmaf(wlo(w.y), x[2], s);
-    s = fmaf(whi(w.y), x[3], s);
-    s = fmaf(wlo(w.z), x[4], s);
-    s = fmaf(whi(w.z), x[5], s);
-    s = fmaf(wlo(w.w), x[6], s);
-    s = fmaf(whi(w.w), x[7], s);
-    return s;
-}
+__device__ __forceinline__ float dot8(uint4 w, const float* x) { return dot8_of<bf16lo, bf16hi>(w, x); }  // KV cache
+__device__ __forceinline__ float dot8_w(uint4 w, const float* x) { return dot8_of<wlo, whi>(w, x); }     // weights
 
 // ---- reductions -----------------------------------------------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
