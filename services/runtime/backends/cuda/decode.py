@@ -17,21 +17,17 @@ programmatic dependent launch: each one prefetches its weights while the previou
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from services.runtime.backends.base import KVCache
 
-from .driver import CudaError, PinnedBuffer, copy_dtoh, copy_htod
+from .driver import PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph
 from .state import DECODE_STATE, FLAG_ADVANCE, new_state, set_sampling
-
-log = logging.getLogger("inloop.cuda")
-RESULT_BYTES = 48  # token .. flags of DecodeState: what the host reads back per step
+from .step_graph import RESULT_BYTES, StepGraph
 
 
-class DecodeGraph:
+class DecodeGraph(StepGraph):
     def __init__(self, backend, model, max_capacity: int, sample: bool = True):
         self.be, self.model, self.cfg = backend, model, model.cfg
         c = self.cfg
@@ -84,26 +80,6 @@ class DecodeGraph:
         self.host["k_cache"] = self.host["v_cache"] = 0
         self.host["capacity"] = 0
 
-    def graph(self, sample: bool) -> Graph:
-        if sample not in self.graphs:
-            self.graphs[sample] = self._capture(sample)
-        return self.graphs[sample]
-
-    def _capture(self, sample: bool) -> Graph:
-        stream, alloc = self.be.stream, self.be.allocator
-        if self.be.pdl:
-            self.ops.pdl = True
-            try:
-                g = Graph.capture(stream, alloc, lambda: self.record(sample))
-                self.pdl_used = True
-                return g
-            except CudaError as exc:  # a driver that cannot capture PDL edges: plain graph
-                log.warning("decode graph: capture with programmatic dependent launch failed (%s); "
-                            "capturing without it", exc)
-            finally:
-                self.ops.pdl = False
-        return Graph.capture(stream, alloc, lambda: self.record(sample))
-
     # ---- host side of the state --------------------------------------------------------
     def bind(self, cache: KVCache) -> None:
         """Point the graph at a sequence's KV cache (takes effect with the next push)."""
@@ -126,23 +102,12 @@ class DecodeGraph:
         """Set the token to feed at `pos`; graph launches then chain from there."""
         self._push(token, pos, FLAG_ADVANCE)
 
-    def _read_result(self) -> tuple[int, float, float, float]:
-        copy_dtoh(self._pinned.ptr, self.state.ptr, RESULT_BYTES, self.be.stream)
-        self.be.synchronize()
-        s = self.host[0]
-        return int(s["token"]), float(s["logprob"]), float(s["entropy"]), float(s["margin"])
-
     # ---- steps ----------------------------------------------------------------------------
     def step_logits(self, token: int, pos: int, use_graph: bool = True) -> np.ndarray:
         """Feed `token` at `pos`; return the next-token logits [V] (host sampling, masks)."""
         self._push(token, pos, 0)
-        if use_graph:
-            self.graph(False).launch(self.be.stream)
-        else:
-            self.record(False)
-        copy_dtoh(self._host_logits.ctypes.data, self.logits.ptr, self.logits.nbytes, self.be.stream)
-        self.be.synchronize()
-        return self._host_logits.copy()
+        self._run(False, use_graph)
+        return self._read_logits()
 
     def step(self, token: int | None = None, pos: int | None = None,
              use_graph: bool = True) -> tuple[int, float, float, float]:
@@ -151,10 +116,7 @@ class DecodeGraph:
         self.be.device.make_current()
         if token is not None:
             self._push(token, pos, FLAG_ADVANCE)
-        if use_graph:
-            self.graph(True).launch(self.be.stream)
-        else:
-            self.record(True)
+        self._run(True, use_graph)
         return self._read_result()
 
     def generate(self, token: int, pos: int, n: int) -> list[tuple[int, float, float, float]]:

@@ -16,17 +16,17 @@ import numpy as np
 from services.runtime.backends.base import KVCache
 
 from .decode import DecodeGraph
-from .driver import CudaError, PinnedBuffer, copy_dtoh, copy_htod
+from .driver import PinnedBuffer, copy_htod
 from .module import Graph
 from .state import DECODE_STATE, new_state, set_sampling
+from .step_graph import StepGraph
 from .tensor import DeviceTensor
 
 BUCKETS = (16, 32, 64, 128, 256, 512)
 STATE_BYTES = DECODE_STATE.itemsize
-RESULT_BYTES = 48
 
 
-class PrefillGraph:
+class PrefillGraph(StepGraph):
     def __init__(self, backend, model, bucket: int):
         self.be, self.model, self.cfg, self.bucket = backend, model, model.cfg, bucket
         c, empty = self.cfg, backend._empty
@@ -74,22 +74,6 @@ class PrefillGraph:
         if sample:
             ops.sample(self.logits, st)
 
-    def graph(self, sample: bool) -> Graph:
-        if sample not in self.graphs:
-            stream, alloc = self.be.stream, self.be.allocator
-            g = None
-            if self.be.pdl:
-                self.be.ops.pdl = True
-                try:
-                    g = Graph.capture(stream, alloc, lambda: self.record(sample))
-                    self.pdl_used = True
-                except CudaError:
-                    g = None  # no PDL edges in graphs on this driver: capture plainly
-                finally:
-                    self.be.ops.pdl = False
-            self.graphs[sample] = g or Graph.capture(stream, alloc, lambda: self.record(sample))
-        return self.graphs[sample]
-
     def _stage(self, ids, start: int, cache: KVCache) -> None:
         n = len(ids)
         if not 1 <= n <= self.bucket:
@@ -108,24 +92,16 @@ class PrefillGraph:
     def logits_for(self, ids, start: int, cache: KVCache, use_graph: bool = True) -> np.ndarray:
         """Run ids at positions start.. into cache; the last token's logits [V]."""
         self._stage(ids, start, cache)
-        if use_graph:
-            self.graph(False).launch(self.be.stream)
-        else:
-            self.record(False)
-        copy_dtoh(self._host_logits.ctypes.data, self.logits.ptr, self.logits.nbytes, self.be.stream)
-        self.be.synchronize()
-        return self._host_logits.copy()
+        self._run(False, use_graph)
+        return self._read_logits()
 
     def sample_for(self, ids, start: int, cache: KVCache, temperature=0.0, top_k=0, top_p=1.0, seed=0,
                    step=0) -> tuple[int, float, float, float]:
         """Run ids and sample the next token on the GPU: (token, logprob, entropy, margin)."""
         set_sampling(self.host, temperature, top_k, top_p, seed, step)
         self._stage(ids, start, cache)
-        self.graph(True).launch(self.be.stream)
-        copy_dtoh(self._pinned.ptr, self.state.ptr, RESULT_BYTES, self.be.stream)
-        self.be.synchronize()
-        s = self.host[0]
-        return int(s["token"]), float(s["logprob"]), float(s["entropy"]), float(s["margin"])
+        self._run(True)
+        return self._read_result()
 
 
 class GraphRunner:

@@ -80,6 +80,23 @@ def test_decode_graph_is_pdl_launches_of_the_fused_kernels(gpu, fake, models):
     assert names[-3:] == ["gemv_norm_store", "sample_reduce", "sample_truncated"]
 
 
+def test_a_driver_that_cannot_capture_pdl_gets_plain_graphs(gpu, fake, models, monkeypatch):
+    from cuda.bindings import driver as real
+
+    cfg, _, gpu_model, _ = models
+    dg = gpu.decode_graph(gpu_model, 64)
+    cache = gpu_model.new_cache(64)
+    dg.bind(cache)
+    want = dg.step(5, 0, use_graph=False)
+    monkeypatch.setattr(fake, "cuLaunchKernelEx",
+                        lambda *a: (real.CUresult.CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,))
+    dg.graph(True)
+    assert not dg.pdl_used and not fake.capturing
+    fake.launches.clear()
+    assert dg.step(5, 0) == want
+    assert len(fake.launches) == dg.kernels_per_step(True) and not any(pdl for _, pdl in fake.launches)
+
+
 def test_graph_survives_workspace_growth_after_capture(gpu, models):
     cfg, _, gpu_model, _ = models
     dg = gpu.decode_graph(gpu_model, 64)
