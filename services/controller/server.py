@@ -16,10 +16,8 @@ from inloop.v1 import runtime_pb2 as pb
 from services.common import metrics
 from services.common.agent_loop import run_agent
 from services.common.logging import get_logger
-from services.common.task_convert import outcome_to_proto, task_from_proto
-from services.common.telemetry import current_trace_id
+from services.common.task_rpc import accept_task, finish_task
 from services.controller.hops import Faults, Policy, RuntimeHop, ToolsHop
-from services.runtime.engine.types import InvalidRequest
 
 log = get_logger(__name__)
 SERVICE_NAME = "inloop.v1.Controller"
@@ -37,11 +35,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
         metrics.track_queue_depth("controller", lambda: self.in_flight)
 
     async def RunTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext):
-        try:
-            task = task_from_proto(request, context.time_remaining())
-        except InvalidRequest as exc:
-            log.info("task_rejected", task_id=request.task_id, detail=str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        task = await accept_task(request, context, log)
         if self._slots.locked():
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"the controller is running {self.max_concurrency} tasks; retry later")
@@ -55,7 +49,4 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
                 outcome = await run_agent(task, model, tools, route="external")
             finally:
                 self.in_flight -= 1
-        metrics.observe_task("external", outcome.latency_ms / 1e3, outcome.error_type)
-        log.info("task_done", task_id=task.task_id, route="external", ok=outcome.ok, error_type=outcome.error_type,
-                 steps=len(outcome.steps), retries=outcome.retries, latency_ms=round(outcome.latency_ms, 1))
-        return outcome_to_proto(outcome, "external", request.family, trace_id=current_trace_id())
+        return finish_task(outcome, "external", request, log)

@@ -23,8 +23,7 @@ from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc
 from services.common import metrics
 from services.common.logging import get_logger
-from services.common.task_convert import outcome_to_proto, task_from_proto
-from services.common.telemetry import current_trace_id
+from services.common.task_rpc import accept_task, finish_task
 from services.runtime import convert
 from services.runtime.internal_route import run_internal
 from services.runtime.engine.types import MAX_TOKENS_LIMIT, GenerateRequest, InvalidRequest
@@ -73,20 +72,13 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
 
     async def RunTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext):
         """The internal route: the whole agent loop in this process."""
-        try:
-            task = task_from_proto(request, context.time_remaining())
-        except InvalidRequest as exc:
-            log.info("task_rejected", task_id=request.task_id, detail=str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        task = await accept_task(request, context, log)
         try:
             self.scheduler.engine  # noqa: B018 - raises NotReady while loading
         except NotReady as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         outcome = await run_internal(task, self.scheduler, self.tool_state)
-        metrics.observe_task("internal", outcome.latency_ms / 1e3, outcome.error_type)
-        log.info("task_done", task_id=task.task_id, route="internal", ok=outcome.ok, error_type=outcome.error_type,
-                 steps=len(outcome.steps), latency_ms=round(outcome.latency_ms, 1))
-        return outcome_to_proto(outcome, "internal", request.family, trace_id=current_trace_id())
+        return finish_task(outcome, "internal", request, log)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         req = await self._accept(request, context)

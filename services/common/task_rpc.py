@@ -1,0 +1,30 @@
+"""Both ends of a RunTask call, shared by the controller (the external route) and the runtime
+(the internal route): take the request as a TaskSpec or abort the call with INVALID_ARGUMENT,
+and report a finished task (the task metric, one log line, the TaskResult)."""
+from __future__ import annotations
+
+import grpc
+
+from inloop.v1 import runtime_pb2 as pb
+from services.common import metrics
+from services.common.agent_loop import TaskOutcome, TaskSpec
+from services.common.task_convert import outcome_to_proto, task_from_proto
+from services.common.telemetry import current_trace_id
+from services.runtime.engine.types import InvalidRequest
+
+
+async def accept_task(request: pb.TaskRequest, context: grpc.aio.ServicerContext, log) -> TaskSpec:
+    """The task, with the call's remaining deadline; a bad request ends the call here."""
+    try:
+        return task_from_proto(request, context.time_remaining())
+    except InvalidRequest as exc:
+        log.info("task_rejected", task_id=request.task_id, detail=str(exc))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise  # abort raises; this line only satisfies the type checker
+
+
+def finish_task(outcome: TaskOutcome, route: str, request: pb.TaskRequest, log) -> pb.TaskResult:
+    metrics.observe_task(route, outcome.latency_ms / 1e3, outcome.error_type)
+    log.info("task_done", task_id=outcome.task_id, route=route, ok=outcome.ok, error_type=outcome.error_type,
+             steps=len(outcome.steps), retries=outcome.retries, latency_ms=round(outcome.latency_ms, 1))
+    return outcome_to_proto(outcome, route, request.family, trace_id=current_trace_id())
