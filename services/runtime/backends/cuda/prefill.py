@@ -4,7 +4,9 @@ Eager prefill pays ~15 us of Python per op (about 300 ops for a 30-layer model);
 one launch. A prompt is padded to its bucket: padded rows run token 0 at the positions past
 the prompt, so they only touch KV rows at or beyond the sequence's length, which the cache
 contract treats as stale (the next steps overwrite them; kernels skip rows past capacity).
-The logits come from the last valid row (select_row reads the count from the DecodeState).
+The logits come from the last valid row (select_row reads the count from the DecodeState);
+a third variant (ALL_ROWS, buckets up to ALL_ROWS_MAX) keeps every row's logits, for forced
+text whose per-token uncertainty was asked for.
 Prompts longer than the largest bucket run in chunks, each attending to the earlier ones
 through the cache. Per layer: rmsnorm, GEMM qkv, RoPE (+ q/k norm), kv store, attention,
 GEMM o (+= residual), rmsnorm, GEMM gate|up, SwiGLU, GEMM down (+= residual).
@@ -16,7 +18,7 @@ import numpy as np
 from services.runtime.backends.base import KVCache
 
 from .decode import DecodeGraph
-from .driver import PinnedBuffer, copy_htod
+from .driver import PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph
 from .state import DECODE_STATE, new_state, set_sampling
 from .step_graph import StepGraph
@@ -24,6 +26,8 @@ from .tensor import DeviceTensor
 
 BUCKETS = (16, 32, 64, 128, 256, 512)
 STATE_BYTES = DECODE_STATE.itemsize
+ALL_ROWS = "all_rows"  # the graph variant that keeps every row's logits
+ALL_ROWS_MAX = 64      # its largest chunk: [64, vocab] fp32 logits (12.6 MB for SmolLM2)
 
 
 class PrefillGraph(StepGraph):
@@ -44,16 +48,24 @@ class PrefillGraph(StepGraph):
         self.host[:] = new_state()
         self._host_ids = self._pinned.view(np.int32, 2 * bucket, STATE_BYTES)
         self._host_logits = self._pinned.view(np.float32, c.vocab_size, STATE_BYTES + 8 * bucket)
-        self.graphs: dict[bool, Graph] = {}
+        self.graphs: dict[bool | str, Graph] = {}
         self.pdl_used = False
-        scratch = backend.alloc_kv(c.num_layers, c.num_kv_heads, bucket, c.head_dim)
-        self._stage([0], 0, scratch)  # warm-up: grows workspaces, loads kernels, before any capture
-        self.record(False)
-        self.record(True)
-        backend.synchronize()
-        backend.free_kv(scratch)
+        self.all_logits: DeviceTensor | None = None  # [bucket, vocab], made with the ALL_ROWS variant
+        self._warm_up(False, True)
 
-    def record(self, sample: bool) -> None:
+    def _warm_up(self, *variants) -> None:
+        """Run variants eagerly on a scratch cache: grows workspaces, loads kernels, before any capture."""
+        c = self.cfg
+        scratch = self.be.alloc_kv(c.num_layers, c.num_kv_heads, self.bucket, c.head_dim)
+        self._stage([0], 0, scratch)
+        for v in variants:
+            self.record(v)
+        self.be.synchronize()
+        self.be.free_kv(scratch)
+
+    def record(self, sample: bool | str) -> None:
+        """One prefill: sample=False ends with the last row's logits, True also samples from
+        them, ALL_ROWS ends with every row's logits (final norm + LM head as one GEMM)."""
         c, m, ops = self.cfg, self.model, self.be.ops
         H, KVH, hd, eps, st = c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps, self.state
         ops.embedding(m.embed, self.ids, self.r)
@@ -69,6 +81,10 @@ class PrefillGraph(StepGraph):
             ops.gemm(self.h, lw.gate_up, self.gu)
             ops.swiglu(self.gu, self.act)
             ops.gemm(self.act, lw.down, self.r, mode="residual")
+        if sample == ALL_ROWS:
+            ops.rmsnorm(self.r, m.final_norm, self.h, eps)
+            ops.gemm(self.h, m.lm_head, self.all_logits)
+            return
         ops.select_row(self.r, self.last, st)
         ops.gemv(m.lm_head, self.last, self.logits, norm_w=m.final_norm, eps=eps)
         if sample:
@@ -94,6 +110,21 @@ class PrefillGraph(StepGraph):
         self._stage(ids, start, cache)
         self._run(False, use_graph)
         return self._read_logits()
+
+    def all_logits_for(self, ids, start: int, cache: KVCache) -> np.ndarray:
+        """Run ids at positions start.. into cache; every row's logits [len(ids), V]."""
+        n, V = len(ids), self.cfg.vocab_size
+        if self.bucket > ALL_ROWS_MAX:
+            raise ValueError(f"the {self.bucket}-token prefill graph does not keep every row (max {ALL_ROWS_MAX})")
+        if self.all_logits is None:
+            self.all_logits = self.be._empty((self.bucket, V))
+            self._host_all = PinnedBuffer(4 * self.bucket * V)
+            self._warm_up(ALL_ROWS)
+        self._stage(ids, start, cache)
+        self._run(ALL_ROWS)
+        copy_dtoh(self._host_all.ptr, self.all_logits.ptr, 4 * n * V, self.be.stream)
+        self.be.synchronize()
+        return self._host_all.view(np.float32, n * V).reshape(n, V).copy()
 
     def sample_for(self, ids, start: int, cache: KVCache, temperature=0.0, top_k=0, top_p=1.0, seed=0,
                    step=0) -> tuple[int, float, float, float]:
@@ -122,9 +153,9 @@ class GraphRunner:
             self.prefills[bucket] = PrefillGraph(self.be, self.model, bucket)
         return self.prefills[bucket]
 
-    def _chunks(self, ids, start: int):
+    def _chunks(self, ids, start: int, step: int | None = None):
         ids = list(ids)
-        step = BUCKETS[-1]
+        step = step or BUCKETS[-1]  # read at call time (tests shrink BUCKETS)
         for i in range(0, len(ids), step):
             yield ids[i:i + step], start + i, i + step >= len(ids)
 
@@ -133,6 +164,12 @@ class GraphRunner:
         for chunk, pos, _ in self._chunks(ids, start):
             logits = self.prefill_graph(len(chunk)).logits_for(chunk, pos, cache)
         return logits
+
+    def prefill_all_logits(self, ids, start: int, cache: KVCache) -> np.ndarray:
+        """Every row's logits [len(ids), V], in chunks of up to ALL_ROWS_MAX tokens."""
+        rows = [self.prefill_graph(len(chunk)).all_logits_for(chunk, pos, cache)
+                for chunk, pos, _ in self._chunks(ids, start, min(ALL_ROWS_MAX, BUCKETS[-1]))]
+        return np.concatenate(rows)
 
     def prefill_sample(self, ids, start: int, cache: KVCache, **sampling) -> tuple[int, float, float, float]:
         for chunk, pos, last in self._chunks(ids, start):

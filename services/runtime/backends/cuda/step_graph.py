@@ -19,19 +19,19 @@ RESULT_BYTES = 48  # token .. flags of DecodeState: what the host reads back per
 
 
 class StepGraph:
-    graphs: dict[bool, Graph]
+    graphs: dict[bool | str, Graph]  # variant -> graph; a variant is what record() takes
     pdl_used: bool = False
 
-    def record(self, sample: bool) -> None:
+    def record(self, sample: bool | str) -> None:
         raise NotImplementedError
 
-    def graph(self, sample: bool) -> Graph:
-        """The captured graph of one variant (with or without the sampler kernels)."""
+    def graph(self, sample: bool | str) -> Graph:
+        """The captured graph of one variant (with or without the sampler kernels, ...)."""
         if sample not in self.graphs:
             self.graphs[sample] = self._capture(sample)
         return self.graphs[sample]
 
-    def _capture(self, sample: bool) -> Graph:
+    def _capture(self, sample: bool | str) -> Graph:
         stream, alloc = self.be.stream, self.be.allocator
         if self.be.pdl:
             self.be.ops.pdl = True
@@ -46,7 +46,7 @@ class StepGraph:
                 self.be.ops.pdl = False
         return Graph.capture(stream, alloc, lambda: self.record(sample))
 
-    def _run(self, sample: bool, use_graph: bool = True) -> None:
+    def _run(self, sample: bool | str, use_graph: bool = True) -> None:
         if use_graph:
             self.graph(sample).launch(self.be.stream)
         else:

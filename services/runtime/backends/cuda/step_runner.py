@@ -9,9 +9,9 @@ What the engine asks for maps onto prefill.GraphRunner like this:
     logits(ids, cache)             one id  -> the decode graph without the sampler, logits row
                                               copied back (constrained picks mask it on the host)
                                    several -> the prefill graph's last-row logits
-    logits(ids, cache, all_logits) several -> the op-by-op forward pass: the only way to get
-                                              every row's logits (forced text whose per-token
-                                              uncertainty was asked for); same cache layout
+    logits(ids, cache, all_logits) several -> the prefill graphs' ALL_ROWS variant, in chunks of
+                                              up to 64 tokens: every row's logits (forced text
+                                              whose per-token uncertainty was asked for)
 
 The caches are the backend's own (bf16 [layers, kv_heads, capacity, head_dim]); a graph
 reads their pointers and capacity from its DecodeState, so any cache up to `max_capacity`
@@ -25,11 +25,7 @@ import time
 import numpy as np
 
 from services.runtime.backends.base import KVCache
-from services.runtime.engine.step_runner import (
-    DeviceSampling,
-    ForwardStepRunner,
-    StepRunner,
-)
+from services.runtime.engine.step_runner import DeviceSampling, StepRunner
 
 
 class CudaStepRunner(StepRunner):
@@ -41,7 +37,6 @@ class CudaStepRunner(StepRunner):
         t0 = time.perf_counter()
         self.max_capacity = max_capacity
         self.graphs = backend.graph_runner(model, max_capacity)  # captures the decode step lazily
-        self._forward = ForwardStepRunner(model)
         self.build_seconds = time.perf_counter() - t0
 
     def _check(self, ids, cache: KVCache) -> list[int]:
@@ -58,9 +53,11 @@ class CudaStepRunner(StepRunner):
 
     def logits(self, ids, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         ids = self._check(ids, cache)
-        if all_logits and len(ids) > 1:
-            return self._forward.logits(ids, cache, all_logits=True)
         start = cache.length
+        if all_logits and len(ids) > 1:
+            rows = self.graphs.prefill_all_logits(ids, start, cache)
+            cache.length = start + len(ids)
+            return rows
         if len(ids) == 1:
             row = self.graphs.decode_logits(ids[0], start, cache)
         else:

@@ -162,7 +162,7 @@ def test_stop_string_truncates_the_text_and_the_stream(engines):
 def test_constrained_tool_call_matches_the_numpy_engine(engines):
     jsonschema = pytest.importorskip("jsonschema")
     ours, ref = engines
-    for uncertainty in (False, True):  # forced text: last-row logits (graph) / every row (op path)
+    for uncertainty in (False, True):  # forced text: the last row's logits / every row's (ALL_ROWS graphs)
         req = GenerateRequest(messages=[ChatMessage("user", "Increment the counter named visits")], tools=[KV_TOOL],
                               tool_choice="kv", sampling=SamplingParams(max_tokens=96, return_uncertainty=uncertainty))
         got = ours.generate(req)

@@ -64,17 +64,21 @@ def test_free_generation_is_one_prefill_graph_then_one_decode_graph_per_token(ll
     assert all(pdl for _, pdl in fake.launches[prefill:])  # replays of the PDL-captured graph
 
 
-def test_constrained_call_reads_logits_from_the_graphs(llama_engines, fake, monkeypatch):
+@pytest.mark.parametrize("uncertainty", [False, True])
+def test_constrained_call_reads_logits_from_the_graphs(llama_engines, fake, monkeypatch, uncertainty):
     ours, ref = llama_engines
     req = GenerateRequest(messages=[ChatMessage("user", "Increment the counter named visits")], tools=[KV_TOOL],
-                          tool_choice="kv", sampling=SamplingParams(max_tokens=96))
+                          tool_choice="kv", sampling=SamplingParams(max_tokens=96, return_uncertainty=uncertainty))
     want = ours.generate(req)
-    _no_forward(ours, monkeypatch)  # without uncertainty nothing needs every row's logits
+    _no_forward(ours, monkeypatch)  # forced text's every-row logits come from the ALL_ROWS graphs too
+    calls, all_rows = [], ours.runner.graphs.prefill_all_logits
+    monkeypatch.setattr(ours.runner.graphs, "prefill_all_logits", lambda *a: calls.append(len(a[0])) or all_rows(*a))
     fake.launches.clear()
     got = ours.generate(req)
     assert got.token_ids == want.token_ids and got.finish_reason == "tool_calls"
     assert "sample_reduce" not in _names(fake)  # masked picks sample on the host from the graph's logits
     assert_same_greedy(got, ref.generate(req), ref, ref.prompt_ids(req), "tool call on the graphs")
+    assert bool(calls) == uncertainty and all(n > 1 for n in calls), calls
 
 
 def test_no_device_memory_outlives_a_request(llama_engines, fake):

@@ -177,3 +177,26 @@ def test_prefill_graph_matches_numpy_and_chains_into_decode(models, monkeypatch)
     ref_cache = cpu_model.new_cache(CAPACITY)
     ref = _forward(cpu_model, long_ids, 0, ref_cache)
     assert_close(chunked.prefill_logits(long_ids, 0, c2), ref, 2e-2, margin_tolerance(ref), "chunked prefill")
+
+
+def test_prefill_all_rows_matches_numpy_in_chunks(models, monkeypatch):
+    """Forced text with per-token uncertainty: every row's logits from the ALL_ROWS prefill
+    graphs, in chunks through the cache, equal numpy's full forward pass."""
+    from services.runtime.backends.cuda import prefill
+
+    cfg, cpu_model, gpu_model, _ = models
+    monkeypatch.setattr(prefill, "ALL_ROWS_MAX", 16)  # 40 tokens: chunks of 16, 16, 8
+    ids = np.random.default_rng(4).integers(3, cfg.vocab_size, 40).astype(np.int32)
+    runner = gpu_model.backend.graph_runner(gpu_model, CAPACITY)
+    got = runner.prefill_all_logits(list(ids[:3]), 0, gpu_model.new_cache(CAPACITY))  # bucket 16 alone
+    assert got.shape == (3, cfg.vocab_size)
+    cache = gpu_model.new_cache(CAPACITY)
+    got = runner.prefill_all_logits(list(ids), 0, cache)
+    b = cpu_model.backend
+    ref = np.asarray(b.to_host(cpu_model.forward(b.ids(ids), b.ids(np.arange(40, dtype=np.int32)),
+                                                 cpu_model.new_cache(CAPACITY), all_logits=True)))
+    assert got.shape == ref.shape == (40, cfg.vocab_size)
+    for i in range(40):
+        assert_close(got[i], ref[i], 2e-2, margin_tolerance(ref[i]), f"row {i}")
+    assert np.array_equal(runner.prefill_graph(16).all_logits_for(list(ids[:16]), 0, cache), got[:16])
+
