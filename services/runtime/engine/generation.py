@@ -86,7 +86,9 @@ class Generation:
 
     def _sample_pending_on_device(self) -> tuple[int, TokenStats]:
         ids, self._pending = self._pending, []
-        sampling = replace(self._device, step=len(self.out_ids))
+        # unconstrained with budget left: the next pick is most likely free too, so the runner
+        # may start it now (a grammar run alternates free and masked picks: no lookahead)
+        sampling = replace(self._device, step=len(self.out_ids), lookahead=self.masks is None and self.remaining() > 1)
         token, logprob, entropy, margin = self.runner.sample(ids, self.cache, sampling)
         self._logits = None  # this position's logits stayed on the device
         self._fed()

@@ -38,6 +38,9 @@ class DeviceSampling:
     top_p: float = 1.0
     seed: int = 0
     step: int = 0
+    # a hint: the caller will most likely feed the sampled token next and sample again with
+    # step + 1 (an unconstrained run with budget left), so a runner may start that step now
+    lookahead: bool = False
 
 
 class StepRunner:

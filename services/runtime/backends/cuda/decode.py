@@ -21,7 +21,7 @@ import numpy as np
 
 from services.runtime.backends.base import KVCache
 
-from .driver import PinnedBuffer, copy_dtoh, copy_htod
+from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph
 from .state import DECODE_STATE, FLAG_ADVANCE, new_state, set_sampling
 from .step_graph import RESULT_BYTES, StepGraph
@@ -45,6 +45,8 @@ class DecodeGraph(StepGraph):
         self.host[:] = new_state()
         self._host_logits = self._pinned.view(np.float32, c.vocab_size, DECODE_STATE.itemsize)
         self._ring: PinnedBuffer | None = None
+        self._slot_events: list[Event] = []
+        self.pushes = 0  # state pushes so far: a step launched ahead is stale once this moves
         self.graphs: dict[bool, Graph] = {}
         self.pdl_used = False
         self._warmup(sample)
@@ -96,6 +98,7 @@ class DecodeGraph(StepGraph):
         if not 0 <= pos < int(self.host["capacity"][0]):
             raise ValueError(f"position {pos} is outside the bound KV cache (capacity {int(self.host['capacity'][0])})")
         self.host["token"], self.host["pos"], self.host["flags"] = token, pos, flags
+        self.pushes += 1
         copy_htod(self.state.ptr, self._pinned.ptr, DECODE_STATE.itemsize, self.be.stream)
 
     def prime(self, token: int, pos: int) -> None:
@@ -119,22 +122,39 @@ class DecodeGraph(StepGraph):
         self._run(True, use_graph)
         return self._read_result()
 
+    def _ensure_ring(self, n: int) -> None:
+        if self._ring is None or self._ring.nbytes < n * RESULT_BYTES:
+            self._ring = PinnedBuffer(max(n, 256) * RESULT_BYTES)
+
+    def launch_into(self, slot: int) -> Event:
+        """Replay the sampling graph from the device state as it stands (a primed token, or
+        the one the last replay sampled) and copy its result to ring slot `slot`; returns an
+        event recorded after that copy, so the host can wait for this step alone."""
+        self._ensure_ring(slot + 1)
+        while len(self._slot_events) <= slot:
+            self._slot_events.append(Event(timing=False))
+        self.graph(True).launch(self.be.stream)
+        copy_dtoh(self._ring.ptr + slot * RESULT_BYTES, self.state.ptr, RESULT_BYTES, self.be.stream)
+        self._slot_events[slot].record(self.be.stream)
+        return self._slot_events[slot]
+
+    def slot_result(self, slot: int) -> tuple[int, float, float, float]:
+        """(token, logprob, entropy, margin) in ring slot `slot` (once its copy has run)."""
+        raw = self._ring.array[slot * RESULT_BYTES:(slot + 1) * RESULT_BYTES].tobytes()
+        s = np.frombuffer(raw + bytes(DECODE_STATE.itemsize - RESULT_BYTES), DECODE_STATE)[0]
+        return int(s["token"]), float(s["logprob"]), float(s["entropy"]), float(s["margin"])
+
     def generate(self, token: int, pos: int, n: int) -> list[tuple[int, float, float, float]]:
         """n chained steps with one synchronization at the end (each step's result is copied
         to its own pinned slot as it finishes). For throughput; EOS is checked by the caller."""
-        if self._ring is None or self._ring.nbytes < n * RESULT_BYTES:
-            self._ring = PinnedBuffer(max(n, 256) * RESULT_BYTES)
+        self._ensure_ring(n)
         self._push(token, pos, FLAG_ADVANCE)
         g = self.graph(True)
         for i in range(n):
             g.launch(self.be.stream)
             copy_dtoh(self._ring.ptr + i * RESULT_BYTES, self.state.ptr, RESULT_BYTES, self.be.stream)
         self.be.synchronize()
-        rows = self._ring.array[: n * RESULT_BYTES].view(np.uint8).reshape(n, RESULT_BYTES)
-        out = []
-        for r in rows:
-            s = np.frombuffer(r.tobytes() + bytes(DECODE_STATE.itemsize - RESULT_BYTES), DECODE_STATE)[0]
-            out.append((int(s["token"]), float(s["logprob"]), float(s["entropy"]), float(s["margin"])))
+        out = [self.slot_result(i) for i in range(n)]
         self.host["token"], self.host["pos"] = out[-1][0], pos + n
         return out
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from services.runtime.backends.base import KVCache
 
 from .decode import DecodeGraph
-from .driver import PinnedBuffer, copy_dtoh, copy_htod
+from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph
 from .state import DECODE_STATE, new_state, set_sampling
 from .step_graph import StepGraph
@@ -135,6 +137,19 @@ class PrefillGraph(StepGraph):
         return self._read_result()
 
 
+@dataclass
+class Lookahead:
+    """A decode step already running on the device: it feeds `token` (the last result, filled
+    in once read) at `pos` and samples with RNG index `step`, into ring slot `slot`."""
+
+    key: tuple        # the cache (pointers, capacity), the sampling settings, the decode graph's push count
+    pos: int
+    step: int
+    slot: int
+    event: Event
+    token: int | None = None
+
+
 class GraphRunner:
     """Prefill and decode through graphs for one model: what an engine calls per request.
 
@@ -146,6 +161,7 @@ class GraphRunner:
         self.be, self.model = backend, model
         self.decode = DecodeGraph(backend, model, max_capacity)
         self.prefills: dict[int, PrefillGraph] = {}
+        self._ahead: Lookahead | None = None  # see decode_sample
 
     def prefill_graph(self, n: int) -> PrefillGraph:
         bucket = next((b for b in BUCKETS if b >= n), BUCKETS[-1])
@@ -160,6 +176,7 @@ class GraphRunner:
             yield ids[i:i + step], start + i, i + step >= len(ids)
 
     def prefill_logits(self, ids, start: int, cache: KVCache) -> np.ndarray:
+        self._ahead = None
         logits = None
         for chunk, pos, _ in self._chunks(ids, start):
             logits = self.prefill_graph(len(chunk)).logits_for(chunk, pos, cache)
@@ -167,11 +184,13 @@ class GraphRunner:
 
     def prefill_all_logits(self, ids, start: int, cache: KVCache) -> np.ndarray:
         """Every row's logits [len(ids), V], in chunks of up to ALL_ROWS_MAX tokens."""
+        self._ahead = None
         rows = [self.prefill_graph(len(chunk)).all_logits_for(chunk, pos, cache)
                 for chunk, pos, _ in self._chunks(ids, start, min(ALL_ROWS_MAX, BUCKETS[-1]))]
         return np.concatenate(rows)
 
     def prefill_sample(self, ids, start: int, cache: KVCache, **sampling) -> tuple[int, float, float, float]:
+        self._ahead = None
         for chunk, pos, last in self._chunks(ids, start):
             g = self.prefill_graph(len(chunk))
             if last:
@@ -180,11 +199,40 @@ class GraphRunner:
         raise ValueError("prefill needs at least one token")
 
     def decode_logits(self, token: int, pos: int, cache: KVCache) -> np.ndarray:
+        self._ahead = None
         self.decode.bind(cache)
         return self.decode.step_logits(token, pos)
 
     def decode_sample(self, token: int, pos: int, cache: KVCache, temperature=0.0, top_k=0, top_p=1.0, seed=0,
-                      step=0) -> tuple[int, float, float, float]:
-        self.decode.bind(cache)
-        self.decode.set_sampling(temperature, top_k, top_p, seed, step)
-        return self.decode.step(token, pos)
+                      step=0, lookahead: bool = False) -> tuple[int, float, float, float]:
+        """Feed `token` at `pos`, sample the next one on the GPU.
+
+        With `lookahead`, the step after this one is launched before this one's result is
+        read: it feeds the token this step samples (the device state chains them) at pos + 1.
+        If the next call asks for exactly that step (same cache and settings, the token this
+        call returned, pos + 1, step + 1) it only waits for it, so the host's work between
+        tokens overlaps the GPU's. Anything else drops it unread: all it did was write the
+        returned token's K/V at pos + 1, which is what feeding that token writes anyway, and
+        advance the device state, which the next push overwrites (one stream orders it all)."""
+        dg = self.decode
+        self.be.device.make_current()
+        key = (cache.k.ptr, cache.v.ptr, cache.capacity, float(temperature), int(top_k), float(top_p), int(seed),
+               dg.pushes)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead.key, ahead.token, ahead.pos, ahead.step) == (key, token, pos, step):
+            slot, event = ahead.slot, ahead.event
+        else:
+            dg.bind(cache)
+            dg.set_sampling(temperature, top_k, top_p, seed, step)
+            dg.prime(token, pos)
+            key = key[:-1] + (dg.pushes,)
+            slot = 0
+            event = dg.launch_into(slot)
+        if lookahead and pos + 1 < cache.capacity:
+            nxt = 1 - slot
+            self._ahead = Lookahead(key, pos + 1, step + 1, nxt, dg.launch_into(nxt))
+        event.synchronize()
+        out = dg.slot_result(slot)
+        if self._ahead is not None:
+            self._ahead.token = out[0]
+        return out

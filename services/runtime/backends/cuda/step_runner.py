@@ -4,6 +4,8 @@ What the engine asks for maps onto prefill.GraphRunner like this:
 
     sample(ids, cache)             one id  -> the decode graph with its sampler kernels: the
                                               whole step, token + logprob/entropy/margin back
+                                              (with sampling.lookahead, the next step is
+                                              already running when this one is read)
                                    several -> the prompt's prefill graph (bucketed), sampling
                                               inside the same graph
     logits(ids, cache)             one id  -> the decode graph without the sampler, logits row
@@ -71,7 +73,7 @@ class CudaStepRunner(StepRunner):
               "seed": sampling.seed, "step": sampling.step}
         start = cache.length
         if len(ids) == 1:
-            out = self.graphs.decode_sample(ids[0], start, cache, **kw)
+            out = self.graphs.decode_sample(ids[0], start, cache, lookahead=sampling.lookahead, **kw)
         else:
             out = self.graphs.prefill_sample(ids, start, cache, **kw)
         cache.length = start + len(ids)

@@ -64,6 +64,31 @@ def test_free_generation_is_one_prefill_graph_then_one_decode_graph_per_token(ll
     assert all(pdl for _, pdl in fake.launches[prefill:])  # replays of the PDL-captured graph
 
 
+def test_free_decoding_launches_each_step_before_the_host_reads_the_last(llama_engines, fake, monkeypatch):
+    """Lookahead: the host pushes state once, then every replay chains from the token the
+    previous one sampled, launched before that token is read; same tokens as without it."""
+    ours, _ = llama_engines
+    dg = ours.runner.graphs.decode
+    req = _chat(max_tokens=12, temperature=0.8, seed=5, return_uncertainty=True)
+    pushes = dg.pushes
+    got = ours.generate(req)
+    assert dg.pushes - pushes == 1  # the first decode step; the other ten only chain
+    reads, order = [], []
+    monkeypatch.setattr(dg, "slot_result", lambda slot, f=dg.slot_result: reads.append(slot) or f(slot))
+    monkeypatch.setattr(dg, "launch_into", lambda slot, f=dg.launch_into: order.append(slot) or f(slot))
+    ours.generate(req)
+    assert order[:3] == [0, 1, 0] and reads[:2] == [0, 1]  # step k+1 launched before step k is read
+    one_by_one = ours.runner.graphs.decode_sample
+    monkeypatch.setattr(ours.runner.graphs, "decode_sample", lambda *a, lookahead=False, **k: one_by_one(*a, **k))
+    plain = ours.generate(req)
+    assert plain.token_ids == got.token_ids and plain.token_stats == got.token_stats
+    # a stop string ends it early: the step launched ahead is dropped, the next request is unharmed
+    monkeypatch.undo()
+    stopped = ours.generate(_chat(max_tokens=12, temperature=0.8, seed=5, stop=[ours.tokenizer.decode(got.token_ids[3:5])]))
+    assert len(stopped.token_ids) < 12
+    assert ours.generate(req).token_ids == got.token_ids
+
+
 @pytest.mark.parametrize("uncertainty", [False, True])
 def test_constrained_call_reads_logits_from_the_graphs(llama_engines, fake, monkeypatch, uncertainty):
     ours, ref = llama_engines
