@@ -111,7 +111,7 @@ extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
     }
 
     // Accumulator element e of tile (mi, ni): row gid (+8 for e >= 2), column tig*2 (+1 for odd e).
-    if (splits > 1) {
+    auto each_in_bounds = [&](auto&& f) {  // f(m, n, accumulator) for every element inside C
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -120,8 +120,11 @@ extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
                 for (int e = 0; e < 4; ++e) {
                     const int m = m0 + wm * 32 + mi * 16 + gid + (e >> 1) * 8;
                     const int n = n0 + wn * 32 + ni * 8 + tig * 2 + (e & 1);
-                    if (m < M && n < N) ws[((size_t)split * M + m) * N + n] = acc[mi][ni][e];
+                    if (m < M && n < N) f(m, n, acc[mi][ni][e]);
                 }
+    };
+    if (splits > 1) {
+        each_in_bounds([&](int m, int n, float v) { ws[((size_t)split * M + m) * N + n] = v; });
         __threadfence();
         __syncthreads();
         int* counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
@@ -131,22 +134,13 @@ extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
         __threadfence();
         if (tid == 0) *counter = 0;
     }
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int m = m0 + wm * 32 + mi * 16 + gid + (e >> 1) * 8;
-                const int n = n0 + wn * 32 + ni * 8 + tig * 2 + (e & 1);
-                if (m >= M || n >= N) continue;
-                float v = acc[mi][ni][e];
-                if (splits > 1) {
-                    v = 0.f;
-                    for (int s = 0; s < splits; ++s) v += ld_cg_f32(ws + ((size_t)s * M + m) * N + n);
-                }
-                if (bias) v += w_to_f32(bias[n]);
-                if (mode == 1) C[(size_t)m * N + n] += v;
-                else C[(size_t)m * N + n] = v;
-            }
+    each_in_bounds([&](int m, int n, float v) {
+        if (splits > 1) {
+            v = 0.f;
+            for (int s = 0; s < splits; ++s) v += ld_cg_f32(ws + ((size_t)s * M + m) * N + n);
+        }
+        if (bias) v += w_to_f32(bias[n]);
+        if (mode == 1) C[(size_t)m * N + n] += v;
+        else C[(size_t)m * N + n] = v;
+    });
 }
