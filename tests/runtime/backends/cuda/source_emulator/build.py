@@ -24,8 +24,8 @@ from pathlib import Path
 from services.runtime.backends.cuda.compiler import KERNEL_DIR, WEIGHT_FORMATS, format_files, format_options
 from services.runtime.backends.cuda.kernels_registry import SIGNATURES, weight_format
 
-RUNTIME = Path(__file__).resolve().parent / "runtime.h"
-# UBSan checks whose handlers runtime.h defines (no sanitizer runtime is linked).
+RUNTIME = Path(__file__).resolve().parent / "runtime.h"  # includes the other headers beside it
+# UBSan checks whose handlers ubsan.h defines (no sanitizer runtime is linked).
 SANITIZE = "alignment,bounds,signed-integer-overflow,shift,integer-divide-by-zero,vla-bound,unreachable"
 FLAGS = ("-std=c++17", "-O2", "-g", "-fPIC", "-shared", "-fno-strict-aliasing", "-fvisibility=hidden",
          "-fno-gnu-unique", "-Wno-unknown-pragmas", f"-fsanitize={SANITIZE}", "-fsanitize-recover=all",
@@ -74,8 +74,10 @@ def build_library(stem: str, source: str, exports: list[str], root: Path | None 
     unit = translate(stem, source, exports)
     version = _version(cxx)
     h = hashlib.sha256()
-    for part in (RUNTIME.read_bytes(), unit.encode(), version.encode(), "\0".join(FLAGS + defines).encode()):
+    for part in (unit.encode(), version.encode(), "\0".join(FLAGS + defines).encode()):
         h.update(len(part).to_bytes(8, "little") + part)
+    for header in sorted(RUNTIME.parent.glob("*.h")):
+        h.update(header.name.encode() + b"\0" + header.read_bytes())
     for header in sorted(KERNEL_DIR.glob("*.cuh")):
         h.update(header.name.encode() + b"\0" + header.read_bytes())
     out = root / f"{stem}-{h.hexdigest()[:24]}.so"
