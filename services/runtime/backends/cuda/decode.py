@@ -124,17 +124,23 @@ class DecodeGraph(StepGraph):
 
     def _ensure_ring(self, n: int) -> None:
         if self._ring is None or self._ring.nbytes < n * RESULT_BYTES:
+            # a step launched ahead may still be copying into the old ring: let it land first
+            self.be.synchronize()
             self._ring = PinnedBuffer(max(n, 256) * RESULT_BYTES)
 
-    def launch_into(self, slot: int) -> Event:
+    def _replay_to_slot(self, slot: int) -> None:
         """Replay the sampling graph from the device state as it stands (a primed token, or
-        the one the last replay sampled) and copy its result to ring slot `slot`; returns an
-        event recorded after that copy, so the host can wait for this step alone."""
+        the one the last replay sampled) and copy its result to ring slot `slot`."""
+        self.graph(True).launch(self.be.stream)
+        copy_dtoh(self._ring.ptr + slot * RESULT_BYTES, self.state.ptr, RESULT_BYTES, self.be.stream)
+
+    def launch_into(self, slot: int) -> Event:
+        """One replay into ring slot `slot`; returns an event recorded after its copy, so the
+        host can wait for this step alone."""
         self._ensure_ring(slot + 1)
         while len(self._slot_events) <= slot:
             self._slot_events.append(Event(timing=False))
-        self.graph(True).launch(self.be.stream)
-        copy_dtoh(self._ring.ptr + slot * RESULT_BYTES, self.state.ptr, RESULT_BYTES, self.be.stream)
+        self._replay_to_slot(slot)
         self._slot_events[slot].record(self.be.stream)
         return self._slot_events[slot]
 
@@ -149,10 +155,8 @@ class DecodeGraph(StepGraph):
         to its own pinned slot as it finishes). For throughput; EOS is checked by the caller."""
         self._ensure_ring(n)
         self._push(token, pos, FLAG_ADVANCE)
-        g = self.graph(True)
         for i in range(n):
-            g.launch(self.be.stream)
-            copy_dtoh(self._ring.ptr + i * RESULT_BYTES, self.state.ptr, RESULT_BYTES, self.be.stream)
+            self._replay_to_slot(i)
         self.be.synchronize()
         out = [self.slot_result(i) for i in range(n)]
         self.host["token"], self.host["pos"] = out[-1][0], pos + n
