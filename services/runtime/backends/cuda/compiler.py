@@ -196,13 +196,13 @@ def compile_file(path: Path | str, arch: str, use_cache: bool = True,
     return CompileResult(path.stem, arch, cubin, log, seconds, False)
 
 
-def compile_many(jobs: list[tuple], use_cache: bool = True) -> list[CompileResult | CompileError]:
-    """Compile (file, arch) or (file, arch, weight format) jobs on a few threads (NVRTC releases
-    the GIL); a failure is returned in its slot rather than raised, so every file gets reported."""
+def compile_many(jobs: list[tuple[Path, str, str]], use_cache: bool = True) -> list[CompileResult | CompileError]:
+    """Compile (file, arch, weight format) jobs on a few threads (NVRTC releases the GIL); a
+    failure is returned in its slot rather than raised, so every file gets reported."""
     def one(job):
+        path, arch, weights = job
         try:
-            weights = job[2] if len(job) > 2 else "bf16"
-            return compile_file(job[0], job[1], use_cache, format_options(weights))
+            return compile_file(path, arch, use_cache, format_options(weights))
         except CompileError as exc:
             return exc
 

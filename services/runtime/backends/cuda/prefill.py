@@ -53,6 +53,7 @@ class PrefillGraph(StepGraph):
         self.graphs: dict[bool | str, Graph] = {}
         self.pdl_used = False
         self.all_logits: DeviceTensor | None = None  # [bucket, vocab], made with the ALL_ROWS variant
+        self._host_all: PinnedBuffer | None = None
         self._warm_up(False, True)
 
     def _warm_up(self, *variants) -> None:
@@ -142,7 +143,8 @@ class Lookahead:
     """A decode step already running on the device: it feeds `token` (the last result, filled
     in once read) at `pos` and samples with RNG index `step`, into ring slot `slot`."""
 
-    key: tuple        # the cache (pointers, capacity), the sampling settings, the decode graph's push count
+    key: tuple        # the cache (pointers, capacity) and the sampling settings
+    pushes: int       # the decode graph's state pushes when it was launched (a later push makes it stale)
     pos: int
     step: int
     slot: int
@@ -216,21 +218,20 @@ class GraphRunner:
         advance the device state, which the next push overwrites (one stream orders it all)."""
         dg = self.decode
         self.be.device.make_current()
-        key = (cache.k.ptr, cache.v.ptr, cache.capacity, float(temperature), int(top_k), float(top_p), int(seed),
-               dg.pushes)
+        key = (cache.k.ptr, cache.v.ptr, cache.capacity, float(temperature), int(top_k), float(top_p), int(seed))
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and (ahead.key, ahead.token, ahead.pos, ahead.step) == (key, token, pos, step):
+        wanted = (key, dg.pushes, token, pos, step)
+        if ahead is not None and (ahead.key, ahead.pushes, ahead.token, ahead.pos, ahead.step) == wanted:
             slot, event = ahead.slot, ahead.event
         else:
             dg.bind(cache)
             dg.set_sampling(temperature, top_k, top_p, seed, step)
             dg.prime(token, pos)
-            key = key[:-1] + (dg.pushes,)
             slot = 0
             event = dg.launch_into(slot)
         if lookahead and pos + 1 < cache.capacity:
             nxt = 1 - slot
-            self._ahead = Lookahead(key, pos + 1, step + 1, nxt, dg.launch_into(nxt))
+            self._ahead = Lookahead(key, dg.pushes, pos + 1, step + 1, nxt, dg.launch_into(nxt))
         event.synchronize()
         out = dg.slot_result(slot)
         if self._ahead is not None:

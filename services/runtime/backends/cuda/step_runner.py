@@ -58,14 +58,12 @@ class CudaStepRunner(StepRunner):
         start = cache.length
         if all_logits and len(ids) > 1:
             rows = self.graphs.prefill_all_logits(ids, start, cache)
-            cache.length = start + len(ids)
-            return rows
-        if len(ids) == 1:
-            row = self.graphs.decode_logits(ids[0], start, cache)
+        elif len(ids) == 1:
+            rows = self.graphs.decode_logits(ids[0], start, cache)[None, :]
         else:
-            row = self.graphs.prefill_logits(ids, start, cache)
+            rows = self.graphs.prefill_logits(ids, start, cache)[None, :]
         cache.length = start + len(ids)
-        return row[None, :]
+        return rows
 
     def sample(self, ids, cache: KVCache, sampling: DeviceSampling) -> tuple[int, float, float, float]:
         ids = self._check(ids, cache)

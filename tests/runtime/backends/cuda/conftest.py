@@ -65,6 +65,12 @@ def fake_gpu(cubin_cache):
 
 
 @pytest.fixture(scope="module")
+def fake(gpu):
+    """The driver double under the module's `gpu` (modules that set gpu to fake_gpu or source_gpu)."""
+    return gpu.fake_driver
+
+
+@pytest.fixture(scope="module")
 def source_gpu(cubin_cache):
     """The same, but kernels run as their own CUDA C compiled for the CPU (source_emulator/).
     Skipped where a GPU answers (the same tests run on it for real) or no g++ is found."""

@@ -25,11 +25,6 @@ def gpu(fake_gpu):
 
 
 @pytest.fixture(scope="module")
-def fake(fake_gpu):
-    return fake_gpu.fake_driver
-
-
-@pytest.fixture(scope="module")
 def llama_engines(tiny_dirs, gpu, cpu):
     d = tiny_dirs["llama"]
     return Engine.load(d, backend=gpu), Engine.load(d, backend=cpu)

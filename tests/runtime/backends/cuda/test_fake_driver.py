@@ -29,11 +29,6 @@ def gpu(fake_gpu):
     return fake_gpu
 
 
-@pytest.fixture(scope="module")
-def fake(fake_gpu):
-    return fake_gpu.fake_driver
-
-
 def test_backend_describes_the_device(gpu):
     d = gpu.describe()
     assert d["device"] == "Fake H100" and d["arch"] == "sm_90" and d["pdl"] is True
