@@ -123,10 +123,8 @@ def _cmd(args: argparse.Namespace) -> int:
     section["gate"] = {"statistic": statistic, "threshold": threshold, "source": source}
     section["wall_s"] = round(time.monotonic() - started, 1)
     _print(section)
-    paths = finish_report(args, "loops", section, done.report_extra(), out_dir, model=done.model, seeds=[args.seed],
-                          profiles={p.name: p.source for _, p in sets})
-    for kind, path in paths.items():
-        print(f"wrote {kind}: {path}")
+    finish_report(args, "loops", section, done.report_extra(), out_dir, model=done.model, seeds=[args.seed],
+                  profiles={p.name: p.source for _, p in sets})
     return 0
 
 

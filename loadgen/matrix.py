@@ -144,10 +144,8 @@ def _cmd(args: argparse.Namespace) -> int:
     check = section["breakdown_check"]
     print(f"hop overhead: {check['within_tolerance']}/{check['traced']} traced tasks add up within "
           f"{check['tolerance_pct']:.0f}% ({check['incomplete']} incomplete traces)")
-    paths = finish_report(args, "matrix", section, done.report_extra(), out_dir, model=done.model,
-                          seeds=[args.seed], profiles={p.name: p.source for p in profiles})
-    for kind, path in paths.items():
-        print(f"wrote {kind}: {path}")
+    finish_report(args, "matrix", section, done.report_extra(), out_dir, model=done.model,
+                  seeds=[args.seed], profiles={p.name: p.source for p in profiles})
     return 0
 
 

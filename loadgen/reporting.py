@@ -44,10 +44,14 @@ def write_run(out_dir: str | Path, kind: str, meta: dict, section: dict, extra: 
 
 def finish_report(args: argparse.Namespace, kind: str, section: dict, extra: dict | None, out_dir: Path, *,
                   model: str = "", seeds: list[int] = (), profiles: dict | None = None) -> dict[str, Path]:
-    """write_run for a command that started (or was pointed at) the services: builds `meta`."""
+    """write_run for a command that started (or was pointed at) the services: builds `meta`,
+    and says where each file went."""
     from loadgen.run_meta import resolve_model_dir, run_meta
 
     model_dir = resolve_model_dir(model) if model else None
     meta = run_meta(args, getattr(args, "backend", "") if model else "", model_dir, list(seeds), profiles,
                     model_name=None if model_dir else (model or "remote"))
-    return write_run(out_dir, kind, meta, section, extra)
+    paths = write_run(out_dir, kind, meta, section, extra)
+    for what, path in paths.items():
+        print(f"wrote {what}: {path}")
+    return paths
