@@ -51,6 +51,11 @@ def weight_format(name: str) -> str:
     return "f16" if name in F16_BUILD else "bf16"
 
 
+def base_kernel(name: str) -> str:
+    """The kernel a build's kernel is a copy of (gemv_store_f16 -> gemv_store)."""
+    return name.removesuffix(F16_SUFFIX) if name in F16_BUILD else name
+
+
 def for_weights(name: str, dtype: str) -> str:
     """The kernel `name` for weights stored as `dtype` ("bf16" or "f16")."""
     return name + F16_SUFFIX if dtype == "f16" else name

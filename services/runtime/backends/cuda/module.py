@@ -8,18 +8,25 @@ from .driver import Allocator, Stream, check
 
 # Kernel signatures are strings, one letter per parameter, in the kernel's order:
 #   p pointer (device address, 0 for null)   i int32   f float32   q int64
-_CTYPES = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "f": ctypes.c_float, "q": ctypes.c_int64}
+ARG_CTYPES = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "f": ctypes.c_float, "q": ctypes.c_int64}
+
+
+def pack_args(signature: str, args) -> tuple[ctypes.Array, list]:
+    """The driver's `void**` kernel parameters for args (None -> a null pointer); keep the
+    holders alive until the launch call returns (the driver copies the values)."""
+    holders = [ARG_CTYPES[c](0 if a is None else a) for c, a in zip(signature, args)]
+    params = (ctypes.c_void_p * max(1, len(holders)))(*[ctypes.addressof(h) for h in holders])
+    return params, holders
 
 
 class Kernel:
     """One `extern "C"` kernel of a loaded module."""
 
     def __init__(self, name: str, handle, signature: str):
-        bad = set(signature) - set(_CTYPES)
+        bad = set(signature) - set(ARG_CTYPES)
         if bad:
             raise ValueError(f"{name}: unknown signature letters {sorted(bad)} (use p, i, f, q)")
         self.name, self.handle, self.signature = name, handle, signature
-        self._ctypes = [_CTYPES[c] for c in signature]
         self._pdl_attr = None
         drv = _driver._drv()
         attr = drv.CUfunction_attribute
@@ -37,11 +44,9 @@ class Kernel:
         self.max_dynamic_smem = int(nbytes)
 
     def _pack(self, args):
-        if len(args) != len(self._ctypes):
-            raise TypeError(f"{self.name} takes {len(self._ctypes)} arguments ({self.signature}), got {len(args)}")
-        holders = [ct(0 if a is None else a) for ct, a in zip(self._ctypes, args)]
-        params = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
-        return params, holders
+        if len(args) != len(self.signature):
+            raise TypeError(f"{self.name} takes {len(self.signature)} arguments ({self.signature}), got {len(args)}")
+        return pack_args(self.signature, args)
 
     def launch(self, grid, block, args, stream: Stream, smem: int = 0, pdl: bool = False) -> None:
         """Launch on `stream`. The driver copies the arguments, so the packed buffers may go

@@ -20,11 +20,11 @@ from cuda.bindings import driver as real
 
 from services.runtime.backends.cuda import compiler
 from services.runtime.backends.cuda.kernels_registry import SIGNATURES
+from services.runtime.backends.cuda.module import ARG_CTYPES, pack_args
 
 from . import kernel_emulator
 
 OK = real.CUresult.CUDA_SUCCESS
-_CT = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "f": ctypes.c_float, "q": ctypes.c_int64}
 
 
 @functools.cache
@@ -309,7 +309,7 @@ class FakeDriver:
     def _decode_args(self, name: str, params: int) -> tuple:
         sig = SIGNATURES[name][1]
         ptrs = (ctypes.c_void_p * len(sig)).from_address(int(params))
-        return tuple(_CT[c].from_address(ptrs[i]).value for i, c in enumerate(sig))
+        return tuple(ARG_CTYPES[c].from_address(ptrs[i]).value for i, c in enumerate(sig))
 
     def _launch(self, f, grid, block, smem, stream, params, pdl):
         fn = self.functions[int(f)]
@@ -326,9 +326,7 @@ class FakeDriver:
             if self.source is None:
                 kernel_emulator.run(name, self.mem, grid, block, smem, args)
                 return
-            sig = SIGNATURES[name][1]
-            holders = [_CT[c](0 if a is None else a) for c, a in zip(sig, args)]
-            packed = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+            packed, _holders = pack_args(SIGNATURES[name][1], args)
             self.source.launch(name, grid, block, smem, ctypes.addressof(packed))
             self.mem.check_guards(name)
         self._enqueue(stream, run)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from services.runtime.backends.cpu.backend import rope_cos_sin
-from services.runtime.backends.cuda.kernels_registry import F16_SUFFIX, weight_format
+from services.runtime.backends.cuda.kernels_registry import base_kernel, weight_format
 from services.runtime.backends.cuda.state import DECODE_STATE, SAMPLE_STATS_BYTES
 from services.runtime.engine.sampler import _filter_top_k_top_p
 
@@ -17,8 +17,7 @@ KERNELS = {}
 
 
 def static_smem(name: str) -> int:
-    if weight_format(name) == "f16":
-        name = name.removesuffix(F16_SUFFIX)
+    name = base_kernel(name)
     return {"gemm_bf16": 2 * 2 * 64 * 40 * 2 + 4, "sample_reduce": 256 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
 
 
@@ -34,8 +33,7 @@ _WEIGHTS = ["bf16"]  # the build of the kernel now running: how it reads weights
 
 def run(name, mem, grid, block, smem, args):
     _WEIGHTS[0] = weight_format(name)
-    if _WEIGHTS[0] == "f16":
-        name = name.removesuffix(F16_SUFFIX)
+    name = base_kernel(name)
     if name.startswith(("attention_prefill_d", "attention_decode_d")):
         base, d = name.rsplit("_d", 1)
         return KERNELS[base](mem, grid, block, smem, int(d), *args)
