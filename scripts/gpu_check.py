@@ -11,6 +11,9 @@
   5. the engine's fast path (`inloop bench runtime --backend cuda`: Engine.load, Generation
      through the CUDA graphs with GPU sampling) side by side with HF, medians and ratios;
      the engine's GPU tests (test_engine_on_cuda.py) run with the others in step 2
+  6. probes for tuning (probes.py): what a graph node costs with and without programmatic
+     dependent launch, the decode step with either, and every decode GEMV of both shapes
+     under each (split-K, threads) config, checked for equal results
 
 Writes results.json and summary.txt (plus pytest.log / parity.jsonl) to --out. Needs only
 numpy, cuda-bindings (+ NVRTC), tokenizers, and torch + transformers for the HF side; no
@@ -42,6 +45,7 @@ from services.runtime.backends.cuda.benchmark import (  # noqa: E402
     engine_bench_lines,
     greedy_parity,
 )
+from services.runtime.backends.cuda.probes import gemv_sweep, graph_node_cost, summary_lines  # noqa: E402
 
 PROMPT_LEN, DECODE_TOKENS = 32, 128
 DEADLINE_S = 225  # stop starting optional work after this
@@ -295,6 +299,15 @@ def summary_table(r: dict) -> str:
             lines.append(f"{'':<14}step breakdown (eager, us): " + ", ".join(
                 f"{k} {v['total_us']:.0f} ({v['count']}x)" for k, v in top))
     lines.extend(engine_bench_lines(r.get("engine_bench") or {}, ENGINE_NEW_TOKENS, ENGINE_RUNS))
+    probes = dict(r.get("probes") or {})
+    for name in SHAPES:  # the PDL A/B of each model's decode step came with its benchmark
+        ab = r.get("bench", {}).get(name, {}).get("ours", {}).get("decode_pdl_ab")
+        if ab:
+            probes[name] = {**(probes.get(name) or {}), "decode_pdl_ab": ab}
+    if probes:
+        lines.append("")
+        lines.append("probes (where a decode step's time goes):")
+        lines.extend(summary_lines(probes))
     lines.append(f"total {r.get('total_seconds')} s")
     return "\n".join(lines)
 
@@ -385,6 +398,16 @@ def main() -> int:
             step(b, "start_hf", start_to_first_token, "hf", models[name])
         log(f"{name}: start->first token ours {b['start_ours'].get('seconds')} s, "
             f"HF {b.get('start_hf', {}).get('seconds')} s")
+        save()
+    results["probes"] = {}
+    if time.perf_counter() - T0 < DEADLINE_S - 15:  # tuning data: optional, seconds each
+        step(results["probes"], "graph_node", graph_node_cost, be)
+        for name in SHAPES:
+            if time.perf_counter() - T0 > DEADLINE_S:
+                results["probes"][name] = {"skipped": "time budget"}
+                continue
+            step(results["probes"], name, lambda n: {"gemv": gemv_sweep(be, SHAPES[n])}, name)
+        log("probes done")
         save()
     parity_ok = all(isinstance(p, dict) and p.get("ok") for p in results["parity"].values())
     pt = results.get("pytest", {})

@@ -78,8 +78,8 @@ def greedy_parity(model_dir: Path, be, prompt_len: int, steps: int, tol_scale: f
 def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 128) -> dict:
     """TTFT (prefill graph and eager), decode ms/token (graph, per-token sync; pipelined;
     GPU-only), the op path per token, and a per-kernel breakdown of one decode step."""
-    from services.runtime.backends.cuda.driver import Event
     from services.runtime.backends.cuda.loader import load_transformer
+    from services.runtime.backends.cuda.probes import decode_pdl_ab, decode_step_gpu_ms
     from services.runtime.model.config import ModelConfig
     from services.runtime.model.weights import Weights
 
@@ -126,15 +126,8 @@ def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 1
     t = time.perf_counter()
     dg.generate(first, prompt_len, decode_tokens)
     pipelined = (time.perf_counter() - t) * 1e3 / decode_tokens
-    g = dg.graph(True)
-    dg.prime(first, prompt_len)
-    e0, e1 = Event(), Event()
-    e0.record(be.stream)
-    for _ in range(decode_tokens):
-        g.launch(be.stream)
-    e1.record(be.stream)
-    e1.synchronize()
-    gpu_ms = e1.elapsed_ms(e0) / decode_tokens
+    gpu_ms = decode_step_gpu_ms(be, dg, first, prompt_len, decode_tokens)
+    pdl_ab = decode_pdl_ab(be, model, cache, first, prompt_len, decode_tokens)
     eager = []
     for s in range(8):  # the op path (Transformer.forward per token), for reference
         t = time.perf_counter()
@@ -147,8 +140,8 @@ def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 1
             "decode_ms_per_token": statistics.median(runs),
             "decode_runs_ms": [round(x, 4) for x in runs], "decode_pipelined_ms_per_token": pipelined,
             "decode_gpu_ms_per_step": gpu_ms, "graph_capture_ms": capture_ms, "pdl": dg.pdl_used,
-            "kernels_per_step": dg.kernels_per_step(), "eager_op_path_ms_per_token": statistics.median(eager),
-            "breakdown_us": step_breakdown(be, dg)}
+            "kernels_per_step": dg.kernels_per_step(), "decode_pdl_ab": pdl_ab,
+            "eager_op_path_ms_per_token": statistics.median(eager), "breakdown_us": step_breakdown(be, dg)}
 
 
 def step_breakdown(be, dg) -> dict:

@@ -117,9 +117,23 @@ class Ops:
         self._launch(name, (grid,), (256,), (src_ptr, dst.ptr + 2 * offset_elems, n))
 
     # ---- projections ----------------------------------------------------------------------
+    def gemv_config(self, N: int, K: int, mode: str = "store") -> tuple[int, int]:
+        """(split-K warps per row group, threads per block) for a decode projection: split K
+        until one pass (or two) of GEMV_U loads per thread covers a row; big blocks where K is
+        split 8 ways or the row groups fill every SM 64 times over."""
+        chunks = K // 8
+        ks = 1
+        while ks < 8 and chunks > 32 * ks * GEMV_U:
+            ks *= 2
+        groups = N // 2 if mode == "swiglu" else math.ceil(N / 2)
+        threads = 256 if ks == 8 or (ks == 1 and groups >= 64 * self.sm_count) else 128
+        return ks, threads
+
     def gemv(self, W: DeviceTensor, x: DeviceTensor, y: DeviceTensor, *, bias: DeviceTensor | None = None,
-             norm_w: DeviceTensor | None = None, eps: float = 0.0, mode: str = "store") -> None:
-        """One token: y = W·norm?(x) (+b); mode store | residual (y +=) | swiglu (rows g, g+F)."""
+             norm_w: DeviceTensor | None = None, eps: float = 0.0, mode: str = "store",
+             config: tuple[int, int] | None = None) -> None:
+        """One token: y = W·norm?(x) (+b); mode store | residual (y +=) | swiglu (rows g, g+F).
+        `config` overrides gemv_config's (split-K, threads) choice (the tuning probes)."""
         N, K = W.shape
         assert x.dtype == y.dtype == "f32" and x.numel == K
         assert K % 8 == 0 and _aligned(W) and _aligned(x), "gemv needs K % 8 == 0 and 16-byte aligned W, x"
@@ -131,12 +145,9 @@ class Ops:
         name = {("store", False): "gemv_store", ("store", True): "gemv_norm_store",
                 ("residual", False): "gemv_residual", ("swiglu", False): "gemv_swiglu",
                 ("swiglu", True): "gemv_norm_swiglu"}[(mode, norm_w is not None)]
-        chunks = K // 8
-        ks = 1
-        while ks < 8 and chunks > 32 * ks * GEMV_U:  # split K until one pass (or two) covers it
-            ks *= 2
+        ks, threads = config or self.gemv_config(N, K, mode)
+        assert ks in (1, 2, 4, 8) and threads in (64, 128, 256) and threads >= 32 * ks, (ks, threads)
         groups = F if mode == "swiglu" else math.ceil(N / 2)
-        threads = 256 if ks == 8 or (ks == 1 and groups >= 64 * self.sm_count) else 128
         per_block = threads // 32 // ks
         smem = 4 * K + 4 * 2 * (threads // 32)
         self._launch(_for(W, name, bias, norm_w), (math.ceil(groups / per_block),), (threads,),

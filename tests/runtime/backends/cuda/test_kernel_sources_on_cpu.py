@@ -11,6 +11,7 @@ import pytest
 
 from .test_model import *  # noqa: F403  (collected again, against the kernel sources on the CPU)
 from .test_ops import *  # noqa: F403
+from .test_probes import *  # noqa: F403
 from .test_sampling import *  # noqa: F403
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

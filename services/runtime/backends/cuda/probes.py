@@ -1,0 +1,181 @@
+"""Probes that explain where a decode step's time goes on a GPU, so that the first run on a
+card also gives the numbers to tune by (scripts/gpu_check.py runs them after the benchmarks):
+
+  graph_node_cost   what one node of a captured graph costs: a graph of n minimal launches
+                    (swiglu on one element), with programmatic dependent launch and without
+  decode_pdl_ab     one decode step's GPU time with PDL and with plain graph edges
+  gemv_sweep        each decode projection of a model shape (qkv, o, gate_up, down, LM head)
+                    under every (split-K, threads) the GEMV kernel takes, timed inside a graph
+                    as the decode step launches it; every config's output is first checked
+                    against the launcher's own choice, and the fastest is named beside it
+
+Times are medians of event-timed graph replays, in microseconds per launch (or per step).
+Random weights: only the shapes matter here.
+"""
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+
+from .driver import CudaError, Event, memset_d8
+from .module import Graph
+
+GEMV_CONFIGS = ((1, 128), (1, 256), (2, 128), (2, 256), (4, 128), (4, 256), (8, 256))  # (split-K, threads)
+LAUNCHES_PER_GRAPH = 20
+REPLAYS = 7
+
+
+def _replay_us(be, graph: Graph, per_replay: int, replays: int = REPLAYS) -> float:
+    graph.launch(be.stream)  # warm: first replay uploads and touches everything
+    be.synchronize()
+    times = []
+    for _ in range(replays):
+        e0, e1 = Event(), Event()
+        e0.record(be.stream)
+        graph.launch(be.stream)
+        e1.record(be.stream)
+        e1.synchronize()
+        times.append(e1.elapsed_ms(e0) * 1e3 / per_replay)
+    return statistics.median(times)
+
+
+def _capture(be, record, pdl: bool) -> Graph:
+    be.ops.pdl = pdl
+    try:
+        return Graph.capture(be.stream, be.allocator, record)
+    finally:
+        be.ops.pdl = False
+
+
+def _variants(be) -> tuple[bool, ...]:
+    return (False, True) if be.pdl else (False,)
+
+
+def graph_node_cost(be, n: int = 200, replays: int = REPLAYS) -> dict:
+    """Microseconds per node of a graph of `n` one-element swiglu launches, per edge kind."""
+    gate_up = be.upload_activation(np.ones((1, 2), np.float32))
+    out = be._empty((1, 1))
+    result: dict = {"nodes": n}
+    for pdl in _variants(be):
+        key = "pdl_us" if pdl else "plain_us"
+        try:
+            g = _capture(be, lambda: [be.ops.swiglu(gate_up, out) for _ in range(n)], pdl)
+        except CudaError as exc:
+            result[key] = f"capture failed: {exc}"
+            continue
+        result[key] = round(_replay_us(be, g, n, replays), 3)
+    return result
+
+
+def decode_step_gpu_ms(be, dg, token: int, pos: int, steps: int) -> float:
+    """GPU milliseconds per decode step: `steps` replays back to back, chained on the device."""
+    g = dg.graph(True)
+    dg.prime(token, pos)
+    e0, e1 = Event(), Event()
+    e0.record(be.stream)
+    for _ in range(steps):
+        g.launch(be.stream)
+    e1.record(be.stream)
+    e1.synchronize()
+    return e1.elapsed_ms(e0) / steps
+
+
+def decode_pdl_ab(be, model, cache, token: int, pos: int, steps: int) -> dict:
+    """The decode step's GPU time with PDL edges and with plain ones (same model and cache)."""
+    result: dict = {}
+    saved = be.pdl
+    try:
+        for pdl in _variants(be):
+            be.pdl = pdl  # read when the graph is captured
+            dg = be.decode_graph(model, cache.capacity)
+            dg.bind(cache)
+            dg.step(token, pos)  # captures
+            key = "pdl_ms" if pdl else "plain_ms"
+            result[key] = round(decode_step_gpu_ms(be, dg, token, pos, steps), 4)
+            result[key.replace("_ms", "_captured")] = dg.pdl_used == pdl
+    finally:
+        be.pdl = saved
+    if "pdl_ms" in result and result["pdl_ms"] > 0:
+        result["pdl_speedup"] = round(result["plain_ms"] / result["pdl_ms"], 3)
+    return result
+
+
+def decode_projections(shape: dict) -> dict[str, tuple[int, int, str]]:
+    """name -> (N rows, K columns, mode) of one layer's decode GEMVs and the LM head, from an
+    HF config dict (bench_models.SHAPES)."""
+    d, f, v = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
+    h, kv = shape["num_attention_heads"], shape["num_key_value_heads"]
+    hd = shape.get("head_dim") or d // h
+    return {"qkv": ((h + 2 * kv) * hd, d, "norm_store"), "o": (d, h * hd, "residual"),
+            "gate_up": (2 * f, d, "norm_swiglu"), "down": (d, f, "residual"), "lm_head": (v, d, "norm_store")}
+
+
+def _config_name(ks: int, threads: int) -> str:
+    return f"ks{ks}x{threads}"
+
+
+def gemv_sweep(be, shape: dict, seed: int = 0, configs=GEMV_CONFIGS, launches: int = LAUNCHES_PER_GRAPH,
+               replays: int = REPLAYS) -> dict:
+    """Every projection of `shape` under every GEMV config: same results, then time and GB/s."""
+    rng = np.random.default_rng(seed)
+    out: dict = {}
+    for proj, (N, K, mode) in decode_projections(shape).items():
+        block = rng.standard_normal((min(N, 1024), K), dtype=np.float32) / np.float32(np.sqrt(K))
+        W = be.upload(np.resize(block, (N, K)))  # tiled rows: 1 GB of host randoms is not the point
+        x = be.upload_activation(rng.standard_normal(K, dtype=np.float32))
+        kind = mode.removeprefix("norm_")
+        norm_w = be.upload(1.0 + 0.1 * rng.standard_normal(K, dtype=np.float32)) if mode.startswith("norm") else None
+        y = be._empty((N // 2 if kind == "swiglu" else N,))
+        chosen = be.ops.gemv_config(N, K, kind)
+
+        def launch(cfg, W=W, x=x, y=y, norm_w=norm_w, kind=kind):
+            be.ops.gemv(W, x, y, norm_w=norm_w, eps=1e-6, mode=kind, config=cfg)
+
+        def once(cfg, y=y):
+            memset_d8(y.ptr, 0, y.nbytes, be.stream)  # residual mode adds into y
+            launch(cfg)
+            return be.to_host(y)
+
+        ref = once(chosen)
+        scale = float(np.abs(ref).max()) or 1.0
+        row = {"shape": [N, K], "mode": mode, "weight_mb": round(N * K * 2 / 1e6, 2),
+               "chosen": _config_name(*chosen), "configs": {}}
+        for cfg in dict.fromkeys((chosen, *configs)):
+            ks, threads = cfg
+            if threads < 32 * ks:
+                continue
+            err = float(np.abs(once(cfg) - ref).max()) / scale
+            g = _capture(be, lambda cfg=cfg: [launch(cfg) for _ in range(launches)], be.pdl)
+            us = _replay_us(be, g, launches, replays)
+            row["configs"][_config_name(ks, threads)] = {"us": round(us, 3), "gb_s": round(N * K * 2 / us / 1e3, 1),
+                                                         "max_rel_err": err}
+        best = min(row["configs"], key=lambda k: row["configs"][k]["us"])
+        row.update(best=best, best_us=row["configs"][best]["us"], chosen_us=row["configs"][row["chosen"]]["us"],
+                   same_results=all(c["max_rel_err"] <= 1e-4 for c in row["configs"].values()))
+        out[proj] = row
+    return out
+
+
+def summary_lines(probes: dict) -> list[str]:
+    """Lines for gpu_check's summary table."""
+    lines = []
+    node = probes.get("graph_node", {})
+    if node:
+        lines.append(f"  graph node: {node.get('plain_us')} us plain, {node.get('pdl_us', '-')} us with PDL")
+    for name, p in probes.items():
+        if name == "graph_node" or not isinstance(p, dict):
+            continue
+        if "error" in p:
+            lines.append(f"  {name}: probes failed: {p['error']}")
+            continue
+        ab = p.get("decode_pdl_ab", {})
+        if ab:
+            lines.append(f"  {name} decode step on the GPU: {ab.get('plain_ms')} ms plain edges, "
+                         f"{ab.get('pdl_ms', '-')} ms with PDL")
+        for proj, row in p.get("gemv", {}).items():
+            chosen, best = row["configs"][row["chosen"]], row["configs"][row["best"]]
+            flag = "" if row["same_results"] else "  RESULTS DIFFER"
+            lines.append(f"  {name} {proj:7s} {row['shape'][0]}x{row['shape'][1]}: {row['chosen']} "
+                         f"{chosen['us']} us ({chosen['gb_s']} GB/s); fastest {row['best']} {best['us']} us{flag}")
+    return lines
