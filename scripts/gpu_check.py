@@ -294,16 +294,21 @@ def summary_table(r: dict) -> str:
             lines.append(f"{'':<14}{'x HF':<6}{h['decode_ms_per_token'] / o['decode_ms_per_token']:>14.1f}{'':>12}"
                          f"{h['ttft_ms'] / o['ttft_ms'] if o.get('ttft_ms') else float('nan'):>10.1f}"
                          f"{(sh.get('seconds') or 0) / so['seconds'] if so.get('seconds') else float('nan'):>14.1f}")
+        tuning = o.get("gemv_tuning") or {}
+        if tuning.get("choices"):
+            lines.append(f"{'':<14}gemv tuning ({tuning['measured']} shapes, {tuning['seconds']} s): " + ", ".join(
+                f"{e.split(':')[0]} {c['heuristic']}->{c['chosen']} {c['heuristic_us']}->{c['chosen_us']} us"
+                for e, c in tuning["choices"].items()))
         top = list((o.get("breakdown_us") or {}).items())[:5]
         if top:
             lines.append(f"{'':<14}step breakdown (eager, us): " + ", ".join(
                 f"{k} {v['total_us']:.0f} ({v['count']}x)" for k, v in top))
     lines.extend(engine_bench_lines(r.get("engine_bench") or {}, ENGINE_NEW_TOKENS, ENGINE_RUNS))
     probes = dict(r.get("probes") or {})
-    for name in SHAPES:  # the PDL A/B of each model's decode step came with its benchmark
-        ab = r.get("bench", {}).get(name, {}).get("ours", {}).get("decode_pdl_ab")
+    for name in SHAPES:  # the A/B of each model's decode step came with its benchmark
+        ab = r.get("bench", {}).get(name, {}).get("ours", {}).get("decode_ab")
         if ab:
-            probes[name] = {**(probes.get(name) or {}), "decode_pdl_ab": ab}
+            probes[name] = {**(probes.get(name) or {}), "decode_ab": ab}
     if probes:
         lines.append("")
         lines.append("probes (where a decode step's time goes):")

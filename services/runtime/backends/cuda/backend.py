@@ -30,6 +30,8 @@ from .driver import (
     copy_htod,
     memset_d8,
 )
+from .gemv_tuning import GemvTuner
+from .gemv_tuning import enabled_by_env as gemv_enabled_by_env
 from .kernels_registry import KernelSet
 from .ops import Ops
 from .state import DECODE_STATE, new_state, set_sampling
@@ -43,7 +45,8 @@ class CudaBackend(Backend):
     name = "cuda"
     compute_dtype = "bfloat16"
 
-    def __init__(self, device: int = 0, arch: str | None = None, pdl: bool | None = None):
+    def __init__(self, device: int = 0, arch: str | None = None, pdl: bool | None = None,
+                 gemv_tune: bool | None = None):
         t0 = time.perf_counter()
         self.device = Device(device)
         self.info = self.device.info
@@ -56,6 +59,8 @@ class CudaBackend(Backend):
             pdl = os.environ.get("INLOOP_CUDA_PDL", "1") != "0"
         # programmatic dependent launch needs sm_90; used only inside captured graphs
         self.pdl = bool(pdl) and self.info.capability >= (9, 0)
+        # decode GEMV configs measured on this card before the first decode graph (cached on disk)
+        self.gemv_tuner = GemvTuner(self) if (gemv_enabled_by_env() if gemv_tune is None else gemv_tune) else None
         self.uploader = Uploader(self.allocator, self.stream, self.ops)
         self._sample_state = DeviceTensor.empty(self.allocator, (DECODE_STATE.itemsize // 4,), "i32")
         self.start_seconds = time.perf_counter() - t0
@@ -216,7 +221,9 @@ class CudaBackend(Backend):
                 "arch": self.arch, "pdl": self.pdl, "driver_version": self.info.driver_version,
                 "kernels_compiled_at_start": self.kernels.compiled,
                 "kernel_compile_s": round(self.kernels.compile_seconds, 3),
-                "kernel_load_s": round(self.kernels.load_seconds, 3)}
+                "kernel_load_s": round(self.kernels.load_seconds, 3),
+                "gemv_tuning": "off" if self.gemv_tuner is None else
+                f"{self.gemv_tuner.measured} shape(s) measured, {len(self.ops.gemv_choices)} known"}
 
     # ---- GPU sampling and the decode graph ------------------------------------------------
     def sample(self, logits: DeviceTensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

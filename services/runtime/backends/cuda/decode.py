@@ -49,7 +49,18 @@ class DecodeGraph(StepGraph):
         self.pushes = 0  # state pushes so far: a step launched ahead is stale once this moves
         self.graphs: dict[bool, Graph] = {}
         self.pdl_used = False
+        if backend.gemv_tuner is not None:  # before anything is captured (prefill graphs come after us)
+            backend.gemv_tuner.tune(self.projections())
         self._warmup(sample)
+
+    def projections(self) -> list[tuple]:
+        """(weight, norm weight or None, mode) of every GEMV a step launches (what is tuned)."""
+        m = self.model
+        out = [(m.lm_head, m.final_norm, "store")]
+        for lw in m.layers:
+            out += [(lw.qkv, lw.input_norm, "store"), (lw.o, None, "residual"),
+                    (lw.gate_up, lw.post_norm, "swiglu"), (lw.down, None, "residual")]
+        return out
 
     # ---- recording --------------------------------------------------------------------
     def record(self, sample: bool) -> None:

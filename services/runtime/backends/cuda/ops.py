@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from .driver import Allocator, DeviceInfo, Stream, memset_d8
+from .gemv_tuning import choice_key
 from .kernels_registry import HEAD_DIM_VARIANTS, KernelSet, for_weights
 from .state import SAMPLE_STATS_BYTES
 from .tensor import WEIGHT_DTYPES, DeviceTensor
@@ -63,6 +64,7 @@ class Ops:
         self.k, self.stream, self.info = kernels, stream, info
         self.sm_count = info.sm_count
         self.pdl = False  # set while recording a graph on sm_90+
+        self.gemv_choices: dict[tuple, tuple[int, int]] = {}  # measured (split-K, threads): gemv_tuning.py
         self.gemm_ws = Workspace(allocator, stream, "f32")
         self.gemm_counters = Workspace(allocator, stream, "i32", zeroed=True)
         self.att_ws = Workspace(allocator, stream, "f32")
@@ -133,7 +135,8 @@ class Ops:
              norm_w: DeviceTensor | None = None, eps: float = 0.0, mode: str = "store",
              config: tuple[int, int] | None = None) -> None:
         """One token: y = W·norm?(x) (+b); mode store | residual (y +=) | swiglu (rows g, g+F).
-        `config` overrides gemv_config's (split-K, threads) choice (the tuning probes)."""
+        (split-K, threads): `config`, else this card's measured choice for the shape
+        (gemv_tuning.py), else gemv_config's heuristic."""
         N, K = W.shape
         assert x.dtype == y.dtype == "f32" and x.numel == K
         assert K % 8 == 0 and _aligned(W) and _aligned(x), "gemv needs K % 8 == 0 and 16-byte aligned W, x"
@@ -145,7 +148,8 @@ class Ops:
         name = {("store", False): "gemv_store", ("store", True): "gemv_norm_store",
                 ("residual", False): "gemv_residual", ("swiglu", False): "gemv_swiglu",
                 ("swiglu", True): "gemv_norm_swiglu"}[(mode, norm_w is not None)]
-        ks, threads = config or self.gemv_config(N, K, mode)
+        ks, threads = (config or self.gemv_choices.get(choice_key(N, K, mode, norm_w is not None, W.dtype))
+                       or self.gemv_config(N, K, mode))
         assert ks in (1, 2, 4, 8) and threads in (64, 128, 256) and threads >= 32 * ks, (ks, threads)
         groups = F if mode == "swiglu" else math.ceil(N / 2)
         per_block = threads // 32 // ks

@@ -9,6 +9,9 @@ import pytest
 from services.runtime.backends.cuda.driver import cuda_available
 
 GPU_OK, GPU_REASON = cuda_available()
+# Backends made by these tests keep the heuristic GEMV configs: measuring them per backend would
+# make the emulators' choices depend on wall time; test_probes.py turns the tuner on itself.
+os.environ.setdefault("INLOOP_CUDA_GEMV_TUNE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -36,11 +36,13 @@ def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch)
                "bench": {"smollm2-135m": {"ours": ours, "hf": {"decode_ms_per_token": 20.0, "ttft_ms": 30.0},
                                           "start_ours": {"seconds": 1.0}, "start_hf": {"seconds": 15.0}}},
                "total_seconds": 3}
-    assert ours["decode_pdl_ab"]["plain_ms"] > 0 and ours["decode_pdl_ab"]["pdl_ms"] > 0
+    assert ours["decode_ab"]["served_ms"] > 0 and ours["decode_ab"]["plain_edges_ms"] > 0
     from services.runtime.backends.cuda import probes
 
     shape = {"hidden_size": 32, "intermediate_size": 48, "vocab_size": 100, "num_attention_heads": 2,
              "num_key_value_heads": 1}
+    ours["gemv_tuning"] = {"enabled": True, "measured": 1, "seconds": 0.05, "choices": {
+        "960x576:store+norm:bf16": {"heuristic": "ks1x128", "heuristic_us": 2.5, "chosen": "ks2x128", "chosen_us": 2.0}}}
     results["probes"] = {"graph_node": probes.graph_node_cost(fake_gpu, n=4, replays=1),
                          "smollm2-135m": {"gemv": probes.gemv_sweep(fake_gpu, shape, launches=1, replays=1)},
                          "qwen2.5-0.5b": {"skipped": "time budget"}}
@@ -48,6 +50,7 @@ def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch)
     assert "decode ms/tok" in table and "x HF" in table and "greedy parity tiny" in table
     assert "graph node:" in table and "smollm2-135m decode step on the GPU" in table
     assert "smollm2-135m lm_head 100x32: ks" in table
+    assert "gemv tuning (1 shapes, 0.05 s): 960x576 ks1x128->ks2x128 2.5->2.0 us" in table
 
 
 def test_first_token_child_runs(gpu_check, fake_gpu, tmp_path, capsys):

@@ -1,12 +1,17 @@
-"""probes.py on the GPU (and, collected again, on the driver double's kernel-source emulator):
-every GEMV config the sweep times computes what the launcher's own choice computes, the
-graph-node and PDL A/B probes run and report both edge kinds, and the summary names them."""
+"""probes.py and gemv_tuning.py on the GPU (and, collected again, on the driver double's
+kernel-source emulator): every GEMV config the sweep times computes what the launcher's own
+choice computes, the tuner measures each projection once per card and a warm start reads its
+file, decode graphs built on other configs give the same tokens, and the A/B probes report
+every variant and put the backend back as they found it."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from services.runtime.backends.cuda import probes
+from services.runtime.backends.cuda.gemv_tuning import GemvTuner, choice_key
 from services.runtime.model.tiny import make_tiny
 
 QUICK = {"launches": 2, "replays": 1}  # the emulators run every launch for real: keep the sweep short
@@ -19,7 +24,7 @@ def test_every_gemv_config_gives_the_chosen_configs_results(gpu):
     assert set(sweep) == {"qkv", "o", "gate_up", "down", "lm_head"}
     assert sweep["qkv"]["shape"] == [(4 + 2 * 2) * 16, 64] and sweep["gate_up"]["shape"] == [192, 64]
     for proj, row in sweep.items():
-        assert set(row["configs"]) == {probes._config_name(*c) for c in probes.GEMV_CONFIGS}, proj
+        assert set(row["configs"]) == {probes.config_name(*c) for c in probes.GEMV_CONFIGS}, proj
         assert row["chosen"] in row["configs"] and row["best"] in row["configs"]
         assert row["same_results"], (proj, {k: c["max_rel_err"] for k, c in row["configs"].items()})
         assert all(c["us"] > 0 and c["gb_s"] > 0 for c in row["configs"].values())
@@ -32,25 +37,84 @@ def test_a_config_the_kernel_cannot_take_is_refused(gpu):
         gpu.ops.gemv(W, x, y, config=(8, 128))  # 8 split-K warps need 256 threads
 
 
-def test_graph_node_and_pdl_ab_report_both_edge_kinds(gpu, tmp_path):
-    node = probes.graph_node_cost(gpu, n=16, replays=1)
-    pdl_before = gpu.pdl
-    assert node["plain_us"] > 0 and (not gpu.pdl or node["pdl_us"] > 0)
-
+@pytest.fixture()
+def tiny_model(gpu, tmp_path):
     from services.runtime.backends.cuda.loader import load_transformer
     from services.runtime.model.config import ModelConfig
     from services.runtime.model.weights import Weights
 
     d = make_tiny("llama", tmp_path / "m", seed=5, dtype="bfloat16")
-    model = load_transformer(gpu, ModelConfig.from_dir(d), Weights(d))
-    cache = model.new_cache(32)
-    ab = probes.decode_pdl_ab(gpu, model, cache, token=3, pos=0, steps=4)
-    assert ab["plain_ms"] > 0 and ab["plain_captured"]
-    if gpu.pdl:
-        assert ab["pdl_ms"] > 0 and ab["pdl_captured"] and ab["pdl_speedup"] > 0
-    assert gpu.pdl == pdl_before  # restored
+    return load_transformer(gpu, ModelConfig.from_dir(d), Weights(d))
+
+
+@pytest.fixture()
+def tuned(gpu):
+    """Give the test the backend's tuner and choices to set; put the backend back after."""
+    saved = gpu.gemv_tuner, dict(gpu.ops.gemv_choices), gpu.pdl
+    gpu.ops.gemv_choices.clear()
+    yield gpu
+    gpu.gemv_tuner, gpu.ops.gemv_choices, gpu.pdl = saved[0], saved[1], saved[2]
+
+
+def test_tuner_measures_each_projection_once_and_a_warm_start_measures_nothing(tuned, tiny_model, tmp_path):
+    gpu, path = tuned, tmp_path / "tuning.json"
+    gpu.gemv_tuner = GemvTuner(gpu, path=path)
+    dg = gpu.decode_graph(tiny_model, 32)
+    keys = {choice_key(*W.shape, mode, n is not None, W.dtype) for W, n, mode in dg.projections()}
+    assert len(keys) == 5 and set(gpu.ops.gemv_choices) == keys
+    assert gpu.gemv_tuner.measured == 5 and len(gpu.gemv_tuner.report) == 5
+    assert all(cfg in probes.GEMV_CONFIGS for cfg in gpu.ops.gemv_choices.values())
+    saved = json.loads(path.read_text())[gpu.gemv_tuner.card]
+    assert len(saved) == 5
+    first = dict(gpu.ops.gemv_choices)
+
+    gpu.ops.gemv_choices.clear()  # a new process on the same card
+    gpu.gemv_tuner = GemvTuner(gpu, path=path)
+    gpu.decode_graph(tiny_model, 32)
+    assert gpu.gemv_tuner.measured == 0 and gpu.ops.gemv_choices == first
+
+
+def test_a_tuner_cache_it_cannot_read_is_measured_again(tuned, tiny_model, tmp_path):
+    path = tmp_path / "tuning.json"
+    path.write_text("{not json")
+    tuned.gemv_tuner = GemvTuner(tuned, path=path)
+    tuned.decode_graph(tiny_model, 32)
+    assert tuned.gemv_tuner.measured == 5 and tuned.gemv_tuner.card in json.loads(path.read_text())
+
+
+def test_decode_steps_with_other_gemv_configs_give_the_same_tokens(tuned, tiny_model):
+    gpu = tuned
+    want = gpu.decode_graph(tiny_model, 32)
+    cache = tiny_model.new_cache(32)
+    want.bind(cache)
+    ref = [want.step(7, 0)] + [want.step() for _ in range(5)]
+    dg = gpu.decode_graph(tiny_model, 32)
+    for W, n, mode in dg.projections():  # every projection split 8 ways, 256 threads
+        gpu.ops.gemv_choices[choice_key(*W.shape, mode, n is not None, W.dtype)] = (8, 256)
+    other = gpu.decode_graph(tiny_model, 32)
+    other.bind(cache)
+    got = [other.step(7, 0)] + [other.step() for _ in range(5)]
+    assert [r[0] for r in got] == [r[0] for r in ref]
+    assert np.allclose([r[1:] for r in got], [r[1:] for r in ref], rtol=1e-3, atol=1e-4)
+
+
+def test_graph_node_and_decode_ab_report_every_variant(tuned, tiny_model):
+    gpu = tuned
+    node = probes.graph_node_cost(gpu, n=16, replays=1)
+    assert node["plain_us"] > 0 and (not gpu.pdl or node["pdl_us"] > 0)
+
+    gpu.gemv_tuner = None
+    cache = tiny_model.new_cache(32)
+    dg = gpu.decode_graph(tiny_model, 32)
+    for W, n, mode in dg.projections():
+        gpu.ops.gemv_choices[choice_key(*W.shape, mode, n is not None, W.dtype)] = (2, 128)
+    before = (gpu.pdl, dict(gpu.ops.gemv_choices))
+    ab = probes.decode_ab(gpu, tiny_model, cache, token=3, pos=0, steps=4)
+    assert ab["served_ms"] > 0 and ab["heuristic_gemv_ms"] > 0 and ab["heuristic_gemv_over_served"] > 0
+    assert not gpu.pdl or (ab["plain_edges_ms"] > 0 and "served_note" not in ab)
+    assert (gpu.pdl, gpu.ops.gemv_choices, gpu.gemv_tuner) == (*before, None)  # put back
 
     sweep = probes.gemv_sweep(gpu, SMALL, **QUICK)
-    lines = "\n".join(probes.summary_lines({"graph_node": node, "tiny": {"decode_pdl_ab": ab, "gemv": sweep}}))
+    lines = "\n".join(probes.summary_lines({"graph_node": node, "tiny": {"decode_ab": ab, "gemv": sweep}}))
     assert "graph node:" in lines and "tiny decode step on the GPU" in lines and "lm_head" in lines
-    assert "RESULTS DIFFER" not in lines
+    assert "with the heuristic GEMV configs" in lines and "RESULTS DIFFER" not in lines

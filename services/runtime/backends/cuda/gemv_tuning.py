@@ -1,0 +1,106 @@
+"""The decode GEMV's (split-K, threads) per projection shape, measured on this card rather
+than guessed.
+
+Before a decode graph is captured, each distinct projection of the model (rows, columns,
+mode, norm prologue, weight type) is timed under every config the kernel takes, inside a
+small graph as the step launches it (probes.time_gemv_configs); a config wins only if its
+results equal the heuristic's (fp32 sums in another order) and it is faster by more than
+MIN_GAIN, else the heuristic (Ops.gemv_config) stays. Choices are kept per card, driver and
+GEMV source in $INLOOP_CACHE/gemv-tuning.json, so a warm start measures nothing and every
+process on one machine sums in the same order. INLOOP_CUDA_GEMV_TUNE=0 keeps the heuristic.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from . import compiler
+from .probes import SAME_RESULT_TOL, config_name, time_gemv_configs
+
+log = logging.getLogger("inloop.cuda")
+MIN_GAIN = 0.03        # a config must beat the heuristic by 3% to replace it (timing noise)
+LAUNCHES, REPLAYS = 10, 3
+_GEMV_SOURCES = ("gemv.cu", "common.cuh", "ptx.cuh")
+
+
+def enabled_by_env() -> bool:
+    return os.environ.get("INLOOP_CUDA_GEMV_TUNE", "1") != "0"
+
+
+def choice_key(N: int, K: int, mode: str, norm: bool, dtype: str) -> tuple:
+    """What Ops.gemv looks a choice up by."""
+    return (N, K, mode, norm, dtype)
+
+
+def _entry(key: tuple) -> str:
+    N, K, mode, norm, dtype = key
+    return f"{N}x{K}:{mode}{'+norm' if norm else ''}:{dtype}"
+
+
+class GemvTuner:
+    def __init__(self, be, path: Path | None = None):
+        self.be = be
+        self.path = path or compiler.cache_dir().parent / "gemv-tuning.json"
+        info = be.info
+        src = hashlib.sha256(b"".join((compiler.KERNEL_DIR / n).read_bytes() for n in _GEMV_SOURCES)).hexdigest()[:16]
+        self.card = (f"{info.name}|sm_{info.capability[0]}{info.capability[1]}|{info.sm_count} SMs|"
+                     f"driver {info.driver_version}|pdl {int(be.pdl)}|gemv {src}")
+        self.measured = 0   # projections timed by this process (0 on a warm start)
+        self.seconds = 0.0
+        self.report: dict[str, dict] = {}  # entry -> what was measured and chosen (this process)
+
+    def _load(self) -> dict:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, card_choices: dict) -> None:
+        data = self._load()  # another process may have added shapes since
+        data.setdefault(self.card, {}).update(card_choices)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError as exc:  # a read-only cache costs a re-measure next start, nothing else
+            log.warning("gemv tuning: cannot save %s: %s", self.path, exc)
+
+    def tune(self, projections) -> None:
+        """`projections`: (W, norm_w or None, mode) of the GEMVs a decode step launches. Fills
+        be.ops.gemv_choices for every one, measuring those this card has no choice for yet."""
+        choices = self.be.ops.gemv_choices
+        saved = self._load().get(self.card, {})
+        new: dict[str, list[int]] = {}
+        t0 = time.perf_counter()
+        for W, norm_w, mode in projections:
+            key = choice_key(*W.shape, mode, norm_w is not None, W.dtype)
+            if key in choices:
+                continue
+            entry = _entry(key)
+            if entry in saved:
+                choices[key] = tuple(saved[entry])
+                continue
+            heuristic, timed = time_gemv_configs(self.be, W, norm_w, mode, launches=LAUNCHES, replays=REPLAYS)
+            ok = {cfg: t["us"] for cfg, t in timed.items() if t["max_rel_err"] <= SAME_RESULT_TOL}
+            bad = sorted(config_name(*cfg) for cfg in timed if cfg not in ok)
+            if bad:
+                log.error("gemv tuning %s: configs %s give results unlike %s's; not used", entry, bad,
+                          config_name(*heuristic))
+            best = min(ok, key=ok.get)
+            pick = best if ok[best] < ok[heuristic] * (1 - MIN_GAIN) else heuristic
+            choices[key] = pick
+            new[entry] = list(pick)
+            self.measured += 1
+            self.report[entry] = {"heuristic": config_name(*heuristic), "heuristic_us": round(ok[heuristic], 3),
+                                  "chosen": config_name(*pick), "chosen_us": round(ok[pick], 3)}
+        self.seconds += time.perf_counter() - t0
+        if new:
+            self._save(new)
+            log.info("gemv tuning: measured %d projection(s) in %.3fs: %s", len(new), time.perf_counter() - t0,
+                     {e: f"{r['heuristic']} {r['heuristic_us']}us -> {r['chosen']} {r['chosen_us']}us"
+                      for e, r in self.report.items() if e in new})
