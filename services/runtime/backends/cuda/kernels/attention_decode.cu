@@ -69,6 +69,8 @@ __device__ __forceinline__ void attention_decode_body(
     }
     __syncthreads();
 
+    constexpr int KB = 4 * DPL < 8 ? 4 * DPL : 8;  // 16-byte chunks of a key row in flight (hd <= 32*DPL)
+    constexpr int VB = DPL >= 8 ? 4 : 8;           // value rows in flight per warp
     const bf16_t* kbase = kc + head_base;
     const bf16_t* vbase = vc + head_base;
     const int start = split * chunk, end = min(len, start + chunk);
@@ -87,13 +89,21 @@ __device__ __forceinline__ void attention_decode_body(
         for (int g = 0; g < ATT_MAXG; ++g) s[g] = j < end ? 0.f : NEG_INF;
         if (j < end) {
             // The key at `pos` is this step's, read from shared memory: no block reads a cache
-            // row that another block of this grid is writing.
+            // row that another block of this grid is writing. KB chunks of the row are loaded
+            // before the first is used, so their latencies overlap instead of adding up.
             const uint4* kr = reinterpret_cast<const uint4*>(j == pos ? Knb : kbase + (size_t)j * hd);
-            for (int c = 0; c < (hd >> 3); ++c) {
-                const uint4 w = kr[c];
+            const int nc = hd >> 3;
+            for (int c0 = 0; c0 < nc; c0 += KB) {
+                uint4 w[KB];
 #pragma unroll
-                for (int g = 0; g < ATT_MAXG; ++g)
-                    if (g < Gb) s[g] += dot8(w, Qs + g * hd + c * 8);
+                for (int b = 0; b < KB; ++b) w[b] = c0 + b < nc ? kr[c0 + b] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                for (int b = 0; b < KB; ++b) {
+                    if (c0 + b >= nc) break;
+#pragma unroll
+                    for (int g = 0; g < ATT_MAXG; ++g)
+                        if (g < Gb) s[g] += dot8(w[b], Qs + g * hd + (c0 + b) * 8);
+                }
             }
         }
         float p[ATT_MAXG];
@@ -108,22 +118,32 @@ __device__ __forceinline__ void attention_decode_body(
             for (int dd = 0; dd < DPL; ++dd) acc[g][dd] *= alpha;
             m[g] = m_new;
         }
+        // P.V: VB value rows are loaded before the first is used (one dependent load per key
+        // would put 32 memory latencies in a row); keys are still added in order.
         const int n_valid = min(KT, end - k0);
-        for (int jj = 0; jj < n_valid; ++jj) {
-            const int jp = k0 + jj;
-            const bf16_t* vr = jp == pos ? Vnb : vbase + (size_t)jp * hd;
-            float v[DPL];
+        for (int j0 = 0; j0 < n_valid; j0 += VB) {
+            float v[VB][DPL];
 #pragma unroll
-            for (int dd = 0; dd < DPL; ++dd) {
-                const int d = lane + 32 * dd;
-                v[dd] = d < hd ? bf16_to_f32(vr[d]) : 0.f;
+            for (int b = 0; b < VB; ++b) {
+                const int jp = k0 + j0 + b;
+                const bool ok = j0 + b < n_valid;
+                const bf16_t* vr = jp == pos ? Vnb : vbase + (size_t)(ok ? jp : k0) * hd;
+#pragma unroll
+                for (int dd = 0; dd < DPL; ++dd) {
+                    const int d = lane + 32 * dd;
+                    v[b][dd] = ok && d < hd ? bf16_to_f32(vr[d]) : 0.f;
+                }
             }
 #pragma unroll
-            for (int g = 0; g < ATT_MAXG; ++g) {
-                if (g >= Gb) continue;
-                const float pj = __shfl_sync(FULL_MASK, p[g], jj);
+            for (int b = 0; b < VB; ++b) {
+                if (j0 + b >= n_valid) break;  // warp-uniform
 #pragma unroll
-                for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = fmaf(pj, v[dd], acc[g][dd]);
+                for (int g = 0; g < ATT_MAXG; ++g) {
+                    if (g >= Gb) continue;
+                    const float pj = __shfl_sync(FULL_MASK, p[g], j0 + b);
+#pragma unroll
+                    for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = fmaf(pj, v[b][dd], acc[g][dd]);
+                }
             }
         }
     }
