@@ -117,7 +117,8 @@ def compile_kernels(arch: str) -> dict:
 
 
 # ---- 2. the GPU tests ----------------------------------------------------------------------
-GPU_TEST_MODULES = ("test_compile.py", "test_ops.py", "test_sampling.py", "test_model.py", "test_engine_on_cuda.py")
+GPU_TEST_MODULES = ("test_compile.py", "test_ops.py", "test_sampling.py", "test_model.py", "test_probes.py",
+                    "test_engine_on_cuda.py")
 PYTEST_BUDGET_S = 140  # the engine module adds ~20 s (a SmolLM2-shaped model on numpy as the reference)
 
 
@@ -268,7 +269,7 @@ def summary_table(r: dict) -> str:
     c = r.get("compile", {})
     lines.append(f"compile ({c.get('arch')}): {'ok' if c.get('all_ok') else 'FAILED'} in {c.get('wall_seconds')} s")
     t = r.get("pytest", {})
-    lines.append(f"GPU tests: {t.get('summary') or t.get('reason') or t.get('error')}")
+    lines.append(f"GPU tests: {t.get('summary') or t.get('reason') or t.get('error') or 'not run (--skip-tests)'}")
     for name, p in (r.get("parity") or {}).items():
         if isinstance(p, dict) and "ok" in p:
             div = p.get("free_running_first_divergence")

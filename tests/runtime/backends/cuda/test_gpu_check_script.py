@@ -3,6 +3,7 @@ tiny model, so the one GPU run is not spent on the script's own bugs."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,47 @@ def test_every_gpu_test_module_exists(gpu_check):
     here = Path(__file__).parent
     assert all((here / m).is_file() for m in gpu_check.GPU_TEST_MODULES), gpu_check.GPU_TEST_MODULES
     assert "test_engine_on_cuda.py" in gpu_check.GPU_TEST_MODULES
+
+
+def test_main_runs_every_step_on_the_double(gpu_check, cubin_cache, tmp_path, monkeypatch):
+    """The orchestration itself (main): every step on the driver double with small shapes, so a
+    slip in the wiring shows here and not in the one GPU run. The start-to-first-token children
+    are real processes with no GPU: their error is recorded, and nothing else stops."""
+    from services.runtime.backends.cuda import bench_models
+    from services.runtime.backends.cuda import driver as driver_module
+
+    from .fake_driver import FakeDriver
+
+    small = {"smollm2-135m": {**bench_models.SHAPES["smollm2-135m"], "hidden_size": 64, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96,
+                              "vocab_size": 300}}
+    monkeypatch.setattr(bench_models, "SHAPES", small)
+    monkeypatch.setattr(gpu_check, "SHAPES", small)
+    for name, value in (("DECODE_TOKENS", 6), ("PROMPT_LEN", 9), ("ENGINE_RUNS", 1), ("ENGINE_NEW_TOKENS", 4)):
+        monkeypatch.setattr(gpu_check, name, value)
+    monkeypatch.setattr(gpu_check, "tiny_parity", lambda work, be: {"llama": gpu_check.greedy_parity(
+        gpu_check.make_random_model(work / "p", "smollm2-135m", 9), be, 5, 3)})
+    fd = FakeDriver(kernels="contract")
+    monkeypatch.setattr(driver_module, "_drv", lambda: fd)
+    out, work = tmp_path / "out", tmp_path / "work"
+    monkeypatch.setenv("INLOOP_CUDA_GEMV_TUNE", "1")  # as served: the tuner measures (wall time on the double)
+    # main() sets these for its children; registered here so they are put back after the test.
+    # The session's cubin cache is kept (warm): main() wipes only a cache of its own work folder.
+    monkeypatch.setenv("INLOOP_CACHE", str(cubin_cache.parent))
+    monkeypatch.setenv("INLOOP_TEST_USE_CACHE", "1")
+    monkeypatch.setenv("INLOOP_GPU_WORK", str(work))
+    monkeypatch.setattr("sys.argv", ["gpu_check.py", "--out", str(out), "--work", str(work), "--skip-tests",
+                                     "--skip-hf"])
+    rc = gpu_check.main()
+    results = json.loads((out / "results.json").read_text())
+    failed = {k: v for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    assert not failed, failed
+    ours = results["bench"]["smollm2-135m"]["ours"]
+    assert "error" not in ours and ours["gemv_tuning"]["measured"] == 5, ours.get("gemv_tuning")
+    assert set(ours["decode_ab"]) >= {"served_ms", "plain_edges_ms", "heuristic_gemv_ms"}
+    assert "error" in results["bench"]["smollm2-135m"]["start_ours"]  # the child has no GPU
+    assert results["probes"]["smollm2-135m"]["gemv"]["lm_head"]["same_results"]
+    assert results["engine_bench"]["smollm2-135m"].get("ours_path"), results["engine_bench"]
+    assert rc == 0 and results["ok"], {k: results.get(k) for k in ("compile", "parity")}
+    summary = (out / "summary.txt").read_text()
+    assert "probes (where a decode step's time goes)" in summary and "gemv tuning (5 shapes" in summary
