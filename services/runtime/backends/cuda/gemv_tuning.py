@@ -3,9 +3,10 @@ than guessed.
 
 Before a decode graph is captured, each distinct projection of the model (rows, columns,
 mode, norm prologue, weight type) is timed under every config the kernel takes, inside a
-small graph as the step launches it (probes.time_gemv_configs); a config wins only if its
-results equal the heuristic's (fp32 sums in another order) and it is faster by more than
-MIN_GAIN, else the heuristic (Ops.gemv_config) stays. Choices are kept per card, driver and
+graph as the step launches it: every layer's matrix once, from a flushed L2, so the weights
+come from DRAM as in a step (probes.time_gemv_configs). A config wins only if its results
+equal the heuristic's (fp32 sums in another order) and it is faster by more than MIN_GAIN,
+else the heuristic (Ops.gemv_config) stays. Choices are kept per card, driver and
 GEMV source in $INLOOP_CACHE/gemv-tuning.json, so a warm start measures nothing and every
 process on one machine sums in the same order. INLOOP_CUDA_GEMV_TUNE=0 keeps the heuristic.
 """
@@ -19,11 +20,11 @@ import time
 from pathlib import Path
 
 from . import compiler
-from .probes import SAME_RESULT_TOL, config_name, time_gemv_configs
+from .probes import SAME_RESULT_TOL, L2Flush, config_name, time_gemv_configs
 
 log = logging.getLogger("inloop.cuda")
 MIN_GAIN = 0.03        # a config must beat the heuristic by 3% to replace it (timing noise)
-LAUNCHES, REPLAYS = 10, 3
+REPLAYS = 3
 _GEMV_SOURCES = ("gemv.cu", "common.cuh", "ptx.cuh")
 
 
@@ -72,20 +73,27 @@ class GemvTuner:
 
     def tune(self, projections) -> None:
         """`projections`: (W, norm_w or None, mode) of the GEMVs a decode step launches. Fills
-        be.ops.gemv_choices for every one, measuring those this card has no choice for yet."""
+        be.ops.gemv_choices for every one, measuring those this card has no choice for yet
+        (every layer's matrix of a shape in one graph, read once per replay as a step does)."""
         choices = self.be.ops.gemv_choices
         saved = self._load().get(self.card, {})
-        new: dict[str, list[int]] = {}
-        t0 = time.perf_counter()
+        groups: dict[tuple, list] = {}
         for W, norm_w, mode in projections:
             key = choice_key(*W.shape, mode, norm_w is not None, W.dtype)
             if key in choices:
                 continue
-            entry = _entry(key)
-            if entry in saved:
-                choices[key] = tuple(saved[entry])
+            if _entry(key) in saved:
+                choices[key] = tuple(saved[_entry(key)])
                 continue
-            heuristic, timed = time_gemv_configs(self.be, W, norm_w, mode, launches=LAUNCHES, replays=REPLAYS)
+            groups.setdefault(key, [norm_w, mode, []])[2].append(W)
+        if not groups:
+            return
+        t0 = time.perf_counter()
+        flush = L2Flush(self.be)
+        new: dict[str, list[int]] = {}
+        for key, (norm_w, mode, weights) in groups.items():
+            entry = _entry(key)
+            heuristic, timed = time_gemv_configs(self.be, weights, norm_w, mode, replays=REPLAYS, flush=flush)
             ok = {cfg: t["us"] for cfg, t in timed.items() if t["max_rel_err"] <= SAME_RESULT_TOL}
             bad = sorted(config_name(*cfg) for cfg in timed if cfg not in ok)
             if bad:
@@ -97,10 +105,11 @@ class GemvTuner:
             new[entry] = list(pick)
             self.measured += 1
             self.report[entry] = {"heuristic": config_name(*heuristic), "heuristic_us": round(ok[heuristic], 3),
-                                  "chosen": config_name(*pick), "chosen_us": round(ok[pick], 3)}
+                                  "chosen": config_name(*pick), "chosen_us": round(ok[pick], 3),
+                                  "matrices": len(weights)}
+        del flush
         self.seconds += time.perf_counter() - t0
-        if new:
-            self._save(new)
-            log.info("gemv tuning: measured %d projection(s) in %.3fs: %s", len(new), time.perf_counter() - t0,
-                     {e: f"{r['heuristic']} {r['heuristic_us']}us -> {r['chosen']} {r['chosen_us']}us"
-                      for e, r in self.report.items() if e in new})
+        self._save(new)
+        log.info("gemv tuning: measured %d projection shape(s) in %.3fs: %s", len(new), time.perf_counter() - t0,
+                 {e: f"{r['heuristic']} {r['heuristic_us']}us -> {r['chosen']} {r['chosen_us']}us"
+                  for e, r in self.report.items() if e in new})

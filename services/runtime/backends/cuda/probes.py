@@ -19,20 +19,36 @@ import statistics
 
 import numpy as np
 
-from .driver import CudaError, Event, memset_d8
+from .driver import CudaError, Event, copy_dtod, memset_d8
 from .module import Graph
 
 GEMV_CONFIGS = ((1, 128), (1, 256), (2, 128), (2, 256), (4, 128), (4, 256), (8, 256))  # (split-K, threads)
 LAUNCHES_PER_GRAPH = 20
 REPLAYS = 7
 SAME_RESULT_TOL = 1e-4  # fp32 sums in another order: relative to the largest output
+FLUSH_BYTES = 192 << 20  # written between timed replays: several times any L2 (50 MB H100, 60 MB H200)
+COPIES_BYTES = 1 << 30   # the sweep's distinct weight copies stay under this
 
 
-def _replay_us(be, graph: Graph, per_replay: int, replays: int = REPLAYS) -> float:
+class L2Flush:
+    """A scratch buffer written between timed replays, so a replay reads its weights from DRAM
+    as a decode step does (the whole model streams through L2 between two reads of a layer)."""
+
+    def __init__(self, be, nbytes: int | None = None):
+        self.be, self.nbytes = be, nbytes or FLUSH_BYTES
+        self.buf = be._empty((self.nbytes // 4,), "f32")
+
+    def __call__(self) -> None:
+        memset_d8(self.buf.ptr, 0, self.nbytes, self.be.stream)
+
+
+def _replay_us(be, graph: Graph, per_replay: int, replays: int = REPLAYS, flush: L2Flush | None = None) -> float:
     graph.launch(be.stream)  # warm: first replay uploads and touches everything
     be.synchronize()
     times = []
     for _ in range(replays):
+        if flush is not None:
+            flush()  # before e0: not timed
         e0, e1 = Event(), Event()
         e0.record(be.stream)
         graph.launch(be.stream)
@@ -127,23 +143,28 @@ def config_name(ks: int, threads: int) -> str:
     return f"ks{ks}x{threads}"
 
 
-def time_gemv_configs(be, W, norm_w, mode: str, configs=GEMV_CONFIGS, launches: int = LAUNCHES_PER_GRAPH,
-                      replays: int = REPLAYS, seed: int = 0) -> tuple[tuple[int, int], dict]:
-    """One projection (weight W [N, K], rmsnorm weight or None, mode store | residual |
-    swiglu) under the heuristic's config and each of `configs`: (heuristic config,
-    {config: {"us": per launch inside a graph, "max_rel_err": against the heuristic's y}})."""
-    N, K = W.shape
+def time_gemv_configs(be, weights: list, norm_w, mode: str, configs=GEMV_CONFIGS, replays: int = REPLAYS,
+                      seed: int = 0, flush: L2Flush | None = None) -> tuple[tuple[int, int], dict]:
+    """One projection shape (`weights`: same-shaped [N, K] matrices at distinct addresses, such
+    as every layer's; rmsnorm weight or None; mode store | residual | swiglu) under the
+    heuristic's config and each of `configs`: (heuristic config, {config: {"us": per launch,
+    "max_rel_err": against the heuristic's y on weights[0]}}). A config's graph launches once
+    per matrix, as a decode step does, and each timed replay starts from a flushed L2."""
+    W0 = weights[0]
+    N, K = W0.shape
+    assert all(W.shape == W0.shape and W.dtype == W0.dtype for W in weights)
     rng = np.random.default_rng(seed)
     x = be.upload_activation(rng.standard_normal(K, dtype=np.float32))
     y = be._empty((N // 2 if mode == "swiglu" else N,))
     heuristic = be.ops.gemv_config(N, K, mode)
+    flush = flush or L2Flush(be)
 
-    def launch(cfg):
+    def launch(cfg, W):
         be.ops.gemv(W, x, y, norm_w=norm_w, eps=1e-6, mode=mode, config=cfg)
 
     def once(cfg):
         memset_d8(y.ptr, 0, y.nbytes, be.stream)  # residual mode adds into y
-        launch(cfg)
+        launch(cfg, W0)
         return be.to_host(y)
 
     ref = once(heuristic)
@@ -154,22 +175,29 @@ def time_gemv_configs(be, W, norm_w, mode: str, configs=GEMV_CONFIGS, launches: 
         if threads < 32 * ks:
             continue
         err = float(np.abs(once(cfg) - ref).max()) / scale
-        g = _capture(be, lambda cfg=cfg: [launch(cfg) for _ in range(launches)], be.pdl)
-        out[cfg] = {"us": _replay_us(be, g, launches, replays), "max_rel_err": err}
+        g = _capture(be, lambda cfg=cfg: [launch(cfg, W) for W in weights], be.pdl)
+        out[cfg] = {"us": _replay_us(be, g, len(weights), replays, flush), "max_rel_err": err}
     return heuristic, out
 
 
 def gemv_sweep(be, shape: dict, seed: int = 0, configs=GEMV_CONFIGS, launches: int = LAUNCHES_PER_GRAPH,
-               replays: int = REPLAYS) -> dict:
-    """Every projection of `shape` under every GEMV config: same results, then time and GB/s."""
+               replays: int = REPLAYS, flush_bytes: int | None = None) -> dict:
+    """Every projection of `shape` under every GEMV config: same results, then time and GB/s
+    (up to `launches` distinct copies of the weight per graph, from a flushed L2)."""
     rng = np.random.default_rng(seed)
     out: dict = {}
+    flush = L2Flush(be, flush_bytes)
     for proj, (N, K, mode) in decode_projections(shape).items():
         block = rng.standard_normal((min(N, 1024), K), dtype=np.float32) / np.float32(np.sqrt(K))
         W = be.upload(np.resize(block, (N, K)))  # tiled rows: 1 GB of host randoms is not the point
+        copies = [W]  # distinct matrices, each read once per replay (like a layer's per step)
+        for _ in range(min(launches, max(1, COPIES_BYTES // W.nbytes)) - 1):
+            c = be._empty(W.shape, W.dtype)
+            copy_dtod(c.ptr, W.ptr, W.nbytes, be.stream)
+            copies.append(c)
         norm_w = be.upload(1.0 + 0.1 * rng.standard_normal(K, dtype=np.float32)) if mode.startswith("norm") else None
-        heuristic, timed = time_gemv_configs(be, W, norm_w, mode.removeprefix("norm_"), configs, launches, replays,
-                                             seed)
+        heuristic, timed = time_gemv_configs(be, copies, norm_w, mode.removeprefix("norm_"), configs, replays, seed,
+                                             flush)
         row = {"shape": [N, K], "mode": mode, "weight_mb": round(N * K * 2 / 1e6, 2),
                "chosen": config_name(*heuristic), "configs": {}}
         for cfg, t in timed.items():
