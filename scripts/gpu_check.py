@@ -298,6 +298,7 @@ def summary_table(r: dict) -> str:
         tuning = o.get("gemv_tuning") or {}
         if tuning.get("choices"):
             lines.append(f"{'':<14}gemv tuning ({tuning['measured']} shapes, {tuning['seconds']} s): " + ", ".join(
+                f"{e.split(':')[0]} FAILED {c['error']}" if "error" in c else
                 f"{e.split(':')[0]} {c['heuristic']}->{c['chosen']} {c['heuristic_us']}->{c['chosen_us']} us"
                 for e, c in tuning["choices"].items()))
         top = list((o.get("breakdown_us") or {}).items())[:5]

@@ -89,11 +89,20 @@ class GemvTuner:
         if not groups:
             return
         t0 = time.perf_counter()
-        flush = L2Flush(self.be)
+        try:
+            flush = L2Flush(self.be)
+        except Exception as exc:  # no room for the scratch buffer: serve with the heuristic
+            log.error("gemv tuning skipped, keeping the heuristic: %s: %s", type(exc).__name__, exc)
+            return
         new: dict[str, list[int]] = {}
         for key, (norm_w, mode, weights) in groups.items():
             entry = _entry(key)
-            heuristic, timed = time_gemv_configs(self.be, weights, norm_w, mode, replays=REPLAYS, flush=flush)
+            try:
+                heuristic, timed = time_gemv_configs(self.be, weights, norm_w, mode, replays=REPLAYS, flush=flush)
+            except Exception as exc:  # serving goes on with the heuristic; the next start tries again
+                log.error("gemv tuning %s failed, keeping the heuristic: %s: %s", entry, type(exc).__name__, exc)
+                self.report[entry] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
             ok = {cfg: t["us"] for cfg, t in timed.items() if t["max_rel_err"] <= SAME_RESULT_TOL}
             bad = sorted(config_name(*cfg) for cfg in timed if cfg not in ok)
             if bad:
@@ -109,7 +118,8 @@ class GemvTuner:
                                   "matrices": len(weights)}
         del flush
         self.seconds += time.perf_counter() - t0
-        self._save(new)
+        if new:
+            self._save(new)
         log.info("gemv tuning: measured %d projection shape(s) in %.3fs: %s", len(new), time.perf_counter() - t0,
                  {e: f"{r['heuristic']} {r['heuristic_us']}us -> {r['chosen']} {r['chosen_us']}us"
                   for e, r in self.report.items() if e in new})

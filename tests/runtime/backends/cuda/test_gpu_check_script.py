@@ -44,7 +44,8 @@ def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch)
     shape = {"hidden_size": 32, "intermediate_size": 48, "vocab_size": 100, "num_attention_heads": 2,
              "num_key_value_heads": 1}
     ours["gemv_tuning"] = {"enabled": True, "measured": 1, "seconds": 0.05, "choices": {
-        "960x576:store+norm:bf16": {"heuristic": "ks1x128", "heuristic_us": 2.5, "chosen": "ks2x128", "chosen_us": 2.0}}}
+        "960x576:store+norm:bf16": {"heuristic": "ks1x128", "heuristic_us": 2.5, "chosen": "ks2x128", "chosen_us": 2.0},
+        "576x576:residual:bf16": {"error": "CudaError: boom"}}}
     results["probes"] = {"graph_node": probes.graph_node_cost(fake_gpu, n=4, replays=1),
                          "smollm2-135m": {"gemv": probes.gemv_sweep(fake_gpu, shape, launches=1, replays=1)},
                          "qwen2.5-0.5b": {"skipped": "time budget"}}
@@ -52,7 +53,7 @@ def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch)
     assert "decode ms/tok" in table and "x HF" in table and "greedy parity tiny" in table
     assert "graph node:" in table and "smollm2-135m decode step on the GPU" in table
     assert "smollm2-135m lm_head 100x32: ks" in table
-    assert "gemv tuning (1 shapes, 0.05 s): 960x576 ks1x128->ks2x128 2.5->2.0 us" in table
+    assert "gemv tuning (1 shapes, 0.05 s): 960x576 ks1x128->ks2x128 2.5->2.0 us, 576x576 FAILED CudaError" in table
 
 
 def test_first_token_child_runs(gpu_check, fake_gpu, tmp_path, capsys):

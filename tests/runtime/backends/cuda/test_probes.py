@@ -90,6 +90,23 @@ def test_a_tuner_cache_it_cannot_read_is_measured_again(tuned, tiny_model, tmp_p
     assert tuned.gemv_tuner.measured == 5 and tuned.gemv_tuner.card in json.loads(path.read_text())
 
 
+def test_a_tuner_that_fails_leaves_the_heuristic_and_saves_nothing(tuned, tiny_model, tmp_path, monkeypatch):
+    from services.runtime.backends.cuda import gemv_tuning
+
+    def broken(*a, **k):
+        raise RuntimeError("no timing today")
+
+    monkeypatch.setattr(gemv_tuning, "time_gemv_configs", broken)
+    path = tmp_path / "tuning.json"
+    tuned.gemv_tuner = GemvTuner(tuned, path=path)
+    dg = tuned.decode_graph(tiny_model, 32)
+    cache = tiny_model.new_cache(32)
+    dg.bind(cache)
+    assert dg.step(7, 0)[0] >= 0  # serving goes on
+    assert not tuned.ops.gemv_choices and not path.exists() and tuned.gemv_tuner.measured == 0
+    assert all("no timing today" in r["error"] for r in tuned.gemv_tuner.report.values())
+
+
 def test_decode_steps_with_other_gemv_configs_give_the_same_tokens(tuned, tiny_model):
     gpu = tuned
     want = gpu.decode_graph(tiny_model, 32)
