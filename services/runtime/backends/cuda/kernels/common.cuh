@@ -59,52 +59,34 @@ __device__ __forceinline__ float dot8(uint4 w, const float* x) { return dot8_of<
 __device__ __forceinline__ float dot8_w(uint4 w, const float* x) { return dot8_of<wlo, whi>(w, x); }     // weights
 
 // ---- reductions -----------------------------------------------------------------------
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
-// Block-wide sum; every thread gets the result. `scratch` holds >= 32 floats and may be
-// reused right after the call returns (the trailing barrier protects it).
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float t = lane < nw ? scratch[lane] : 0.f;
-    t = warp_sum(t);
-    __syncthreads();
-    return t;
-}
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_max(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float t = lane < nw ? scratch[lane] : NEG_INF;
-    t = warp_max(t);
-    __syncthreads();
-    return t;
-}
+struct SumOp { __device__ __forceinline__ float operator()(float a, float b) const { return a + b; } };
+struct MaxOp { __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); } };
 
-// ---- programmatic dependent launch (sm_90+) -----------------------------------------------
-// Every kernel calls pdl_wait() before it touches memory an earlier kernel writes (and before
-// it writes anything an earlier kernel reads); only weights may be read before it. Launched
-// without the PDL attribute, or before sm_90, both are no-ops.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v, Op op) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
 }
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp()); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, MaxOp()); }
+
+// Block-wide reduction; every thread gets the result. `scratch` holds >= 32 floats and may be
+// reused right after the call returns (the trailing barrier protects it).
+template <typename Op>
+__device__ __forceinline__ float block_reduce(float v, float* scratch, float identity, Op op) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_reduce(v, op);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? scratch[lane] : identity;
+    t = warp_reduce(t, op);
+    __syncthreads();
+    return t;
+}
+__device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce(v, scratch, 0.f, SumOp()); }
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    return block_reduce(v, scratch, NEG_INF, MaxOp());
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }

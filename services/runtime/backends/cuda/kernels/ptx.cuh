@@ -1,5 +1,5 @@
 // Every inline PTX statement of the kernels, and nothing else: bf16/f16 conversions, the two
-// cache-hinted loads and the tensor-core MMAs. Kept in one file so that the CPU emulator of
+// cache-hinted loads, the tensor-core MMAs and programmatic dependent launch's two controls. Kept in one file so that the CPU emulator of
 // the kernel sources (tests/runtime/backends/cuda/source_emulator) can stand in for exactly
 // these functions; it defines INLOOP_PTX_CUH first, so this file then adds nothing.
 #ifndef INLOOP_PTX_CUH
@@ -64,6 +64,21 @@ __device__ __forceinline__ void mma_f16_16816(float* c, u32 a0, u32 a1, u32 a2, 
         "{%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// ---- programmatic dependent launch (sm_90+) -----------------------------------------------
+// Every kernel calls pdl_wait() before it touches memory an earlier kernel writes (and before
+// it writes anything an earlier kernel reads); only weights may be read before it. Launched
+// without the PDL attribute, or before sm_90, both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 
 #endif  // INLOOP_PTX_CUH

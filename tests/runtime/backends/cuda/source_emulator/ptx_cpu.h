@@ -49,4 +49,7 @@ inline void mma_bf16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32
 inline void mma_f16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     mma_16816(emu::W_MMA_F16, c, a0, a1, a2, a3, b0, b1);
 }
-
+// One block runs at a time here, each launch after the previous one finished: a kernel never
+// overlaps the one before it, so both controls have nothing to do.
+inline void pdl_wait() {}
+inline void pdl_launch_dependents() {}
