@@ -200,23 +200,26 @@ def test_swiglu(cpu, gpu):
     assert_close(gpu.to_host(gpu.swiglu(gpu.upload_activation(gu))), cpu.swiglu(gu), 1e-5, 1e-6, "swiglu")
 
 
-@pytest.mark.parametrize("K,N", [(576, 960), (896, 9728), (64, 256)])
-def test_fused_gemv_modes(cpu, gpu, K, N):
-    """The decode graph's GEMV prologue (rmsnorm) and epilogues (residual add, swiglu)."""
+@pytest.mark.parametrize("K,N,bias", [(576, 960, False), (896, 9728, True), (64, 256, True), (4096, 96, True)])
+def test_fused_gemv_modes(cpu, gpu, K, N, bias):
+    """The decode graph's GEMV prologue (rmsnorm) and epilogues (residual add, swiglu), with and
+    without a bias; K=4096 has more norm-weight chunks than a thread loads before the wait."""
     eps = 1e-5
     wc, wg = pair(cpu, gpu, rand(N, K, scale=K ** -0.5))
     nc, ng = pair(cpu, gpu, 1 + 0.1 * rand(K))
+    bc, bg = pair(cpu, gpu, rand(N, scale=0.1)) if bias else (None, None)
     x = rand(1, K)
     xg = gpu.upload_activation(x)
     y = gpu._empty((1, N))
-    gpu.ops.gemv(wg, xg, y, norm_w=ng, eps=eps)
-    assert_close(gpu.to_host(y), cpu.linear(cpu.rmsnorm(x, nc, eps), wc), 1e-4, 1e-4, "norm + gemv")
+    gpu.ops.gemv(wg, xg, y, bias=bg, norm_w=ng, eps=eps)
+    assert_close(gpu.to_host(y), cpu.linear(cpu.rmsnorm(x, nc, eps), wc, bc), 1e-4, 1e-4, "norm + gemv")
     act = gpu._empty((1, N // 2))
-    gpu.ops.gemv(wg, xg, act, norm_w=ng, eps=eps, mode="swiglu")
-    ref = cpu.swiglu(cpu.linear(cpu.rmsnorm(x, nc, eps), wc))
+    gpu.ops.gemv(wg, xg, act, bias=bg, norm_w=ng, eps=eps, mode="swiglu")
+    ref = cpu.swiglu(cpu.linear(cpu.rmsnorm(x, nc, eps), wc, bc))
     assert_close(gpu.to_host(act), ref, 1e-4, 1e-4, "norm + gemv + swiglu")
     wd_c, wd_g = pair(cpu, gpu, rand(K, N // 2, scale=(N // 2) ** -0.5))
+    bd_c, bd_g = pair(cpu, gpu, rand(K, scale=0.1)) if bias else (None, None)
     r = rand(1, K)
     rg = gpu.upload_activation(r)
-    gpu.ops.gemv(wd_g, act, rg, mode="residual")
-    assert_close(gpu.to_host(rg), r + cpu.linear(gpu.to_host(act), wd_c), 1e-4, 1e-4, "gemv residual add")
+    gpu.ops.gemv(wd_g, act, rg, bias=bd_g, mode="residual")
+    assert_close(gpu.to_host(rg), r + cpu.linear(gpu.to_host(act), wd_c, bd_c), 1e-4, 1e-4, "gemv residual add")

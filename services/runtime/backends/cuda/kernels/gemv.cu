@@ -3,8 +3,9 @@
 // At batch 1 a projection is a stream over W, and at these sizes (0.3-56 MB) the step is
 // bound by latency, not bandwidth. So: 16-byte loads, every thread issues R*U of them before
 // the first FMA, a row group of KS warps splits K (deterministic smem reduction, no atomics),
-// and the first batch of weight loads is issued BEFORE griddepcontrol.wait, so under
-// programmatic dependent launch the weight fetch overlaps the previous kernel's tail.
+// and the first batch of weight loads (with the bias and norm weights) is issued BEFORE
+// griddepcontrol.wait, so under programmatic dependent launch the weight fetch overlaps the
+// previous kernel's tail; MODE 1 fetches its residual rows right after the wait, not at the end.
 //
 // Fused prologue/epilogue so a decoder layer needs only four GEMVs and one attention kernel:
 //   NORM      x <- rmsnorm(x) * norm_w, computed by every block from the fp32 residual stream
@@ -16,6 +17,7 @@
 
 #define GEMV_R 2   // rows per row group (MODE 2: the gate row and its up row)
 #define GEMV_U 4   // 16-byte chunks per row in flight per thread per iteration
+#define GEMV_NW 2  // norm-weight chunks (4 values) per thread loaded before the wait: K <= 8 * blockDim
 
 template <int MODE, bool NORM>
 __device__ __forceinline__ void gemv_body(const w16_t* __restrict__ W, const float* __restrict__ x,
@@ -53,26 +55,50 @@ __device__ __forceinline__ void gemv_body(const w16_t* __restrict__ W, const flo
             w[j][u] = (row_ok[j] && c < KC) ? ld_stream(reinterpret_cast<const uint4*>(W + (size_t)rows[j] * K) + c)
                                             : make_uint4(0, 0, 0, 0);
     }
+    // The other weights this thread needs, also before the wait, so that after it only the
+    // input (and, for MODE 1, the residual rows) costs a memory round trip: this row group's
+    // bias, and the first GEMV_NW chunks of the norm weight this thread applies below.
+    const int K4 = K >> 2;
+    const bool writer = ks == 0 && lane == 0;  // the thread that finishes the group's rows
+    float bias_v[GEMV_R];
+#pragma unroll
+    for (int j = 0; j < GEMV_R; ++j) bias_v[j] = bias && writer && row_ok[j] ? w_to_f32(bias[rows[j]]) : 0.f;
+    uint2 nw_pre[GEMV_NW];
+#pragma unroll
+    for (int q = 0; q < GEMV_NW; ++q) {
+        const int i = threadIdx.x + q * blockDim.x;
+        nw_pre[q] = NORM && i < K4 ? *reinterpret_cast<const uint2*>(norm_w + 4 * i) : make_uint2(0, 0);
+    }
     pdl_launch_dependents();
     pdl_wait();
+
+    float y_old[GEMV_R];  // MODE 1: the residual rows, fetched now rather than at the end
+#pragma unroll
+    for (int j = 0; j < GEMV_R; ++j) y_old[j] = MODE == 1 && writer && row_ok[j] ? y[rows[j]] : 0.f;
 
     // Stage x (and normalize it) in shared memory.
     const float4* x4 = reinterpret_cast<const float4*>(x);
     float ss = 0.f;
-    for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x) {
+    for (int i = threadIdx.x; i < K4; i += blockDim.x) {
         float4 v = x4[i];
         if (NORM) ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
         smem4[i] = v;
     }
     if (NORM) {
         const float scale = rsqrtf(block_sum(ss, scratch) / (float)K + eps);
-        for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x) {  // same indices this thread wrote
-            const uint2 nw = *reinterpret_cast<const uint2*>(norm_w + 4 * i);
+        auto apply = [&](int i, uint2 nw) {  // same indices this thread wrote
             float4 v = smem4[i];
             v.x *= scale * wlo(nw.x); v.y *= scale * whi(nw.x);
             v.z *= scale * wlo(nw.y); v.w *= scale * whi(nw.y);
             smem4[i] = v;
+        };
+#pragma unroll
+        for (int q = 0; q < GEMV_NW; ++q) {
+            const int i = threadIdx.x + q * blockDim.x;
+            if (i < K4) apply(i, nw_pre[q]);
         }
+        for (int i = threadIdx.x + GEMV_NW * blockDim.x; i < K4; i += blockDim.x)
+            apply(i, *reinterpret_cast<const uint2*>(norm_w + 4 * i));
     }
     __syncthreads();
 
@@ -121,19 +147,16 @@ __device__ __forceinline__ void gemv_body(const w16_t* __restrict__ W, const flo
             }
         }
     }
-    if (ks != 0 || lane != 0 || !group_ok) return;
+    if (!writer || !group_ok) return;
 
     if (MODE == 2) {
-        const float g = acc[0] + (bias ? w_to_f32(bias[rows[0]]) : 0.f);
-        const float u = acc[1] + (bias ? w_to_f32(bias[rows[1]]) : 0.f);
-        y[group] = silu(g) * u;
+        y[group] = silu(acc[0] + bias_v[0]) * (acc[1] + bias_v[1]);
     } else {
 #pragma unroll
         for (int j = 0; j < GEMV_R; ++j) {
             if (!row_ok[j]) continue;
-            const float v = acc[j] + (bias ? w_to_f32(bias[rows[j]]) : 0.f);
-            if (MODE == 1) y[rows[j]] += v;
-            else y[rows[j]] = v;
+            const float v = acc[j] + bias_v[j];
+            y[rows[j]] = MODE == 1 ? y_old[j] + v : v;
         }
     }
 }
