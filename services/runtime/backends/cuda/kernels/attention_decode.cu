@@ -28,6 +28,8 @@ __device__ __forceinline__ void attention_decode_body(
     bf16_t* Knb = reinterpret_cast<bf16_t*>(Vnf + hd);  // [hd] new k as stored (16B aligned)
     bf16_t* Vnb = Knb + hd;
 
+    float inv_freq[(DPL + 1) / 2];  // this lane's RoPE frequencies: hd <= 32 DPL, so hd/2 <= 32 (DPL+1)/2
+    lane_inv_freqs(inv_freq, hd, theta, flags);
     pdl_launch_dependents();
     pdl_wait();
     int pos;
@@ -50,10 +52,10 @@ __device__ __forceinline__ void attention_decode_body(
 
     for (int item = warp; item < Gb + 2; item += ATT_WARPS) {
         if (item < Gb)
-            warp_norm_rope(qkv + (size_t)(kvh * G + g0 + item) * hd, Qs + item * hd, q_norm_w, pos, hd, theta, eps,
-                           flags, scale);
+            warp_norm_rope(qkv + (size_t)(kvh * G + g0 + item) * hd, Qs + item * hd, q_norm_w, pos, hd, inv_freq,
+                           eps, flags, scale);
         else if (item == Gb)
-            warp_norm_rope(qkv + stride_k + (size_t)kvh * hd, Knf, k_norm_w, pos, hd, theta, eps, flags, 1.f);
+            warp_norm_rope(qkv + stride_k + (size_t)kvh * hd, Knf, k_norm_w, pos, hd, inv_freq, eps, flags, 1.f);
         else
             for (int d = lane; d < hd; d += 32) Vnf[d] = qkv[stride_v + kvh * hd + d];
     }

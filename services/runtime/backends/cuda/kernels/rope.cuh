@@ -14,10 +14,26 @@ __device__ __forceinline__ float rope_inv_freq(int i, int hd, float theta) {
     return 1.f / (float)pow((double)theta, (double)(2 * i) / (double)hd);
 }
 
-// dst[0..hd) = scale * rope(norm(src)). src may equal dst: each lane writes only the pair
-// (i, i+hd/2) it has just read, and the norm's reads finish at the warp_sum before any write.
+// The rotation frequencies of this lane's pairs i = lane + 32 k (k < NF; hd/2 <= 32 NF). They
+// depend on the kernel's arguments alone, so kernels compute them before pdl_wait(): the
+// double-precision power is then off the path that waits on the previous kernel.
+template <int NF>
+__device__ __forceinline__ void lane_inv_freqs(float (&inv_freq)[NF], int hd, float theta, int flags) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int k = 0; k < NF; ++k) {
+        const int i = lane + 32 * k;
+        inv_freq[k] = (flags & ROPE_FLAG_ROPE) && i < (hd >> 1) ? rope_inv_freq(i, hd, theta) : 0.f;
+    }
+}
+
+// dst[0..hd) = scale * rope(norm(src)), with this lane's frequencies from lane_inv_freqs.
+// src may equal dst: each lane writes only the pair (i, i+hd/2) it has just read, and the
+// norm's reads finish at the warp_sum before any write.
+template <int NF>
 __device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, const w16_t* __restrict__ norm_w,
-                                               int pos, int hd, float theta, float eps, int flags, float scale) {
+                                               int pos, int hd, const float (&inv_freq)[NF], float eps, int flags,
+                                               float scale) {
     const int lane = threadIdx.x & 31, half = hd >> 1;
     float r = 1.f;
     if (flags & ROPE_FLAG_NORM) {
@@ -25,7 +41,10 @@ __device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, con
         for (int i = lane; i < hd; i += 32) ss += src[i] * src[i];
         r = rsqrtf(warp_sum(ss) / (float)hd + eps);
     }
-    for (int i = lane; i < half; i += 32) {
+#pragma unroll
+    for (int k = 0; k < NF; ++k) {
+        const int i = lane + 32 * k;
+        if (i >= half) break;
         float a = src[i], b = src[i + half];
         if (flags & ROPE_FLAG_NORM) {
             a *= r * w_to_f32(norm_w[i]);
@@ -33,7 +52,7 @@ __device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, con
         }
         if (flags & ROPE_FLAG_ROPE) {
             float s, c;
-            sincosf((float)pos * rope_inv_freq(i, hd, theta), &s, &c);
+            sincosf((float)pos * inv_freq[k], &s, &c);
             const float a2 = a * c - b * s;
             b = b * c + a * s;
             a = a2;
