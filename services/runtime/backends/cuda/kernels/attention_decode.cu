@@ -32,6 +32,9 @@ __device__ __forceinline__ void attention_decode_body(
     lane_inv_freqs(inv_freq, hd, theta, flags);
     pdl_launch_dependents();
     pdl_wait();
+    const int n_splits = gridDim.x, split = blockIdx.x, kvh = blockIdx.y;
+    const int G = H / KVH, g0 = blockIdx.z * ATT_MAXG, Gb = min(ATT_MAXG, G - g0);
+    const int stride_k = H * hd, stride_v = (H + KVH) * hd;
     int pos;
     if (st) {
         pos = st->pos;
@@ -41,23 +44,25 @@ __device__ __forceinline__ void attention_decode_body(
     } else {
         pos = *pos_ptr;
     }
+    // The block's q heads and its kv head's new k and v, staged raw before `pos` is used, so
+    // these loads are in flight together with the state's instead of after them.
+    for (int idx = threadIdx.x; idx < (Gb + 2) * hd; idx += blockDim.x) {
+        const int item = idx / hd, d = idx - item * hd;
+        const size_t col = item < Gb ? (size_t)(kvh * G + g0 + item) * hd
+                                     : (size_t)(item == Gb ? stride_k : stride_v) + (size_t)kvh * hd;
+        (item < Gb ? Qs + item * hd : item == Gb ? Knf : Vnf)[d] = qkv[col + d];
+    }
     if (pos < 0 || pos >= cap) return;  // the host keeps pos < cap
-    const int len = pos + 1, n_splits = gridDim.x, split = blockIdx.x, kvh = blockIdx.y;
+    const int len = pos + 1;
     int chunk = (len + n_splits - 1) / n_splits;
     chunk = max(ATT_WARPS * KT, (chunk + KT - 1) / KT * KT);
     const int active = (len + chunk - 1) / chunk;
     if (split >= active) return;  // block-uniform; split 0 is always active
-    const int G = H / KVH, g0 = blockIdx.z * ATT_MAXG, Gb = min(ATT_MAXG, G - g0);
-    const int stride_k = H * hd, stride_v = (H + KVH) * hd;
-
-    for (int item = warp; item < Gb + 2; item += ATT_WARPS) {
-        if (item < Gb)
-            warp_norm_rope(qkv + (size_t)(kvh * G + g0 + item) * hd, Qs + item * hd, q_norm_w, pos, hd, inv_freq,
-                           eps, flags, scale);
-        else if (item == Gb)
-            warp_norm_rope(qkv + stride_k + (size_t)kvh * hd, Knf, k_norm_w, pos, hd, inv_freq, eps, flags, 1.f);
-        else
-            for (int d = lane; d < hd; d += 32) Vnf[d] = qkv[stride_v + kvh * hd + d];
+    __syncthreads();  // the staged rows
+    for (int item = warp; item <= Gb; item += ATT_WARPS) {  // in place: q heads (scaled), then the new k
+        float* row = item < Gb ? Qs + item * hd : Knf;
+        warp_norm_rope(row, row, item < Gb ? q_norm_w : k_norm_w, pos, hd, inv_freq, eps, flags,
+                       item < Gb ? scale : 1.f);
     }
     __syncthreads();
     const size_t head_base = ((size_t)layer * KVH + kvh) * cap * hd;
