@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("info", help="the device, the driver, NVRTC and the cubin cache")
+    p = sub.add_parser("info", help="the device, the driver, NVRTC, the cubin cache and the GEMV tuning file")
     p.set_defaults(func=cmd_info)
     cuda.set_defaults(func=lambda args: (cuda.print_help(), 2)[1])
 
@@ -83,9 +83,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from . import compiler
     from .driver import Device, cuda_available
+    from .gemv_tuning import describe_saved
 
     print(f"NVRTC {compiler.nvrtc_version()}, supported archs {compiler.supported_archs()}")
     print(f"cubin cache {compiler.cache_dir()}")
+    print(describe_saved())
     ok, reason = cuda_available()
     if not ok:
         print(f"no CUDA device: {reason}")

@@ -28,6 +28,23 @@ REPLAYS = 3
 _GEMV_SOURCES = ("gemv.cu", "common.cuh", "ptx.cuh")
 
 
+def default_path() -> Path:
+    return compiler.cache_dir().parent / "gemv-tuning.json"
+
+
+def describe_saved(path: Path | None = None) -> str:
+    """One line on what the tuning file holds (for `inloop cuda info`)."""
+    path = path or default_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"gemv tuning {path}: nothing measured yet"
+    except (OSError, ValueError) as exc:
+        return f"gemv tuning {path}: unreadable ({exc}); the next start measures again"
+    cards = "; ".join(f"{len(v)} shape(s) for {card}" for card, v in sorted(data.items()))
+    return f"gemv tuning {path}: {cards or 'nothing measured yet'}"
+
+
 def enabled_by_env() -> bool:
     return os.environ.get("INLOOP_CUDA_GEMV_TUNE", "1") != "0"
 
@@ -45,7 +62,7 @@ def _entry(key: tuple) -> str:
 class GemvTuner:
     def __init__(self, be, path: Path | None = None):
         self.be = be
-        self.path = path or compiler.cache_dir().parent / "gemv-tuning.json"
+        self.path = path or default_path()
         info = be.info
         src = hashlib.sha256(b"".join((compiler.KERNEL_DIR / n).read_bytes() for n in _GEMV_SOURCES)).hexdigest()[:16]
         self.card = (f"{info.name}|sm_{info.capability[0]}{info.capability[1]}|{info.sm_count} SMs|"

@@ -83,11 +83,16 @@ def test_tuner_measures_each_projection_once_and_a_warm_start_measures_nothing(t
 
 
 def test_a_tuner_cache_it_cannot_read_is_measured_again(tuned, tiny_model, tmp_path):
+    from services.runtime.backends.cuda.gemv_tuning import describe_saved
+
     path = tmp_path / "tuning.json"
+    assert "nothing measured yet" in describe_saved(path)
     path.write_text("{not json")
+    assert "unreadable" in describe_saved(path)
     tuned.gemv_tuner = GemvTuner(tuned, path=path)
     tuned.decode_graph(tiny_model, 32)
     assert tuned.gemv_tuner.measured == 5 and tuned.gemv_tuner.card in json.loads(path.read_text())
+    assert f"5 shape(s) for {tuned.gemv_tuner.card}" in describe_saved(path)
 
 
 def test_a_tuner_that_fails_leaves_the_heuristic_and_saves_nothing(tuned, tiny_model, tmp_path, monkeypatch):
