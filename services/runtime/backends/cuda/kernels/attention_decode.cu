@@ -77,7 +77,7 @@ __device__ __forceinline__ void attention_decode_body(
     __syncthreads();
 
     constexpr int KB = 4 * DPL < 8 ? 4 * DPL : 8;  // 16-byte chunks of a key row in flight (hd <= 32*DPL)
-    constexpr int VB = DPL >= 8 ? 4 : 8;           // value rows in flight per warp
+    constexpr int VB = 32 / DPL < 4 ? 4 : 32 / DPL;  // value rows in flight per warp: 32 registers of them
     const bf16_t* kbase = kc + head_base;
     const bf16_t* vbase = vc + head_base;
     const int start = split * chunk, end = min(len, start + chunk);
