@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from . import compiler
-from .probes import SAME_RESULT_TOL, L2Flush, config_name, time_gemv_configs
+from .probes import GEMV_CONFIGS, SAME_RESULT_TOL, L2Flush, config_name, time_gemv_configs
 
 log = logging.getLogger("inloop.cuda")
 MIN_GAIN = 0.03        # a config must beat the heuristic by 3% to replace it (timing noise)
@@ -99,8 +99,9 @@ class GemvTuner:
             key = choice_key(*W.shape, mode, norm_w is not None, W.dtype)
             if key in choices:
                 continue
-            if _entry(key) in saved:
-                choices[key] = tuple(saved[_entry(key)])
+            kept = saved.get(_entry(key))
+            if isinstance(kept, list) and tuple(kept) in GEMV_CONFIGS:  # anything else is measured again
+                choices[key] = tuple(kept)
                 continue
             groups.setdefault(key, [norm_w, mode, []])[2].append(W)
         if not groups:

@@ -81,6 +81,15 @@ def test_tuner_measures_each_projection_once_and_a_warm_start_measures_nothing(t
     gpu.decode_graph(tiny_model, 32)
     assert gpu.gemv_tuner.measured == 0 and gpu.ops.gemv_choices == first
 
+    data = json.loads(path.read_text())  # a choice the kernel cannot take (an edited file) is measured again
+    entry = sorted(data[gpu.gemv_tuner.card])[0]
+    data[gpu.gemv_tuner.card][entry] = [3, 100]
+    path.write_text(json.dumps(data))
+    gpu.ops.gemv_choices.clear()
+    gpu.gemv_tuner = GemvTuner(gpu, path=path)
+    gpu.decode_graph(tiny_model, 32)
+    assert gpu.gemv_tuner.measured == 1 and list(gpu.gemv_tuner.report) == [entry]
+
 
 def test_a_tuner_cache_it_cannot_read_is_measured_again(tuned, tiny_model, tmp_path):
     from services.runtime.backends.cuda.gemv_tuning import describe_saved
