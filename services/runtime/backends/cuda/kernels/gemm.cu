@@ -111,7 +111,7 @@ extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
     }
 
     // Accumulator element e of tile (mi, ni): row gid (+8 for e >= 2), column tig*2 (+1 for odd e).
-    auto each_in_bounds = [&](auto&& f) {  // f(m, n, accumulator) for every element inside C
+    auto each_in_bounds = [&](auto&& f) {  // f(m, n, accumulator element) for every element inside C
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -133,12 +133,16 @@ extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
         if (!s_last) return;
         __threadfence();
         if (tid == 0) *counter = 0;
+        // Sum the splits in split order (deterministic). Split-outer: each pass issues the
+        // loads of all of this thread's elements before adding any, so the reduction waits on
+        // `splits` round trips, not (elements x splits).
+        each_in_bounds([&](int, int, float& a) { a = 0.f; });
+        for (int s = 0; s < splits; ++s) {
+            const float* part = ws + (size_t)s * M * N;
+            each_in_bounds([&](int m, int n, float& a) { a += ld_cg_f32(part + (size_t)m * N + n); });
+        }
     }
     each_in_bounds([&](int m, int n, float v) {
-        if (splits > 1) {
-            v = 0.f;
-            for (int s = 0; s < splits; ++s) v += ld_cg_f32(ws + ((size_t)s * M + m) * N + n);
-        }
         if (bias) v += w_to_f32(bias[n]);
         if (mode == 1) C[(size_t)m * N + n] += v;
         else C[(size_t)m * N + n] = v;
