@@ -17,7 +17,7 @@
 
 #define GEMV_R 2   // rows per row group (MODE 2: the gate row and its up row)
 #define GEMV_U 4   // 16-byte chunks per row in flight per thread per iteration
-#define GEMV_NW 2  // norm-weight chunks (4 values) per thread loaded before the wait (all of them for K <= 8 * blockDim)
+#define GEMV_NW 2  // norm-weight chunks (4 values) per thread loaded before the wait (all for K <= 8 * blockDim)
 
 template <int MODE, bool NORM>
 __device__ __forceinline__ void gemv_body(const w16_t* __restrict__ W, const float* __restrict__ x,

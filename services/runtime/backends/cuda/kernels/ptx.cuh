@@ -1,7 +1,8 @@
 // Every inline PTX statement of the kernels, and nothing else: bf16/f16 conversions, the two
-// cache-hinted loads, the tensor-core MMAs and programmatic dependent launch's two controls. Kept in one file so that the CPU emulator of
-// the kernel sources (tests/runtime/backends/cuda/source_emulator) can stand in for exactly
-// these functions; it defines INLOOP_PTX_CUH first, so this file then adds nothing.
+// cache-hinted loads, the tensor-core MMAs and programmatic dependent launch's two controls.
+// Kept in one file so that the CPU emulator of the kernel sources
+// (tests/runtime/backends/cuda/source_emulator) can stand in for exactly these functions; it
+// defines INLOOP_PTX_CUH first, so this file then adds nothing.
 #ifndef INLOOP_PTX_CUH
 #define INLOOP_PTX_CUH
 

@@ -12,6 +12,8 @@
 // counter-based hash of (seed, step, token id), so a step is reproducible and graph-safe.
 #include "common.cuh"
 
+#define SAMPLE_BATCH 8  // logits loaded per thread before sample_reduce uses the first
+
 struct SampleStats {  // 8 words; mirrored in ops.py (SAMPLE_STATS_BYTES)
     float m, z, s, top1, top2, gkey;
     int top1_idx, gidx;
@@ -108,9 +110,21 @@ extern "C" __global__ void __launch_bounds__(256) sample_reduce(const float* __r
     const u32 step = st->rng_step;
     SampleStats a;
     stats_init(a);
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < V; i += gridDim.x * blockDim.x) {
-        const float l = logits[i];
-        stats_add(a, l, i, gumbel_here ? l / T + gumbel(seed, step, (u32)i) : NEG_INF);
+    // SAMPLE_BATCH logits in flight per thread before the first is used (one dependent load
+    // per logit would queue their latencies); still added in index order.
+    const int stride = gridDim.x * blockDim.x;
+    for (int base = blockIdx.x * blockDim.x + threadIdx.x; base < V; base += SAMPLE_BATCH * stride) {
+        float l[SAMPLE_BATCH];
+#pragma unroll
+        for (int b = 0; b < SAMPLE_BATCH; ++b) {
+            const int i = base + b * stride;
+            l[b] = i < V ? logits[i] : 0.f;
+        }
+#pragma unroll
+        for (int b = 0; b < SAMPLE_BATCH; ++b) {
+            const int i = base + b * stride;
+            if (i < V) stats_add(a, l[b], i, gumbel_here ? l[b] / T + gumbel(seed, step, (u32)i) : NEG_INF);
+        }
     }
     sh[threadIdx.x] = a;
     __syncthreads();
