@@ -17,6 +17,7 @@
 
 #define GEMV_R 2   // rows per row group (MODE 2: the gate row and its up row)
 #define GEMV_U 4   // 16-byte chunks per row in flight per thread per iteration
+#define GEMV_XB 4  // float4s of x per thread loaded before the first is stored
 #define GEMV_NW 2  // norm-weight chunks (4 values) per thread loaded before the wait (all for K <= 8 * blockDim)
 
 template <int MODE, bool NORM>
@@ -76,13 +77,23 @@ __device__ __forceinline__ void gemv_body(const w16_t* __restrict__ W, const flo
 #pragma unroll
     for (int j = 0; j < GEMV_R; ++j) y_old[j] = MODE == 1 && writer && row_ok[j] ? y[rows[j]] : 0.f;
 
-    // Stage x (and normalize it) in shared memory.
+    // Stage x (and normalize it) in shared memory, GEMV_XB loads per thread in flight at once.
     const float4* x4 = reinterpret_cast<const float4*>(x);
     float ss = 0.f;
-    for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-        float4 v = x4[i];
-        if (NORM) ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        smem4[i] = v;
+    for (int i0 = threadIdx.x; i0 < K4; i0 += GEMV_XB * blockDim.x) {
+        float4 v[GEMV_XB];
+#pragma unroll
+        for (int b = 0; b < GEMV_XB; ++b) {
+            const int i = i0 + b * blockDim.x;
+            v[b] = i < K4 ? x4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int b = 0; b < GEMV_XB; ++b) {
+            const int i = i0 + b * blockDim.x;
+            if (i >= K4) break;
+            if (NORM) ss += v[b].x * v[b].x + v[b].y * v[b].y + v[b].z * v[b].z + v[b].w * v[b].w;
+            smem4[i] = v[b];
+        }
     }
     if (NORM) {
         const float scale = rsqrtf(block_sum(ss, scratch) / (float)K + eps);
