@@ -2,10 +2,18 @@
 // 16-bit weight; y = x * rsqrt(mean(x^2) + eps) * w, the HF formula in fp32.
 #include "common.cuh"
 
+#define NORM_PRE 4  // weights per thread loaded before the PDL wait (all of them for D <= 4 * 256)
+
 // grid (T), block 256.
 extern "C" __global__ void WNAME(rmsnorm)(const float* __restrict__ x, const w16_t* __restrict__ w,
                                    float* __restrict__ out, int D, float eps) {
     __shared__ float scratch[32];
+    float wp[NORM_PRE];  // this thread's first weights, loaded before the wait (weights only)
+#pragma unroll
+    for (int q = 0; q < NORM_PRE; ++q) {
+        const int i = threadIdx.x + q * blockDim.x;
+        wp[q] = i < D ? w_to_f32(w[i]) : 0.f;
+    }
     pdl_launch_dependents();
     pdl_wait();
     const float* xr = x + (size_t)blockIdx.x * D;
@@ -13,7 +21,12 @@ extern "C" __global__ void WNAME(rmsnorm)(const float* __restrict__ x, const w16
     float ss = 0.f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
     const float scale = rsqrtf(block_sum(ss, scratch) / (float)D + eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = xr[i] * scale * w_to_f32(w[i]);
+#pragma unroll
+    for (int q = 0; q < NORM_PRE; ++q) {
+        const int i = threadIdx.x + q * blockDim.x;
+        if (i < D) o[i] = xr[i] * scale * wp[q];
+    }
+    for (int i = threadIdx.x + NORM_PRE * blockDim.x; i < D; i += blockDim.x) o[i] = xr[i] * scale * w_to_f32(w[i]);
 }
 
 // s = x + residual (written to sum_out), out = rmsnorm(s) * w. grid (T), block 256.
