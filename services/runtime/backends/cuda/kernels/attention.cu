@@ -86,20 +86,32 @@ __device__ __forceinline__ void attention_prefill_body(const float* __restrict__
     const bf16_t* kbase = kc + ((size_t)layer * KVH + kvh) * cap * hd;
     const bf16_t* vbase = vc + ((size_t)layer * KVH + kvh) * cap * hd;
     const int cpr = hd >> 3;  // 16-byte chunks per row
+    constexpr int STAGE_B = DPL < 4 ? DPL : 4;
 
     for (int k0 = 0; k0 <= max_pos; k0 += KT) {
         __syncthreads();  // the previous tile is consumed
-        for (int idx = threadIdx.x; idx < KT * cpr; idx += blockDim.x) {
-            const int r = idx / cpr, c = idx - r * cpr, j = k0 + r;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (j <= max_pos) {
-                kv = reinterpret_cast<const uint4*>(kbase + (size_t)j * hd)[c];
-                vv = reinterpret_cast<const uint4*>(vbase + (size_t)j * hd)[c];
+        // STAGE_B chunks of K and of V per thread in flight before the first is stored: a whole
+        // 32-key tile (DPL chunks per thread) at once up to hd 128.
+        for (int i0 = threadIdx.x; i0 < KT * cpr; i0 += STAGE_B * blockDim.x) {
+            uint4 kv[STAGE_B], vv[STAGE_B];
+#pragma unroll
+            for (int b = 0; b < STAGE_B; ++b) {
+                const int idx = i0 + b * blockDim.x, r = idx / cpr, c = idx - r * cpr, j = k0 + r;
+                kv[b] = vv[b] = make_uint4(0, 0, 0, 0);
+                if (idx < KT * cpr && j <= max_pos) {
+                    kv[b] = reinterpret_cast<const uint4*>(kbase + (size_t)j * hd)[c];
+                    vv[b] = reinterpret_cast<const uint4*>(vbase + (size_t)j * hd)[c];
+                }
             }
-            u32* kd = reinterpret_cast<u32*>(Ks + r * ldk + c * 8);
-            u32* vd = reinterpret_cast<u32*>(Vs + r * ldk + c * 8);
-            kd[0] = kv.x; kd[1] = kv.y; kd[2] = kv.z; kd[3] = kv.w;
-            vd[0] = vv.x; vd[1] = vv.y; vd[2] = vv.z; vd[3] = vv.w;
+#pragma unroll
+            for (int b = 0; b < STAGE_B; ++b) {
+                const int idx = i0 + b * blockDim.x, r = idx / cpr, c = idx - r * cpr;
+                if (idx >= KT * cpr) break;
+                u32* kd = reinterpret_cast<u32*>(Ks + r * ldk + c * 8);
+                u32* vd = reinterpret_cast<u32*>(Vs + r * ldk + c * 8);
+                kd[0] = kv[b].x; kd[1] = kv[b].y; kd[2] = kv[b].z; kd[3] = kv[b].w;
+                vd[0] = vv[b].x; vd[1] = vv[b].y; vd[2] = vv[b].z; vd[3] = vv[b].w;
+            }
         }
         __syncthreads();
 #pragma unroll
