@@ -58,6 +58,22 @@ __device__ __forceinline__ void attention_decode_body(
     chunk = max(ATT_WARPS * KT, (chunk + KT - 1) / KT * KT);
     const int active = (len + chunk - 1) / chunk;
     if (split >= active) return;  // block-uniform; split 0 is always active
+    constexpr int KB = 4 * DPL < 8 ? 4 * DPL : 8;  // 16-byte chunks of a key row in flight (hd <= 32*DPL)
+    constexpr int VB = 32 / DPL < 4 ? 4 : 32 / DPL;  // value rows in flight per warp: 32 registers of them
+    const size_t head_base = ((size_t)layer * KVH + kvh) * cap * hd;
+    const bf16_t* kbase = kc + head_base;
+    const bf16_t* vbase = vc + head_base;
+    const int start = split * chunk, end = min(len, start + chunk), nc = hd >> 3;
+    // This warp's first key (one per lane) is fetched now, so its latency overlaps the norm and
+    // RoPE below. Rows before `pos` are complete; the row at `pos` is this step's and is read
+    // from shared memory in the loop (no block reads a row another block is writing).
+    const int j_first = start + warp * KT + lane;
+    const bool pre_ok = j_first < end && j_first != pos;
+    uint4 kpre[KB];
+#pragma unroll
+    for (int b = 0; b < KB; ++b)
+        kpre[b] = pre_ok && b < nc ? reinterpret_cast<const uint4*>(kbase + (size_t)j_first * hd)[b]
+                                   : make_uint4(0, 0, 0, 0);
     __syncthreads();  // the staged rows
     for (int item = warp; item <= Gb; item += ATT_WARPS) {  // in place: q heads (scaled), then the new k
         float* row = item < Gb ? Qs + item * hd : Knf;
@@ -65,7 +81,6 @@ __device__ __forceinline__ void attention_decode_body(
                        item < Gb ? scale : 1.f);
     }
     __syncthreads();
-    const size_t head_base = ((size_t)layer * KVH + kvh) * cap * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         Knb[d] = f32_to_bf16(Knf[d]);
         Vnb[d] = f32_to_bf16(Vnf[d]);
@@ -76,11 +91,6 @@ __device__ __forceinline__ void attention_decode_body(
     }
     __syncthreads();
 
-    constexpr int KB = 4 * DPL < 8 ? 4 * DPL : 8;  // 16-byte chunks of a key row in flight (hd <= 32*DPL)
-    constexpr int VB = 32 / DPL < 4 ? 4 : 32 / DPL;  // value rows in flight per warp: 32 registers of them
-    const bf16_t* kbase = kc + head_base;
-    const bf16_t* vbase = vc + head_base;
-    const int start = split * chunk, end = min(len, start + chunk);
     float m[ATT_MAXG], l[ATT_MAXG], acc[ATT_MAXG][DPL];
 #pragma unroll
     for (int g = 0; g < ATT_MAXG; ++g) {
@@ -89,21 +99,22 @@ __device__ __forceinline__ void attention_decode_body(
 #pragma unroll
         for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = 0.f;
     }
-    for (int k0 = start + warp * KT; k0 < end; k0 += ATT_WARPS * KT) {
+    bool first = true;
+    for (int k0 = start + warp * KT; k0 < end; k0 += ATT_WARPS * KT, first = false) {
         const int j = k0 + lane;
         float s[ATT_MAXG];
 #pragma unroll
         for (int g = 0; g < ATT_MAXG; ++g) s[g] = j < end ? 0.f : NEG_INF;
         if (j < end) {
-            // The key at `pos` is this step's, read from shared memory: no block reads a cache
-            // row that another block of this grid is writing. KB chunks of the row are loaded
-            // before the first is used, so their latencies overlap instead of adding up.
+            // The key at `pos` is this step's, read from shared memory. KB chunks of the row are
+            // loaded before the first is used (the first ones were fetched before the norm).
             const uint4* kr = reinterpret_cast<const uint4*>(j == pos ? Knb : kbase + (size_t)j * hd);
-            const int nc = hd >> 3;
             for (int c0 = 0; c0 < nc; c0 += KB) {
+                const bool fetched = first && c0 == 0 && j != pos;
                 uint4 w[KB];
 #pragma unroll
-                for (int b = 0; b < KB; ++b) w[b] = c0 + b < nc ? kr[c0 + b] : make_uint4(0, 0, 0, 0);
+                for (int b = 0; b < KB; ++b)
+                    w[b] = fetched ? kpre[b] : c0 + b < nc ? kr[c0 + b] : make_uint4(0, 0, 0, 0);
 #pragma unroll
                 for (int b = 0; b < KB; ++b) {
                     if (c0 + b >= nc) break;
