@@ -13,7 +13,7 @@ from .kernels_registry import HEAD_DIM_VARIANTS, KernelSet, for_weights
 from .state import SAMPLE_STATS_BYTES
 from .tensor import WEIGHT_DTYPES, DeviceTensor
 
-ROPE_FLAG_ROPE, ROPE_FLAG_NORM = 1, 2
+ROPE_FLAG_ROPE, ROPE_FLAG_NORM, ROPE_FLAG_STORE = 1, 2, 4
 GEMV_U = 4                 # 16-byte chunks in flight per thread (kernels/gemv.cu GEMV_U)
 ATT_MAXG = 8               # query heads per decode block (kernels/attention.cu)
 GEMM_TILE, GEMM_BK = 64, 32
@@ -181,15 +181,23 @@ class Ops:
     # ---- attention ------------------------------------------------------------------------
     def rope_qknorm(self, qkv: DeviceTensor, positions: DeviceTensor | None, H: int, KVH: int, hd: int,
                     theta: float, *, q_norm: DeviceTensor | None = None, k_norm: DeviceTensor | None = None,
-                    eps: float = 0.0, rope: bool = True) -> None:
+                    eps: float = 0.0, rope: bool = True, store_layer: int | None = None, kc=None, vc=None,
+                    cap: int = 0, state: DeviceTensor | None = None) -> None:
+        """In place on qkv's q and k heads. With `store_layer`, also kv_store's job: k (roped)
+        and v rows to the cache at `positions`, from `state` (a DecodeState) or kc/vc/cap."""
         T, stride = qkv.shape
         assert stride == (H + 2 * KVH) * hd and qkv.dtype == "f32" and hd % 2 == 0
-        flags = (ROPE_FLAG_ROPE if rope else 0) | (ROPE_FLAG_NORM if q_norm is not None else 0)
-        assert not rope or (positions is not None and positions.numel >= T)
+        store = store_layer is not None
+        flags = ((ROPE_FLAG_ROPE if rope else 0) | (ROPE_FLAG_NORM if q_norm is not None else 0)
+                 | (ROPE_FLAG_STORE if store else 0))
+        assert not (rope or store) or (positions is not None and positions.numel >= T)
+        assert not store or state is not None or (kc is not None and vc is not None and cap > 0)
         assert (q_norm is None) == (k_norm is None)
         name = _for(q_norm, "rope_qknorm", k_norm) if q_norm is not None else "rope_qknorm"
-        self._launch(name, (T, math.ceil((H + KVH) / 4)), (128,),
-                     (qkv.ptr, _ptr(positions), _ptr(q_norm), _ptr(k_norm), H, KVH, hd, stride, theta, eps, flags))
+        heads = H + (2 if store else 1) * KVH
+        self._launch(name, (T, math.ceil(heads / 4)), (128,),
+                     (qkv.ptr, _ptr(positions), _ptr(q_norm), _ptr(k_norm), _ptr(kc), _ptr(vc), _ptr(state), H, KVH,
+                      hd, stride, cap, store_layer or 0, theta, eps, flags))
 
     def kv_store(self, qkv, positions, kc, vc, H, KVH, hd, cap, layer, state=None) -> None:
         """Store k/v rows at positions; the cache comes from `state` (a DecodeState) when given."""

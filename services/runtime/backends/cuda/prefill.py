@@ -76,8 +76,7 @@ class PrefillGraph(StepGraph):
             ops.rmsnorm(self.r, lw.input_norm, self.h, eps)
             ops.gemm(self.h, lw.qkv, self.qkv, lw.qkv_bias)
             ops.rope_qknorm(self.qkv, self.positions, H, KVH, hd, c.rope_theta, q_norm=lw.q_norm, k_norm=lw.k_norm,
-                            eps=eps)
-            ops.kv_store(self.qkv, self.positions, None, None, H, KVH, hd, 0, i, state=st)
+                            eps=eps, store_layer=i, state=st)  # + the k/v rows into the cache
             ops.attention_prefill(self.qkv, self.positions, None, None, self.attn, H, KVH, hd, 0, i, state=st)
             ops.gemm(self.attn, lw.o, self.r, mode="residual")
             ops.rmsnorm(self.r, lw.post_norm, self.h, eps)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.runtime.backends.cuda.driver import memset_d8
+
 from .parity import assert_close, bf16
 
 pytestmark = pytest.mark.gpu
@@ -127,6 +129,31 @@ def test_qk_norm_and_rope(cpu, gpu, H, KVH, hd):
     cpu.rope(ref, cpu.ids(pos), H, KVH, hd, 1e6)
     gpu.rope(g, gpu.ids(pos), H, KVH, hd, 1e6)
     assert_close(gpu.to_host(g), ref, 1e-4, 1e-4, "rope")
+
+
+@pytest.mark.parametrize("H,KVH,hd,qk", [(9, 3, 64, False), (4, 2, 24, True), (16, 8, 128, True)])
+def test_rope_with_the_kv_store_fused_equals_rope_then_kv_store(gpu, H, KVH, hd, qk):
+    """The prefill graph's one launch (ROPE_FLAG_STORE) against the two it replaces; a row at
+    position -1 (a padded row) stores nothing."""
+    T, cap, layer, theta, eps = 6, 40, 1, 1e4, 1e-6
+    qkv = rand(T, (H + 2 * KVH) * hd)
+    pos = gpu.ids(np.array([0, 3, 17, 39, -1, 5], np.int32))
+    qn = gpu.upload(1 + 0.1 * rand(hd)) if qk else None
+    kn = gpu.upload(1 + 0.1 * rand(hd)) if qk else None
+    caches = [gpu.alloc_kv(2, KVH, cap, hd) for _ in range(2)]
+    for c in caches:
+        for t in (c.k, c.v):
+            memset_d8(t.ptr, 0, t.nbytes, gpu.stream)
+    a, b = gpu.upload_activation(qkv), gpu.upload_activation(qkv)
+    gpu.ops.rope_qknorm(a, pos, H, KVH, hd, theta, q_norm=qn, k_norm=kn, eps=eps)
+    gpu.ops.kv_store(a, pos, caches[0].k, caches[0].v, H, KVH, hd, cap, layer)
+    gpu.ops.rope_qknorm(b, pos, H, KVH, hd, theta, q_norm=qn, k_norm=kn, eps=eps, store_layer=layer,
+                        kc=caches[1].k, vc=caches[1].v, cap=cap)
+    assert_close(gpu.to_host(b), gpu.to_host(a), 0, 0, "qkv after rope")
+    for name in ("k", "v"):
+        want, got = gpu.to_host(getattr(caches[0], name)), gpu.to_host(getattr(caches[1], name))
+        assert_close(got, want, 0, 0, f"{name} cache")
+        assert np.abs(got[layer]).sum() > 0 and not np.abs(got[0]).any()  # only `layer`, and something
 
 
 def _qkv_bf16_kv(T, H, KVH, hd):

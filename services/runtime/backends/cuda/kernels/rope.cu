@@ -1,18 +1,37 @@
 // In-place RoPE and qwen3 q/k norm over the q and k heads of qkv [T, qkv_stride].
 // The k heads follow the q heads, so head hh < H+KVH starts at column hh*hd either way.
+// With ROPE_FLAG_STORE (the prefill graph) it is also the KV store: the k heads, once roped,
+// and the v heads (hh in [H+KVH, H+2KVH)) go to the bf16 cache at their positions, one
+// launch fewer per layer than rope_qknorm + kv_store.
 #include "rope.cuh"
 
-// grid (T, ceil((H+KVH)/4)), block 128: one warp per (token, head).
+// grid (T, ceil(heads/4)), block 128: one warp per (token, head); heads = H+KVH, or H+2KVH
+// with ROPE_FLAG_STORE. The cache (pointers, capacity) comes from `st` when given.
 extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int* __restrict__ positions,
                                        const w16_t* __restrict__ q_norm_w, const w16_t* __restrict__ k_norm_w,
-                                       int H, int KVH, int hd, int qkv_stride, float theta, float eps, int flags) {
+                                       bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st, int H, int KVH,
+                                       int hd, int qkv_stride, int cap, int layer, float theta, float eps,
+                                       int flags) {
     float inv_freq[4];  // hd <= 256
     lane_inv_freqs(inv_freq, hd, theta, flags);
     pdl_launch_dependents();
     pdl_wait();
-    const int t = blockIdx.x, hh = blockIdx.y * 4 + (threadIdx.x >> 5);
-    if (hh >= H + KVH) return;
+    const bool store = flags & ROPE_FLAG_STORE;
+    const int t = blockIdx.x, hh = blockIdx.y * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (hh >= H + (store ? 2 : 1) * KVH) return;
     float* head = qkv + (size_t)t * qkv_stride + (size_t)hh * hd;
-    const int pos = (flags & ROPE_FLAG_ROPE) ? positions[t] : 0;  // qk_norm alone passes no positions
-    warp_norm_rope(head, head, hh < H ? q_norm_w : k_norm_w, pos, hd, inv_freq, eps, flags, 1.f);
+    // qk_norm alone passes no positions
+    const int pos = (flags & (ROPE_FLAG_ROPE | ROPE_FLAG_STORE)) ? positions[t] : 0;
+    if (hh < H + KVH) warp_norm_rope(head, head, hh < H ? q_norm_w : k_norm_w, pos, hd, inv_freq, eps, flags, 1.f);
+    if (!store || hh < H) return;
+    if (st) {
+        kc = reinterpret_cast<bf16_t*>(st->k_cache);
+        vc = reinterpret_cast<bf16_t*>(st->v_cache);
+        cap = st->capacity;
+    }
+    if (pos < 0 || pos >= cap) return;  // a padded row
+    const bool is_k = hh < H + KVH;
+    const int kvh = is_k ? hh - H : hh - H - KVH;
+    bf16_t* dst = (is_k ? kc : vc) + (((size_t)layer * KVH + kvh) * cap + pos) * hd;
+    for (int d = lane; d < hd; d += 32) dst[d] = f32_to_bf16(head[d]);  // after warp_norm_rope's __syncwarp
 }

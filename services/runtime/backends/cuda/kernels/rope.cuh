@@ -5,6 +5,7 @@
 
 #define ROPE_FLAG_ROPE 1
 #define ROPE_FLAG_NORM 2
+#define ROPE_FLAG_STORE 4  // rope_qknorm also writes k (roped) and v to the KV cache
 
 // HF: inv_freq = 1 / theta^(2i/d) and angle = pos * inv_freq, both fp32. The power is taken
 // in double and rounded once: powf is not correctly rounded (CUDA's is within 2 ulp), and at
