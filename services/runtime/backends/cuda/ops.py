@@ -17,6 +17,7 @@ ROPE_FLAG_ROPE, ROPE_FLAG_NORM, ROPE_FLAG_STORE = 1, 2, 4
 GEMV_U = 4                 # 16-byte chunks in flight per thread (kernels/gemv.cu GEMV_U)
 ATT_MAXG = 8               # query heads per decode block (kernels/attention.cu)
 GEMM_TILE, GEMM_BK = 64, 32
+GEMM_RESIDUAL, GEMM_A_SWIGLU = 1, 2  # kernels/gemm.cu mode bits
 
 
 def _aligned(t: DeviceTensor, n: int = 16) -> bool:
@@ -158,11 +159,13 @@ class Ops:
                      (W.ptr, x.ptr, _ptr(bias), _ptr(norm_w), y.ptr, N, K, F, ks, eps), smem)
 
     def gemm(self, x: DeviceTensor, W: DeviceTensor, y: DeviceTensor, bias: DeviceTensor | None = None,
-             mode: str = "store") -> None:
-        """Several tokens on tensor cores: y (=|+=) x @ W^T (+b); K split when tiles are few."""
-        M, K = x.shape
+             mode: str = "store", swiglu_input: bool = False) -> None:
+        """Several tokens on tensor cores: y (=|+=) x @ W^T (+b); K split when tiles are few.
+        With `swiglu_input`, x is gate|up [M, 2K] and the product takes silu(gate) * up."""
+        M, K = x.shape[0], W.shape[1]
         N = W.shape[0]
-        assert W.shape == (N, K) and x.dtype == y.dtype == "f32" and y.shape == (M, N)
+        assert x.shape == (M, 2 * K if swiglu_input else K), (x.shape, W.shape, swiglu_input)
+        assert x.dtype == y.dtype == "f32" and y.shape == (M, N)
         assert K % 8 == 0 and _aligned(W) and _aligned(x), "gemm needs K % 8 == 0 and 16-byte aligned W, x"
         assert bias is None or bias.numel == N
         tiles_n, tiles_m = math.ceil(N / GEMM_TILE), math.ceil(M / GEMM_TILE)
@@ -174,9 +177,9 @@ class Ops:
         splits = math.ceil(K / k_per_split)
         ws = self.gemm_ws.get(splits * M * N) if splits > 1 else None
         counters = self.gemm_counters.get(tiles_n * tiles_m) if splits > 1 else None
+        flags = (GEMM_RESIDUAL if mode == "residual" else 0) | (GEMM_A_SWIGLU if swiglu_input else 0)
         self._launch(_for(W, "gemm_bf16", bias), (tiles_n, tiles_m, splits), (128,),
-                     (x.ptr, W.ptr, _ptr(bias), y.ptr, _ptr(ws), _ptr(counters), M, N, K, k_per_split,
-                      1 if mode == "residual" else 0))
+                     (x.ptr, W.ptr, _ptr(bias), y.ptr, _ptr(ws), _ptr(counters), M, N, K, k_per_split, flags))
 
     # ---- attention ------------------------------------------------------------------------
     def rope_qknorm(self, qkv: DeviceTensor, positions: DeviceTensor | None, H: int, KVH: int, hd: int,

@@ -43,7 +43,7 @@ class PrefillGraph(StepGraph):
         self.positions = DeviceTensor(self.io.ptr + STATE_BYTES + 4 * bucket, (bucket,), "i32", self.io.buffer)
         self.r, self.h = empty((bucket, c.hidden_size)), empty((bucket, c.hidden_size))
         self.qkv, self.attn = empty((bucket, c.qkv_size)), empty((bucket, c.q_size))
-        self.gu, self.act = empty((bucket, 2 * c.intermediate_size)), empty((bucket, c.intermediate_size))
+        self.gu = empty((bucket, 2 * c.intermediate_size))
         self.last, self.logits = empty((1, c.hidden_size)), empty((1, c.vocab_size))
         self._pinned = PinnedBuffer(STATE_BYTES + 8 * bucket + 4 * c.vocab_size)
         self.host = self._pinned.view(DECODE_STATE, 1)
@@ -81,8 +81,7 @@ class PrefillGraph(StepGraph):
             ops.gemm(self.attn, lw.o, self.r, mode="residual")
             ops.rmsnorm(self.r, lw.post_norm, self.h, eps)
             ops.gemm(self.h, lw.gate_up, self.gu)
-            ops.swiglu(self.gu, self.act)
-            ops.gemm(self.act, lw.down, self.r, mode="residual")
+            ops.gemm(self.gu, lw.down, self.r, mode="residual", swiglu_input=True)  # silu(gate) * up as it loads
         if sample == ALL_ROWS:
             ops.rmsnorm(self.r, m.final_norm, self.h, eps)
             ops.gemm(self.h, m.lm_head, self.all_logits)

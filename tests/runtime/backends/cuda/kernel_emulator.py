@@ -210,12 +210,18 @@ def _gemm(mem, grid, block, smem, A, W, bias, C, ws, counters, M, N, K, kps, mod
     if grid[2] > 1:
         mem.check(ws, 4 * grid[2] * M * N)
         assert (i32(mem, counters, grid[0] * grid[1]) == 0).all(), "split-K counters not at rest"
-    a = round_w(f32(mem, A, M * K)).reshape(M, K)
+    if mode & 2:  # A is gate|up [M, 2K]: silu(gate) * up
+        gu = f32(mem, A, 2 * M * K).reshape(M, 2 * K)
+        g, u = gu[:, :K], gu[:, K:]
+        with np.errstate(over="ignore"):
+            a = round_w((g / (1 + np.exp(-g)) * u).astype(np.float32))
+    else:
+        a = round_w(f32(mem, A, M * K)).reshape(M, K)
     y = (a.astype(np.float64) @ wt(mem, W, N * K).reshape(N, K).T.astype(np.float64)).astype(np.float32)
     if bias:
         y += wt(mem, bias, N)
     c = f32(mem, C, M * N).reshape(M, N)
-    c[:] = c + y if mode == 1 else y
+    c[:] = c + y if mode & 1 else y
 
 
 @kernel("gemv")

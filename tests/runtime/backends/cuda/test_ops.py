@@ -222,6 +222,20 @@ def test_fused_decode_attention(cpu, gpu, H, KVH, hd, qk):
     assert_close(gpu.to_host(cg.k)[0, :, 40], bf16(cc.k[0, :, 40]), 1e-2, 1e-2, "new k (roped) in the cache")
 
 
+@pytest.mark.parametrize("M,F,N", [(7, 1536, 576), (32, 96, 200), (70, 64, 50)])
+def test_gemm_taking_swiglu_of_its_input_equals_swiglu_then_gemm(gpu, M, F, N):
+    """The prefill's down projection reads gate|up and applies silu(gate) * up as it stages A."""
+    gu = gpu.upload_activation(rand(M, 2 * F, scale=3.0))
+    W = gpu.upload(rand(N, F, scale=F ** -0.5))
+    r0 = rand(M, N)
+    want, got = gpu.upload_activation(r0), gpu.upload_activation(r0)
+    gpu.ops.gemm(gpu.swiglu(gu), W, want, mode="residual")
+    gpu.ops.gemm(gu, W, got, mode="residual", swiglu_input=True)
+    assert_close(gpu.to_host(got), gpu.to_host(want), 1e-6, 1e-6, "gemm(swiglu(x)) fused")
+    with pytest.raises(AssertionError):
+        gpu.ops.gemm(gu, W, got, swiglu_input=False)  # gate|up is twice W's K
+
+
 def test_swiglu(cpu, gpu):
     gu = rand(3, 2 * 1536, scale=4.0)
     assert_close(gpu.to_host(gpu.swiglu(gpu.upload_activation(gu))), cpu.swiglu(gu), 1e-5, 1e-6, "swiglu")

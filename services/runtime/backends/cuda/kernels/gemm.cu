@@ -13,10 +13,14 @@
 #define BM 64
 #define BN 64
 #define BK 32
+#define GEMM_RESIDUAL 1
+#define GEMM_A_SWIGLU 2
 #define LDS (BK + 8)  // bf16 row stride: 80 bytes, so the fragment loads below are conflict-free
 
 // grid (ceil(N/64), ceil(M/64), splits), block 128. K % 8 == 0; k_per_split % 32 == 0.
-// mode 0: C = AW^T + b;  mode 1: C += AW^T + b (residual stream).
+// mode bit 0 (GEMM_RESIDUAL): C += AW^T + b (residual stream), else C = AW^T + b.
+// mode bit 1 (GEMM_A_SWIGLU): A is gate|up [M, 2K] and the product takes silu(gate) * up,
+// computed as A is staged (the prefill's down projection: no separate swiglu launch).
 // ws: splits*M*N floats and counters: one int per (x, y) tile, zero at rest (splits > 1 only).
 extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
     const float* __restrict__ A, const w16_t* __restrict__ W, const w16_t* __restrict__ bias,
@@ -40,12 +44,20 @@ extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
                                             : make_uint4(0, 0, 0, 0);
         }
     };
+    const bool a_swiglu = mode & GEMM_A_SWIGLU;
     auto load_a = [&](int k0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int idx = tid + 128 * i, r = idx >> 3, c = idx & 7, m = m0 + r, k = k0 + c * 4;
-            a_reg[i] = (m < M && k < k_end) ? *reinterpret_cast<const float4*>(A + (size_t)m * K + k)
-                                            : make_float4(0.f, 0.f, 0.f, 0.f);
+            if (!(m < M && k < k_end)) {
+                a_reg[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+            } else if (a_swiglu) {  // A[m, k] = silu(gate[m, k]) * up[m, k], rows of gate | up
+                const float4 g = *reinterpret_cast<const float4*>(A + (size_t)m * 2 * K + k);
+                const float4 u = *reinterpret_cast<const float4*>(A + (size_t)m * 2 * K + K + k);
+                a_reg[i] = make_float4(silu(g.x) * u.x, silu(g.y) * u.y, silu(g.z) * u.z, silu(g.w) * u.w);
+            } else {
+                a_reg[i] = *reinterpret_cast<const float4*>(A + (size_t)m * K + k);
+            }
         }
     };
     auto store_tiles = [&](int buf) {
@@ -144,7 +156,7 @@ extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
     }
     each_in_bounds([&](int m, int n, float v) {
         if (bias) v += w_to_f32(bias[n]);
-        if (mode == 1) C[(size_t)m * N + n] += v;
+        if (mode & GEMM_RESIDUAL) C[(size_t)m * N + n] += v;
         else C[(size_t)m * N + n] = v;
     });
 }
