@@ -18,7 +18,7 @@ KERNELS = {}
 
 def static_smem(name: str) -> int:
     name = base_kernel(name)
-    return {"gemm_bf16": 2 * 2 * 64 * 40 * 2 + 4, "sample_reduce": 256 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
+    return {"gemm_bf16": 2 * 2 * 64 * 40 * 2 + 4, "sample_reduce": 32 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
 
 
 def kernel(name):

@@ -81,12 +81,40 @@ __device__ __forceinline__ void stats_merge(SampleStats& a, const SampleStats& b
     }
     if (better(b.gkey, b.gidx, a.gkey, a.gidx)) { a.gkey = b.gkey; a.gidx = b.gidx; }
 }
-// Tree reduction over blockDim.x (a power of two) entries of sh; result in sh[0].
-__device__ __forceinline__ void stats_block_reduce(SampleStats* sh) {
-    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) stats_merge(sh[threadIdx.x], sh[threadIdx.x + s]);
-        __syncthreads();
+__device__ __forceinline__ SampleStats stats_shfl_xor(const SampleStats& a, int o) {
+    SampleStats b;
+    b.m = __shfl_xor_sync(FULL_MASK, a.m, o);
+    b.z = __shfl_xor_sync(FULL_MASK, a.z, o);
+    b.s = __shfl_xor_sync(FULL_MASK, a.s, o);
+    b.top1 = __shfl_xor_sync(FULL_MASK, a.top1, o);
+    b.top2 = __shfl_xor_sync(FULL_MASK, a.top2, o);
+    b.gkey = __shfl_xor_sync(FULL_MASK, a.gkey, o);
+    b.top1_idx = __shfl_xor_sync(FULL_MASK, a.top1_idx, o);
+    b.gidx = __shfl_xor_sync(FULL_MASK, a.gidx, o);
+    return b;
+}
+// Butterfly over the warp: stats_merge gives both partners the same result (its max and
+// top-2 are order-free, its sums commutative), so every lane ends with the warp's stats.
+__device__ __forceinline__ void stats_warp_reduce(SampleStats& a) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const SampleStats b = stats_shfl_xor(a, o);
+        stats_merge(a, b);
     }
+}
+// The whole block's stats, in thread 0: warps by shuffles, then the warps' results by warp 0
+// (one barrier instead of one per tree level). sh holds >= 32 records.
+__device__ __forceinline__ SampleStats stats_block_reduce(SampleStats a, SampleStats* sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    stats_warp_reduce(a);
+    if (lane == 0) sh[warp] = a;
+    __syncthreads();
+    if (warp == 0) {
+        if (lane < nw) a = sh[lane];
+        else stats_init(a);
+        stats_warp_reduce(a);
+    }
+    return a;
 }
 __device__ __forceinline__ bool truncating(const DecodeState* st, int V) {
     return st->temperature > 0.f && ((st->top_k > 0 && st->top_k < V) || st->top_p < 1.f);
@@ -100,7 +128,7 @@ __device__ __forceinline__ void finish(DecodeState* st, int token, float logit, 
 // grid (NB <= 256), block 256. part: NB + 1 records (the last one receives the merged stats).
 extern "C" __global__ void __launch_bounds__(256) sample_reduce(const float* __restrict__ logits, int V,
                                                                 DecodeState* st, SampleStats* part, int* counter) {
-    __shared__ SampleStats sh[256];
+    __shared__ SampleStats sh[32];
     __shared__ int s_last;
     pdl_launch_dependents();
     pdl_wait();
@@ -126,10 +154,8 @@ extern "C" __global__ void __launch_bounds__(256) sample_reduce(const float* __r
             if (i < V) stats_add(a, l[b], i, gumbel_here ? l[b] / T + gumbel(seed, step, (u32)i) : NEG_INF);
         }
     }
-    sh[threadIdx.x] = a;
-    __syncthreads();
-    stats_block_reduce(sh);
-    if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+    a = stats_block_reduce(a, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = a;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == (int)gridDim.x - 1;
@@ -143,11 +169,9 @@ extern "C" __global__ void __launch_bounds__(256) sample_reduce(const float* __r
         b.m = p->m; b.z = p->z; b.s = p->s; b.top1 = p->top1; b.top2 = p->top2; b.gkey = p->gkey;
         b.top1_idx = p->top1_idx; b.gidx = p->gidx;
     }
-    sh[threadIdx.x] = b;
-    __syncthreads();
-    stats_block_reduce(sh);
+    __syncthreads();  // sh is reused: the first reduction's reads are done
+    const SampleStats f = stats_block_reduce(b, sh);
     if (threadIdx.x != 0) return;
-    const SampleStats f = sh[0];
     part[gridDim.x] = f;
     *counter = 0;
     st->entropy = logf(f.z) - f.s / f.z;
