@@ -261,6 +261,30 @@ def start_to_first_token(kind: str, model_dir: Path, timeout: int = 90) -> dict:
 
 
 # ---- orchestration ---------------------------------------------------------------------------
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "?"
+    except Exception:  # no git, or no .git in the copy that travelled
+        return "?"
+
+
+
+def perf_row(r: dict) -> str:
+    """This run as a row of services/runtime/backends/cuda/PERF.md's measurements table."""
+    def num(x, fmt):
+        return format(x, fmt) if isinstance(x, (int, float)) else "-"
+
+    bench = r.get("bench", {})
+    s, q = bench.get("smollm2-135m", {}), bench.get("qwen2.5-0.5b", {})
+    so, qo = s.get("ours", {}), q.get("ours", {})
+    cells = [str(r.get("started", "?"))[:10], r.get("environment", {}).get("device", "?"), r.get("commit", "?"),
+             f"{num(so.get('decode_ms_per_token'), '.3f')} ({num(so.get('decode_gpu_ms_per_step'), '.3f')})",
+             f"{num(qo.get('decode_ms_per_token'), '.3f')} ({num(qo.get('decode_gpu_ms_per_step'), '.3f')})",
+             num(so.get("ttft_ms"), ".2f"), num(s.get("start_ours", {}).get("seconds"), ".2f"), "gpu_check"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def summary_table(r: dict) -> str:
     env = r.get("environment", {})
     lines = [f"GPU check on {env.get('device', '?')} (sm {env.get('capability', '?')}), driver "
@@ -315,6 +339,8 @@ def summary_table(r: dict) -> str:
         lines.append("")
         lines.append("probes (where a decode step's time goes):")
         lines.extend(summary_lines(probes))
+    lines.append("")
+    lines.append("PERF.md row: " + perf_row(r))
     lines.append(f"total {r.get('total_seconds')} s")
     return "\n".join(lines)
 
@@ -338,7 +364,7 @@ def main() -> int:
     os.environ["INLOOP_GPU_WORK"] = str(work)  # ... and write the SmolLM2-shaped model where step 4 finds it
     if Path(os.environ["INLOOP_CACHE"]).resolve() == (work / "cache").resolve():
         shutil.rmtree(work / "cache", ignore_errors=True)  # the compile step measures a cold build
-    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": _commit()}
 
     def save():
         results["total_seconds"] = round(time.perf_counter() - T0, 1)

@@ -130,3 +130,6 @@ def test_main_runs_every_step_on_the_double(gpu_check, cubin_cache, tmp_path, mo
     assert rc == 0 and results["ok"], {k: results.get(k) for k in ("compile", "parity")}
     summary = (out / "summary.txt").read_text()
     assert "probes (where a decode step's time goes)" in summary and "gemv tuning (5 shapes" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("PERF.md row: "))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert len(cells) == 8 and cells[1] == "Fake H100" and cells[3].count("(") == 1 and cells[6] == "-", cells
