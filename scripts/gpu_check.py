@@ -262,6 +262,9 @@ def start_to_first_token(kind: str, model_dir: Path, timeout: int = 90) -> dict:
 
 # ---- orchestration ---------------------------------------------------------------------------
 def _commit() -> str:
+    """INLOOP_COMMIT (the copy sent to a lent machine has no .git), else git's HEAD."""
+    if os.environ.get("INLOOP_COMMIT"):
+        return os.environ["INLOOP_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               timeout=10).stdout.strip() or "?"
