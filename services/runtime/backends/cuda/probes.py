@@ -21,6 +21,7 @@ import numpy as np
 
 from .driver import CudaError, Event, copy_dtod, memset_d8
 from .module import Graph
+from .step_graph import capture, capture_as_served
 
 GEMV_CONFIGS = ((1, 128), (1, 256), (2, 128), (2, 256), (4, 128), (4, 256), (8, 256))  # (split-K, threads)
 LAUNCHES_PER_GRAPH = 20
@@ -58,25 +59,6 @@ def _replay_us(be, graph: Graph, per_replay: int, replays: int = REPLAYS, flush:
     return statistics.median(times)
 
 
-def _capture(be, record, pdl: bool) -> Graph:
-    be.ops.pdl = pdl
-    try:
-        return Graph.capture(be.stream, be.allocator, record)
-    finally:
-        be.ops.pdl = False
-
-
-def _capture_as_served(be, record) -> Graph:
-    """With PDL edges where the backend uses them; plain where the driver refuses them in
-    capture (as StepGraph does)."""
-    if be.pdl:
-        try:
-            return _capture(be, record, True)
-        except CudaError:
-            pass
-    return _capture(be, record, False)
-
-
 def _variants(be) -> tuple[bool, ...]:
     return (False, True) if be.pdl else (False,)
 
@@ -89,7 +71,7 @@ def graph_node_cost(be, n: int = 200, replays: int = REPLAYS) -> dict:
     for pdl in _variants(be):
         key = "pdl_us" if pdl else "plain_us"
         try:
-            g = _capture(be, lambda: [be.ops.swiglu(gate_up, out) for _ in range(n)], pdl)
+            g = capture(be, lambda: [be.ops.swiglu(gate_up, out) for _ in range(n)], pdl)
         except CudaError as exc:
             result[key] = f"capture failed: {exc}"
             continue
@@ -186,7 +168,7 @@ def time_gemv_configs(be, weights: list, norm_w, mode: str, configs=GEMV_CONFIGS
         if threads < 32 * ks:
             continue
         err = float(np.abs(once(cfg) - ref).max()) / scale
-        g = _capture_as_served(be, lambda cfg=cfg: [launch(cfg, W) for W in weights])
+        g, _ = capture_as_served(be, lambda cfg=cfg: [launch(cfg, W) for W in weights], "gemv timing")
         out[cfg] = {"us": _replay_us(be, g, len(weights), replays, flush), "max_rel_err": err}
     return heuristic, out
 

@@ -18,6 +18,28 @@ log = logging.getLogger("inloop.cuda")
 RESULT_BYTES = 48  # token .. flags of DecodeState: what the host reads back per step
 
 
+def capture(be, record, pdl: bool) -> Graph:
+    """`record()` captured into a graph on the backend's stream, its launches with PDL edges
+    when `pdl`."""
+    be.ops.pdl = pdl
+    try:
+        return Graph.capture(be.stream, be.allocator, record)
+    finally:
+        be.ops.pdl = False
+
+
+def capture_as_served(be, record, what: str) -> tuple[Graph, bool]:
+    """(graph, PDL used): with PDL edges where the backend uses them, plainly where the driver
+    refuses them in capture."""
+    if be.pdl:
+        try:
+            return capture(be, record, True), True
+        except CudaError as exc:  # a driver that cannot capture PDL edges: plain graph
+            log.warning("%s: capture with programmatic dependent launch failed (%s); capturing without it",
+                        what, exc)
+    return capture(be, record, False), False
+
+
 class StepGraph:
     graphs: dict[bool | str, Graph]  # variant -> graph; a variant is what record() takes
     pdl_used: bool = False
@@ -32,19 +54,9 @@ class StepGraph:
         return self.graphs[sample]
 
     def _capture(self, sample: bool | str) -> Graph:
-        stream, alloc = self.be.stream, self.be.allocator
-        if self.be.pdl:
-            self.be.ops.pdl = True
-            try:
-                g = Graph.capture(stream, alloc, lambda: self.record(sample))
-                self.pdl_used = True
-                return g
-            except CudaError as exc:  # a driver that cannot capture PDL edges: plain graph
-                log.warning("%s: capture with programmatic dependent launch failed (%s); capturing without it",
-                            type(self).__name__, exc)
-            finally:
-                self.be.ops.pdl = False
-        return Graph.capture(stream, alloc, lambda: self.record(sample))
+        g, pdl = capture_as_served(self.be, lambda: self.record(sample), type(self).__name__)
+        self.pdl_used = self.pdl_used or pdl
+        return g
 
     def _run(self, sample: bool | str, use_graph: bool = True) -> None:
         if use_graph:
