@@ -8,16 +8,6 @@
 // Scores and softmax are fp32; q stays fp32 (it never touches memory as bf16).
 #include "attention.cuh"
 
-// The cache (pointers, capacity) comes from `st` when given (a prefill graph serves every
-// sequence), else from the arguments.
-__device__ __forceinline__ void cache_from_state(const DecodeState* st, bf16_t*& kc, bf16_t*& vc, int& cap) {
-    if (st) {
-        kc = reinterpret_cast<bf16_t*>(st->k_cache);
-        vc = reinterpret_cast<bf16_t*>(st->v_cache);
-        cap = st->capacity;
-    }
-}
-
 // grid (T), block 128.
 extern "C" __global__ void kv_store(const float* __restrict__ qkv, const int* __restrict__ positions,
                                     bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st,

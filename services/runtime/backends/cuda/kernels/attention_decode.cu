@@ -35,15 +35,8 @@ __device__ __forceinline__ void attention_decode_body(
     const int n_splits = gridDim.x, split = blockIdx.x, kvh = blockIdx.y;
     const int G = H / KVH, g0 = blockIdx.z * ATT_MAXG, Gb = min(ATT_MAXG, G - g0);
     const int stride_k = H * hd, stride_v = (H + KVH) * hd;
-    int pos;
-    if (st) {
-        pos = st->pos;
-        kc = reinterpret_cast<bf16_t*>(st->k_cache);
-        vc = reinterpret_cast<bf16_t*>(st->v_cache);
-        cap = st->capacity;
-    } else {
-        pos = *pos_ptr;
-    }
+    cache_from_state(st, kc, vc, cap);
+    const int pos = st ? st->pos : *pos_ptr;
     // The block's q heads and its kv head's new k and v, staged raw before `pos` is used, so
     // these loads are in flight together with the state's instead of after them.
     for (int idx = threadIdx.x; idx < (Gb + 2) * hd; idx += blockDim.x) {

@@ -131,3 +131,13 @@ static_assert(__builtin_offsetof(DecodeState, capacity) == 64, "DecodeState layo
 static_assert(__builtin_offsetof(DecodeState, rows) == 68, "DecodeState layout");
 static_assert(__builtin_offsetof(DecodeState, pad) == 72, "DecodeState layout");
 static_assert(sizeof(DecodeState) == 80, "DecodeState layout");
+
+// The KV cache (pointers, capacity) comes from `st` when given (a graph serves every
+// sequence), else from the kernel's arguments.
+__device__ __forceinline__ void cache_from_state(const DecodeState* st, bf16_t*& kc, bf16_t*& vc, int& cap) {
+    if (st) {
+        kc = reinterpret_cast<bf16_t*>(st->k_cache);
+        vc = reinterpret_cast<bf16_t*>(st->v_cache);
+        cap = st->capacity;
+    }
+}

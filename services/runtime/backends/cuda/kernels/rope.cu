@@ -24,11 +24,7 @@ extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int
     const int pos = (flags & (ROPE_FLAG_ROPE | ROPE_FLAG_STORE)) ? positions[t] : 0;
     if (hh < H + KVH) warp_norm_rope(head, head, hh < H ? q_norm_w : k_norm_w, pos, hd, inv_freq, eps, flags, 1.f);
     if (!store || hh < H) return;
-    if (st) {
-        kc = reinterpret_cast<bf16_t*>(st->k_cache);
-        vc = reinterpret_cast<bf16_t*>(st->v_cache);
-        cap = st->capacity;
-    }
+    cache_from_state(st, kc, vc, cap);
     if (pos < 0 || pos >= cap) return;  // a padded row
     const bool is_k = hh < H + KVH;
     const int kvh = is_k ? hh - H : hh - H - KVH;
