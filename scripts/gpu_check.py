@@ -272,19 +272,20 @@ def _commit() -> str:
         return "?"
 
 
+def _num(x, fmt: str) -> str:
+    """A number for the tables, or '-' where the step gave none."""
+    return format(x, fmt) if isinstance(x, (int, float)) else "-"
+
 
 def perf_row(r: dict) -> str:
     """This run as a row of services/runtime/backends/cuda/PERF.md's measurements table."""
-    def num(x, fmt):
-        return format(x, fmt) if isinstance(x, (int, float)) else "-"
-
     bench = r.get("bench", {})
     s, q = bench.get("smollm2-135m", {}), bench.get("qwen2.5-0.5b", {})
     so, qo = s.get("ours", {}), q.get("ours", {})
     cells = [str(r.get("started", "?"))[:10], r.get("environment", {}).get("device", "?"), r.get("commit", "?"),
-             f"{num(so.get('decode_ms_per_token'), '.3f')} ({num(so.get('decode_gpu_ms_per_step'), '.3f')})",
-             f"{num(qo.get('decode_ms_per_token'), '.3f')} ({num(qo.get('decode_gpu_ms_per_step'), '.3f')})",
-             num(so.get("ttft_ms"), ".2f"), num(s.get("start_ours", {}).get("seconds"), ".2f"), "gpu_check"]
+             f"{_num(so.get('decode_ms_per_token'), '.3f')} ({_num(so.get('decode_gpu_ms_per_step'), '.3f')})",
+             f"{_num(qo.get('decode_ms_per_token'), '.3f')} ({_num(qo.get('decode_gpu_ms_per_step'), '.3f')})",
+             _num(so.get("ttft_ms"), ".2f"), _num(s.get("start_ours", {}).get("seconds"), ".2f"), "gpu_check"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -311,13 +312,11 @@ def summary_table(r: dict) -> str:
         b = r.get("bench", {}).get(name, {})
         o, h = b.get("ours", {}), b.get("hf", {})
         so, sh = b.get("start_ours", {}), b.get("start_hf", {})
-        def f(x, fmt):
-            return format(x, fmt) if isinstance(x, (int, float)) else "-"
-        lines.append(f"{name:<14}{'ours':<6}{f(o.get('decode_ms_per_token'), '.3f'):>14}"
-                     f"{f(o.get('decode_gpu_ms_per_step'), '.3f'):>12}{f(o.get('ttft_ms'), '.2f'):>10}"
-                     f"{f(so.get('seconds'), '.2f'):>14}")
-        lines.append(f"{'':<14}{'HF':<6}{f(h.get('decode_ms_per_token'), '.3f'):>14}{'':>12}"
-                     f"{f(h.get('ttft_ms'), '.2f'):>10}{f(sh.get('seconds'), '.2f'):>14}")
+        lines.append(f"{name:<14}{'ours':<6}{_num(o.get('decode_ms_per_token'), '.3f'):>14}"
+                     f"{_num(o.get('decode_gpu_ms_per_step'), '.3f'):>12}{_num(o.get('ttft_ms'), '.2f'):>10}"
+                     f"{_num(so.get('seconds'), '.2f'):>14}")
+        lines.append(f"{'':<14}{'HF':<6}{_num(h.get('decode_ms_per_token'), '.3f'):>14}{'':>12}"
+                     f"{_num(h.get('ttft_ms'), '.2f'):>10}{_num(sh.get('seconds'), '.2f'):>14}")
         if isinstance(o.get("decode_ms_per_token"), float) and isinstance(h.get("decode_ms_per_token"), float):
             lines.append(f"{'':<14}{'x HF':<6}{h['decode_ms_per_token'] / o['decode_ms_per_token']:>14.1f}{'':>12}"
                          f"{h['ttft_ms'] / o['ttft_ms'] if o.get('ttft_ms') else float('nan'):>10.1f}"
