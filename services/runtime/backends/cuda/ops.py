@@ -33,7 +33,6 @@ def head_dim_variant(hd: int) -> int:
     return next(d for d in HEAD_DIM_VARIANTS if hd <= d)
 
 
-
 def _for(weight: DeviceTensor, name: str, *others: DeviceTensor | None) -> str:
     """The build of kernel `name` that reads `weight`'s storage type; every other weight the
     launch reads (bias, norm) must be stored the same way."""
@@ -41,6 +40,7 @@ def _for(weight: DeviceTensor, name: str, *others: DeviceTensor | None) -> str:
     for o in others:
         assert o is None or o.dtype == weight.dtype, f"{name}: weights stored as {weight.dtype} and {o.dtype}"
     return for_weights(name, weight.dtype)
+
 
 class Workspace:
     """A device scratch buffer that only grows (growing is refused under capture)."""

@@ -8,14 +8,15 @@ The logits come from the last valid row (select_row reads the count from the Dec
 a third variant (ALL_ROWS, buckets up to ALL_ROWS_MAX) keeps every row's logits, for forced
 text whose per-token uncertainty was asked for.
 Prompts longer than the largest bucket run in chunks, each attending to the earlier ones
-through the cache. Per layer: rmsnorm, GEMM qkv, RoPE (+ q/k norm), kv store, attention,
-GEMM o (+= residual), rmsnorm, GEMM gate|up, SwiGLU, GEMM down (+= residual).
+through the cache. Per layer: rmsnorm, GEMM qkv, RoPE (+ q/k norm) with the k/v store,
+attention, GEMM o (+= residual), rmsnorm, GEMM gate|up, GEMM down taking SwiGLU of its input
+(+= residual).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from dataclasses import dataclass
+
+import numpy as np
 
 from services.runtime.backends.base import KVCache
 
