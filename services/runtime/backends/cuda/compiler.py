@@ -21,7 +21,10 @@ from pathlib import Path
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 CACHE_FORMAT = "1"  # bump when the cache layout or the meaning of a key changes
-BASE_OPTIONS = ("-std=c++17", "--fmad=true", "--ptxas-options=-v")
+# -default-device: NVRTC 13.0 (the one a 13.0 driver comes with) takes a generic lambda inside a
+# kernel for a host function unless unannotated functions default to __device__.
+LANGUAGE_OPTIONS = ("-std=c++17", "--fmad=true", "-default-device")
+BASE_OPTIONS = (*LANGUAGE_OPTIONS, "--ptxas-options=-v")
 MIN_ARCH = 80  # cvt.rn.bf16*.f32 and mma.sync bf16 need sm_80
 # Weights are bf16, or fp16 where the model is fp16. Files whose kernels read weights are built
 # once per format; the fp16 build defines INLOOP_WEIGHTS_F16 and its weight-reading kernels
@@ -248,7 +251,7 @@ def compile_ptx(path: Path | str, virtual_arch: str = "compute_80", weights: str
     nvrtc = _nvrtc()
     path = Path(path)
     headers = _headers()
-    opts = [f"--gpu-architecture={virtual_arch}".encode(), *(o.encode() for o in BASE_OPTIONS[:2]),
+    opts = [f"--gpu-architecture={virtual_arch}".encode(), *(o.encode() for o in LANGUAGE_OPTIONS),
             *(o.encode() for o in format_options(weights))]
     prog = _check(nvrtc.nvrtcCreateProgram(path.read_bytes(), path.name.encode(), len(headers),
                                            [d for _, d in headers], [n.encode() for n, _ in headers]),
