@@ -334,9 +334,10 @@ def summary_table(r: dict) -> str:
     lines.extend(engine_bench_lines(r.get("engine_bench") or {}, ENGINE_NEW_TOKENS, ENGINE_RUNS))
     probes = dict(r.get("probes") or {})
     for name in SHAPES:  # the A/B of each model's decode step came with its benchmark
-        ab = r.get("bench", {}).get(name, {}).get("ours", {}).get("decode_ab")
-        if ab:
-            probes[name] = {**(probes.get(name) or {}), "decode_ab": ab}
+        ours = r.get("bench", {}).get(name, {}).get("ours", {})
+        for key in ("decode_ab", "decode_kinds"):
+            if ours.get(key):
+                probes[name] = {**(probes.get(name) or {}), key: ours[key]}
     if probes:
         lines.append("")
         lines.append("probes (where a decode step's time goes):")

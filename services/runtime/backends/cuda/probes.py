@@ -5,6 +5,8 @@ card also gives the numbers to tune by (scripts/gpu_check.py runs them after the
                     (swiglu on one element), with programmatic dependent launch and without
   decode_ab         one decode step's GPU time as served, with plain graph edges instead of
                     PDL, and with the heuristic's GEMV configs instead of the measured ones
+  decode_kinds      each kernel kind's share of a decode step inside the graph: the step
+                    captured with only that kind's launches, and with all but them
   gemv_sweep        each decode projection of a model shape (qkv, o, gate_up, down, LM head)
                     under every (split-K, threads) the GEMV kernel takes, timed inside a graph
                     as the decode step launches it; every config's output is first checked
@@ -122,6 +124,60 @@ def decode_ab(be, model, cache, token: int, pos: int, steps: int) -> dict:
     return result
 
 
+def kernel_kind(name: str) -> str:
+    """attention_decode_d64_f16 -> attention_decode; gemv kernels keep their mode."""
+    name = name.removesuffix("_f16")
+    return name.rsplit("_d", 1)[0] if name.startswith("attention") else name
+
+
+def decode_kinds(be, dg, token: int, pos: int, steps: int) -> dict:
+    """Per kernel kind: GPU microseconds per step of a graph holding only that kind's launches
+    of the decode step ("only_us", with its count) and of one holding all the others
+    ("without_us"). Inputs are whatever the skipped kernels left behind: times only. The
+    sampler (which advances the position) is in the full graph, so each replay primes anew."""
+    ops = be.ops
+    orig = ops._launch
+    kinds: dict[str, int] = {}
+
+    def counting(name, *a, **k):
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0) + 1
+
+    ops._launch = counting
+    try:
+        dg.record(True)  # nothing launched: names only
+    finally:
+        del ops._launch
+
+    def graph_of(keep) -> Graph:
+        def filtered(name, *a, **k):
+            if keep(kernel_kind(name)):
+                orig(name, *a, **k)
+
+        ops._launch = filtered
+        try:
+            return capture_as_served(be, lambda: dg.record(True), "decode_kinds")[0]
+        finally:
+            del ops._launch
+
+    def per_step_us(g: Graph) -> float:
+        dg.prime(token, pos)
+        e0, e1 = Event(), Event()
+        e0.record(be.stream)
+        for _ in range(steps):
+            g.launch(be.stream)
+        e1.record(be.stream)
+        e1.synchronize()
+        return round(e1.elapsed_ms(e0) * 1e3 / steps, 2)
+
+    out: dict = {"full_us": per_step_us(graph_of(lambda k: True)), "kinds": {}}
+    for kind, count in sorted(kinds.items()):
+        only = per_step_us(graph_of(lambda k, kind=kind: k == kind))
+        without = per_step_us(graph_of(lambda k, kind=kind: k != kind))
+        out["kinds"][kind] = {"count": count, "only_us": only, "only_us_each": round(only / count, 2),
+                              "without_us": without}
+    return out
+
+
 def decode_projections(shape: dict) -> dict[str, tuple[int, int, str]]:
     """name -> (N rows, K columns, mode) of one layer's decode GEMVs and the LM head, from an
     HF config dict (bench_models.SHAPES)."""
@@ -215,6 +271,11 @@ def summary_lines(probes: dict) -> list[str]:
         if "error" in p:
             lines.append(f"  {name}: probes failed: {p['error']}")
             continue
+        dk = p.get("decode_kinds", {})
+        if dk.get("kinds"):
+            parts = ", ".join(f"{k} {v['only_us']} us alone ({v['count']}x, {v['only_us_each']} each), "
+                              f"step without it {v['without_us']}" for k, v in dk["kinds"].items())
+            lines.append(f"  {name} step {dk['full_us']} us by kind: {parts}")
         ab = p.get("decode_ab", {})
         if ab:
             lines.append(f"  {name} decode step on the GPU: {ab.get('served_ms')} ms as served; "

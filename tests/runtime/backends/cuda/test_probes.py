@@ -157,3 +157,20 @@ def test_graph_node_and_decode_ab_report_every_variant(tuned, tiny_model):
     lines = "\n".join(probes.summary_lines({"graph_node": node, "tiny": {"decode_ab": ab, "gemv": sweep}}))
     assert "graph node:" in lines and "tiny decode step on the GPU" in lines and "lm_head" in lines
     assert "with the heuristic GEMV configs" in lines and "RESULTS DIFFER" not in lines
+
+
+def test_decode_kinds_times_each_kernel_kind_of_the_step(gpu, tiny_model):
+    cache = tiny_model.new_cache(32)
+    dg = gpu.decode_graph(tiny_model, 32)
+    dg.bind(cache)
+    kinds = probes.decode_kinds(gpu, dg, token=3, pos=0, steps=2)
+    layers = tiny_model.cfg.num_layers
+    counts = {k: v["count"] for k, v in kinds["kinds"].items()}
+    assert counts == {"embedding": 1, "gemv_norm_store": layers + 1, "attention_decode": layers,
+                      "gemv_residual": 2 * layers, "gemv_norm_swiglu": layers, "sample_reduce": 1,
+                      "sample_truncated": 1}
+    assert sum(counts.values()) == dg.kernels_per_step()
+    assert kinds["full_us"] > 0
+    assert all(v["only_us"] > 0 and v["without_us"] > 0 for v in kinds["kinds"].values())
+    assert "attention_decode" in "\n".join(probes.summary_lines({"tiny": {"decode_kinds": kinds}}))
+    assert gpu.ops._launch.__func__ is type(gpu.ops)._launch  # the launcher is put back
