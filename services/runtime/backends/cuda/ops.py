@@ -15,7 +15,8 @@ from .tensor import WEIGHT_DTYPES, DeviceTensor
 
 ROPE_FLAG_ROPE, ROPE_FLAG_NORM, ROPE_FLAG_STORE = 1, 2, 4
 GEMV_U = 4                 # 16-byte chunks in flight per thread (kernels/gemv.cu GEMV_U)
-ATT_MAXG = 8               # query heads per decode block (kernels/attention.cu)
+ATT_MAXG = 4               # query heads per decode block, a warp each (kernels/attention.cuh)
+ATT_SPLIT_KEYS = 64        # fewest keys per decode split (kernels/attention.cuh)
 GEMM_TILE, GEMM_BK = 64, 32
 GEMM_RESIDUAL, GEMM_A_SWIGLU = 1, 2  # kernels/gemm.cu mode bits
 
@@ -225,9 +226,9 @@ class Ops:
 
     def decode_splits(self, KVH: int, G: int, capacity: int) -> int:
         """Blocks along the sequence: enough to fill the GPU at full context; the kernel uses
-        only ceil(len / chunk) of them (chunk >= 128 keys) at the current length."""
+        only ceil(len / chunk) of them (chunk >= ATT_SPLIT_KEYS keys) at the current length."""
         hz = math.ceil(G / ATT_MAXG)
-        return max(1, min(math.ceil(capacity / 128), max(1, 2 * self.sm_count // (KVH * hz)), 64))
+        return max(1, min(math.ceil(capacity / ATT_SPLIT_KEYS), max(1, 2 * self.sm_count // (KVH * hz)), 64))
 
     def attention_decode(self, qkv, out, H, KVH, hd, layer, n_splits, *, positions=None, kc=None, vc=None,
                          cap=0, state=None, q_norm=None, k_norm=None, theta=0.0, eps=0.0, rope=False) -> None:
@@ -241,7 +242,7 @@ class Ops:
         flags = (ROPE_FLAG_ROPE if rope else 0) | (ROPE_FLAG_NORM if q_norm is not None else 0)
         ws = self.att_ws.get(KVH * hz * n_splits * (2 * ATT_MAXG + ATT_MAXG * hd))
         counters = self.att_counters.get(KVH * hz)
-        smem = 4 * (5 * ATT_MAXG * hd + 8 * ATT_MAXG + 3 * hd)
+        smem = 4 * (ATT_MAXG * hd + 3 * hd)
         name = f"attention_decode_d{d}"
         if q_norm is not None:
             name = _for(q_norm, name, k_norm)

@@ -6,10 +6,16 @@
 #include "attention.cuh"
 
 // ---- decode -------------------------------------------------------------------------------
-// grid (n_splits, KVH, ceil(G/8)), block 128. Dynamic smem: 4*(5*8*hd + 64 + 3*hd) bytes.
-// ws: KVH*gridDim.z*n_splits*(16 + 8*hd) floats; counters: KVH*gridDim.z ints, zero at rest.
-// With `st` non-null the position, the cache pointers and the capacity come from it (a decode
-// graph: one graph serves every sequence); else from pos_ptr / kc / vc / cap.
+// grid (n_splits, KVH, ceil(G/ATT_MAXG)), block 128: warp w serves query head g0 + w of kv head
+// blockIdx.y over the split's keys, 32 at a time (a lane per key for q.k, a lane per dimension
+// for p.v). Dynamic smem: 4*(ATT_MAXG*hd + 3*hd) bytes.
+// ws: KVH*gridDim.z*n_splits*(2*ATT_MAXG + ATT_MAXG*hd) floats; counters: KVH*gridDim.z ints,
+// zero at rest. With `st` non-null the position, the cache pointers and the capacity come from
+// it (a decode graph: one graph serves every sequence); else from pos_ptr / kc / vc / cap.
+//
+// At batch 1 this kernel is latency bound and its code is fetched cold on every launch (the
+// weights stream through L2 between two layers), so its length is time: no loop over heads is
+// unrolled (a warp has one head), and only the loads that must be in flight together are.
 template <int DPL>
 __device__ __forceinline__ void attention_decode_body(
     const float* __restrict__ qkv, const int* __restrict__ pos_ptr, bf16_t* kc, bf16_t* vc,
@@ -20,10 +26,7 @@ __device__ __forceinline__ void attention_decode_body(
     __shared__ int s_last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float* Qs = reinterpret_cast<float*>(smem4);  // [MAXG][hd], normed + roped + scaled
-    float* Wacc = Qs + ATT_MAXG * hd;             // [4][MAXG][hd] per-warp accumulators
-    float* Wm = Wacc + ATT_WARPS * ATT_MAXG * hd; // [4][MAXG]
-    float* Wl = Wm + ATT_WARPS * ATT_MAXG;        // [4][MAXG]
-    float* Knf = Wl + ATT_WARPS * ATT_MAXG;       // [hd] new k, fp32
+    float* Knf = Qs + ATT_MAXG * hd;              // [hd] new k, fp32
     float* Vnf = Knf + hd;                        // [hd] new v, fp32
     bf16_t* Knb = reinterpret_cast<bf16_t*>(Vnf + hd);  // [hd] new k as stored (16B aligned)
     bf16_t* Vnb = Knb + hd;
@@ -48,19 +51,19 @@ __device__ __forceinline__ void attention_decode_body(
     if (pos < 0 || pos >= cap) return;  // the host keeps pos < cap
     const int len = pos + 1;
     int chunk = (len + n_splits - 1) / n_splits;
-    chunk = max(ATT_WARPS * KT, (chunk + KT - 1) / KT * KT);
+    chunk = max(ATT_SPLIT_KEYS, (chunk + KT - 1) / KT * KT);
     const int active = (len + chunk - 1) / chunk;
     if (split >= active) return;  // block-uniform; split 0 is always active
     constexpr int KB = 4 * DPL < 8 ? 4 * DPL : 8;  // 16-byte chunks of a key row in flight (hd <= 32*DPL)
-    constexpr int VB = 32 / DPL < 4 ? 4 : 32 / DPL;  // value rows in flight per warp: 32 registers of them
+    constexpr int VB = 32 / DPL < 4 ? 4 : 32 / DPL;  // value rows in flight: 32 registers of them
     const size_t head_base = ((size_t)layer * KVH + kvh) * cap * hd;
     const bf16_t* kbase = kc + head_base;
     const bf16_t* vbase = vc + head_base;
     const int start = split * chunk, end = min(len, start + chunk), nc = hd >> 3;
-    // This warp's first key (one per lane) is fetched now, so its latency overlaps the norm and
-    // RoPE below. Rows before `pos` are complete; the row at `pos` is this step's and is read
-    // from shared memory in the loop (no block reads a row another block is writing).
-    const int j_first = start + warp * KT + lane;
+    // The first tile's key (one per lane; every warp reads the same keys) is fetched now, so its
+    // latency overlaps the norm and RoPE below. Rows before `pos` are complete; the row at `pos`
+    // is this step's and is read from shared memory (no block reads a row another is writing).
+    const int j_first = start + lane;
     const bool pre_ok = j_first < end && j_first != pos;
     uint4 kpre[KB];
 #pragma unroll
@@ -84,115 +87,82 @@ __device__ __forceinline__ void attention_decode_body(
     }
     __syncthreads();
 
-    float m[ATT_MAXG], l[ATT_MAXG], acc[ATT_MAXG][DPL];
-#pragma unroll
-    for (int g = 0; g < ATT_MAXG; ++g) {
-        m[g] = NEG_INF;
-        l[g] = 0.f;
-#pragma unroll
-        for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = 0.f;
-    }
-    bool first = true;
-    for (int k0 = start + warp * KT; k0 < end; k0 += ATT_WARPS * KT, first = false) {
-        const int j = k0 + lane;
-        float s[ATT_MAXG];
-#pragma unroll
-        for (int g = 0; g < ATT_MAXG; ++g) s[g] = j < end ? 0.f : NEG_INF;
-        if (j < end) {
-            // The key at `pos` is this step's, read from shared memory. KB chunks of the row are
-            // loaded before the first is used (the first ones were fetched before the norm).
-            const uint4* kr = reinterpret_cast<const uint4*>(j == pos ? Knb : kbase + (size_t)j * hd);
-            for (int c0 = 0; c0 < nc; c0 += KB) {
-                const bool fetched = first && c0 == 0 && j != pos;
-                uint4 w[KB];
-#pragma unroll
-                for (int b = 0; b < KB; ++b)
-                    w[b] = fetched ? kpre[b] : c0 + b < nc ? kr[c0 + b] : make_uint4(0, 0, 0, 0);
-#pragma unroll
-                for (int b = 0; b < KB; ++b) {
-                    if (c0 + b >= nc) break;
-#pragma unroll
-                    for (int g = 0; g < ATT_MAXG; ++g)
-                        if (g < Gb) s[g] += dot8(w[b], Qs + g * hd + (c0 + b) * 8);
-                }
-            }
-        }
-        float p[ATT_MAXG];
-#pragma unroll
-        for (int g = 0; g < ATT_MAXG; ++g) {
-            if (g >= Gb) { p[g] = 0.f; continue; }
-            const float m_new = fmaxf(m[g], warp_max(s[g]));  // finite: lane 0's key is valid
-            const float alpha = expf(m[g] - m_new);
-            p[g] = j < end ? expf(s[g] - m_new) : 0.f;
-            l[g] = l[g] * alpha + p[g];
-#pragma unroll
-            for (int dd = 0; dd < DPL; ++dd) acc[g][dd] *= alpha;
-            m[g] = m_new;
-        }
-        // P.V: VB value rows are loaded before the first is used (one dependent load per key
-        // would put 32 memory latencies in a row); keys are still added in order.
-        const int n_valid = min(KT, end - k0);
-        for (int j0 = 0; j0 < n_valid; j0 += VB) {
-            float v[VB][DPL];
-#pragma unroll
-            for (int b = 0; b < VB; ++b) {
-                const int jp = k0 + j0 + b;
-                const bool ok = j0 + b < n_valid;
-                const bf16_t* vr = jp == pos ? Vnb : vbase + (size_t)(ok ? jp : k0) * hd;
-#pragma unroll
-                for (int dd = 0; dd < DPL; ++dd) {
-                    const int d = lane + 32 * dd;
-                    v[b][dd] = ok && d < hd ? bf16_to_f32(vr[d]) : 0.f;
-                }
-            }
-#pragma unroll
-            for (int b = 0; b < VB; ++b) {
-                if (j0 + b >= n_valid) break;  // warp-uniform
-#pragma unroll
-                for (int g = 0; g < ATT_MAXG; ++g) {
-                    if (g >= Gb) continue;
-                    const float pj = __shfl_sync(FULL_MASK, p[g], j0 + b);
-#pragma unroll
-                    for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = fmaf(pj, v[b][dd], acc[g][dd]);
-                }
-            }
-        }
-    }
-
-    // Merge the block's four warps (a warp without keys has m = -inf, l = 0).
-#pragma unroll
-    for (int g = 0; g < ATT_MAXG; ++g) {
-        if (g >= Gb) continue;
-        const float lt = warp_sum(l[g]);
-        if (lane == 0) {
-            Wm[warp * ATT_MAXG + g] = m[g];
-            Wl[warp * ATT_MAXG + g] = lt;
-        }
-#pragma unroll
-        for (int dd = 0; dd < DPL; ++dd) {
-            const int d = lane + 32 * dd;
-            if (d < hd) Wacc[(warp * ATT_MAXG + g) * hd + d] = acc[g][dd];
-        }
-    }
-    __syncthreads();
-    const int rec = 2 * ATT_MAXG + ATT_MAXG * hd;  // one split's record in ws: m[8] l[8] acc[8][hd]
+    const int rec = 2 * ATT_MAXG + ATT_MAXG * hd;  // one split's record in ws: m[G] l[G] acc[G][hd]
     float* my_rec = ws + ((size_t)(kvh * gridDim.z + blockIdx.z) * n_splits + split) * rec;
-    for (int idx = threadIdx.x; idx < Gb * hd; idx += blockDim.x) {
-        const int g = idx / hd, d = idx - g * hd;
-        float M = NEG_INF;
-        for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, Wm[w * ATT_MAXG + g]);
-        float L = 0.f, O = 0.f;
-        for (int w = 0; w < ATT_WARPS; ++w) {
-            const float mw = Wm[w * ATT_MAXG + g];
-            const float a = mw == NEG_INF ? 0.f : expf(mw - M);
-            L += a * Wl[w * ATT_MAXG + g];
-            O += a * Wacc[(w * ATT_MAXG + g) * hd + d];
+    if (warp < Gb) {  // warp-uniform: this warp's head
+        const float* q = Qs + warp * hd;
+        float m = NEG_INF, l = 0.f, acc[DPL];
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) acc[dd] = 0.f;
+        bool first = true;
+#pragma unroll 1
+        for (int k0 = start; k0 < end; k0 += KT, first = false) {
+            const int j = k0 + lane;
+            float s = NEG_INF;
+            if (j < end) {
+                // The key at `pos` is this step's, read from shared memory. KB chunks of the row
+                // are loaded before the first is used (the first tile's were fetched above).
+                const uint4* kr = reinterpret_cast<const uint4*>(j == pos ? Knb : kbase + (size_t)j * hd);
+                s = 0.f;
+#pragma unroll 1
+                for (int c0 = 0; c0 < nc; c0 += KB) {
+                    const bool fetched = first && c0 == 0 && j != pos;
+                    uint4 w[KB];
+#pragma unroll
+                    for (int b = 0; b < KB; ++b)
+                        w[b] = fetched ? kpre[b] : c0 + b < nc ? kr[c0 + b] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                    for (int b = 0; b < KB; ++b)
+                        if (c0 + b < nc) s += dot8(w[b], q + (c0 + b) * 8);
+                }
+            }
+            const float m_new = fmaxf(m, warp_max(s));  // finite: lane 0's key is valid
+            const float alpha = expf(m - m_new);
+            const float p = j < end ? expf(s - m_new) : 0.f;
+            l = l * alpha + p;
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd) acc[dd] *= alpha;
+            m = m_new;
+            // P.V: VB value rows are loaded before the first is used (one dependent load per key
+            // would put 32 memory latencies in a row); keys are still added in order.
+            const int n_valid = min(KT, end - k0);
+#pragma unroll 1
+            for (int j0 = 0; j0 < n_valid; j0 += VB) {
+                float v[VB][DPL];
+#pragma unroll
+                for (int b = 0; b < VB; ++b) {
+                    const int jp = k0 + j0 + b;
+                    const bool ok = j0 + b < n_valid;
+                    const bf16_t* vr = jp == pos ? Vnb : vbase + (size_t)(ok ? jp : k0) * hd;
+#pragma unroll
+                    for (int dd = 0; dd < DPL; ++dd) {
+                        const int d = lane + 32 * dd;
+                        v[b][dd] = ok && d < hd ? bf16_to_f32(vr[d]) : 0.f;
+                    }
+                }
+#pragma unroll
+                for (int b = 0; b < VB; ++b) {
+                    if (j0 + b >= n_valid) break;  // warp-uniform
+                    const float pj = __shfl_sync(FULL_MASK, p, j0 + b);
+#pragma unroll
+                    for (int dd = 0; dd < DPL; ++dd) acc[dd] = fmaf(pj, v[b][dd], acc[dd]);
+                }
+            }
         }
+        const float L = warp_sum(l);
         if (active == 1) {
-            out[(size_t)(kvh * G + g0 + g) * hd + d] = O / L;
+            float* o = out + (size_t)(kvh * G + g0 + warp) * hd;
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd)
+                if (lane + 32 * dd < hd) o[lane + 32 * dd] = acc[dd] / L;
         } else {
-            if (d == 0) { my_rec[g] = M; my_rec[ATT_MAXG + g] = L; }
-            my_rec[2 * ATT_MAXG + g * hd + d] = O;
+            if (lane == 0) {
+                my_rec[warp] = m;
+                my_rec[ATT_MAXG + warp] = L;
+            }
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd)
+                if (lane + 32 * dd < hd) my_rec[2 * ATT_MAXG + warp * hd + lane + 32 * dd] = acc[dd];
         }
     }
     if (active == 1) return;
@@ -207,11 +177,12 @@ __device__ __forceinline__ void attention_decode_body(
     __threadfence();
     // MB splits' records are loaded before the first is used, so the merge waits on two round
     // trips per MB splits rather than three per split; the sums still run in split order.
-    constexpr int MB = 8;
+    constexpr int MB = 4;
     const float* recs = ws + (size_t)(kvh * gridDim.z + blockIdx.z) * n_splits * rec;
     for (int idx = threadIdx.x; idx < Gb * hd; idx += blockDim.x) {
         const int g = idx / hd, d = idx - g * hd;
         float M = NEG_INF;
+#pragma unroll 1
         for (int s0 = 0; s0 < active; s0 += MB) {
             float mv[MB];
 #pragma unroll
@@ -221,6 +192,7 @@ __device__ __forceinline__ void attention_decode_body(
             for (int b = 0; b < MB; ++b) M = fmaxf(M, mv[b]);
         }
         float L = 0.f, O = 0.f;
+#pragma unroll 1
         for (int s0 = 0; s0 < active; s0 += MB) {
             float mv[MB], lv[MB], ov[MB];
 #pragma unroll
