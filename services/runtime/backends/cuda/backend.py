@@ -193,7 +193,7 @@ class CudaBackend(Backend):
         T = qkv.shape[0]
         out = self._empty((T, num_heads * head_dim))
         if T == 1:
-            splits = self.ops.decode_splits(num_kv_heads, num_heads // num_kv_heads, cache.capacity)
+            splits = self.ops.decode_splits(num_kv_heads, num_heads // num_kv_heads, cache.capacity, head_dim)
             self.ops.attention_decode(qkv, out, num_heads, num_kv_heads, head_dim, layer, splits,
                                       positions=positions, kc=cache.k, vc=cache.v, cap=cache.capacity)
         else:

@@ -3,7 +3,7 @@
 Per layer the step is five kernels, fused so that intermediates never round-trip:
 
     gemv_norm_store    qkv = Wqkv · rmsnorm(r) (+ b)          (the norm is the GEMV's prologue)
-    attention_decode   q/k norm + RoPE, k/v -> cache, split-sequence attention, merge
+    attention_decode   q/k norm + RoPE (a cos/sin table row), k/v -> cache, split attention, merge
     gemv_residual      r += Wo · attn
     gemv_norm_swiglu   act = silu(Wg · rmsnorm(r)) * (Wu · rmsnorm(r))
     gemv_residual      r += Wdown · act
@@ -32,7 +32,9 @@ class DecodeGraph(StepGraph):
         self.be, self.model, self.cfg = backend, model, model.cfg
         c = self.cfg
         self.ops = backend.ops
-        self.n_splits = self.ops.decode_splits(c.num_kv_heads, c.group_size, max_capacity)
+        self.n_splits = self.ops.decode_splits(c.num_kv_heads, c.group_size, max_capacity, c.head_dim)
+        # RoPE's cos/sin for every position this graph can see, read by the attention kernel
+        self.rope_table = self.ops.rope_table(c.head_dim, c.rope_theta, max_capacity)
         empty = backend._empty
         self.residual = empty((1, c.hidden_size))
         self.qkv = empty((1, c.qkv_size))
@@ -71,7 +73,7 @@ class DecodeGraph(StepGraph):
         for i, lw in enumerate(m.layers):
             ops.gemv(lw.qkv, self.residual, self.qkv, bias=lw.qkv_bias, norm_w=lw.input_norm, eps=eps)
             ops.attention_decode(self.qkv, self.attn, H, KVH, hd, i, self.n_splits, state=self.state,
-                                 q_norm=lw.q_norm, k_norm=lw.k_norm, theta=c.rope_theta, eps=eps, rope=True)
+                                 q_norm=lw.q_norm, k_norm=lw.k_norm, eps=eps, rope_table=self.rope_table)
             ops.gemv(lw.o, self.attn, self.residual, mode="residual")
             ops.gemv(lw.gate_up, self.residual, self.act, norm_w=lw.post_norm, eps=eps, mode="swiglu")
             ops.gemv(lw.down, self.act, self.residual, mode="residual")
@@ -96,6 +98,9 @@ class DecodeGraph(StepGraph):
     # ---- host side of the state --------------------------------------------------------
     def bind(self, cache: KVCache) -> None:
         """Point the graph at a sequence's KV cache (takes effect with the next push)."""
+        if cache.capacity > self.rope_table[1]:
+            raise ValueError(f"KV cache capacity {cache.capacity} is beyond this decode graph's "
+                             f"{self.rope_table[1]} positions")
         self.host["k_cache"] = cache.k.ptr
         self.host["v_cache"] = cache.v.ptr
         self.host["capacity"] = cache.capacity

@@ -28,12 +28,13 @@ SIGNATURES: dict[str, tuple[str, str]] = {
     "convert_f16_bf16": ("convert", "ppq"),
     "convert_bf16_f32": ("convert", "ppq"),
     "rope_qknorm": ("rope", "pppppppiiiiiiffi"),
+    "rope_table": ("rope", "piif"),
     "kv_store": ("attention", "pppppiiiii"),
     "gemm_bf16": ("gemm", "ppppppiiiii"),
     "sample_reduce": ("sample", "pippp"),
     "sample_truncated": ("sample", "pipp"),
     **{f"attention_prefill_d{d}": ("attention", "ppppppiiiiiifi") for d in HEAD_DIM_VARIANTS},
-    **{f"attention_decode_d{d}": ("attention_decode", "ppppppppppiiiiifffi") for d in HEAD_DIM_VARIANTS},
+    **{f"attention_decode_d{d}": ("attention_decode", "pppppppppppiiiiiiffi") for d in HEAD_DIM_VARIANTS},
     **{name: ("gemv", "pppppiiiif") for name in GEMV_KERNELS},
     "convert_f32_f16": ("convert", "ppq"),
     "convert_bf16_f16": ("convert", "ppq"),
@@ -42,7 +43,7 @@ SIGNATURES: dict[str, tuple[str, str]] = {
 # same parameters, suffix _f16.
 F16_SUFFIX = "_f16"
 F16_BUILD = {name + F16_SUFFIX: (stem, sig) for name, (stem, sig) in SIGNATURES.items()
-             if stem in compiler.WEIGHT_FILES and name != "select_row"}
+             if stem in compiler.WEIGHT_FILES and name not in ("select_row", "rope_table")}
 SIGNATURES.update(F16_BUILD)
 
 

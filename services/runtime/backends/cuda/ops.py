@@ -15,8 +15,8 @@ from .tensor import WEIGHT_DTYPES, DeviceTensor
 
 ROPE_FLAG_ROPE, ROPE_FLAG_NORM, ROPE_FLAG_STORE = 1, 2, 4
 GEMV_U = 4                 # 16-byte chunks in flight per thread (kernels/gemv.cu GEMV_U)
-ATT_MAXG = 4               # query heads per decode block, a warp each (kernels/attention.cuh)
-ATT_SPLIT_KEYS = 64        # fewest keys per decode split (kernels/attention.cuh)
+ATT_MAXG, ATT_WARPS = 4, 4  # query heads per decode block, a warp each (kernels/attention.cuh)
+ATT_STAGE_ELEMS, ATT_KPAD = 8192, 8  # decode attention's shared K/V stage (kernels/attention_decode.cu)
 GEMM_TILE, GEMM_BK = 64, 32
 GEMM_RESIDUAL, GEMM_A_SWIGLU = 1, 2  # kernels/gemm.cu mode bits
 
@@ -32,6 +32,18 @@ def _ptr(t: DeviceTensor | None) -> int:
 def head_dim_variant(hd: int) -> int:
     assert hd % 8 == 0 and hd <= HEAD_DIM_VARIANTS[-1], f"head_dim {hd}: need a multiple of 8 up to 256"
     return next(d for d in HEAD_DIM_VARIANTS if hd <= d)
+
+
+def decode_stage_keys(hd: int) -> int:
+    """Keys the decode attention kernel stages in shared memory per round (ATT_STAGE(D))."""
+    return ATT_STAGE_ELEMS // head_dim_variant(hd)
+
+
+def decode_smem_bytes(hd: int) -> int:
+    """q heads, new k/v (fp32), per-warp probabilities, then the K (padded rows) and V stage,
+    D = the kernel variant's head_dim columns each."""
+    d = head_dim_variant(hd)
+    return 4 * (ATT_MAXG * hd + 2 * hd + ATT_WARPS * 32) + 2 * decode_stage_keys(hd) * (2 * d + ATT_KPAD)
 
 
 def _for(weight: DeviceTensor, name: str, *others: DeviceTensor | None) -> str:
@@ -73,6 +85,8 @@ class Ops:
         self.att_counters = Workspace(allocator, stream, "i32", zeroed=True)
         self.sample_ws = Workspace(allocator, stream, "f32")
         self.sample_counter = Workspace(allocator, stream, "i32", zeroed=True)
+        self.allocator = allocator
+        self.rope_tables: dict[tuple[int, float], tuple[Workspace, int]] = {}  # (hd, theta) -> (table, rows)
 
     def _launch(self, name: str, grid, block, args, smem: int = 0) -> None:
         kernel = self.k[name]
@@ -224,31 +238,54 @@ class Ops:
                      (qkv.ptr, positions.ptr, _ptr(kc), _ptr(vc), _ptr(state), out.ptr, T, H, KVH, hd, cap, layer,
                       1.0 / math.sqrt(hd), bq), smem)
 
-    def decode_splits(self, KVH: int, G: int, capacity: int) -> int:
+    def rope_table(self, hd: int, theta: float, rows: int) -> tuple[DeviceTensor, int]:
+        """(table, its rows): the (cos, sin) pairs of every position below `rows` (or more),
+        f32 [rows, hd/2, 2], for the decode attention kernel. Built once per rotation and
+        rebuilt larger when more rows are asked for; a graph captured with a smaller one keeps
+        it (the workspace retires it rather than freeing it). Not under capture."""
+        key = (hd, float(theta))
+        ws, built = self.rope_tables.get(key, (None, 0))
+        if ws is None:
+            ws = Workspace(self.allocator, self.stream, "f32")
+        if built < rows:
+            t = ws.get(rows * hd)
+            built = t.numel // hd
+            self._launch("rope_table", (built,), (64,), (t.ptr, built, hd, theta))
+        self.rope_tables[key] = (ws, built)
+        return ws.tensor, built
+
+    def decode_splits(self, KVH: int, G: int, capacity: int, hd: int) -> int:
         """Blocks along the sequence: enough to fill the GPU at full context; the kernel uses
-        only ceil(len / chunk) of them (chunk >= ATT_SPLIT_KEYS keys) at the current length."""
+        only ceil(len / chunk) of them (chunk >= one stage of keys) at the current length."""
         hz = math.ceil(G / ATT_MAXG)
-        return max(1, min(math.ceil(capacity / ATT_SPLIT_KEYS), max(1, 2 * self.sm_count // (KVH * hz)), 64))
+        stage = decode_stage_keys(hd)
+        return max(1, min(math.ceil(capacity / stage), max(1, 2 * self.sm_count // (KVH * hz)), 64))
 
     def attention_decode(self, qkv, out, H, KVH, hd, layer, n_splits, *, positions=None, kc=None, vc=None,
-                         cap=0, state=None, q_norm=None, k_norm=None, theta=0.0, eps=0.0, rope=False) -> None:
-        """One token (fused RoPE / q-k norm / kv store when asked). Position, cache pointers and
-        capacity come from `state` (a DecodeState) when given, else from the arguments."""
+                         cap=0, state=None, q_norm=None, k_norm=None, eps=0.0, rope_table=None) -> None:
+        """One token (fused q-k norm / kv store, and RoPE when given `rope_table`: a
+        (table, rows) from Ops.rope_table covering every position it will see). Position, cache
+        pointers and capacity come from `state` (a DecodeState) when given, else from the
+        arguments."""
         assert qkv.numel == (H + 2 * KVH) * hd and out.numel == H * hd and out.dtype == "f32"
         assert state is not None or (positions is not None and kc is not None and vc is not None and cap > 0)
+        rope = rope_table is not None
+        table, rows = rope_table if rope else (None, 0)
+        assert not rope or (table.dtype == "f32" and table.numel >= rows * hd)
         G = H // KVH
         hz = math.ceil(G / ATT_MAXG)
         d = head_dim_variant(hd)
         flags = (ROPE_FLAG_ROPE if rope else 0) | (ROPE_FLAG_NORM if q_norm is not None else 0)
         ws = self.att_ws.get(KVH * hz * n_splits * (2 * ATT_MAXG + ATT_MAXG * hd))
         counters = self.att_counters.get(KVH * hz)
-        smem = 4 * (ATT_MAXG * hd + 3 * hd)
+        smem = decode_smem_bytes(hd)
         name = f"attention_decode_d{d}"
         if q_norm is not None:
             name = _for(q_norm, name, k_norm)
         self._launch(name, (n_splits, KVH, hz), (128,),
                      (qkv.ptr, _ptr(positions), _ptr(kc), _ptr(vc), _ptr(state), out.ptr, _ptr(q_norm), _ptr(k_norm),
-                      ws.ptr, counters.ptr, H, KVH, hd, cap, layer, 1.0 / math.sqrt(hd), theta, eps, flags), smem)
+                      ws.ptr, counters.ptr, _ptr(table), H, KVH, hd, cap, layer, rows, 1.0 / math.sqrt(hd), eps,
+                      flags), smem)
 
     # ---- sampling ---------------------------------------------------------------------------
     def sample(self, logits: DeviceTensor, state: DeviceTensor) -> None:

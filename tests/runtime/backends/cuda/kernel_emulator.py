@@ -92,6 +92,13 @@ def rotate(x, pos, theta):
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(np.float32)
 
 
+def rotate_cs(x, cos, sin):
+    """x [..., hd] rotated by (cos, sin) [hd/2] (a rope table row)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(np.float32)
+
+
 def state_view(mem, p):
     return mem.view(p, DECODE_STATE.itemsize).view(DECODE_STATE)
 
@@ -182,6 +189,13 @@ def _cache_from_state(mem, st, kc, vc, cap):
         return kc, vc, cap
     s = state_view(mem, st)[0]
     return int(s["k_cache"]), int(s["v_cache"]), int(s["capacity"])
+
+
+@kernel("rope_table")
+def _rope_table(mem, grid, block, smem, tab, rows, hd, theta):
+    assert grid[0] >= rows
+    cos, sin = rope_cos_sin(np.arange(rows), hd, theta)
+    f32(mem, tab, rows * hd).reshape(rows, hd // 2, 2)[:] = np.stack([cos, sin], axis=-1)
 
 
 @kernel("select_row")
@@ -280,14 +294,14 @@ def _prefill(mem, grid, block, smem, D, qkv, positions, kc, vc, st, out, T, H, K
 
 
 @kernel("attention_decode")
-def _decode(mem, grid, block, smem, D, qkv, pos_ptr, kc, vc, st, out, qw, kw, ws, counters, H, KVH, hd, cap, layer,
-            scale, theta, eps, flags):
+def _decode(mem, grid, block, smem, D, qkv, pos_ptr, kc, vc, st, out, qw, kw, ws, counters, rope_cs, H, KVH, hd,
+            cap, layer, rope_rows, scale, eps, flags):
     G = H // KVH
-    hz = math.ceil(G / 8)
+    hz = math.ceil(G / 4)
     assert hd <= D and hd % 8 == 0 and (D == 32 or hd > D // 2), f"head_dim {hd} in the d{D} variant"
     assert grid[1] == KVH and grid[2] == hz and block[0] == 128
-    assert smem >= 4 * (5 * 8 * hd + 64 + 3 * hd)
-    mem.check(ws, 4 * KVH * hz * grid[0] * (16 + 8 * hd))
+    assert smem >= 4 * (4 * hd + 2 * hd + 128) + 2 * (8192 // D) * (2 * D + 8)
+    mem.check(ws, 4 * KVH * hz * grid[0] * (8 + 4 * hd))
     assert (i32(mem, counters, KVH * hz) == 0).all(), "decode counters not at rest"
     if st:
         s = state_view(mem, st)[0]
@@ -303,7 +317,9 @@ def _decode(mem, grid, block, smem, D, qkv, pos_ptr, kc, vc, st, out, qw, kw, ws
         heads[:H] = rms(heads[:H], wt(mem, qw, hd), eps)
         heads[H:] = rms(heads[H:], wt(mem, kw, hd), eps)
     if flags & 1:
-        heads = rotate(heads[:, None, :], np.array([pos]), theta)[:, 0, :]
+        assert rope_cs and 0 <= pos < rope_rows, "RoPE in decode attention reads a rope table row"
+        cs = f32(mem, rope_cs + 4 * pos * hd, hd).reshape(hd // 2, 2)
+        heads = rotate_cs(heads, cs[:, 0], cs[:, 1])
     vnew = row[(H + KVH) * hd:].reshape(KVH, hd)
     o = f32(mem, out, H * hd).reshape(H, hd)
     for kvh in range(KVH):

@@ -182,7 +182,7 @@ def test_attention_prefill_then_decode(cpu, gpu, H, KVH, hd):
 
 def test_long_context_decode_uses_several_splits(cpu, gpu):
     H, KVH, hd, cap = 9, 3, 64, 1024
-    splits = gpu.ops.decode_splits(KVH, H // KVH, cap)
+    splits = gpu.ops.decode_splits(KVH, H // KVH, cap, hd)
     assert splits > 1
     cc, cg = cpu.alloc_kv(1, KVH, cap, hd), gpu.alloc_kv(1, KVH, cap, hd)
     qkv = _qkv_bf16_kv(700, H, KVH, hd)
@@ -215,11 +215,37 @@ def test_fused_decode_attention(cpu, gpu, H, KVH, hd, qk):
     cpu.rope(ref_qkv, cpu.ids([40]), H, KVH, hd, theta)
     ref = cpu.attention(ref_qkv, cc, 0, cpu.ids([40]), H, KVH, hd)
     out = gpu._empty((1, H * hd))
-    gpu.ops.attention_decode(gpu.upload_activation(qkv), out, H, KVH, hd, 0, gpu.ops.decode_splits(KVH, H // KVH, cap),
+    splits = gpu.ops.decode_splits(KVH, H // KVH, cap, hd)
+    gpu.ops.attention_decode(gpu.upload_activation(qkv), out, H, KVH, hd, 0, splits,
                              positions=gpu.ids([40]), kc=cg.k, vc=cg.v, cap=cap, q_norm=qw_g, k_norm=kw_g,
-                             theta=theta, eps=eps, rope=True)
+                             eps=eps, rope_table=gpu.ops.rope_table(hd, theta, cap))
     assert_close(gpu.to_host(out), ref, 1e-2, 1e-2, "fused decode attention")
     assert_close(gpu.to_host(cg.k)[0, :, 40], bf16(cc.k[0, :, 40]), 1e-2, 1e-2, "new k (roped) in the cache")
+
+
+@pytest.mark.parametrize("H,KVH,hd,qk", [(9, 3, 64, False), (16, 8, 128, True)])
+def test_decode_attention_with_the_rope_table_equals_rope_then_attention(gpu, H, KVH, hd, qk):
+    """The table's row at `pos` rotates exactly as the inline sincosf of rope_qknorm does."""
+    cap, theta, eps, pos = 128, 1e5, 1e-6, 100
+    caches = [gpu.alloc_kv(1, KVH, cap, hd) for _ in range(2)]
+    prefix = _qkv_bf16_kv(pos, H, KVH, hd)
+    for c in caches:
+        gpu.attention(gpu.upload_activation(prefix), c, 0, gpu.ids(np.arange(pos, dtype=np.int32)), H, KVH, hd)
+    qw, kw = (gpu.upload(1 + 0.1 * rand(hd)), gpu.upload(1 + 0.1 * rand(hd))) if qk else (None, None)
+    qkv = rand(1, (H + 2 * KVH) * hd)
+    splits = gpu.ops.decode_splits(KVH, H // KVH, cap, hd)
+    fused, split = gpu._empty((1, H * hd)), gpu._empty((1, H * hd))
+    table = gpu.ops.rope_table(hd, theta, cap)
+    assert table[1] >= cap and table[0].numel >= table[1] * hd
+    gpu.ops.attention_decode(gpu.upload_activation(qkv), fused, H, KVH, hd, 0, splits, positions=gpu.ids([pos]),
+                             kc=caches[0].k, vc=caches[0].v, cap=cap, q_norm=qw, k_norm=kw, eps=eps, rope_table=table)
+    roped = gpu.upload_activation(qkv)
+    gpu.ops.rope_qknorm(roped, gpu.ids([pos]), H, KVH, hd, theta, q_norm=qw, k_norm=kw, eps=eps)
+    gpu.ops.attention_decode(roped, split, H, KVH, hd, 0, splits, positions=gpu.ids([pos]), kc=caches[1].k,
+                             vc=caches[1].v, cap=cap)
+    assert_close(gpu.to_host(fused), gpu.to_host(split), 0, 0, "decode attention, rope table vs rope_qknorm")
+    assert_close(gpu.to_host(caches[0].k), gpu.to_host(caches[1].k), 0, 0, "new k in the cache")
+    assert gpu.ops.rope_table(hd, theta, cap // 2)[0] is table[0]  # built once
 
 
 @pytest.mark.parametrize("M,F,N", [(7, 1536, 576), (32, 96, 200), (70, 64, 50)])

@@ -1,38 +1,49 @@
-// Decode attention for one token, fused: (q/k norm +) RoPE of q and of the new k, the k/v
-// store, and attention split over the sequence. The position (and, in a decode graph, the
+// Decode attention for one token, fused: (q/k norm +) RoPE of q and of the new k (its cos/sin
+// read from a rope table row: rope.cu rope_table), the k/v store, and attention split over the
+// sequence. The position (and, in a decode graph, the
 // cache pointers and capacity) are read from device memory, so one captured graph serves
 // every step. Splits combine through a workspace: the last block to finish (atomic ticket)
 // merges them in split order. Scores and softmax are fp32; q stays fp32.
 #include "attention.cuh"
 
 // ---- decode -------------------------------------------------------------------------------
-// grid (n_splits, KVH, ceil(G/ATT_MAXG)), block 128: warp w serves query head g0 + w of kv head
-// blockIdx.y over the split's keys, 32 at a time (a lane per key for q.k, a lane per dimension
-// for p.v). Dynamic smem: 4*(ATT_MAXG*hd + 3*hd) bytes.
-// ws: KVH*gridDim.z*n_splits*(2*ATT_MAXG + ATT_MAXG*hd) floats; counters: KVH*gridDim.z ints,
-// zero at rest. With `st` non-null the position, the cache pointers and the capacity come from
-// it (a decode graph: one graph serves every sequence); else from pos_ptr / kc / vc / cap.
+// grid (n_splits, KVH, ceil(G/ATT_MAXG)), block 128. A block takes a kv head's keys of one
+// split, ATT_STAGE(D) at a time: the whole stage's K and V rows are loaded at once (16 16-byte
+// loads per thread) into shared memory, so a stage costs one memory round trip; then warp w
+// serves query head g0 + w from there (a lane per key for q.k, a lane per dimension for p.v).
+// Dynamic smem: decode_smem_bytes(D, hd) (ops.py mirrors it). ws: KVH*gridDim.z*n_splits*
+// (2*ATT_MAXG + ATT_MAXG*hd) floats; counters: KVH*gridDim.z ints, zero at rest. With `st`
+// non-null the position, the cache pointers and the capacity come from it (a decode graph: one
+// graph serves every sequence); else from pos_ptr / kc / vc / cap.
 //
-// At batch 1 this kernel is latency bound and its code is fetched cold on every launch (the
-// weights stream through L2 between two layers), so its length is time: no loop over heads is
-// unrolled (a warp has one head), and only the loads that must be in flight together are.
-template <int DPL>
+// At batch 1 the kernel is bound by latency: the chain of memory round trips (the state, then
+// the stage, then the split merge's) and its code, fetched cold at every launch (the weights
+// stream through L2 between two layers). So no loop over heads or keys is unrolled beyond the
+// loads that must be in flight together.
+#define ATT_STAGE_ELEMS 8192  // K (and V) elements staged per round: ATT_STAGE(D) keys of D dims
+#define ATT_STAGE(D) (ATT_STAGE_ELEMS / (D))
+#define ATT_KPAD 8            // bf16 of padding per staged key row: 16-byte lane reads hit distinct banks
+
+template <int D>
 __device__ __forceinline__ void attention_decode_body(
     const float* __restrict__ qkv, const int* __restrict__ pos_ptr, bf16_t* kc, bf16_t* vc,
     const DecodeState* __restrict__ st, float* __restrict__ out, const w16_t* __restrict__ q_norm_w,
-    const w16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters, int H, int KVH, int hd,
-    int cap, int layer, float scale, float theta, float eps, int flags) {
+    const w16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters,
+    const float2* __restrict__ rope_cs, int H, int KVH, int hd, int cap, int layer, int rope_rows, float scale,
+    float eps, int flags) {
+    constexpr int DPL = D / 32, NF = (DPL + 1) / 2, STAGE = ATT_STAGE(D);
+    constexpr int LOADS = 2 * ATT_STAGE_ELEMS / 8 / 128;  // 16-byte loads per thread per stage (K and V)
     extern __shared__ float4 smem4[];
     __shared__ int s_last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float* Qs = reinterpret_cast<float*>(smem4);  // [MAXG][hd], normed + roped + scaled
-    float* Knf = Qs + ATT_MAXG * hd;              // [hd] new k, fp32
-    float* Vnf = Knf + hd;                        // [hd] new v, fp32
-    bf16_t* Knb = reinterpret_cast<bf16_t*>(Vnf + hd);  // [hd] new k as stored (16B aligned)
-    bf16_t* Vnb = Knb + hd;
+    const int ldk = D + ATT_KPAD;                      // staged key row stride (bf16)
+    float* Qs = reinterpret_cast<float*>(smem4);       // [MAXG][hd], normed + roped + scaled
+    float* Knf = Qs + ATT_MAXG * hd;                   // [hd] new k, fp32
+    float* Vnf = Knf + hd;                             // [hd] new v, fp32
+    float* Ps = Vnf + hd;                              // [4][32] each warp's tile of probabilities
+    bf16_t* Ks = reinterpret_cast<bf16_t*>(Ps + ATT_WARPS * KT);  // [STAGE][D + KPAD]
+    bf16_t* Vs = Ks + STAGE * ldk;                     // [STAGE][D]
 
-    float inv_freq[(DPL + 1) / 2];  // this lane's RoPE frequencies: hd <= 32 DPL, so hd/2 <= 32 (DPL+1)/2
-    lane_inv_freqs(inv_freq, hd, theta, flags);
     pdl_launch_dependents();
     pdl_wait();
     const int n_splits = gridDim.x, split = blockIdx.x, kvh = blockIdx.y;
@@ -51,104 +62,107 @@ __device__ __forceinline__ void attention_decode_body(
     if (pos < 0 || pos >= cap) return;  // the host keeps pos < cap
     const int len = pos + 1;
     int chunk = (len + n_splits - 1) / n_splits;
-    chunk = max(ATT_SPLIT_KEYS, (chunk + KT - 1) / KT * KT);
+    chunk = max(STAGE, (chunk + KT - 1) / KT * KT);
     const int active = (len + chunk - 1) / chunk;
     if (split >= active) return;  // block-uniform; split 0 is always active
-    constexpr int KB = 4 * DPL < 8 ? 4 * DPL : 8;  // 16-byte chunks of a key row in flight (hd <= 32*DPL)
-    constexpr int VB = 32 / DPL < 4 ? 4 : 32 / DPL;  // value rows in flight: 32 registers of them
     const size_t head_base = ((size_t)layer * KVH + kvh) * cap * hd;
-    const bf16_t* kbase = kc + head_base;
-    const bf16_t* vbase = vc + head_base;
     const int start = split * chunk, end = min(len, start + chunk), nc = hd >> 3;
-    // The first tile's key (one per lane; every warp reads the same keys) is fetched now, so its
-    // latency overlaps the norm and RoPE below. Rows before `pos` are complete; the row at `pos`
-    // is this step's and is read from shared memory (no block reads a row another is writing).
-    const int j_first = start + lane;
-    const bool pre_ok = j_first < end && j_first != pos;
-    uint4 kpre[KB];
-#pragma unroll
-    for (int b = 0; b < KB; ++b)
-        kpre[b] = pre_ok && b < nc ? reinterpret_cast<const uint4*>(kbase + (size_t)j_first * hd)[b]
-                                   : make_uint4(0, 0, 0, 0);
-    __syncthreads();  // the staged rows
-    for (int item = warp; item <= Gb; item += ATT_WARPS) {  // in place: q heads (scaled), then the new k
-        float* row = item < Gb ? Qs + item * hd : Knf;
-        warp_norm_rope(row, row, item < Gb ? q_norm_w : k_norm_w, pos, hd, inv_freq, eps, flags,
-                       item < Gb ? scale : 1.f);
-    }
-    __syncthreads();
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        Knb[d] = f32_to_bf16(Knf[d]);
-        Vnb[d] = f32_to_bf16(Vnf[d]);
-        if (split == 0 && blockIdx.z == 0) {  // the one writer of this step's k/v
-            kc[head_base + (size_t)pos * hd + d] = Knb[d];
-            vc[head_base + (size_t)pos * hd + d] = Vnb[d];
-        }
-    }
-    __syncthreads();
 
-    const int rec = 2 * ATT_MAXG + ATT_MAXG * hd;  // one split's record in ws: m[G] l[G] acc[G][hd]
-    float* my_rec = ws + ((size_t)(kvh * gridDim.z + blockIdx.z) * n_splits + split) * rec;
-    if (warp < Gb) {  // warp-uniform: this warp's head
-        const float* q = Qs + warp * hd;
-        float m = NEG_INF, l = 0.f, acc[DPL];
+    // This lane's (cos, sin) pairs i = lane + 32 k from the table's row at `pos`: hd/2 <= 32 NF.
+    float2 cs[NF];
 #pragma unroll
-        for (int dd = 0; dd < DPL; ++dd) acc[dd] = 0.f;
-        bool first = true;
+    for (int k = 0; k < NF; ++k) {
+        const int i = lane + 32 * k;
+        cs[k] = (flags & ROPE_FLAG_ROPE) && i < (hd >> 1) && pos < rope_rows ? rope_cs[(size_t)pos * (hd >> 1) + i]
+                                                                            : make_float2(1.f, 0.f);
+    }
+    constexpr int RSTEP = 128 / (D / 8);  // stage rows apart that one thread loads
+    const int col = threadIdx.x % (D / 8), row0 = threadIdx.x / (D / 8);
+    const float* q = Qs + warp * hd;
+    float* P = Ps + warp * KT;
+    float m = NEG_INF, l = 0.f, acc[DPL];
+#pragma unroll
+    for (int dd = 0; dd < DPL; ++dd) acc[dd] = 0.f;
 #pragma unroll 1
-        for (int k0 = start; k0 < end; k0 += KT, first = false) {
+    for (int s0 = start; s0 < end; s0 += STAGE) {
+        if (s0 != start) __syncthreads();  // a later stage (long contexts): the last one is consumed
+        // K and V rows [s0, s0 + STAGE), D columns each: every load issued before any is used.
+        // A thread keeps one 16-byte column and takes every RSTEP-th row (LOADS/2 of each).
+        // Rows before `pos` are complete; the row at `pos` is this step's (written below).
+        const size_t at = head_base + (size_t)(s0 + row0) * hd + col * 8;
+        uint4 rk[LOADS / 2], rv[LOADS / 2];
+#pragma unroll
+        for (int u = 0; u < LOADS / 2; ++u) {
+            const int j = s0 + row0 + u * RSTEP;
+            const bool ok = col < nc && j < end && j != pos;
+            rk[u] = ok ? *reinterpret_cast<const uint4*>(kc + at + (size_t)u * RSTEP * hd) : make_uint4(0, 0, 0, 0);
+            rv[u] = ok ? *reinterpret_cast<const uint4*>(vc + at + (size_t)u * RSTEP * hd) : make_uint4(0, 0, 0, 0);
+        }
+        if (s0 == start) {
+            __syncthreads();  // the staged q/k/v rows
+            for (int item = warp; item <= Gb; item += ATT_WARPS)  // in place: q heads (scaled), then the new k
+                warp_norm_rope_cs(item < Gb ? Qs + item * hd : Knf, item < Gb ? Qs + item * hd : Knf,
+                                  item < Gb ? q_norm_w : k_norm_w, hd, cs, eps, flags, item < Gb ? scale : 1.f);
+        }
+#pragma unroll
+        for (int u = 0; u < LOADS / 2; ++u) {
+            *reinterpret_cast<uint4*>(Ks + (row0 + u * RSTEP) * ldk + col * 8) = rk[u];
+            *reinterpret_cast<uint4*>(Vs + (row0 + u * RSTEP) * D + col * 8) = rv[u];
+        }
+        __syncthreads();
+        // This step's k and v, as stored: into the cache (one writer) and into the stage holding pos.
+        const bool writer = s0 == start && split == 0 && blockIdx.z == 0;
+        if (writer || (pos >= s0 && pos < s0 + STAGE)) {
+            for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+                const bf16_t kb = f32_to_bf16(Knf[d]), vb = f32_to_bf16(Vnf[d]);
+                if (writer) {
+                    kc[head_base + (size_t)pos * hd + d] = kb;
+                    vc[head_base + (size_t)pos * hd + d] = vb;
+                }
+                if (pos >= s0 && pos < s0 + STAGE) {
+                    Ks[(pos - s0) * ldk + d] = kb;
+                    Vs[(pos - s0) * D + d] = vb;
+                }
+            }
+            __syncthreads();
+        }
+        if (warp >= Gb) continue;  // warp-uniform: no head for this warp
+        const int s_end = min(end, s0 + STAGE);
+#pragma unroll 1
+        for (int k0 = s0; k0 < s_end; k0 += KT) {
             const int j = k0 + lane;
             float s = NEG_INF;
-            if (j < end) {
-                // The key at `pos` is this step's, read from shared memory. KB chunks of the row
-                // are loaded before the first is used (the first tile's were fetched above).
-                const uint4* kr = reinterpret_cast<const uint4*>(j == pos ? Knb : kbase + (size_t)j * hd);
+            if (j < s_end) {
+                const uint4* kr = reinterpret_cast<const uint4*>(Ks + (j - s0) * ldk);
                 s = 0.f;
-#pragma unroll 1
-                for (int c0 = 0; c0 < nc; c0 += KB) {
-                    const bool fetched = first && c0 == 0 && j != pos;
-                    uint4 w[KB];
-#pragma unroll
-                    for (int b = 0; b < KB; ++b)
-                        w[b] = fetched ? kpre[b] : c0 + b < nc ? kr[c0 + b] : make_uint4(0, 0, 0, 0);
-#pragma unroll
-                    for (int b = 0; b < KB; ++b)
-                        if (c0 + b < nc) s += dot8(w[b], q + (c0 + b) * 8);
-                }
+#pragma unroll 4
+                for (int c = 0; c < D / 8; ++c)  // a fixed trip count: no remainder loop in the code
+                    if (c < nc) s += dot8(kr[c], q + c * 8);
             }
             const float m_new = fmaxf(m, warp_max(s));  // finite: lane 0's key is valid
             const float alpha = expf(m - m_new);
-            const float p = j < end ? expf(s - m_new) : 0.f;
+            const float p = j < s_end ? expf(s - m_new) : 0.f;
             l = l * alpha + p;
 #pragma unroll
             for (int dd = 0; dd < DPL; ++dd) acc[dd] *= alpha;
             m = m_new;
-            // P.V: VB value rows are loaded before the first is used (one dependent load per key
-            // would put 32 memory latencies in a row); keys are still added in order.
-            const int n_valid = min(KT, end - k0);
-#pragma unroll 1
-            for (int j0 = 0; j0 < n_valid; j0 += VB) {
-                float v[VB][DPL];
+            P[lane] = p;
+            __syncwarp();
+            const bf16_t* vt = Vs + (k0 - s0) * D;
+            // Keys in order, all KT of the tile: past s_end p is 0 and the staged rows are 0.
+#pragma unroll 8
+            for (int jj = 0; jj < KT; ++jj) {
+                const float pj = P[jj];
 #pragma unroll
-                for (int b = 0; b < VB; ++b) {
-                    const int jp = k0 + j0 + b;
-                    const bool ok = j0 + b < n_valid;
-                    const bf16_t* vr = jp == pos ? Vnb : vbase + (size_t)(ok ? jp : k0) * hd;
-#pragma unroll
-                    for (int dd = 0; dd < DPL; ++dd) {
-                        const int d = lane + 32 * dd;
-                        v[b][dd] = ok && d < hd ? bf16_to_f32(vr[d]) : 0.f;
-                    }
-                }
-#pragma unroll
-                for (int b = 0; b < VB; ++b) {
-                    if (j0 + b >= n_valid) break;  // warp-uniform
-                    const float pj = __shfl_sync(FULL_MASK, p, j0 + b);
-#pragma unroll
-                    for (int dd = 0; dd < DPL; ++dd) acc[dd] = fmaf(pj, v[b][dd], acc[dd]);
-                }
+                for (int dd = 0; dd < DPL; ++dd)
+                    if (lane + 32 * dd < hd) acc[dd] = fmaf(pj, bf16_to_f32(vt[jj * D + lane + 32 * dd]), acc[dd]);
             }
+            __syncwarp();
         }
+    }
+
+    const int rec = 2 * ATT_MAXG + ATT_MAXG * hd;  // one split's record in ws: m[G] l[G] acc[G][hd]
+    if (warp < Gb) {
         const float L = warp_sum(l);
         if (active == 1) {
             float* o = out + (size_t)(kvh * G + g0 + warp) * hd;
@@ -156,6 +170,7 @@ __device__ __forceinline__ void attention_decode_body(
             for (int dd = 0; dd < DPL; ++dd)
                 if (lane + 32 * dd < hd) o[lane + 32 * dd] = acc[dd] / L;
         } else {
+            float* my_rec = ws + ((size_t)(kvh * gridDim.z + blockIdx.z) * n_splits + split) * rec;
             if (lane == 0) {
                 my_rec[warp] = m;
                 my_rec[ATT_MAXG + warp] = L;
@@ -197,10 +212,10 @@ __device__ __forceinline__ void attention_decode_body(
             float mv[MB], lv[MB], ov[MB];
 #pragma unroll
             for (int b = 0; b < MB; ++b) {
-                const float* r = recs + (size_t)(s0 + b < active ? s0 + b : 0) * rec;
-                mv[b] = ld_cg_f32(r + g);
-                lv[b] = ld_cg_f32(r + ATT_MAXG + g);
-                ov[b] = ld_cg_f32(r + 2 * ATT_MAXG + g * hd + d);
+                const float* rp = recs + (size_t)(s0 + b < active ? s0 + b : 0) * rec;
+                mv[b] = ld_cg_f32(rp + g);
+                lv[b] = ld_cg_f32(rp + ATT_MAXG + g);
+                ov[b] = ld_cg_f32(rp + 2 * ATT_MAXG + g * hd + d);
             }
 #pragma unroll
             for (int b = 0; b < MB; ++b) {
@@ -215,17 +230,18 @@ __device__ __forceinline__ void attention_decode_body(
     if (threadIdx.x == 0) *counter = 0;  // ready for the next layer / step
 }
 
-#define DECODE_KERNEL(D, DPL)                                                                                \
+#define DECODE_KERNEL(D)                                                                                \
     extern "C" __global__ void __launch_bounds__(128) WNAME(attention_decode_d##D)(                         \
         const float* __restrict__ qkv, const int* __restrict__ pos_ptr, bf16_t* kc, bf16_t* vc,               \
         const DecodeState* __restrict__ st, float* __restrict__ out, const w16_t* __restrict__ q_norm_w,      \
-        const w16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters, int H,       \
-        int KVH, int hd, int cap, int layer, float scale, float theta, float eps, int flags) {                \
-        attention_decode_body<DPL>(qkv, pos_ptr, kc, vc, st, out, q_norm_w, k_norm_w, ws, counters, H, KVH,   \
-                                   hd, cap, layer, scale, theta, eps, flags);                                \
+        const w16_t* __restrict__ k_norm_w, float* __restrict__ ws, int* __restrict__ counters,              \
+        const float2* __restrict__ rope_cs, int H, int KVH, int hd, int cap, int layer, int rope_rows,        \
+        float scale, float eps, int flags) {                                                                  \
+        attention_decode_body<D>(qkv, pos_ptr, kc, vc, st, out, q_norm_w, k_norm_w, ws, counters, rope_cs,  \
+                                   H, KVH, hd, cap, layer, rope_rows, scale, eps, flags);                    \
     }
 
-DECODE_KERNEL(32, 1)
-DECODE_KERNEL(64, 2)
-DECODE_KERNEL(128, 4)
-DECODE_KERNEL(256, 8)
+DECODE_KERNEL(32)
+DECODE_KERNEL(64)
+DECODE_KERNEL(128)
+DECODE_KERNEL(256)

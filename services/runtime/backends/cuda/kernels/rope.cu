@@ -31,3 +31,20 @@ extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int
     bf16_t* dst = (is_k ? kc : vc) + (((size_t)layer * KVH + kvh) * cap + pos) * hd;
     for (int d = lane; d < hd; d += 32) dst[d] = f32_to_bf16(head[d]);  // after warp_norm_rope's __syncwarp
 }
+
+// The rotation's (cos, sin) for positions [0, rows): tab[p * hd/2 + i] = (cos, sin) of
+// p * inv_freq_i, bit for bit what warp_norm_rope computes inline. A decode graph builds one
+// and its attention kernel reads the row at `pos` instead of running the double-precision
+// power and sincosf, code that a batch-1 launch would fetch cold every time.
+// grid (rows), block 64.
+#if !INLOOP_WEIGHTS_F16  // reads no weight: built once
+extern "C" __global__ void rope_table(float2* __restrict__ tab, int rows, int hd, float theta) {
+    const int half = hd >> 1, p = blockIdx.x;
+    if (p >= rows) return;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float s, c;
+        sincosf((float)p * rope_inv_freq(i, hd, theta), &s, &c);
+        tab[(size_t)p * half + i] = make_float2(c, s);
+    }
+}
+#endif

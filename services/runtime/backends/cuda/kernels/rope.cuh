@@ -28,13 +28,20 @@ __device__ __forceinline__ void lane_inv_freqs(float (&inv_freq)[NF], int hd, fl
     }
 }
 
-// dst[0..hd) = scale * rope(norm(src)), with this lane's frequencies from lane_inv_freqs.
-// src may equal dst: each lane writes only the pair (i, i+hd/2) it has just read, and the
-// norm's reads finish at the warp_sum before any write.
+// This lane's (cos, sin) of pos * inv_freq for its pairs i = lane + 32 k: the same sincosf of
+// the same fp32 product as a rope table row (rope_table), so either path rotates identically.
 template <int NF>
-__device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, const w16_t* __restrict__ norm_w,
-                                               int pos, int hd, const float (&inv_freq)[NF], float eps, int flags,
-                                               float scale) {
+__device__ __forceinline__ void lane_rope_cs(float2 (&cs)[NF], int pos, const float (&inv_freq)[NF]) {
+#pragma unroll
+    for (int k = 0; k < NF; ++k) sincosf((float)pos * inv_freq[k], &cs[k].y, &cs[k].x);
+}
+
+// dst[0..hd) = scale * rope(norm(src)), with this lane's (cos, sin) pairs (lane_rope_cs or a
+// rope table row). src may equal dst: each lane writes only the pair (i, i+hd/2) it has just
+// read, and the norm's reads finish at the warp_sum before any write.
+template <int NF>
+__device__ __forceinline__ void warp_norm_rope_cs(const float* src, float* dst, const w16_t* __restrict__ norm_w,
+                                                  int hd, const float2 (&cs)[NF], float eps, int flags, float scale) {
     const int lane = threadIdx.x & 31, half = hd >> 1;
     float r = 1.f;
     if (flags & ROPE_FLAG_NORM) {
@@ -52,8 +59,7 @@ __device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, con
             b *= r * w_to_f32(norm_w[i + half]);
         }
         if (flags & ROPE_FLAG_ROPE) {
-            float s, c;
-            sincosf((float)pos * inv_freq[k], &s, &c);
+            const float c = cs[k].x, s = cs[k].y;
             const float a2 = a * c - b * s;
             b = b * c + a * s;
             a = a2;
@@ -62,4 +68,14 @@ __device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, con
         dst[i + half] = b * scale;
     }
     __syncwarp();
+}
+
+// The same with the angles computed here from this lane's frequencies (lane_inv_freqs).
+template <int NF>
+__device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, const w16_t* __restrict__ norm_w,
+                                               int pos, int hd, const float (&inv_freq)[NF], float eps, int flags,
+                                               float scale) {
+    float2 cs[NF];
+    if (flags & ROPE_FLAG_ROPE) lane_rope_cs(cs, pos, inv_freq);
+    warp_norm_rope_cs(src, dst, norm_w, hd, cs, eps, flags, scale);
 }
