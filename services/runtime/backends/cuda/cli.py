@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("compile", help="compile every kernel with NVRTC (no GPU needed) into the cubin cache")
     p.add_argument("--arch", default=DEFAULT_ARCHS, help=f"comma-separated targets (default {DEFAULT_ARCHS})")
     p.add_argument("--no-cache", action="store_true", help="compile even where the cache has the cubin")
-    p.add_argument("--verbose", action="store_true", help="print registers / spills per kernel (ptxas -v)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print registers, spills (ptxas -v) and machine-code bytes per kernel")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_compile)
 
@@ -47,6 +48,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             print(f"FAILED {path.name} ({w} weights) for {arch}:\n{r.log}", file=sys.stderr)
             continue
         summary = compiler.ptxas_summary(r.log)
+        for name, code in compiler.code_sizes(r.cubin).items():
+            summary.setdefault(name, {"registers": 0, "spill_bytes": 0, "stack_bytes": 0})["code_bytes"] = code
         rows.append({"file": label, "weights": w, "arch": arch, "ok": True, "seconds": round(r.seconds, 3),
                      "cubin_bytes": len(r.cubin), "cached": r.cached, "kernels": len(summary),
                      "spill_bytes": sum(k["spill_bytes"] for k in summary.values()), "ptxas": summary})
@@ -74,7 +77,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             if r["ok"]:
                 for name, k in r["ptxas"].items():
                     print(f"  {r['arch']:<7} {name:<28} regs {k['registers']:>3}  spill {k['spill_bytes']:>4} B"
-                          f"  stack {k['stack_bytes']:>4} B")
+                          f"  stack {k['stack_bytes']:>4} B  code {k.get('code_bytes', 0) / 1024:6.1f} KB")
     total = sum(r.get("seconds", 0) for r in rows)
     print(f"{len(rows) - failures}/{len(rows)} compiled, {failures} failed, {total:.2f}s of NVRTC time")
     return 1 if failures else 0

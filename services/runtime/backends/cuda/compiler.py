@@ -226,6 +226,28 @@ def compile_all(arch: str, use_cache: bool = True, weights: str = "bf16") -> dic
     return {p.stem: r for p, r in zip(files, results)}
 
 
+def code_sizes(cubin: bytes) -> dict[str, int]:
+    """Bytes of machine code per kernel in a cubin (its ELF `.text.<kernel>` sections).
+
+    At batch 1 a decode kernel's code is fetched cold at every launch (the weights stream
+    through L2 in between), so on the decode path code size is time: see the cuda README."""
+    import struct
+
+    if cubin[:4] != b"\x7fELF" or cubin[4] != 2:  # ELF64 only
+        return {}
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
+    names_at = sections[shstrndx][4]
+    out = {}
+    for sh in sections:
+        start = names_at + sh[0]
+        name = cubin[start:cubin.index(b"\0", start)].decode()
+        if name.startswith(".text."):
+            out[name[len(".text."):]] = sh[5]
+    return out
+
+
 def ptxas_summary(log: str) -> dict[str, dict]:
     """Per-kernel registers / spill bytes / stack from a `ptxas -v` log."""
     out: dict[str, dict] = {}
