@@ -197,6 +197,23 @@ def test_long_context_decode_uses_several_splits(cpu, gpu):
         assert_close(got, ref, 1e-4, 1e-4, f"decode at {p}")
 
 
+@pytest.mark.parametrize("hd,n_splits", [(128, 1), (128, 3), (256, 2)])
+def test_decode_attention_takes_a_split_several_stages_at_a_time(cpu, gpu, hd, n_splits):
+    """Few splits over a long context: each split stages its keys in shared memory a stage
+    (8192 / head_dim keys) at a time, the next stage loading while this one is used."""
+    H, KVH, cap, pos = 4, 2, 320, 300
+    cc, cg = cpu.alloc_kv(1, KVH, cap, hd), gpu.alloc_kv(1, KVH, cap, hd)
+    prefix = _qkv_bf16_kv(pos, H, KVH, hd)
+    cpu.attention(prefix, cc, 0, cpu.ids(np.arange(pos, dtype=np.int32)), H, KVH, hd)
+    gpu.attention(gpu.upload_activation(prefix), cg, 0, gpu.ids(np.arange(pos, dtype=np.int32)), H, KVH, hd)
+    q1 = _qkv_bf16_kv(1, H, KVH, hd)
+    ref = cpu.attention(q1, cc, 0, cpu.ids([pos]), H, KVH, hd)
+    out = gpu._empty((1, H * hd))
+    gpu.ops.attention_decode(gpu.upload_activation(q1), out, H, KVH, hd, 0, n_splits, positions=gpu.ids([pos]),
+                             kc=cg.k, vc=cg.v, cap=cap)
+    assert_close(gpu.to_host(out), ref, 1e-4, 1e-4, f"decode at {pos}, {n_splits} splits")
+
+
 @pytest.mark.parametrize("H,KVH,hd,qk", [(9, 3, 64, False), (4, 2, 24, True), (14, 2, 64, False), (16, 8, 128, True)])
 def test_fused_decode_attention(cpu, gpu, H, KVH, hd, qk):
     """RoPE (+ q/k norm) and the k/v store inside the decode kernel, as the decode graph runs it."""

@@ -44,21 +44,15 @@ __device__ __forceinline__ void attention_decode_body(
     bf16_t* Ks = reinterpret_cast<bf16_t*>(Ps + ATT_WARPS * KT);  // [STAGE][D + KPAD]
     bf16_t* Vs = Ks + STAGE * ldk;                     // [STAGE][D]
 
-    pdl_launch_dependents();
-    pdl_wait();
     const int n_splits = gridDim.x, split = blockIdx.x, kvh = blockIdx.y;
     const int G = H / KVH, g0 = blockIdx.z * ATT_MAXG, Gb = min(ATT_MAXG, G - g0);
-    const int stride_k = H * hd, stride_v = (H + KVH) * hd;
+    // Before pdl_wait(), overlapping the qkv projection: the position, the cache pointers, the
+    // first stage of K/V rows and the RoPE row. None of it is written by this step's earlier
+    // kernels: the DecodeState changes only in the previous step's sampler and rows < pos were
+    // written by earlier steps, all finished before this step's graph launch began (stream
+    // order); with pos_ptr, the positions come from a copy ordered before the launch.
     cache_from_state(st, kc, vc, cap);
     const int pos = st ? st->pos : *pos_ptr;
-    // The block's q heads and its kv head's new k and v, staged raw before `pos` is used, so
-    // these loads are in flight together with the state's instead of after them.
-    for (int idx = threadIdx.x; idx < (Gb + 2) * hd; idx += blockDim.x) {
-        const int item = idx / hd, d = idx - item * hd;
-        const size_t col = item < Gb ? (size_t)(kvh * G + g0 + item) * hd
-                                     : (size_t)(item == Gb ? stride_k : stride_v) + (size_t)kvh * hd;
-        (item < Gb ? Qs + item * hd : item == Gb ? Knf : Vnf)[d] = qkv[col + d];
-    }
     if (pos < 0 || pos >= cap) return;  // the host keeps pos < cap
     const int len = pos + 1;
     int chunk = (len + n_splits - 1) / n_splits;
@@ -67,7 +61,23 @@ __device__ __forceinline__ void attention_decode_body(
     if (split >= active) return;  // block-uniform; split 0 is always active
     const size_t head_base = ((size_t)layer * KVH + kvh) * cap * hd;
     const int start = split * chunk, end = min(len, start + chunk), nc = hd >> 3;
-
+    // A stage: K and V rows [s0, s0 + STAGE), D columns each, every load issued before any is
+    // used. A thread keeps one 16-byte column and takes every RSTEP-th row (LOADS/2 of each).
+    // Rows before `pos` are complete; the row at `pos` is this step's (written below).
+    constexpr int RSTEP = 128 / (D / 8);
+    const int col = threadIdx.x % (D / 8), row0 = threadIdx.x / (D / 8);
+    uint4 rk[LOADS / 2], rv[LOADS / 2];
+    auto stage_load = [&](int s0) {
+        const size_t at = head_base + (size_t)(s0 + row0) * hd + col * 8;
+#pragma unroll
+        for (int u = 0; u < LOADS / 2; ++u) {
+            const int j = s0 + row0 + u * RSTEP;
+            const bool ok = col < nc && j < end && j != pos;
+            rk[u] = ok ? *reinterpret_cast<const uint4*>(kc + at + (size_t)u * RSTEP * hd) : make_uint4(0, 0, 0, 0);
+            rv[u] = ok ? *reinterpret_cast<const uint4*>(vc + at + (size_t)u * RSTEP * hd) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    stage_load(start);
     // This lane's (cos, sin) pairs i = lane + 32 k from the table's row at `pos`: hd/2 <= 32 NF.
     float2 cs[NF];
 #pragma unroll
@@ -76,8 +86,21 @@ __device__ __forceinline__ void attention_decode_body(
         cs[k] = (flags & ROPE_FLAG_ROPE) && i < (hd >> 1) && pos < rope_rows ? rope_cs[(size_t)pos * (hd >> 1) + i]
                                                                             : make_float2(1.f, 0.f);
     }
-    constexpr int RSTEP = 128 / (D / 8);  // stage rows apart that one thread loads
-    const int col = threadIdx.x % (D / 8), row0 = threadIdx.x / (D / 8);
+    pdl_launch_dependents();
+    pdl_wait();
+    // The block's q heads and its kv head's new k and v (this step's qkv projection).
+    const int stride_k = H * hd, stride_v = (H + KVH) * hd;
+    for (int idx = threadIdx.x; idx < (Gb + 2) * hd; idx += blockDim.x) {
+        const int item = idx / hd, d = idx - item * hd;
+        const size_t c = item < Gb ? (size_t)(kvh * G + g0 + item) * hd
+                                   : (size_t)(item == Gb ? stride_k : stride_v) + (size_t)kvh * hd;
+        (item < Gb ? Qs + item * hd : item == Gb ? Knf : Vnf)[d] = qkv[c + d];
+    }
+    __syncthreads();
+    for (int item = warp; item <= Gb; item += ATT_WARPS)  // in place: q heads (scaled), then the new k
+        warp_norm_rope_cs(item < Gb ? Qs + item * hd : Knf, item < Gb ? Qs + item * hd : Knf,
+                          item < Gb ? q_norm_w : k_norm_w, hd, cs, eps, flags, item < Gb ? scale : 1.f);
+
     const float* q = Qs + warp * hd;
     float* P = Ps + warp * KT;
     float m = NEG_INF, l = 0.f, acc[DPL];
@@ -85,25 +108,6 @@ __device__ __forceinline__ void attention_decode_body(
     for (int dd = 0; dd < DPL; ++dd) acc[dd] = 0.f;
 #pragma unroll 1
     for (int s0 = start; s0 < end; s0 += STAGE) {
-        if (s0 != start) __syncthreads();  // a later stage (long contexts): the last one is consumed
-        // K and V rows [s0, s0 + STAGE), D columns each: every load issued before any is used.
-        // A thread keeps one 16-byte column and takes every RSTEP-th row (LOADS/2 of each).
-        // Rows before `pos` are complete; the row at `pos` is this step's (written below).
-        const size_t at = head_base + (size_t)(s0 + row0) * hd + col * 8;
-        uint4 rk[LOADS / 2], rv[LOADS / 2];
-#pragma unroll
-        for (int u = 0; u < LOADS / 2; ++u) {
-            const int j = s0 + row0 + u * RSTEP;
-            const bool ok = col < nc && j < end && j != pos;
-            rk[u] = ok ? *reinterpret_cast<const uint4*>(kc + at + (size_t)u * RSTEP * hd) : make_uint4(0, 0, 0, 0);
-            rv[u] = ok ? *reinterpret_cast<const uint4*>(vc + at + (size_t)u * RSTEP * hd) : make_uint4(0, 0, 0, 0);
-        }
-        if (s0 == start) {
-            __syncthreads();  // the staged q/k/v rows
-            for (int item = warp; item <= Gb; item += ATT_WARPS)  // in place: q heads (scaled), then the new k
-                warp_norm_rope_cs(item < Gb ? Qs + item * hd : Knf, item < Gb ? Qs + item * hd : Knf,
-                                  item < Gb ? q_norm_w : k_norm_w, hd, cs, eps, flags, item < Gb ? scale : 1.f);
-        }
 #pragma unroll
         for (int u = 0; u < LOADS / 2; ++u) {
             *reinterpret_cast<uint4*>(Ks + (row0 + u * RSTEP) * ldk + col * 8) = rk[u];
@@ -126,39 +130,44 @@ __device__ __forceinline__ void attention_decode_body(
             }
             __syncthreads();
         }
-        if (warp >= Gb) continue;  // warp-uniform: no head for this warp
-        const int s_end = min(end, s0 + STAGE);
+        if (s0 + STAGE < end) stage_load(s0 + STAGE);  // long contexts: the next stage is in flight meanwhile
+        if (warp < Gb) {  // warp-uniform: this warp's head
+            const int s_end = min(end, s0 + STAGE);
 #pragma unroll 1
-        for (int k0 = s0; k0 < s_end; k0 += KT) {
-            const int j = k0 + lane;
-            float s = NEG_INF;
-            if (j < s_end) {
-                const uint4* kr = reinterpret_cast<const uint4*>(Ks + (j - s0) * ldk);
-                s = 0.f;
+            for (int k0 = s0; k0 < s_end; k0 += KT) {
+                const int j = k0 + lane;
+                float s = NEG_INF;
+                if (j < s_end) {
+                    const uint4* kr = reinterpret_cast<const uint4*>(Ks + (j - s0) * ldk);
+                    s = 0.f;
 #pragma unroll 4
-                for (int c = 0; c < D / 8; ++c)  // a fixed trip count: no remainder loop in the code
-                    if (c < nc) s += dot8(kr[c], q + c * 8);
-            }
-            const float m_new = fmaxf(m, warp_max(s));  // finite: lane 0's key is valid
-            const float alpha = expf(m - m_new);
-            const float p = j < s_end ? expf(s - m_new) : 0.f;
-            l = l * alpha + p;
+                    for (int c = 0; c < D / 8; ++c)  // a fixed trip count: no remainder loop in the code
+                        if (c < nc) s += dot8(kr[c], q + c * 8);
+                }
+                const float m_new = fmaxf(m, warp_max(s));  // finite: lane 0's key is valid
+                const float alpha = expf(m - m_new);
+                const float p = j < s_end ? expf(s - m_new) : 0.f;
+                l = l * alpha + p;
 #pragma unroll
-            for (int dd = 0; dd < DPL; ++dd) acc[dd] *= alpha;
-            m = m_new;
-            P[lane] = p;
-            __syncwarp();
-            const bf16_t* vt = Vs + (k0 - s0) * D;
-            // Keys in order, all KT of the tile: past s_end p is 0 and the staged rows are 0.
+                for (int dd = 0; dd < DPL; ++dd) acc[dd] *= alpha;
+                m = m_new;
+                P[lane] = p;
+                __syncwarp();
+                const bf16_t* vt = Vs + (k0 - s0) * D;
+                // Keys in order, all KT of the tile: past s_end p is 0 and the staged rows are 0.
 #pragma unroll 8
-            for (int jj = 0; jj < KT; ++jj) {
-                const float pj = P[jj];
+                for (int jj = 0; jj < KT; ++jj) {
+                    const float pj = P[jj];
 #pragma unroll
-                for (int dd = 0; dd < DPL; ++dd)
-                    if (lane + 32 * dd < hd) acc[dd] = fmaf(pj, bf16_to_f32(vt[jj * D + lane + 32 * dd]), acc[dd]);
+                    for (int dd = 0; dd < DPL; ++dd) {
+                        const int d = lane + 32 * dd;
+                        if (d < hd) acc[dd] = fmaf(pj, bf16_to_f32(vt[jj * D + d]), acc[dd]);
+                    }
+                }
+                __syncwarp();
             }
-            __syncwarp();
         }
+        __syncthreads();  // the stage is consumed before the next one overwrites it
     }
 
     const int rec = 2 * ATT_MAXG + ATT_MAXG * hd;  // one split's record in ws: m[G] l[G] acc[G][hd]
