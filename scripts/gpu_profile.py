@@ -115,6 +115,7 @@ def main() -> int:
     ap.add_argument("--ncu", default=None)
     ap.add_argument("--csv-dir", default=None, help="where ncu's raw CSVs go (default: WORK/ncu)")
     ap.add_argument("--shapes", default="smollm2-135m,qwen2.5-0.5b")
+    ap.add_argument("--parts", default="decode,prefill", help="which steps to profile (decode, prefill)")
     ap.add_argument("--child", nargs=3, metavar=("SHAPE", "PART", "WORK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -127,7 +128,7 @@ def main() -> int:
         d.mkdir(parents=True, exist_ok=True)
     report = []
     for shape in args.shapes.split(","):
-        for part in ("decode", "prefill"):
+        for part in args.parts.split(","):
             cmd = [ncu, "--profile-from-start", "off", "--clock-control", "none", "--csv", "--page", "raw",
                    "--print-units", "base",
                    "--metrics", ",".join(METRICS), sys.executable, __file__, "--child", shape, part, str(work)]
