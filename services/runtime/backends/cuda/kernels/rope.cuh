@@ -58,10 +58,10 @@ __device__ __forceinline__ void warp_norm_rope_cs(const float* src, float* dst, 
             a *= r * w_to_f32(norm_w[i]);
             b *= r * w_to_f32(norm_w[i + half]);
         }
-        if (flags & ROPE_FLAG_ROPE) {
-            const float c = cs[k].x, s = cs[k].y;
-            const float a2 = a * c - b * s;
-            b = b * c + a * s;
+        if (flags & ROPE_FLAG_ROPE) {  // explicit fmaf: every kernel rounds the rotation alike
+            const float c = cs[k].x, s = cs[k].y;  // (left to --fmad, each may contract a*c - b*s its own way)
+            const float a2 = fmaf(a, c, -(b * s));
+            b = fmaf(b, c, a * s);
             a = a2;
         }
         dst[i] = a * scale;
