@@ -187,7 +187,11 @@ class Ops:
         k_steps = math.ceil(K / GEMM_BK)
         splits = 1
         if tiles_n * tiles_m < self.sm_count and k_steps >= 4:
-            splits = min(k_steps // 2, math.ceil(2 * self.sm_count / (tiles_n * tiles_m)), 16)
+            # Each split's K steps and the last block's merge (two splits per round trip) are
+            # both chains of memory round trips: k_steps/splits + splits/2 is least near
+            # sqrt(2 k_steps). More splits than that (to fill the GPU) only lengthen the merge.
+            splits = min(k_steps // 2, math.ceil(2 * self.sm_count / (tiles_n * tiles_m)), 16,
+                         max(2, round(math.sqrt(2 * k_steps))))
         k_per_split = math.ceil(k_steps / splits) * GEMM_BK
         splits = math.ceil(K / k_per_split)
         ws = self.gemm_ws.get(splits * M * N) if splits > 1 else None

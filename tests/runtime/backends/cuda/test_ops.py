@@ -54,6 +54,7 @@ def test_rmsnorm_and_add_rmsnorm(cpu, gpu, T, D):
     (7, 960, 576, True),    # tensor-core GEMM, split K
     (32, 3072, 576, False),
     (70, 50, 64, True),     # partial tiles in both dimensions
+    (9, 64, 416, True),     # 5 K splits: the merge's last pass has one
     (130, 200, 1536, False),
 ])
 def test_linear(cpu, gpu, T, N, K, bias):
