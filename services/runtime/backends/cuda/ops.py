@@ -237,7 +237,7 @@ class Ops:
         assert out.shape == (T, H * hd) and out.dtype == "f32"
         d = head_dim_variant(hd)
         bq = max(1, 16 // G)
-        smem = 64 * hd + 128 * (hd + 2)
+        smem = 128 * hd + 4 * (16 * 32 + 16 + 16) + 128 * (hd + 2)  # q, acc, sums, max, positions; K, V tiles
         self._launch(f"attention_prefill_d{d}", (math.ceil(T / bq), KVH), (128,),
                      (qkv.ptr, positions.ptr, _ptr(kc), _ptr(vc), _ptr(state), out.ptr, T, H, KVH, hd, cap, layer,
                       1.0 / math.sqrt(hd), bq), smem)

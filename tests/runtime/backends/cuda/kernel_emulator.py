@@ -279,7 +279,7 @@ def _prefill(mem, grid, block, smem, D, qkv, positions, kc, vc, st, out, T, H, K
     G = H // KVH
     assert hd <= D and hd % 8 == 0 and (D == 32 or hd > D // 2), f"head_dim {hd} in the d{D} variant"
     assert BQ * G <= 16 and grid == (math.ceil(T / BQ), KVH, 1) and block[0] == 128
-    assert smem >= 64 * hd + 128 * (hd + 2)
+    assert smem >= 128 * hd + 4 * (16 * 32 + 32) + 128 * (hd + 2)
     stride = (H + 2 * KVH) * hd
     m = f32(mem, qkv, T * stride).reshape(T, stride)
     o = f32(mem, out, T * H * hd).reshape(T, H, hd)

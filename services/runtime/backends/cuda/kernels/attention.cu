@@ -29,8 +29,13 @@ extern "C" __global__ void kv_store(const float* __restrict__ qkv, const int* __
 }
 
 // ---- prefill ------------------------------------------------------------------------------
-// grid (ceil(T/BQ), KVH), block 128, BQ*G <= 16 items. Dynamic smem: 64*hd + 128*(hd+2) bytes.
+// grid (ceil(T/BQ), KVH), block 128, BQ*G <= 16 items (a query row and head); warp w serves
+// items w, w+4, w+8, w+12. Dynamic smem: 128*hd + 128*(hd+2) + 4*(16*34) bytes (ops.py).
 // The cache may come from `st` (see kv_store).
+//
+// Each item's running max, partial sums and accumulator live in shared memory, not registers,
+// so the loop over a warp's items is not unrolled: one copy of q.k and p.v in the code instead
+// of PREFILL_ITEMS (the code is fetched cold at each launch; see the cuda README).
 template <int DPL>
 __device__ __forceinline__ void attention_prefill_body(const float* __restrict__ qkv, const int* __restrict__ positions,
                                                        bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st,
@@ -42,7 +47,11 @@ __device__ __forceinline__ void attention_prefill_body(const float* __restrict__
     const int G = H / KVH, kvh = blockIdx.y, t0 = blockIdx.x * BQ, n_items = BQ * G;
     const int stride = (H + 2 * KVH) * hd, ldk = hd + 2;  // padded bf16 rows: conflict-free lane-per-key reads
     float* Qs = reinterpret_cast<float*>(smem4);          // [16][hd], pre-scaled
-    bf16_t* Ks = reinterpret_cast<bf16_t*>(Qs + 16 * hd);  // [KT][ldk]
+    float* Acc = Qs + 16 * hd;                             // [16][hd] each item's p.v accumulator
+    float* Lp = Acc + 16 * hd;                             // [16][32] each item's per-lane sums of p
+    float* Mx = Lp + 16 * 32;                              // [16] each item's running max
+    int* Pos = reinterpret_cast<int*>(Mx + 16);            // [16] each item's position, -1 if none
+    bf16_t* Ks = reinterpret_cast<bf16_t*>(Pos + 16);      // [KT][ldk]
     bf16_t* Vs = Ks + KT * ldk;                            // [KT][ldk]
 
     pdl_launch_dependents();
@@ -51,6 +60,13 @@ __device__ __forceinline__ void attention_prefill_body(const float* __restrict__
     for (int idx = threadIdx.x; idx < n_items * hd; idx += blockDim.x) {
         const int item = idx / hd, d = idx - item * hd, t = t0 + item / G, g = item % G;
         Qs[idx] = t < T ? qkv[(size_t)t * stride + (size_t)(kvh * G + g) * hd + d] * scale : 0.f;
+        Acc[idx] = 0.f;
+    }
+    for (int idx = threadIdx.x; idx < 16 * 32; idx += blockDim.x) Lp[idx] = 0.f;
+    if (threadIdx.x < 16) {
+        const int item = threadIdx.x, t = t0 + item / G;
+        Pos[item] = item < n_items && t < T ? min(positions[t], cap - 1) : -1;
+        Mx[item] = NEG_INF;
     }
     if (threadIdx.x == 0) {
         int mp = 0;
@@ -59,25 +75,12 @@ __device__ __forceinline__ void attention_prefill_body(const float* __restrict__
     }
     __syncthreads();
     const int max_pos = s_maxpos;
-
-    bool ok[PREFILL_ITEMS];
-    int my_pos[PREFILL_ITEMS];
-    float m[PREFILL_ITEMS], l[PREFILL_ITEMS], acc[PREFILL_ITEMS][DPL];
-#pragma unroll
-    for (int i = 0; i < PREFILL_ITEMS; ++i) {
-        const int item = warp + ATT_WARPS * i, t = t0 + item / G;
-        ok[i] = item < n_items && t < T;
-        my_pos[i] = ok[i] ? min(positions[t], cap - 1) : -1;
-        m[i] = NEG_INF;
-        l[i] = 0.f;
-#pragma unroll
-        for (int dd = 0; dd < DPL; ++dd) acc[i][dd] = 0.f;
-    }
     const bf16_t* kbase = kc + ((size_t)layer * KVH + kvh) * cap * hd;
     const bf16_t* vbase = vc + ((size_t)layer * KVH + kvh) * cap * hd;
     const int cpr = hd >> 3;  // 16-byte chunks per row
     constexpr int STAGE_B = DPL < 4 ? DPL : 4;
 
+#pragma unroll 1
     for (int k0 = 0; k0 <= max_pos; k0 += KT) {
         __syncthreads();  // the previous tile is consumed
         // STAGE_B chunks of K and of V per thread in flight before the first is stored: a whole
@@ -104,13 +107,14 @@ __device__ __forceinline__ void attention_prefill_body(const float* __restrict__
             }
         }
         __syncthreads();
-#pragma unroll
-        for (int i = 0; i < PREFILL_ITEMS; ++i) {
-            if (!ok[i] || k0 > my_pos[i]) continue;  // warp-uniform
-            const float* q = Qs + (warp + ATT_WARPS * i) * hd;
+#pragma unroll 1
+        for (int item = warp; item < 16; item += ATT_WARPS) {
+            const int my_pos = Pos[item];
+            if (my_pos < 0 || k0 > my_pos) continue;  // warp-uniform
+            const float* q = Qs + item * hd;
             const int j = k0 + lane;
             float s = NEG_INF;
-            if (j <= my_pos[i]) {
+            if (j <= my_pos) {
                 const u32* kr = reinterpret_cast<const u32*>(Ks + lane * ldk);
                 s = 0.f;
                 for (int d2 = 0; d2 < (hd >> 1); ++d2) {
@@ -119,34 +123,42 @@ __device__ __forceinline__ void attention_prefill_body(const float* __restrict__
                     s = fmaf(q[2 * d2 + 1], bf16hi(w), s);
                 }
             }
-            const float m_new = fmaxf(m[i], warp_max(s));  // finite: lane 0's key is valid
-            const float alpha = expf(m[i] - m_new);
+            const float m_old = Mx[item];
+            const float m_new = fmaxf(m_old, warp_max(s));  // finite: lane 0's key is valid
+            const float alpha = expf(m_old - m_new);
             const float p = s == NEG_INF ? 0.f : expf(s - m_new);
-            l[i] = l[i] * alpha + p;
+            Lp[item * 32 + lane] = Lp[item * 32 + lane] * alpha + p;
+            float acc[DPL];
+            float* a = Acc + item * hd;
 #pragma unroll
-            for (int dd = 0; dd < DPL; ++dd) acc[i][dd] *= alpha;
-            const int n_valid = min(KT, my_pos[i] - k0 + 1);
+            for (int dd = 0; dd < DPL; ++dd) acc[dd] = lane + 32 * dd < hd ? a[lane + 32 * dd] * alpha : 0.f;
+            const int n_valid = min(KT, my_pos - k0 + 1);
             for (int jj = 0; jj < n_valid; ++jj) {
                 const float pj = __shfl_sync(FULL_MASK, p, jj);
                 const bf16_t* vr = Vs + jj * ldk;
 #pragma unroll
                 for (int dd = 0; dd < DPL; ++dd) {
                     const int d = lane + 32 * dd;
-                    if (d < hd) acc[i][dd] = fmaf(pj, bf16_to_f32(vr[d]), acc[i][dd]);
+                    if (d < hd) acc[dd] = fmaf(pj, bf16_to_f32(vr[d]), acc[dd]);
                 }
             }
-            m[i] = m_new;
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd)
+                if (lane + 32 * dd < hd) a[lane + 32 * dd] = acc[dd];
+            __syncwarp();  // every lane has read Mx[item] before lane 0 moves it
+            if (lane == 0) Mx[item] = m_new;
         }
     }
-#pragma unroll
-    for (int i = 0; i < PREFILL_ITEMS; ++i) {
-        if (!ok[i]) continue;
-        const int item = warp + ATT_WARPS * i, t = t0 + item / G, h = kvh * G + item % G;
-        const float inv = 1.f / warp_sum(l[i]);
+    __syncwarp();
+#pragma unroll 1
+    for (int item = warp; item < n_items; item += ATT_WARPS) {
+        if (Pos[item] < 0) continue;
+        const int t = t0 + item / G, h = kvh * G + item % G;
+        const float inv = 1.f / warp_sum(Lp[item * 32 + lane]);
 #pragma unroll
         for (int dd = 0; dd < DPL; ++dd) {
             const int d = lane + 32 * dd;
-            if (d < hd) out[(size_t)t * H * hd + (size_t)h * hd + d] = acc[i][dd] * inv;
+            if (d < hd) out[(size_t)t * H * hd + (size_t)h * hd + d] = Acc[item * hd + d] * inv;
         }
     }
 }
