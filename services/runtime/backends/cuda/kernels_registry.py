@@ -31,6 +31,7 @@ SIGNATURES: dict[str, tuple[str, str]] = {
     "rope_table": ("rope", "piif"),
     "kv_store": ("attention", "pppppiiiii"),
     "gemm_bf16": ("gemm", "ppppppiiiii"),
+    "gemm_swiglu_bf16": ("gemm", "ppppppiiiii"),
     "sample_reduce": ("sample", "pippp"),
     "sample_truncated": ("sample", "pipp"),
     **{f"attention_prefill_d{d}": ("attention", "ppppppiiiiiifi") for d in HEAD_DIM_VARIANTS},

@@ -197,7 +197,8 @@ class Ops:
         ws = self.gemm_ws.get(splits * M * N) if splits > 1 else None
         counters = self.gemm_counters.get(tiles_n * tiles_m) if splits > 1 else None
         flags = (GEMM_RESIDUAL if mode == "residual" else 0) | (GEMM_A_SWIGLU if swiglu_input else 0)
-        self._launch(_for(W, "gemm_bf16", bias), (tiles_n, tiles_m, splits), (128,),
+        name = "gemm_swiglu_bf16" if swiglu_input else "gemm_bf16"
+        self._launch(_for(W, name, bias), (tiles_n, tiles_m, splits), (128,),
                      (x.ptr, W.ptr, _ptr(bias), y.ptr, _ptr(ws), _ptr(counters), M, N, K, k_per_split, flags))
 
     # ---- attention ------------------------------------------------------------------------

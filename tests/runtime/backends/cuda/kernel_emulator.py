@@ -18,7 +18,8 @@ KERNELS = {}
 
 def static_smem(name: str) -> int:
     name = base_kernel(name)
-    return {"gemm_bf16": 2 * 2 * 64 * 40 * 2 + 4, "sample_reduce": 32 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
+    gemm = 2 * 2 * 64 * 40 * 2 + 4
+    return {"gemm_bf16": gemm, "gemm_swiglu_bf16": gemm, "sample_reduce": 32 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
 
 
 def kernel(name):
@@ -216,8 +217,19 @@ def _kv_store(mem, grid, block, smem, qkv, positions, kc, vc, st, H, KVH, hd, ca
                 _cache_rows(mem, vc, layer, KVH, h, cap, hd, p, 1)[0] = bits(m[t, (H + KVH + h) * hd:(H + KVH + h + 1) * hd])
 
 
+@kernel("gemm_swiglu_bf16")
+def _gemm_swiglu(mem, grid, block, smem, *args):
+    assert args[-1] & 2, "gemm_swiglu_bf16 is launched with GEMM_A_SWIGLU"
+    _gemm_any(mem, grid, block, smem, *args)
+
+
 @kernel("gemm_bf16")
-def _gemm(mem, grid, block, smem, A, W, bias, C, ws, counters, M, N, K, kps, mode):
+def _gemm(mem, grid, block, smem, *args):
+    assert not args[-1] & 2, "silu(gate) * up staging is gemm_swiglu_bf16's"
+    _gemm_any(mem, grid, block, smem, *args)
+
+
+def _gemm_any(mem, grid, block, smem, A, W, bias, C, ws, counters, M, N, K, kps, mode):
     assert block == (128, 1, 1) and K % 8 == 0 and A % 16 == 0 and W % 16 == 0
     assert grid[0] * 64 >= N and grid[1] * 64 >= M and kps % 32 == 0
     assert grid[2] * kps >= K and (grid[2] - 1) * kps < K, "a split with no K range"

@@ -19,16 +19,20 @@
 
 // grid (ceil(N/64), ceil(M/64), splits), block 128. K % 8 == 0; k_per_split % 32 == 0.
 // mode bit 0 (GEMM_RESIDUAL): C += AW^T + b (residual stream), else C = AW^T + b.
-// mode bit 1 (GEMM_A_SWIGLU): A is gate|up [M, 2K] and the product takes silu(gate) * up,
-// computed as A is staged (the prefill's down projection: no separate swiglu launch).
+// gemm_swiglu_bf16 (launched with mode bit 1, GEMM_A_SWIGLU): A is gate|up [M, 2K] and the
+// product takes silu(gate) * up, computed as A is staged (the prefill's down projection: no
+// separate swiglu launch).
 // ws: splits*M*N floats and counters: one int per (x, y) tile, zero at rest (splits > 1 only).
-extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
-    const float* __restrict__ A, const w16_t* __restrict__ W, const w16_t* __restrict__ bias,
-    float* __restrict__ C, float* __restrict__ ws, int* __restrict__ counters, int M, int N, int K,
-    int k_per_split, int mode) {
-    __shared__ __align__(16) w16_t As[2][BM * LDS];
-    __shared__ __align__(16) w16_t Bs[2][BN * LDS];
-    __shared__ int s_last;
+// Two entry points: gemm_bf16, and gemm_swiglu_bf16 for the down projection.
+// SWIGLU is a template argument rather than a branch in the K loop, so neither kernel's loop
+// carries the other's staging code (the silu path is a third of the file's machine code, and
+// a batch-1 launch fetches its code cold).
+template <bool SWIGLU>
+__device__ __forceinline__ void gemm_body(const float* __restrict__ A, const w16_t* __restrict__ W,
+                                          const w16_t* __restrict__ bias, float* __restrict__ C,
+                                          float* __restrict__ ws, int* __restrict__ counters, int M, int N, int K,
+                                          int k_per_split, int mode, w16_t (*As)[BM * LDS], w16_t (*Bs)[BN * LDS],
+                                          int& s_last) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3, wm = warp >> 1, wn = warp & 1;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM, split = blockIdx.z, splits = gridDim.z;
@@ -44,7 +48,7 @@ extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
                                             : make_uint4(0, 0, 0, 0);
         }
     };
-    const bool a_swiglu = mode & GEMM_A_SWIGLU;
+    constexpr bool a_swiglu = SWIGLU;
     auto load_a = [&](int k0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -180,3 +184,17 @@ extern "C" __global__ void __launch_bounds__(128) WNAME(gemm_bf16)(
         else C[(size_t)m * N + n] = v;
     });
 }
+
+#define GEMM_KERNEL(NAME, SWIGLU)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) WNAME(NAME)(                                   \
+        const float* __restrict__ A, const w16_t* __restrict__ W, const w16_t* __restrict__ bias,       \
+        float* __restrict__ C, float* __restrict__ ws, int* __restrict__ counters, int M, int N, int K, \
+        int k_per_split, int mode) {                                                                 \
+        __shared__ __align__(16) w16_t As[2][BM * LDS];                                              \
+        __shared__ __align__(16) w16_t Bs[2][BN * LDS];                                              \
+        __shared__ int s_last;                                                                       \
+        gemm_body<SWIGLU>(A, W, bias, C, ws, counters, M, N, K, k_per_split, mode, As, Bs, s_last);   \
+    }
+
+GEMM_KERNEL(gemm_bf16, false)
+GEMM_KERNEL(gemm_swiglu_bf16, true)
