@@ -60,6 +60,17 @@ def test_top_k_and_top_p_keep_only_their_sets(gpu):
         assert len(set(draws.tolist())) > 1, kw
 
 
+def test_truncated_draw_finds_a_dominant_token_in_any_thread(gpu):
+    # sample_truncated merges its threads' bests in each warp, then the warps' in warp 0: a
+    # token that outweighs all the others must win whichever thread and warp saw it
+    logits = np.random.default_rng(3).standard_normal(3000).astype(np.float32)
+    for pos in (0, 31, 32, 500, 1023, 1024, 2047, 2999):
+        lg = logits.copy()
+        lg[pos] = 60.0
+        token = gpu.sample(gpu.upload_activation(lg[None]), temperature=0.7, top_k=4, seed=5)[0]
+        assert token == pos, pos
+
+
 def test_seeded_sampling_repeats_and_steps_differ(gpu):
     logits = (RNG.standard_normal(2000)).astype(np.float32)
     dev = gpu.upload_activation(logits[None])

@@ -95,24 +95,30 @@ __device__ __forceinline__ SampleStats stats_shfl_xor(const SampleStats& a, int 
 }
 // Butterfly over the warp: stats_merge gives both partners the same result (its max and
 // top-2 are order-free, its sums commutative), so every lane ends with the warp's stats.
+// Not unrolled, and below called from loops, so the merge is in the code once: at batch 1
+// each launch fetches its code cold (the weights stream through L2 between launches), so
+// the code executed costs time.
 __device__ __forceinline__ void stats_warp_reduce(SampleStats& a) {
-#pragma unroll
+#pragma unroll 1
     for (int o = 16; o > 0; o >>= 1) {
         const SampleStats b = stats_shfl_xor(a, o);
         stats_merge(a, b);
     }
 }
 // The whole block's stats, in thread 0: warps by shuffles, then the warps' results by warp 0
-// (one barrier instead of one per tree level). sh holds >= 32 records.
+// (one barrier instead of one per tree level). sh holds >= 32 records. Both levels run the
+// same stats_warp_reduce from one loop.
 __device__ __forceinline__ SampleStats stats_block_reduce(SampleStats a, SampleStats* sh) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    stats_warp_reduce(a);
-    if (lane == 0) sh[warp] = a;
-    __syncthreads();
-    if (warp == 0) {
+#pragma unroll 1
+    for (int level = 0;; ++level) {
+        stats_warp_reduce(a);
+        if (level == 1) break;
+        if (lane == 0) sh[warp] = a;
+        __syncthreads();
+        if (warp != 0) break;
         if (lane < nw) a = sh[lane];
         else stats_init(a);
-        stats_warp_reduce(a);
     }
     return a;
 }
@@ -139,7 +145,8 @@ extern "C" __global__ void __launch_bounds__(256) sample_reduce(const float* __r
     SampleStats a;
     stats_init(a);
     // SAMPLE_BATCH logits in flight per thread before the first is used (one dependent load
-    // per logit would queue their latencies); still added in index order.
+    // per logit would queue their latencies); still added in index order, by one stats_add
+    // that the batch shifts through (unrolled, the adds were most of the kernel's code).
     const int stride = gridDim.x * blockDim.x;
     for (int base = blockIdx.x * blockDim.x + threadIdx.x; base < V; base += SAMPLE_BATCH * stride) {
         float l[SAMPLE_BATCH];
@@ -148,44 +155,54 @@ extern "C" __global__ void __launch_bounds__(256) sample_reduce(const float* __r
             const int i = base + b * stride;
             l[b] = i < V ? logits[i] : 0.f;
         }
+#pragma unroll 1
+        for (int b = 0, i = base; b < SAMPLE_BATCH && i < V; ++b, i += stride) {
+            float gk = NEG_INF;
+            if (gumbel_here) gk = l[0] / T + gumbel(seed, step, (u32)i);  // greedy skips the hash
+            stats_add(a, l[0], i, gk);
 #pragma unroll
-        for (int b = 0; b < SAMPLE_BATCH; ++b) {
-            const int i = base + b * stride;
-            if (i < V) stats_add(a, l[b], i, gumbel_here ? l[b] / T + gumbel(seed, step, (u32)i) : NEG_INF);
+            for (int c = 0; c + 1 < SAMPLE_BATCH; ++c) l[c] = l[c + 1];
         }
     }
-    a = stats_block_reduce(a, sh);
-    if (threadIdx.x == 0) part[blockIdx.x] = a;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == (int)gridDim.x - 1;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    SampleStats b;
-    stats_init(b);
-    if ((int)threadIdx.x < (int)gridDim.x) {  // other blocks' records: read past L1
-        const volatile SampleStats* p = part + threadIdx.x;
-        b.m = p->m; b.z = p->z; b.s = p->s; b.top1 = p->top1; b.top2 = p->top2; b.gkey = p->gkey;
-        b.top1_idx = p->top1_idx; b.gidx = p->gidx;
+    // Two rounds of one block reduction (a loop, so its code is fetched once): this block's
+    // threads, then, in the last block to finish, every block's record.
+#pragma unroll 1
+    for (int round = 0;; ++round) {
+        a = stats_block_reduce(a, sh);
+        if (round == 1) break;
+        if (threadIdx.x == 0) part[blockIdx.x] = a;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == (int)gridDim.x - 1;
+        __syncthreads();
+        if (!s_last) return;
+        __threadfence();
+        stats_init(a);
+        if ((int)threadIdx.x < (int)gridDim.x) {  // other blocks' records: read past L1
+            const volatile SampleStats* p = part + threadIdx.x;
+            a.m = p->m; a.z = p->z; a.s = p->s; a.top1 = p->top1; a.top2 = p->top2; a.gkey = p->gkey;
+            a.top1_idx = p->top1_idx; a.gidx = p->gidx;
+        }
+        __syncthreads();  // sh is reused: the first reduction's reads are done
     }
-    __syncthreads();  // sh is reused: the first reduction's reads are done
-    const SampleStats f = stats_block_reduce(b, sh);
     if (threadIdx.x != 0) return;
+    const SampleStats& f = a;
     part[gridDim.x] = f;
     *counter = 0;
     st->entropy = logf(f.z) - f.s / f.z;
     st->margin = (1.f - expf(f.top2 - f.m)) / f.z;  // p1 = e^(top1-M)/Z = 1/Z
-    if (T <= 0.f) finish(st, f.top1_idx, f.top1, f.m, f.z);
-    else if (gumbel_here) finish(st, f.gidx, logits[f.gidx], f.m, f.z);
-    // else: sample_truncated draws the token.
+    if (T > 0.f && !gumbel_here) return;  // sample_truncated draws the token
+    const int token = gumbel_here ? f.gidx : f.top1_idx;  // else greedy (T <= 0)
+    finish(st, token, gumbel_here ? logits[token] : f.top1, f.m, f.z);
 }
 
-// Radix select over order keys, one byte per pass from the top. With `mass` null it finds the
-// k-th largest key among keys >= floor; with mass it finds the top-p cut: the smallest key whose
-// strictly-greater mass stays below `target` (ties at the cut are all kept).
-__device__ u32 radix_cut(const float* __restrict__ logits, int V, u32 floor_key, int k, float target, bool by_mass,
-                         float M, float T, unsigned* hist, float* hmass, u32* s_prefix, float* s_above, int* s_k) {
+// Radix select over order keys, one byte per pass from the top. Without by_mass it finds the
+// k-th largest key among keys >= floor; with it, it finds the top-p cut: the smallest key whose
+// strictly-greater mass stays below `target` (ties at the cut are all kept). Not inlined: with
+// top-k and top-p both on, the two cuts run one copy of the code.
+__device__ __attribute__((noinline)) u32 radix_cut(const float* __restrict__ logits, int V, u32 floor_key, int k,
+                                                   float target, bool by_mass, float M, float T, unsigned* hist,
+                                                   float* hmass, u32* s_prefix, float* s_above, int* s_k) {
     u32 prefix = 0, mask = 0;
     if (threadIdx.x == 0) { *s_above = 0.f; *s_k = k; }
     for (int shift = 24; shift >= 0; shift -= 8) {
@@ -272,17 +289,24 @@ extern "C" __global__ void __launch_bounds__(1024) sample_truncated(const float*
         const float gk = l / T + gumbel(seed, step, (u32)i);
         if (better(gk, i, best, best_i)) { best = gk; best_i = i; }
     }
+    // Warps by shuffles, then warp 0 over the warps' bests with the same loop: better() is a
+    // total order here (no key is NaN), so the winner does not depend on the merge order.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll 1
+    for (int level = 0;; ++level) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ob = __shfl_xor_sync(FULL_MASK, best, o);
-        const int oi = __shfl_xor_sync(FULL_MASK, best_i, o);
-        if (better(ob, oi, best, best_i)) { best = ob; best_i = oi; }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(FULL_MASK, best, o);
+            const int oi = __shfl_xor_sync(FULL_MASK, best_i, o);
+            if (better(ob, oi, best, best_i)) { best = ob; best_i = oi; }
+        }
+        if (level == 1) break;
+        if (lane == 0) { s_best[warp] = best; s_best_i[warp] = best_i; }
+        __syncthreads();
+        if (warp != 0) return;
+        best = lane < nw ? s_best[lane] : NEG_INF;
+        best_i = lane < nw ? s_best_i[lane] : 0x7fffffff;
     }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { s_best[warp] = best; s_best_i[warp] = best_i; }
-    __syncthreads();
     if (threadIdx.x != 0) return;
-    for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
-        if (better(s_best[w], s_best_i[w], best, best_i)) { best = s_best[w]; best_i = s_best_i[w]; }
     finish(st, best_i, logits[best_i], M, z);
 }
