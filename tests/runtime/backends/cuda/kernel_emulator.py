@@ -389,6 +389,9 @@ def _sample_truncated(mem, grid, block, smem, logits, V, st, final):
     lg = f32(mem, logits, V).astype(np.float64)
     M, z = (float(v) for v in f32(mem, final, 2))
     T = float(s["temperature"][0])
+    if not np.isfinite(lg).any():  # every logit masked: token 0, as sample_reduce's argmax
+        _finish(s, 0, lg, M, z)
+        return
     kept = _filter_top_k_top_p(lg / T, int(s["top_k"][0]), float(s["top_p"][0]))
     p = np.exp(kept - kept.max())
     p /= p.sum()

@@ -71,6 +71,13 @@ def test_truncated_draw_finds_a_dominant_token_in_any_thread(gpu):
         assert token == pos, pos
 
 
+@pytest.mark.parametrize("kw", [{}, {"temperature": 0.7}, {"temperature": 0.7, "top_k": 4}])
+def test_every_logit_masked_gives_token_zero_and_reads_nothing_past_the_row(gpu, kw):
+    # as numpy's argmax over all -inf; the kernels must not index the logits with "no token"
+    lg = np.full((1, 1000), -np.inf, np.float32)
+    assert gpu.sample(gpu.upload_activation(lg), seed=1, **kw)[0] == 0
+
+
 def test_seeded_sampling_repeats_and_steps_differ(gpu):
     logits = (RNG.standard_normal(2000)).astype(np.float32)
     dev = gpu.upload_activation(logits[None])

@@ -192,7 +192,8 @@ extern "C" __global__ void __launch_bounds__(256) sample_reduce(const float* __r
     st->entropy = logf(f.z) - f.s / f.z;
     st->margin = (1.f - expf(f.top2 - f.m)) / f.z;  // p1 = e^(top1-M)/Z = 1/Z
     if (T > 0.f && !gumbel_here) return;  // sample_truncated draws the token
-    const int token = gumbel_here ? f.gidx : f.top1_idx;  // else greedy (T <= 0)
+    int token = gumbel_here ? f.gidx : f.top1_idx;  // else greedy (T <= 0)
+    if (token >= V) token = 0;  // no finite logit (all masked): index 0, as numpy's argmax; no read past V
     finish(st, token, gumbel_here ? logits[token] : f.top1, f.m, f.z);
 }
 
@@ -308,5 +309,6 @@ extern "C" __global__ void __launch_bounds__(1024) sample_truncated(const float*
         best_i = lane < nw ? s_best_i[lane] : 0x7fffffff;
     }
     if (threadIdx.x != 0) return;
+    if (best_i >= V) best_i = 0;  // no finite logit (all masked): index 0, as sample_reduce
     finish(st, best_i, logits[best_i], M, z);
 }
