@@ -48,6 +48,18 @@ def test_temperature_sampling_follows_softmax(gpu):
     assert np.abs(freq - p).max() < 0.035, (freq, p)
 
 
+def test_top_p_cuts_by_probability_mass_and_renormalizes(gpu):
+    # few tokens of unequal mass: a cut by count, or by the wrong mass, keeps another set
+    logits = np.array([3.0, 2.5, 2.0, 1.5, 1.0, 0.0, -1.0, -2.0], np.float32)
+    kept = _filter_top_k_top_p(logits.astype(np.float64), 0, 0.8)
+    p = np.where(np.isfinite(kept), np.exp(kept - np.nanmax(kept)), 0.0)
+    p /= p.sum()
+    assert 2 < np.count_nonzero(p) < logits.size
+    draws = _draws(gpu, logits, 3000, temperature=1.0, top_p=0.8)
+    freq = np.bincount(draws, minlength=logits.size) / draws.size
+    assert np.abs(freq - p).max() < 0.035, (freq, p)
+
+
 def test_top_k_and_top_p_keep_only_their_sets(gpu):
     # its own generator: with the module's, the logits depended on which tests ran before,
     # and some draws left top_p=0.3 a single token
