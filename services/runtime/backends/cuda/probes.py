@@ -81,17 +81,22 @@ def graph_node_cost(be, n: int = 200, replays: int = REPLAYS) -> dict:
     return result
 
 
-def decode_step_gpu_ms(be, dg, token: int, pos: int, steps: int) -> float:
-    """GPU milliseconds per decode step: `steps` replays back to back, chained on the device."""
-    g = dg.graph(True)
+def replay_ms(be, dg, graph: Graph, token: int, pos: int, steps: int) -> float:
+    """GPU milliseconds per replay of `graph` (a step of `dg`, or part of one), `steps`
+    replays back to back from `token` at `pos`, chained on the device."""
     dg.prime(token, pos)
     e0, e1 = Event(), Event()
     e0.record(be.stream)
     for _ in range(steps):
-        g.launch(be.stream)
+        graph.launch(be.stream)
     e1.record(be.stream)
     e1.synchronize()
     return e1.elapsed_ms(e0) / steps
+
+
+def decode_step_gpu_ms(be, dg, token: int, pos: int, steps: int) -> float:
+    """GPU milliseconds per decode step: `steps` replays back to back, chained on the device."""
+    return replay_ms(be, dg, dg.graph(True), token, pos, steps)
 
 
 def decode_ab(be, model, cache, token: int, pos: int, steps: int) -> dict:
@@ -160,14 +165,7 @@ def decode_kinds(be, dg, token: int, pos: int, steps: int) -> dict:
             del ops._launch
 
     def per_step_us(g: Graph) -> float:
-        dg.prime(token, pos)
-        e0, e1 = Event(), Event()
-        e0.record(be.stream)
-        for _ in range(steps):
-            g.launch(be.stream)
-        e1.record(be.stream)
-        e1.synchronize()
-        return round(e1.elapsed_ms(e0) * 1e3 / steps, 2)
+        return round(replay_ms(be, dg, g, token, pos, steps) * 1e3, 2)
 
     out: dict = {"full_us": per_step_us(graph_of(lambda k: True)), "kinds": {}}
     for kind, count in sorted(kinds.items()):

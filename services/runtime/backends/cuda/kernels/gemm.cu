@@ -153,29 +153,14 @@ __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const w16
         // pass issues the loads of all of this thread's elements of both before adding any, so
         // the reduction waits on ceil(splits / 2) round trips, not (elements x splits).
         each_in_bounds([&](int, int, float& a) { a = 0.f; });
-        float t[2][4][4];
         for (int s = 0; s < splits; s += 2) {
             const float* p0 = ws + (size_t)s * M * N;
             const float* p1 = s + 1 < splits ? p0 + (size_t)M * N : nullptr;
-#pragma unroll
-            for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int m = m0 + wm * 32 + mi * 16 + gid + (e >> 1) * 8;
-                        const int n = n0 + wn * 32 + ni * 8 + tig * 2 + (e & 1);
-                        t[mi][ni][e] = p1 && m < M && n < N ? ld_cg_f32(p1 + (size_t)m * N + n) : 0.f;
-                    }
-            each_in_bounds([&](int m, int n, float& a) { a += ld_cg_f32(p0 + (size_t)m * N + n); });
-            if (p1) {
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) acc[mi][ni][e] += t[mi][ni][e];
-            }
+            each_in_bounds([&](int m, int n, float& a) {
+                const size_t o = (size_t)m * N + n;
+                a += ld_cg_f32(p0 + o);
+                if (p1) a += ld_cg_f32(p1 + o);
+            });
         }
     }
     each_in_bounds([&](int m, int n, float v) {
