@@ -101,7 +101,14 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
             self._log(exc.code, started, fields, decision, detail=exc.detail)
             await context.abort(exc.code, exc.detail)  # raises: ends the RPC
         except asyncio.CancelledError:  # the caller cancelled, or its deadline passed mid-delay
-            self._log(grpc.StatusCode.CANCELLED, started, fields, decision, detail="cancelled by the caller")
+            # gRPC cancels the handler when the deadline passes; on a loaded host that can come
+            # before the delay's own deadline check, so the log says which of the two it was.
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                self._log(grpc.StatusCode.DEADLINE_EXCEEDED, started, fields, decision,
+                          detail="deadline passed during an injected delay; the tool did not run")
+            else:
+                self._log(grpc.StatusCode.CANCELLED, started, fields, decision, detail="cancelled by the caller")
             raise
         self._log(grpc.StatusCode.OK, started, fields, decision, replayed=response.replayed)
         return response
