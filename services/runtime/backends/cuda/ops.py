@@ -205,9 +205,11 @@ class Ops:
     def rope_qknorm(self, qkv: DeviceTensor, positions: DeviceTensor | None, H: int, KVH: int, hd: int,
                     theta: float, *, q_norm: DeviceTensor | None = None, k_norm: DeviceTensor | None = None,
                     eps: float = 0.0, rope: bool = True, store_layer: int | None = None, kc=None, vc=None,
-                    cap: int = 0, state: DeviceTensor | None = None) -> None:
+                    cap: int = 0, state: DeviceTensor | None = None, rope_table=None) -> None:
         """In place on qkv's q and k heads. With `store_layer`, also kv_store's job: k (roped)
-        and v rows to the cache at `positions`, from `state` (a DecodeState) or kc/vc/cap."""
+        and v rows to the cache at `positions`, from `state` (a DecodeState) or kc/vc/cap.
+        With `rope_table` (table, rows) from rope_table(), cos/sin come from it instead of
+        being computed from `theta` (the same values: see rope.cu)."""
         T, stride = qkv.shape
         assert stride == (H + 2 * KVH) * hd and qkv.dtype == "f32" and hd % 2 == 0
         store = store_layer is not None
@@ -218,9 +220,10 @@ class Ops:
         assert (q_norm is None) == (k_norm is None)
         name = _for(q_norm, "rope_qknorm", k_norm) if q_norm is not None else "rope_qknorm"
         heads = H + (2 if store else 1) * KVH
+        table, rows = rope_table if rope_table is not None else (None, 0)
         self._launch(name, (T, math.ceil(heads / 4)), (128,),
-                     (qkv.ptr, _ptr(positions), _ptr(q_norm), _ptr(k_norm), _ptr(kc), _ptr(vc), _ptr(state), H, KVH,
-                      hd, stride, cap, store_layer or 0, theta, eps, flags))
+                     (qkv.ptr, _ptr(positions), _ptr(q_norm), _ptr(k_norm), _ptr(kc), _ptr(vc), _ptr(state),
+                      _ptr(table), H, KVH, hd, stride, cap, store_layer or 0, rows, theta, eps, flags))
 
     def kv_store(self, qkv, positions, kc, vc, H, KVH, hd, cap, layer, state=None) -> None:
         """Store k/v rows at positions; the cache comes from `state` (a DecodeState) when given."""

@@ -34,8 +34,9 @@ ALL_ROWS_MAX = 64      # its largest chunk: [64, vocab] fp32 logits (12.6 MB for
 
 
 class PrefillGraph(StepGraph):
-    def __init__(self, backend, model, bucket: int):
+    def __init__(self, backend, model, bucket: int, rope_table):
         self.be, self.model, self.cfg, self.bucket = backend, model, model.cfg, bucket
+        self.rope_table = rope_table  # (table, rows) of Ops.rope_table, covering every position it sees
         c, empty = self.cfg, backend._empty
         # one device buffer [DecodeState | ids | positions], filled by one copy per prefill
         self.io = empty((STATE_BYTES // 4 + 2 * bucket,), "i32")
@@ -77,7 +78,7 @@ class PrefillGraph(StepGraph):
             ops.rmsnorm(self.r, lw.input_norm, self.h, eps)
             ops.gemm(self.h, lw.qkv, self.qkv, lw.qkv_bias)
             ops.rope_qknorm(self.qkv, self.positions, H, KVH, hd, c.rope_theta, q_norm=lw.q_norm, k_norm=lw.k_norm,
-                            eps=eps, store_layer=i, state=st)  # + the k/v rows into the cache
+                            eps=eps, store_layer=i, state=st, rope_table=self.rope_table)  # + k/v rows to the cache
             ops.attention_prefill(self.qkv, self.positions, None, None, self.attn, H, KVH, hd, 0, i, state=st)
             ops.gemm(self.attn, lw.o, self.r, mode="residual")
             ops.rmsnorm(self.r, lw.post_norm, self.h, eps)
@@ -98,6 +99,9 @@ class PrefillGraph(StepGraph):
             raise ValueError(f"{n} tokens do not fit the {self.bucket}-token prefill graph")
         if start + n > cache.capacity:
             raise ValueError(f"positions {start}..{start + n - 1} exceed the KV cache capacity {cache.capacity}")
+        if start + n > self.rope_table[1]:
+            raise ValueError(f"positions {start}..{start + n - 1} exceed this prefill graph's "
+                             f"{self.rope_table[1]} positions")
         self.be.device.make_current()
         h = self.host
         h["k_cache"], h["v_cache"], h["capacity"] = cache.k.ptr, cache.v.ptr, cache.capacity
@@ -167,7 +171,7 @@ class GraphRunner:
     def prefill_graph(self, n: int) -> PrefillGraph:
         bucket = next((b for b in BUCKETS if b >= n), BUCKETS[-1])
         if bucket not in self.prefills:
-            self.prefills[bucket] = PrefillGraph(self.be, self.model, bucket)
+            self.prefills[bucket] = PrefillGraph(self.be, self.model, bucket, self.decode.rope_table)
         return self.prefills[bucket]
 
     def _chunks(self, ids, start: int, step: int | None = None):

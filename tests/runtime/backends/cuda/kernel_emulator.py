@@ -164,8 +164,8 @@ def _cvtb(mem, grid, block, smem, src, dst, n):
 
 
 @kernel("rope_qknorm")
-def _rope_qknorm(mem, grid, block, smem, qkv, positions, qw, kw, kc, vc, st, H, KVH, hd, stride, cap, layer, theta,
-                 eps, flags):
+def _rope_qknorm(mem, grid, block, smem, qkv, positions, qw, kw, kc, vc, st, rope_cs, H, KVH, hd, stride, cap, layer,
+                 rope_rows, theta, eps, flags):
     T, store = grid[0], bool(flags & 4)
     assert grid[1] * 4 >= H + (2 if store else 1) * KVH and block[0] == 128
     m = f32(mem, qkv, T * stride).reshape(T, stride)
@@ -173,7 +173,13 @@ def _rope_qknorm(mem, grid, block, smem, qkv, positions, qw, kw, kc, vc, st, H, 
     if flags & 2:
         heads[:, :H] = rms(heads[:, :H], wt(mem, qw, hd), eps)
         heads[:, H:] = rms(heads[:, H:], wt(mem, kw, hd), eps)
-    if flags & 1:
+    if flags & 1 and rope_cs:  # cos/sin from the table's rows (a row past it: no rotation)
+        pos = i32(mem, positions, T)
+        table = f32(mem, rope_cs, rope_rows * hd).reshape(rope_rows, hd // 2, 2)
+        for t, p in enumerate(pos):
+            if 0 <= p < rope_rows:
+                heads[t] = rotate_cs(heads[t], table[p, :, 0], table[p, :, 1])
+    elif flags & 1:
         heads = rotate(heads.transpose(1, 0, 2), i32(mem, positions, T), theta).transpose(1, 0, 2)
     m[:, : (H + KVH) * hd] = heads.reshape(T, -1)
     if store:  # kv_store's contract, on the roped rows

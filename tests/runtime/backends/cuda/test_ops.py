@@ -198,6 +198,21 @@ def test_long_context_decode_uses_several_splits(cpu, gpu):
         assert_close(got, ref, 1e-4, 1e-4, f"decode at {p}")
 
 
+@pytest.mark.parametrize("qk", [False, True])
+def test_rope_qknorm_reading_the_rope_table_equals_computing_the_angles(gpu, qk):
+    """The prefill graph's rope_qknorm reads cos/sin from the table: the same bits as computing them."""
+    H, KVH, hd, theta = 4, 2, 64, 1e4
+    pos = np.array([0, 7, 100, 1000, 4095], np.int32)
+    qkv = rand(pos.size, (H + 2 * KVH) * hd)
+    qw, kw = (gpu.upload(1 + 0.1 * rand(hd)), gpu.upload(1 + 0.1 * rand(hd))) if qk else (None, None)
+    computed, from_table = gpu.upload_activation(qkv), gpu.upload_activation(qkv)
+    gpu.ops.rope_qknorm(computed, gpu.ids(pos), H, KVH, hd, theta, q_norm=qw, k_norm=kw, eps=1e-6)
+    gpu.ops.rope_qknorm(from_table, gpu.ids(pos), H, KVH, hd, theta, q_norm=qw, k_norm=kw, eps=1e-6,
+                        rope_table=gpu.ops.rope_table(hd, theta, 4096))
+    assert_close(gpu.to_host(from_table), gpu.to_host(computed), 0, 0, "rope_qknorm, table vs computed")
+    assert not np.array_equal(gpu.to_host(computed), qkv)  # it rotated
+
+
 @pytest.mark.parametrize("hd,n_splits", [(128, 1), (128, 3), (256, 2)])
 def test_decode_attention_takes_a_split_several_stages_at_a_time(cpu, gpu, hd, n_splits):
     """Few splits over a long context: each split stages its keys in shared memory a stage

@@ -6,14 +6,16 @@
 #include "rope.cuh"
 
 // grid (T, ceil(heads/4)), block 128: one warp per (token, head); heads = H+KVH, or H+2KVH
-// with ROPE_FLAG_STORE. The cache (pointers, capacity) comes from `st` when given.
+// with ROPE_FLAG_STORE. The cache (pointers, capacity) comes from `st` when given. The
+// rotation's cos/sin come from `rope_cs` (a rope_table of rope_rows positions: the prefill
+// graph's) when given, else are computed here from `theta` (the op path).
 extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int* __restrict__ positions,
                                        const w16_t* __restrict__ q_norm_w, const w16_t* __restrict__ k_norm_w,
-                                       bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st, int H, int KVH,
-                                       int hd, int qkv_stride, int cap, int layer, float theta, float eps,
-                                       int flags) {
-    float inv_freq[4];  // hd <= 256
-    lane_inv_freqs(inv_freq, hd, theta, flags);
+                                       bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st,
+                                       const float2* __restrict__ rope_cs, int H, int KVH, int hd, int qkv_stride,
+                                       int cap, int layer, int rope_rows, float theta, float eps, int flags) {
+    float inv_freq[4] = {0.f, 0.f, 0.f, 0.f};  // hd <= 256
+    if (!rope_cs) lane_inv_freqs(inv_freq, hd, theta, flags);
     pdl_launch_dependents();
     pdl_wait();
     const bool store = flags & ROPE_FLAG_STORE;
@@ -22,7 +24,18 @@ extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int
     float* head = qkv + (size_t)t * qkv_stride + (size_t)hh * hd;
     // qk_norm alone passes no positions
     const int pos = (flags & (ROPE_FLAG_ROPE | ROPE_FLAG_STORE)) ? positions[t] : 0;
-    if (hh < H + KVH) warp_norm_rope(head, head, hh < H ? q_norm_w : k_norm_w, pos, hd, inv_freq, eps, flags, 1.f);
+    float2 cs[4];
+    if ((flags & ROPE_FLAG_ROPE) && rope_cs) {
+        const int half = hd >> 1;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {  // a padded row past the table: no rotation (its output is unused)
+            const int i = lane + 32 * k;
+            cs[k] = i < half && pos >= 0 && pos < rope_rows ? rope_cs[(size_t)pos * half + i] : make_float2(1.f, 0.f);
+        }
+    } else if (flags & ROPE_FLAG_ROPE) {
+        lane_rope_cs(cs, pos, inv_freq);
+    }
+    if (hh < H + KVH) warp_norm_rope_cs(head, head, hh < H ? q_norm_w : k_norm_w, hd, cs, eps, flags, 1.f);
     if (!store || hh < H) return;
     cache_from_state(st, kc, vc, cap);
     if (pos < 0 || pos >= cap) return;  // a padded row
