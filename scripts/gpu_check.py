@@ -335,7 +335,7 @@ def summary_table(r: dict) -> str:
     probes = dict(r.get("probes") or {})
     for name in SHAPES:  # the A/B of each model's decode step came with its benchmark
         ours = r.get("bench", {}).get(name, {}).get("ours", {})
-        for key in ("decode_ab", "decode_kinds"):
+        for key in ("decode_ab", "decode_kinds", "decode_at_lengths"):
             if ours.get(key):
                 probes[name] = {**(probes.get(name) or {}), key: ours[key]}
     if probes:

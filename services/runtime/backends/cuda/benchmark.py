@@ -79,7 +79,7 @@ def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 1
     """TTFT (prefill graph and eager), decode ms/token (graph, per-token sync; pipelined;
     GPU-only), the op path per token, and a per-kernel breakdown of one decode step."""
     from services.runtime.backends.cuda.loader import load_transformer
-    from services.runtime.backends.cuda.probes import decode_ab, decode_kinds, decode_step_gpu_ms
+    from services.runtime.backends.cuda.probes import decode_ab, decode_at_lengths, decode_kinds, decode_step_gpu_ms
     from services.runtime.model.config import ModelConfig
     from services.runtime.model.weights import Weights
 
@@ -129,6 +129,7 @@ def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 1
     gpu_ms = decode_step_gpu_ms(be, dg, first, prompt_len, decode_tokens)
     ab = decode_ab(be, model, cache, first, prompt_len, decode_tokens)
     kinds = decode_kinds(be, dg, first, prompt_len, decode_tokens)
+    lengths = decode_at_lengths(be, model)
     eager = []
     for s in range(8):  # the op path (Transformer.forward per token), for reference
         t = time.perf_counter()
@@ -142,6 +143,7 @@ def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 1
             "decode_runs_ms": [round(x, 4) for x in runs], "decode_pipelined_ms_per_token": pipelined,
             "decode_gpu_ms_per_step": gpu_ms, "graph_capture_ms": capture_ms, "pdl": dg.pdl_used,
             "kernels_per_step": dg.kernels_per_step(), "decode_ab": ab, "decode_kinds": kinds,
+            "decode_at_lengths": lengths,
             "eager_op_path_ms_per_token": statistics.median(eager), "breakdown_us": step_breakdown(be, dg),
             "gemv_tuning": tuning_summary(be)}
 

@@ -7,6 +7,8 @@ card also gives the numbers to tune by (scripts/gpu_check.py runs them after the
                     PDL, and with the heuristic's GEMV configs instead of the measured ones
   decode_kinds      each kernel kind's share of a decode step inside the graph: the step
                     captured with only that kind's launches, and with all but them
+  decode_at_lengths one decode step's GPU time with the sequence at several lengths (the
+                    attention kernel's splits, stages and merge at long context)
   gemv_sweep        each decode projection of a model shape (qkv, o, gate_up, down, LM head)
                     under every (split-K, threads) the GEMV kernel takes, timed inside a graph
                     as the decode step launches it; every config's output is first checked
@@ -176,6 +178,27 @@ def decode_kinds(be, dg, token: int, pos: int, steps: int) -> dict:
     return out
 
 
+DECODE_LENGTHS = (160, 1024, 4096)
+
+
+def decode_at_lengths(be, model, lengths=DECODE_LENGTHS, steps: int = 32) -> dict:
+    """GPU microseconds per decode step (graph as served, sampling on) from each sequence
+    length, `steps` steps chained: a fresh graph and a zeroed cache of max(lengths) + steps
+    positions (zero K/V rows: times only)."""
+    cap = max(lengths) + steps + 1
+    cache = model.new_cache(cap)
+    try:
+        dg = be.decode_graph(model, cap)
+        dg.bind(cache)
+        dg.step(0, 0)  # captures
+        out = {"steps": steps, "splits": dg.n_splits}
+        for n in lengths:
+            out[f"{n}_us"] = round(replay_ms(be, dg, dg.graph(True), 0, n, steps) * 1e3, 2)
+        return out
+    finally:
+        be.free_kv(cache)
+
+
 def decode_projections(shape: dict) -> dict[str, tuple[int, int, str]]:
     """name -> (N rows, K columns, mode) of one layer's decode GEMVs and the LM head, from an
     HF config dict (bench_models.SHAPES)."""
@@ -274,6 +297,10 @@ def summary_lines(probes: dict) -> list[str]:
             parts = ", ".join(f"{k} {v['only_us']} us alone ({v['count']}x, {v['only_us_each']} each), "
                               f"step without it {v['without_us']}" for k, v in dk["kinds"].items())
             lines.append(f"  {name} step {dk['full_us']} us by kind: {parts}")
+        dl = p.get("decode_at_lengths", {})
+        if dl:
+            lens = ", ".join(f"{k[:-3]}: {v} us" for k, v in dl.items() if k.endswith("_us"))
+            lines.append(f"  {name} decode step by sequence length ({dl.get('splits')} splits at most): {lens}")
         ab = p.get("decode_ab", {})
         if ab:
             lines.append(f"  {name} decode step on the GPU: {ab.get('served_ms')} ms as served; "

@@ -53,6 +53,8 @@ def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch)
     assert "decode ms/tok" in table and "x HF" in table and "greedy parity tiny" in table
     assert "graph node:" in table and "smollm2-135m decode step on the GPU" in table
     assert "smollm2-135m lm_head 100x32: ks" in table
+    assert set(ours["decode_at_lengths"]) >= {"160_us", "1024_us", "4096_us"}
+    assert "smollm2-135m step " in table and "smollm2-135m decode step by sequence length" in table
     assert "gemv tuning (1 shapes, 0.05 s): 960x576 ks1x128->ks2x128 2.5->2.0 us, 576x576 FAILED CudaError" in table
 
 

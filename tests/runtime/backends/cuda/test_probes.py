@@ -174,3 +174,10 @@ def test_decode_kinds_times_each_kernel_kind_of_the_step(gpu, tiny_model):
     assert all(v["only_us"] > 0 and v["without_us"] > 0 for v in kinds["kinds"].values())
     assert "attention_decode" in "\n".join(probes.summary_lines({"tiny": {"decode_kinds": kinds}}))
     assert gpu.ops._launch.__func__ is type(gpu.ops)._launch  # the launcher is put back
+
+
+def test_decode_at_lengths_times_a_step_from_each_length(gpu, tiny_model):
+    got = probes.decode_at_lengths(gpu, tiny_model, lengths=(3, 70), steps=2)
+    assert got["steps"] == 2 and got["splits"] >= 1
+    assert got["3_us"] > 0 and got["70_us"] > 0
+    assert "decode step by sequence length" in "\n".join(probes.summary_lines({"tiny": {"decode_at_lengths": got}}))
