@@ -151,7 +151,8 @@ def run_pytest(out: Path, budget_s: int) -> dict:
         if rc == 5:  # no tests collected
             modules[mod] = "no tests collected"
     (out / "pytest.log").write_text("\n".join(logs))
-    passed = all("failed" not in v and "error" not in v and not v.startswith(("rc ", "not run")) for v in modules.values())
+    passed = all("failed" not in v and "error" not in v and not v.startswith(("rc ", "not run"))
+                 for v in modules.values())
     return {"ran": True, "modules": modules, "passed": passed,
             "summary": "; ".join(f"{k[5:-3]}: {v}" for k, v in modules.items())}
 
@@ -301,9 +302,10 @@ def summary_table(r: dict) -> str:
     for name, p in (r.get("parity") or {}).items():
         if isinstance(p, dict) and "ok" in p:
             div = p.get("free_running_first_divergence")
+            free = "identical" if div is None else (f"parts at step {div['step']} (numpy margin "
+                                                    f"{div['numpy_margin']:.3g}, tol {div['tol']:.3g})")
             lines.append(f"greedy parity {name:<14} {'ok' if p['ok'] else 'FAILED'}; teacher-forced mismatches "
-                         f"{len(p['teacher_forced_argmax_mismatches'])}, free-running "
-                         f"{'identical' if div is None else 'parts at step %d (numpy margin %.3g, tol %.3g)' % (div['step'], div['numpy_margin'], div['tol'])}")
+                         f"{len(p['teacher_forced_argmax_mismatches'])}, free-running {free}")
         else:
             lines.append(f"greedy parity {name}: {p.get('error') if isinstance(p, dict) else p}")
     lines.append("")

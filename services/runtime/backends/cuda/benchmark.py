@@ -31,8 +31,8 @@ def greedy_parity(model_dir: Path, be, prompt_len: int, steps: int, tol_scale: f
 
     def fwd(model, toks, start, cache):
         b = model.backend
-        lg = model.forward(b.ids(np.asarray(toks, np.int32)), b.ids(np.arange(start, start + len(toks), dtype=np.int32)),
-                           cache)
+        positions = np.arange(start, start + len(toks), dtype=np.int32)
+        lg = model.forward(b.ids(np.asarray(toks, np.int32)), b.ids(positions), cache)
         return np.asarray(b.to_host(lg))[-1]
 
     cache = ref.new_cache(cap)

@@ -75,7 +75,8 @@ def test_engine_bench_and_its_report_run(gpu_check, fake_gpu, tmp_path, monkeypa
     with_hf = {**r, "hf": {"ttft_ms": 30.0, "decode_tok_s": 40.0, "decode_ms_per_token": 25.0},
                "decode_speed_ratio_ours_over_hf": 12.5, "ttft_speedup_hf_over_ours": 9.0,
                "same_greedy_tokens": [True, False]}
-    table = gpu_check.summary_table({"engine_bench": {"smollm2-135m": with_hf, "qwen2.5-0.5b": {"skipped": "time budget"},
+    table = gpu_check.summary_table({"engine_bench": {"smollm2-135m": with_hf,
+                                                      "qwen2.5-0.5b": {"skipped": "time budget"},
                                                       "seconds": {"smollm2-135m": 3.0}}})
     assert "engine fast path vs HF" in table and "decode ours/HF 12.5x" in table and "1/2 runs" in table
     assert "time budget" in table and "seconds" not in table.split("engine fast path")[1]
