@@ -15,7 +15,7 @@ from .tensor import WEIGHT_DTYPES, DeviceTensor
 
 ROPE_FLAG_ROPE, ROPE_FLAG_NORM, ROPE_FLAG_STORE = 1, 2, 4
 GEMV_U = 4                 # 16-byte chunks in flight per thread (kernels/gemv.cu GEMV_U)
-ATT_MAXG, ATT_WARPS = 4, 4  # query heads per decode block, a warp each (kernels/attention.cuh)
+ATT_MAXG, ATT_WARPS = 1, 4  # decode attention: query heads per block (grid z is the head), warps per block
 ATT_STAGE_ELEMS, ATT_KPAD = 8192, 8  # decode attention's shared K/V stage (kernels/attention_decode.cu)
 GEMM_TILE, GEMM_BK = 64, 32
 GEMM_RESIDUAL, GEMM_A_SWIGLU = 1, 2  # kernels/gemm.cu mode bits
@@ -40,10 +40,11 @@ def decode_stage_keys(hd: int) -> int:
 
 
 def decode_smem_bytes(hd: int) -> int:
-    """q heads, new k/v (fp32), per-warp probabilities, then the K (padded rows) and V stage,
-    D = the kernel variant's head_dim columns each."""
+    """q, new k/v (fp32), the warps' accumulators, maxima, sums and probabilities, then the K
+    (padded rows) and V stage, D = the kernel variant's head_dim columns each."""
     d = head_dim_variant(hd)
-    return 4 * (ATT_MAXG * hd + 2 * hd + ATT_WARPS * 32) + 2 * decode_stage_keys(hd) * (2 * d + ATT_KPAD)
+    return (4 * (3 * hd + ATT_WARPS * hd + 2 * ATT_WARPS + ATT_WARPS * 32)
+            + 2 * decode_stage_keys(hd) * (2 * d + ATT_KPAD))
 
 
 def _for(weight: DeviceTensor, name: str, *others: DeviceTensor | None) -> str:

@@ -315,12 +315,11 @@ def _prefill(mem, grid, block, smem, D, qkv, positions, kc, vc, st, out, T, H, K
 def _decode(mem, grid, block, smem, D, qkv, pos_ptr, kc, vc, st, out, qw, kw, ws, counters, rope_cs, H, KVH, hd,
             cap, layer, rope_rows, scale, eps, flags):
     G = H // KVH
-    hz = math.ceil(G / 4)
     assert hd <= D and hd % 8 == 0 and (D == 32 or hd > D // 2), f"head_dim {hd} in the d{D} variant"
-    assert grid[1] == KVH and grid[2] == hz and block[0] == 128
-    assert smem >= 4 * (4 * hd + 2 * hd + 128) + 2 * (8192 // D) * (2 * D + 8)
-    mem.check(ws, 4 * KVH * hz * grid[0] * (8 + 4 * hd))
-    assert (i32(mem, counters, KVH * hz) == 0).all(), "decode counters not at rest"
+    assert grid[1] == KVH and grid[2] == G and block[0] == 128  # a block per (split, query head)
+    assert smem >= 4 * (7 * hd + 8 + 128) + 2 * (8192 // D) * (2 * D + 8)
+    mem.check(ws, 4 * KVH * G * grid[0] * (2 + hd))
+    assert (i32(mem, counters, KVH * G) == 0).all(), "decode counters not at rest"
     if st:
         s = state_view(mem, st)[0]
         pos, kc, vc, cap = int(s["pos"]), int(s["k_cache"]), int(s["v_cache"]), int(s["capacity"])

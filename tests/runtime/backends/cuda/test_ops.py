@@ -213,10 +213,11 @@ def test_rope_qknorm_reading_the_rope_table_equals_computing_the_angles(gpu, qk)
     assert not np.array_equal(gpu.to_host(computed), qkv)  # it rotated
 
 
-@pytest.mark.parametrize("hd,n_splits", [(128, 1), (128, 3), (256, 2)])
+@pytest.mark.parametrize("hd,n_splits", [(32, 1), (128, 1), (128, 3), (256, 2)])
 def test_decode_attention_takes_a_split_several_stages_at_a_time(cpu, gpu, hd, n_splits):
     """Few splits over a long context: each split stages its keys in shared memory a stage
-    (8192 / head_dim keys) at a time, the next stage loading while this one is used."""
+    (8192 / head_dim keys) at a time, the next stage loading while this one is used; at head_dim
+    32 a stage is 256 keys, two 32-key tiles for each of the four warps."""
     H, KVH, cap, pos = 4, 2, 320, 300
     cc, cg = cpu.alloc_kv(1, KVH, cap, hd), gpu.alloc_kv(1, KVH, cap, hd)
     prefix = _qkv_bf16_kv(pos, H, KVH, hd)

@@ -1,25 +1,26 @@
 // Decode attention for one token, fused: (q/k norm +) RoPE of q and of the new k (its cos/sin
 // read from a rope table row: rope.cu rope_table), the k/v store, and attention split over the
-// sequence. The position (and, in a decode graph, the
-// cache pointers and capacity) are read from device memory, so one captured graph serves
-// every step. Splits combine through a workspace: the last block to finish (atomic ticket)
-// merges them in split order. Scores and softmax are fp32; q stays fp32.
+// sequence. The position (and, in a decode graph, the cache pointers and capacity) are read
+// from device memory, so one captured graph serves every step. Splits combine through a
+// workspace: the last block to finish (atomic ticket) merges them in split order. Scores and
+// softmax are fp32; q stays fp32.
 #include "attention.cuh"
 
 // ---- decode -------------------------------------------------------------------------------
-// grid (n_splits, KVH, ceil(G/ATT_MAXG)), block 128. A block takes a kv head's keys of one
-// split, ATT_STAGE(D) at a time: the whole stage's K and V rows are loaded at once (16 16-byte
-// loads per thread) into shared memory, so a stage costs one memory round trip; then warp w
-// serves query head g0 + w from there (a lane per key for q.k, a lane per dimension for p.v).
-// Dynamic smem: decode_smem_bytes(D, hd) (ops.py mirrors it). ws: KVH*gridDim.z*n_splits*
-// (2*ATT_MAXG + ATT_MAXG*hd) floats; counters: KVH*gridDim.z ints, zero at rest. With `st`
-// non-null the position, the cache pointers and the capacity come from it (a decode graph: one
-// graph serves every sequence); else from pos_ptr / kc / vc / cap.
+// grid (n_splits, KVH, G), block 128: a block serves query head blockIdx.z of kv head
+// blockIdx.y over one split of the keys, ATT_STAGE(D) keys at a time: the whole stage's K and V
+// rows are loaded at once (16 16-byte loads per thread) into shared memory, so a stage costs
+// one memory round trip; its 32-key tiles are shared out over the four warps (a lane per key
+// for q.k, a lane per dimension for p.v), and the warps' partial softmaxes merge at the end.
+// Dynamic smem: decode_smem_bytes(hd) (ops.py mirrors it). ws: KVH*G*n_splits*(2 + hd) floats;
+// counters: KVH*G ints, zero at rest. With `st` non-null the position, the cache pointers and
+// the capacity come from it (a decode graph: one graph serves every sequence); else from
+// pos_ptr / kc / vc / cap.
 //
 // At batch 1 the kernel is bound by latency: the chain of memory round trips (the state, then
-// the stage, then the split merge's) and its code, fetched cold at every launch (the weights
-// stream through L2 between two layers). So no loop over heads or keys is unrolled beyond the
-// loads that must be in flight together.
+// the stage, then the split merge's), the serial work of each warp, and its code, fetched cold
+// at every launch (the weights stream through L2 between two layers). So every warp takes its
+// share of the keys, and no loop is unrolled beyond the loads that must be in flight together.
 #define ATT_STAGE_ELEMS 8192  // K (and V) elements staged per round: ATT_STAGE(D) keys of D dims
 #define ATT_STAGE(D) (ATT_STAGE_ELEMS / (D))
 #define ATT_KPAD 8            // bf16 of padding per staged key row: 16-byte lane reads hit distinct banks
@@ -37,15 +38,18 @@ __device__ __forceinline__ void attention_decode_body(
     __shared__ int s_last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int ldk = D + ATT_KPAD;                      // staged key row stride (bf16)
-    float* Qs = reinterpret_cast<float*>(smem4);       // [MAXG][hd], normed + roped + scaled
-    float* Knf = Qs + ATT_MAXG * hd;                   // [hd] new k, fp32
+    float* Qs = reinterpret_cast<float*>(smem4);       // [hd] the query head, normed + roped + scaled
+    float* Knf = Qs + hd;                              // [hd] new k, fp32
     float* Vnf = Knf + hd;                             // [hd] new v, fp32
-    float* Ps = Vnf + hd;                              // [4][32] each warp's tile of probabilities
+    float* Wacc = Vnf + hd;                            // [4][hd] each warp's p.v accumulator
+    float* Wm = Wacc + ATT_WARPS * hd;                 // [4] each warp's running max
+    float* Wl = Wm + ATT_WARPS;                        // [4] each warp's sum of p
+    float* Ps = Wl + ATT_WARPS;                        // [4][32] each warp's tile of probabilities
     bf16_t* Ks = reinterpret_cast<bf16_t*>(Ps + ATT_WARPS * KT);  // [STAGE][D + KPAD]
     bf16_t* Vs = Ks + STAGE * ldk;                     // [STAGE][D]
 
     const int n_splits = gridDim.x, split = blockIdx.x, kvh = blockIdx.y;
-    const int G = H / KVH, g0 = blockIdx.z * ATT_MAXG, Gb = min(ATT_MAXG, G - g0);
+    const int G = H / KVH, head = kvh * G + blockIdx.z;
     // Before pdl_wait(), overlapping the qkv projection: the position, the cache pointers, the
     // first stage of K/V rows and the RoPE row. None of it is written by this step's earlier
     // kernels: the DecodeState changes only in the previous step's sampler and rows < pos were
@@ -90,18 +94,17 @@ __device__ __forceinline__ void attention_decode_body(
     pdl_wait();
     // The block's q heads and its kv head's new k and v (this step's qkv projection).
     const int stride_k = H * hd, stride_v = (H + KVH) * hd;
-    for (int idx = threadIdx.x; idx < (Gb + 2) * hd; idx += blockDim.x) {
+    for (int idx = threadIdx.x; idx < 3 * hd; idx += blockDim.x) {  // q, k, v: Qs, Knf, Vnf are contiguous
         const int item = idx / hd, d = idx - item * hd;
-        const size_t c = item < Gb ? (size_t)(kvh * G + g0 + item) * hd
-                                   : (size_t)(item == Gb ? stride_k : stride_v) + (size_t)kvh * hd;
-        (item < Gb ? Qs + item * hd : item == Gb ? Knf : Vnf)[d] = qkv[c + d];
+        const size_t c = item == 0 ? (size_t)head * hd : (size_t)(item == 1 ? stride_k : stride_v) + (size_t)kvh * hd;
+        Qs[idx] = qkv[c + d];
     }
     __syncthreads();
-    for (int item = warp; item <= Gb; item += ATT_WARPS)  // in place: q heads (scaled), then the new k
-        warp_norm_rope_cs(item < Gb ? Qs + item * hd : Knf, item < Gb ? Qs + item * hd : Knf,
-                          item < Gb ? q_norm_w : k_norm_w, hd, cs, eps, flags, item < Gb ? scale : 1.f);
+    if (warp < 2)  // in place: warp 0 the query head (scaled), warp 1 the new k
+        warp_norm_rope_cs(warp == 0 ? Qs : Knf, warp == 0 ? Qs : Knf, warp == 0 ? q_norm_w : k_norm_w, hd, cs, eps,
+                          flags, warp == 0 ? scale : 1.f);
 
-    const float* q = Qs + warp * hd;
+    const float* q = Qs;
     float* P = Ps + warp * KT;
     float m = NEG_INF, l = 0.f, acc[DPL];
 #pragma unroll
@@ -131,62 +134,71 @@ __device__ __forceinline__ void attention_decode_body(
             __syncthreads();
         }
         if (s0 + STAGE < end) stage_load(s0 + STAGE);  // long contexts: the next stage is in flight meanwhile
-        if (warp < Gb) {  // warp-uniform: this warp's head
-            const int s_end = min(end, s0 + STAGE);
+        const int s_end = min(end, s0 + STAGE);
 #pragma unroll 1
-            for (int k0 = s0; k0 < s_end; k0 += KT) {
-                const int j = k0 + lane;
-                float s = NEG_INF;
-                if (j < s_end) {
-                    const uint4* kr = reinterpret_cast<const uint4*>(Ks + (j - s0) * ldk);
-                    s = 0.f;
+        for (int k0 = s0 + warp * KT; k0 < s_end; k0 += ATT_WARPS * KT) {  // this warp's tiles
+            const int j = k0 + lane;
+            float s = NEG_INF;
+            if (j < s_end) {
+                const uint4* kr = reinterpret_cast<const uint4*>(Ks + (j - s0) * ldk);
+                s = 0.f;
 #pragma unroll 4
-                    for (int c = 0; c < D / 8; ++c)  // a fixed trip count: no remainder loop in the code
-                        if (c < nc) s += dot8(kr[c], q + c * 8);
-                }
-                const float m_new = fmaxf(m, warp_max(s));  // finite: lane 0's key is valid
-                const float alpha = expf(m - m_new);
-                const float p = j < s_end ? expf(s - m_new) : 0.f;
-                l = l * alpha + p;
-#pragma unroll
-                for (int dd = 0; dd < DPL; ++dd) acc[dd] *= alpha;
-                m = m_new;
-                P[lane] = p;
-                __syncwarp();
-                const bf16_t* vt = Vs + (k0 - s0) * D;
-                // Keys in order, all KT of the tile: past s_end p is 0 and the staged rows are 0.
-#pragma unroll 8
-                for (int jj = 0; jj < KT; ++jj) {
-                    const float pj = P[jj];
-#pragma unroll
-                    for (int dd = 0; dd < DPL; ++dd) {
-                        const int d = lane + 32 * dd;
-                        if (d < hd) acc[dd] = fmaf(pj, bf16_to_f32(vt[jj * D + d]), acc[dd]);
-                    }
-                }
-                __syncwarp();
+                for (int c = 0; c < D / 8; ++c)  // a fixed trip count: no remainder loop in the code
+                    if (c < nc) s += dot8(kr[c], q + c * 8);
             }
+            const float m_new = fmaxf(m, warp_max(s));  // finite: lane 0's key is valid
+            const float alpha = expf(m - m_new);
+            const float p = j < s_end ? expf(s - m_new) : 0.f;
+            l = l * alpha + p;
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd) acc[dd] *= alpha;
+            m = m_new;
+            P[lane] = p;
+            __syncwarp();
+            const bf16_t* vt = Vs + (k0 - s0) * D;
+            // Keys in order, all KT of the tile: past s_end p is 0 and the staged rows are 0.
+#pragma unroll 8
+            for (int jj = 0; jj < KT; ++jj) {
+                const float pj = P[jj];
+#pragma unroll
+                for (int dd = 0; dd < DPL; ++dd) {
+                    const int d = lane + 32 * dd;
+                    if (d < hd) acc[dd] = fmaf(pj, bf16_to_f32(vt[jj * D + d]), acc[dd]);
+                }
+            }
+            __syncwarp();
         }
         __syncthreads();  // the stage is consumed before the next one overwrites it
     }
 
-    const int rec = 2 * ATT_MAXG + ATT_MAXG * hd;  // one split's record in ws: m[G] l[G] acc[G][hd]
-    if (warp < Gb) {
-        const float L = warp_sum(l);
+    // The four warps' partial softmaxes, merged in warp order (a warp that saw no key has
+    // m = -inf, l = 0), into the output or this split's record in ws: m, l, acc[hd].
+    {
+        const float lw = warp_sum(l);
+        if (lane == 0) { Wm[warp] = m; Wl[warp] = lw; }
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd)
+            if (lane + 32 * dd < hd) Wacc[warp * hd + lane + 32 * dd] = acc[dd];
+    }
+    __syncthreads();
+    const int rec = 2 + hd;
+    float* my_rec = ws + ((size_t)(kvh * gridDim.z + blockIdx.z) * n_splits + split) * rec;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float M = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, Wm[w]);
+        float L = 0.f, O = 0.f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; ++w) {
+            const float a = Wm[w] == NEG_INF ? 0.f : expf(Wm[w] - M);
+            L += a * Wl[w];
+            O += a * Wacc[w * hd + d];
+        }
         if (active == 1) {
-            float* o = out + (size_t)(kvh * G + g0 + warp) * hd;
-#pragma unroll
-            for (int dd = 0; dd < DPL; ++dd)
-                if (lane + 32 * dd < hd) o[lane + 32 * dd] = acc[dd] / L;
+            out[(size_t)head * hd + d] = O / L;
         } else {
-            float* my_rec = ws + ((size_t)(kvh * gridDim.z + blockIdx.z) * n_splits + split) * rec;
-            if (lane == 0) {
-                my_rec[warp] = m;
-                my_rec[ATT_MAXG + warp] = L;
-            }
-#pragma unroll
-            for (int dd = 0; dd < DPL; ++dd)
-                if (lane + 32 * dd < hd) my_rec[2 * ATT_MAXG + warp * hd + lane + 32 * dd] = acc[dd];
+            if (d == 0) { my_rec[0] = M; my_rec[1] = L; }
+            my_rec[2 + d] = O;
         }
     }
     if (active == 1) return;
@@ -203,15 +215,13 @@ __device__ __forceinline__ void attention_decode_body(
     // trips per MB splits rather than three per split; the sums still run in split order.
     constexpr int MB = 4;
     const float* recs = ws + (size_t)(kvh * gridDim.z + blockIdx.z) * n_splits * rec;
-    for (int idx = threadIdx.x; idx < Gb * hd; idx += blockDim.x) {
-        const int g = idx / hd, d = idx - g * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float M = NEG_INF;
 #pragma unroll 1
         for (int s0 = 0; s0 < active; s0 += MB) {
             float mv[MB];
 #pragma unroll
-            for (int b = 0; b < MB; ++b)
-                mv[b] = s0 + b < active ? ld_cg_f32(recs + (size_t)(s0 + b) * rec + g) : NEG_INF;
+            for (int b = 0; b < MB; ++b) mv[b] = s0 + b < active ? ld_cg_f32(recs + (size_t)(s0 + b) * rec) : NEG_INF;
 #pragma unroll
             for (int b = 0; b < MB; ++b) M = fmaxf(M, mv[b]);
         }
@@ -222,9 +232,9 @@ __device__ __forceinline__ void attention_decode_body(
 #pragma unroll
             for (int b = 0; b < MB; ++b) {
                 const float* rp = recs + (size_t)(s0 + b < active ? s0 + b : 0) * rec;
-                mv[b] = ld_cg_f32(rp + g);
-                lv[b] = ld_cg_f32(rp + ATT_MAXG + g);
-                ov[b] = ld_cg_f32(rp + 2 * ATT_MAXG + g * hd + d);
+                mv[b] = ld_cg_f32(rp);
+                lv[b] = ld_cg_f32(rp + 1);
+                ov[b] = ld_cg_f32(rp + 2 + d);
             }
 #pragma unroll
             for (int b = 0; b < MB; ++b) {
@@ -234,7 +244,7 @@ __device__ __forceinline__ void attention_decode_body(
                 O += a * ov[b];
             }
         }
-        out[(size_t)(kvh * G + g0 + g) * hd + d] = O / L;
+        out[(size_t)head * hd + d] = O / L;
     }
     if (threadIdx.x == 0) *counter = 0;  // ready for the next layer / step
 }
