@@ -18,7 +18,7 @@ GEMV_U = 4                 # 16-byte chunks in flight per thread (kernels/gemv.c
 ATT_MAXG, ATT_WARPS = 1, 4  # decode attention: query heads per block (grid z is the head), warps per block
 ATT_STAGE_ELEMS, ATT_KPAD = 8192, 8  # decode attention's shared K/V stage (kernels/attention_decode.cu)
 GEMM_TILE, GEMM_BK = 64, 32
-GEMM_RESIDUAL, GEMM_A_SWIGLU = 1, 2  # kernels/gemm.cu mode bits
+GEMM_RESIDUAL, GEMM_A_SWIGLU, GEMM_ROW_SS, GEMM_A_NORM = 1, 2, 4, 8  # kernels/gemm.cu mode bits
 
 
 def _aligned(t: DeviceTensor, n: int = 16) -> bool:
@@ -175,16 +175,26 @@ class Ops:
                      (W.ptr, x.ptr, _ptr(bias), _ptr(norm_w), y.ptr, N, K, F, ks, eps), smem)
 
     def gemm(self, x: DeviceTensor, W: DeviceTensor, y: DeviceTensor, bias: DeviceTensor | None = None,
-             mode: str = "store", swiglu_input: bool = False) -> None:
+             mode: str = "store", swiglu_input: bool = False, norm: tuple | None = None,
+             row_ss: DeviceTensor | None = None) -> None:
         """Several tokens on tensor cores: y (=|+=) x @ W^T (+b); K split when tiles are few.
-        With `swiglu_input`, x is gate|up [M, 2K] and the product takes silu(gate) * up."""
+        With `swiglu_input`, x is gate|up [M, 2K] and the product takes silu(gate) * up.
+        With `row_ss` (f32, >= M * ceil(N/64)), also each row's sum of squares of y's new values
+        per 64 columns (the residual GEMMs of a prefill). With `norm` = (norm weight, row_ss,
+        eps), x is the residual stream that row_ss describes and the product takes
+        rmsnorm(x) * norm weight, so no rmsnorm launch is needed."""
         M, K = x.shape[0], W.shape[1]
         N = W.shape[0]
         assert x.shape == (M, 2 * K if swiglu_input else K), (x.shape, W.shape, swiglu_input)
         assert x.dtype == y.dtype == "f32" and y.shape == (M, N)
         assert K % 8 == 0 and _aligned(W) and _aligned(x), "gemm needs K % 8 == 0 and 16-byte aligned W, x"
         assert bias is None or bias.numel == N
+        assert not (norm and swiglu_input), "one input transform at a time"
+        assert not (norm and row_ss is not None), "row_ss is read (norm) or written (row_ss), not both"
         tiles_n, tiles_m = math.ceil(N / GEMM_TILE), math.ceil(M / GEMM_TILE)
+        assert row_ss is None or (row_ss.dtype == "f32" and row_ss.numel >= M * tiles_n)
+        norm_w, ss_in, eps = norm if norm is not None else (None, None, 0.0)
+        assert norm is None or (norm_w.numel == K and ss_in.numel >= M * math.ceil(K / GEMM_TILE))
         k_steps = math.ceil(K / GEMM_BK)
         splits = 1
         if tiles_n * tiles_m < self.sm_count and k_steps >= 4:
@@ -197,10 +207,12 @@ class Ops:
         splits = math.ceil(K / k_per_split)
         ws = self.gemm_ws.get(splits * M * N) if splits > 1 else None
         counters = self.gemm_counters.get(tiles_n * tiles_m) if splits > 1 else None
-        flags = (GEMM_RESIDUAL if mode == "residual" else 0) | (GEMM_A_SWIGLU if swiglu_input else 0)
-        name = "gemm_swiglu_bf16" if swiglu_input else "gemm_bf16"
-        self._launch(_for(W, name, bias), (tiles_n, tiles_m, splits), (128,),
-                     (x.ptr, W.ptr, _ptr(bias), y.ptr, _ptr(ws), _ptr(counters), M, N, K, k_per_split, flags))
+        flags = ((GEMM_RESIDUAL if mode == "residual" else 0) | (GEMM_A_SWIGLU if swiglu_input else 0)
+                 | (GEMM_ROW_SS if row_ss is not None else 0) | (GEMM_A_NORM if norm is not None else 0))
+        name = "gemm_swiglu_bf16" if swiglu_input else "gemm_norm_bf16" if norm is not None else "gemm_bf16"
+        self._launch(_for(W, name, bias, norm_w), (tiles_n, tiles_m, splits), (128,),
+                     (x.ptr, W.ptr, _ptr(bias), y.ptr, _ptr(ws), _ptr(counters),
+                      _ptr(row_ss if row_ss is not None else ss_in), _ptr(norm_w), M, N, K, k_per_split, flags, eps))
 
     # ---- attention ------------------------------------------------------------------------
     def rope_qknorm(self, qkv: DeviceTensor, positions: DeviceTensor | None, H: int, KVH: int, hd: int,

@@ -8,12 +8,15 @@ The logits come from the last valid row (select_row reads the count from the Dec
 a third variant (ALL_ROWS, buckets up to ALL_ROWS_MAX) keeps every row's logits, for forced
 text whose per-token uncertainty was asked for.
 Prompts longer than the largest bucket run in chunks, each attending to the earlier ones
-through the cache. Per layer: rmsnorm, GEMM qkv, RoPE (+ q/k norm) with the k/v store,
-attention, GEMM o (+= residual), rmsnorm, GEMM gate|up, GEMM down taking SwiGLU of its input
-(+= residual).
+through the cache. Per layer: GEMM qkv taking rmsnorm of its input, RoPE (+ q/k norm) with
+the k/v store, attention, GEMM o (+= residual), GEMM gate|up taking rmsnorm of its input, GEMM
+down taking SwiGLU of its input (+= residual): six kernels. The residual GEMMs leave each row's
+sum of squares per 64 columns in `row_ss`, from which the next GEMM normalizes its input as it
+stages it; the first layer's input norm (after the embedding) is an rmsnorm launch.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +26,7 @@ from services.runtime.backends.base import KVCache
 from .decode import DecodeGraph
 from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph
+from .ops import GEMM_TILE
 from .state import DECODE_STATE, new_state, set_sampling
 from .step_graph import StepGraph
 from .tensor import DeviceTensor
@@ -44,6 +48,7 @@ class PrefillGraph(StepGraph):
         self.ids = DeviceTensor(self.io.ptr + STATE_BYTES, (bucket,), "i32", self.io.buffer)
         self.positions = DeviceTensor(self.io.ptr + STATE_BYTES + 4 * bucket, (bucket,), "i32", self.io.buffer)
         self.r, self.h = empty((bucket, c.hidden_size)), empty((bucket, c.hidden_size))
+        self.row_ss = empty((bucket * math.ceil(c.hidden_size / GEMM_TILE),))  # see the module docstring
         self.qkv, self.attn = empty((bucket, c.qkv_size)), empty((bucket, c.q_size))
         self.gu = empty((bucket, 2 * c.intermediate_size))
         self.last, self.logits = empty((1, c.hidden_size)), empty((1, c.vocab_size))
@@ -75,15 +80,18 @@ class PrefillGraph(StepGraph):
         H, KVH, hd, eps, st = c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps, self.state
         ops.embedding(m.embed, self.ids, self.r)
         for i, lw in enumerate(m.layers):
-            ops.rmsnorm(self.r, lw.input_norm, self.h, eps)
-            ops.gemm(self.h, lw.qkv, self.qkv, lw.qkv_bias)
+            if i == 0:
+                ops.rmsnorm(self.r, lw.input_norm, self.h, eps)
+                ops.gemm(self.h, lw.qkv, self.qkv, lw.qkv_bias)
+            else:  # normalized from the previous down projection's row sums
+                ops.gemm(self.r, lw.qkv, self.qkv, lw.qkv_bias, norm=(lw.input_norm, self.row_ss, eps))
             ops.rope_qknorm(self.qkv, self.positions, H, KVH, hd, c.rope_theta, q_norm=lw.q_norm, k_norm=lw.k_norm,
                             eps=eps, store_layer=i, state=st, rope_table=self.rope_table)  # + k/v rows to the cache
             ops.attention_prefill(self.qkv, self.positions, None, None, self.attn, H, KVH, hd, 0, i, state=st)
-            ops.gemm(self.attn, lw.o, self.r, mode="residual")
-            ops.rmsnorm(self.r, lw.post_norm, self.h, eps)
-            ops.gemm(self.h, lw.gate_up, self.gu)
-            ops.gemm(self.gu, lw.down, self.r, mode="residual", swiglu_input=True)  # silu(gate) * up as it loads
+            ops.gemm(self.attn, lw.o, self.r, mode="residual", row_ss=self.row_ss)
+            ops.gemm(self.r, lw.gate_up, self.gu, norm=(lw.post_norm, self.row_ss, eps))
+            ops.gemm(self.gu, lw.down, self.r, mode="residual", swiglu_input=True,  # silu(gate) * up as it loads
+                     row_ss=self.row_ss)
         if sample == ALL_ROWS:
             ops.rmsnorm(self.r, m.final_norm, self.h, eps)
             ops.gemm(self.h, m.lm_head, self.all_logits)

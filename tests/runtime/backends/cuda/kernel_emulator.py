@@ -18,8 +18,8 @@ KERNELS = {}
 
 def static_smem(name: str) -> int:
     name = base_kernel(name)
-    gemm = 2 * 2 * 64 * 40 * 2 + 4
-    return {"gemm_bf16": gemm, "gemm_swiglu_bf16": gemm, "sample_reduce": 32 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
+    gemm = 2 * 2 * 64 * 40 * 2 + 2 * 64 * 4 + 4
+    return {"gemm_bf16": gemm, "gemm_swiglu_bf16": gemm, "gemm_norm_bf16": gemm, "sample_reduce": 32 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
 
 
 def kernel(name):
@@ -225,17 +225,23 @@ def _kv_store(mem, grid, block, smem, qkv, positions, kc, vc, st, H, KVH, hd, ca
 
 @kernel("gemm_swiglu_bf16")
 def _gemm_swiglu(mem, grid, block, smem, *args):
-    assert args[-1] & 2, "gemm_swiglu_bf16 is launched with GEMM_A_SWIGLU"
+    assert args[-2] & 2 and not args[-2] & 8, "gemm_swiglu_bf16 is launched with GEMM_A_SWIGLU alone"
+    _gemm_any(mem, grid, block, smem, *args)
+
+
+@kernel("gemm_norm_bf16")
+def _gemm_norm(mem, grid, block, smem, *args):
+    assert args[-2] & 8 and not args[-2] & 6, "gemm_norm_bf16 is launched with GEMM_A_NORM alone"
     _gemm_any(mem, grid, block, smem, *args)
 
 
 @kernel("gemm_bf16")
 def _gemm(mem, grid, block, smem, *args):
-    assert not args[-1] & 2, "silu(gate) * up staging is gemm_swiglu_bf16's"
+    assert not args[-2] & 10, "silu(gate) * up and rmsnorm staging are the other instantiations'"
     _gemm_any(mem, grid, block, smem, *args)
 
 
-def _gemm_any(mem, grid, block, smem, A, W, bias, C, ws, counters, M, N, K, kps, mode):
+def _gemm_any(mem, grid, block, smem, A, W, bias, C, ws, counters, row_ss, norm_w, M, N, K, kps, mode, eps):
     assert block == (128, 1, 1) and K % 8 == 0 and A % 16 == 0 and W % 16 == 0
     assert grid[0] * 64 >= N and grid[1] * 64 >= M and kps % 32 == 0
     assert grid[2] * kps >= K and (grid[2] - 1) * kps < K, "a split with no K range"
@@ -247,6 +253,11 @@ def _gemm_any(mem, grid, block, smem, A, W, bias, C, ws, counters, M, N, K, kps,
         g, u = gu[:, :K], gu[:, K:]
         with np.errstate(over="ignore"):
             a = round_w((g / (1 + np.exp(-g)) * u).astype(np.float32))
+    elif mode & 8:  # rmsnorm(A) * norm_w, the mean square from row_ss's ceil(K/64) partials per row
+        tiles = -(-K // 64)
+        ss = f32(mem, row_ss, M * tiles).reshape(M, tiles).astype(np.float64).sum(axis=1)
+        inv = (1.0 / np.sqrt(ss / K + eps)).astype(np.float32)
+        a = round_w(f32(mem, A, M * K).reshape(M, K) * inv[:, None] * wt(mem, norm_w, K))
     else:
         a = round_w(f32(mem, A, M * K)).reshape(M, K)
     y = (a.astype(np.float64) @ wt(mem, W, N * K).reshape(N, K).T.astype(np.float64)).astype(np.float32)
@@ -254,6 +265,11 @@ def _gemm_any(mem, grid, block, smem, A, W, bias, C, ws, counters, M, N, K, kps,
         y += wt(mem, bias, N)
     c = f32(mem, C, M * N).reshape(M, N)
     c[:] = c + y if mode & 1 else y
+    if mode & 4:  # each row's sum of squares per 64 columns of the new values
+        tiles = grid[0]
+        sq = np.zeros((M, tiles * 64), np.float64)
+        sq[:, :N] = c.astype(np.float64) ** 2
+        f32(mem, row_ss, M * tiles)[:] = sq.reshape(M, tiles, 64).sum(axis=2).reshape(-1)
 
 
 @kernel("gemv")

@@ -282,6 +282,26 @@ def test_decode_attention_with_the_rope_table_equals_rope_then_attention(gpu, H,
     assert gpu.ops.rope_table(hd, theta, cap // 2)[0] is table[0]  # built once
 
 
+@pytest.mark.parametrize("M,D,N", [(7, 576, 960), (32, 200, 96), (70, 64, 130)])
+def test_gemm_taking_rmsnorm_from_the_residual_gemms_row_sums_equals_rmsnorm_then_gemm(gpu, M, D, N):
+    """The prefill's residual GEMM leaves each row's sum of squares per 64 columns; the next
+    GEMM normalizes its input from them as it stages it (no rmsnorm launch)."""
+    x, r0 = rand(M, D), rand(M, D)
+    Wo = gpu.upload(rand(D, D, scale=D ** -0.5))
+    W = gpu.upload(rand(N, D, scale=D ** -0.5))
+    nw_g = gpu.upload(1 + 0.1 * rand(D))
+    r = gpu.upload_activation(r0)
+    row_ss = gpu._empty((M * -(-D // 64),))
+    gpu.ops.gemm(gpu.upload_activation(x), Wo, r, mode="residual", row_ss=row_ss)
+    r_host = gpu.to_host(r)
+    sums = gpu.to_host(row_ss).reshape(M, -1).sum(axis=1)
+    assert_close(sums, (r_host.astype(np.float64) ** 2).sum(axis=1), 1e-5, 1e-5, "row sums of squares")
+    want, got = gpu._empty((M, N)), gpu._empty((M, N))
+    gpu.ops.gemm(gpu.rmsnorm(r, nw_g, 1e-5), W, want)
+    gpu.ops.gemm(r, W, got, norm=(nw_g, row_ss, 1e-5))
+    assert_close(gpu.to_host(got), gpu.to_host(want), 1e-3, 1e-3, "gemm(rmsnorm(r)) from the row sums")
+
+
 @pytest.mark.parametrize("M,F,N", [(7, 1536, 576), (32, 96, 200), (70, 64, 50)])
 def test_gemm_taking_swiglu_of_its_input_equals_swiglu_then_gemm(gpu, M, F, N):
     """The prefill's down projection reads gate|up and applies silu(gate) * up as it stages A."""
