@@ -92,9 +92,8 @@ class PrefillGraph(StepGraph):
             ops.gemm(self.r, lw.gate_up, self.gu, norm=(lw.post_norm, self.row_ss, eps))
             ops.gemm(self.gu, lw.down, self.r, mode="residual", swiglu_input=True,  # silu(gate) * up as it loads
                      row_ss=self.row_ss)
-        if sample == ALL_ROWS:
-            ops.rmsnorm(self.r, m.final_norm, self.h, eps)
-            ops.gemm(self.h, m.lm_head, self.all_logits)
+        if sample == ALL_ROWS:  # the final norm from the last down projection's row sums, as above
+            ops.gemm(self.r, m.lm_head, self.all_logits, norm=(m.final_norm, self.row_ss, eps))
             return
         ops.select_row(self.r, self.last, st)
         ops.gemv(m.lm_head, self.last, self.logits, norm_w=m.final_norm, eps=eps)
