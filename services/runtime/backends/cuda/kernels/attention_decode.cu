@@ -92,7 +92,7 @@ __device__ __forceinline__ void attention_decode_body(
     }
     pdl_launch_dependents();
     pdl_wait();
-    // The block's q heads and its kv head's new k and v (this step's qkv projection).
+    // The block's query head and its kv head's new k and v (this step's qkv projection).
     const int stride_k = H * hd, stride_v = (H + KVH) * hd;
     for (int idx = threadIdx.x; idx < 3 * hd; idx += blockDim.x) {  // q, k, v: Qs, Knf, Vnf are contiguous
         const int item = idx / hd, d = idx - item * hd;
