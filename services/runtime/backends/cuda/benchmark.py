@@ -160,27 +160,23 @@ def step_breakdown(be, dg) -> dict:
     """GPU time per kernel kind over one decode step, launched one by one with events between
     (no graph, no PDL: an upper bound on each kernel's share)."""
     from services.runtime.backends.cuda.driver import Event
+    from services.runtime.backends.cuda.probes import kernel_kind, launches_through
 
-    ops, marks = be.ops, []
-    orig = ops._launch
+    marks = []
 
-    def timed(name, *a, **k):
+    def timed(launch, name, *a, **k):
         e0, e1 = Event(), Event()
         e0.record(be.stream)
-        orig(name, *a, **k)
+        launch(name, *a, **k)
         e1.record(be.stream)
         marks.append((name, e0, e1))
 
-    ops._launch = timed
-    try:
+    with launches_through(be.ops, timed):
         dg.record(True)
-    finally:
-        del ops._launch
     be.synchronize()
     out: dict[str, dict] = {}
     for name, e0, e1 in marks:
-        kind = name.rsplit("_d", 1)[0] if name.startswith("attention") else name
-        d = out.setdefault(kind, {"count": 0, "total_us": 0.0})
+        d = out.setdefault(kernel_kind(name), {"count": 0, "total_us": 0.0})
         d["count"] += 1
         d["total_us"] += e1.elapsed_ms(e0) * 1e3
     for d in out.values():

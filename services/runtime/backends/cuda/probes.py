@@ -20,6 +20,7 @@ Random weights: only the shapes matter here.
 from __future__ import annotations
 
 import statistics
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -131,6 +132,18 @@ def decode_ab(be, model, cache, token: int, pos: int, steps: int) -> dict:
     return result
 
 
+@contextmanager
+def launches_through(ops, wrap):
+    """While inside, every kernel launch of `ops` calls wrap(launch, name, *args) instead, with
+    `launch` the real launcher (to call, or not)."""
+    launch = ops._launch
+    ops._launch = lambda name, *a, **k: wrap(launch, name, *a, **k)
+    try:
+        yield
+    finally:
+        del ops._launch
+
+
 def kernel_kind(name: str) -> str:
     """attention_decode_d64_f16 -> attention_decode; gemv kernels keep their mode."""
     name = name.removesuffix("_f16")
@@ -142,29 +155,22 @@ def decode_kinds(be, dg, token: int, pos: int, steps: int) -> dict:
     of the decode step ("only_us", with its count) and of one holding all the others
     ("without_us"). Inputs are whatever the skipped kernels left behind: times only. The
     sampler (which advances the position) is in the full graph, so each replay primes anew."""
-    ops = be.ops
-    orig = ops._launch
     kinds: dict[str, int] = {}
 
-    def counting(name, *a, **k):
-        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0) + 1
+    def count(launch, name, *a, **k):  # nothing launched: names only
+        kind = kernel_kind(name)
+        kinds[kind] = kinds.get(kind, 0) + 1
 
-    ops._launch = counting
-    try:
-        dg.record(True)  # nothing launched: names only
-    finally:
-        del ops._launch
+    with launches_through(be.ops, count):
+        dg.record(True)
 
     def graph_of(keep) -> Graph:
-        def filtered(name, *a, **k):
+        def filtered(launch, name, *a, **k):
             if keep(kernel_kind(name)):
-                orig(name, *a, **k)
+                launch(name, *a, **k)
 
-        ops._launch = filtered
-        try:
+        with launches_through(be.ops, filtered):
             return capture_as_served(be, lambda: dg.record(True), "decode_kinds")[0]
-        finally:
-            del ops._launch
 
     def per_step_us(g: Graph) -> float:
         return round(replay_ms(be, dg, g, token, pos, steps) * 1e3, 2)
