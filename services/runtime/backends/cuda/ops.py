@@ -15,10 +15,10 @@ from .tensor import WEIGHT_DTYPES, DeviceTensor
 
 ROPE_FLAG_ROPE, ROPE_FLAG_NORM, ROPE_FLAG_STORE = 1, 2, 4
 GEMV_U = 4                 # 16-byte chunks in flight per thread (kernels/gemv.cu GEMV_U)
-ATT_MAXG, ATT_WARPS = 1, 4  # decode attention: query heads per block (grid z is the head), warps per block
+ATT_WARPS = 4              # warps per decode attention block (one block per split and query head)
 ATT_STAGE_ELEMS, ATT_KPAD = 8192, 8  # decode attention's shared K/V stage (kernels/attention_decode.cu)
 GEMM_TILE, GEMM_BK = 64, 32
-GEMM_RESIDUAL, GEMM_A_SWIGLU, GEMM_ROW_SS, GEMM_A_NORM = 1, 2, 4, 8  # kernels/gemm.cu mode bits
+GEMM_RESIDUAL, GEMM_ROW_SS = 1, 2  # kernels/gemm.cu mode bits (the input transforms are entry points)
 
 
 def _aligned(t: DeviceTensor, n: int = 16) -> bool:
@@ -207,8 +207,7 @@ class Ops:
         splits = math.ceil(K / k_per_split)
         ws = self.gemm_ws.get(splits * M * N) if splits > 1 else None
         counters = self.gemm_counters.get(tiles_n * tiles_m) if splits > 1 else None
-        flags = ((GEMM_RESIDUAL if mode == "residual" else 0) | (GEMM_A_SWIGLU if swiglu_input else 0)
-                 | (GEMM_ROW_SS if row_ss is not None else 0) | (GEMM_A_NORM if norm is not None else 0))
+        flags = (GEMM_RESIDUAL if mode == "residual" else 0) | (GEMM_ROW_SS if row_ss is not None else 0)
         name = "gemm_swiglu_bf16" if swiglu_input else "gemm_norm_bf16" if norm is not None else "gemm_bf16"
         self._launch(_for(W, name, bias, norm_w), (tiles_n, tiles_m, splits), (128,),
                      (x.ptr, W.ptr, _ptr(bias), y.ptr, _ptr(ws), _ptr(counters),
@@ -278,9 +277,8 @@ class Ops:
     def decode_splits(self, KVH: int, G: int, capacity: int, hd: int) -> int:
         """Blocks along the sequence: enough to fill the GPU at full context; the kernel uses
         only ceil(len / chunk) of them (chunk >= one stage of keys) at the current length."""
-        hz = math.ceil(G / ATT_MAXG)
         stage = decode_stage_keys(hd)
-        return max(1, min(math.ceil(capacity / stage), max(1, 2 * self.sm_count // (KVH * hz)), 64))
+        return max(1, min(math.ceil(capacity / stage), max(1, 2 * self.sm_count // (KVH * G)), 64))
 
     def attention_decode(self, qkv, out, H, KVH, hd, layer, n_splits, *, positions=None, kc=None, vc=None,
                          cap=0, state=None, q_norm=None, k_norm=None, eps=0.0, rope_table=None) -> None:
@@ -294,16 +292,15 @@ class Ops:
         table, rows = rope_table if rope else (None, 0)
         assert not rope or (table.dtype == "f32" and table.numel >= rows * hd)
         G = H // KVH
-        hz = math.ceil(G / ATT_MAXG)
         d = head_dim_variant(hd)
         flags = (ROPE_FLAG_ROPE if rope else 0) | (ROPE_FLAG_NORM if q_norm is not None else 0)
-        ws = self.att_ws.get(KVH * hz * n_splits * (2 * ATT_MAXG + ATT_MAXG * hd))
-        counters = self.att_counters.get(KVH * hz)
+        ws = self.att_ws.get(H * n_splits * (2 + hd))  # a record per (query head, split): m, l, acc[hd]
+        counters = self.att_counters.get(H)
         smem = decode_smem_bytes(hd)
         name = f"attention_decode_d{d}"
         if q_norm is not None:
             name = _for(q_norm, name, k_norm)
-        self._launch(name, (n_splits, KVH, hz), (128,),
+        self._launch(name, (n_splits, KVH, G), (128,),
                      (qkv.ptr, _ptr(positions), _ptr(kc), _ptr(vc), _ptr(state), out.ptr, _ptr(q_norm), _ptr(k_norm),
                       ws.ptr, counters.ptr, _ptr(table), H, KVH, hd, cap, layer, rows, 1.0 / math.sqrt(hd), eps,
                       flags), smem)

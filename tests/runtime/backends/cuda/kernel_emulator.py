@@ -18,8 +18,9 @@ KERNELS = {}
 
 def static_smem(name: str) -> int:
     name = base_kernel(name)
-    gemm = 2 * 2 * 64 * 40 * 2 + 2 * 64 * 4 + 4
-    return {"gemm_bf16": gemm, "gemm_swiglu_bf16": gemm, "gemm_norm_bf16": gemm, "sample_reduce": 32 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
+    if name.startswith("gemm_"):
+        return 2 * 2 * 64 * 40 * 2 + 2 * 64 * 4 + 4  # As, Bs, the row partials, the ticket
+    return {"sample_reduce": 32 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
 
 
 def kernel(name):
@@ -225,35 +226,34 @@ def _kv_store(mem, grid, block, smem, qkv, positions, kc, vc, st, H, KVH, hd, ca
 
 @kernel("gemm_swiglu_bf16")
 def _gemm_swiglu(mem, grid, block, smem, *args):
-    assert args[-2] & 2 and not args[-2] & 8, "gemm_swiglu_bf16 is launched with GEMM_A_SWIGLU alone"
-    _gemm_any(mem, grid, block, smem, *args)
+    _gemm_any(mem, grid, block, smem, *args, staging="swiglu")
 
 
 @kernel("gemm_norm_bf16")
 def _gemm_norm(mem, grid, block, smem, *args):
-    assert args[-2] & 8 and not args[-2] & 6, "gemm_norm_bf16 is launched with GEMM_A_NORM alone"
-    _gemm_any(mem, grid, block, smem, *args)
+    _gemm_any(mem, grid, block, smem, *args, staging="norm")
 
 
 @kernel("gemm_bf16")
 def _gemm(mem, grid, block, smem, *args):
-    assert not args[-2] & 10, "silu(gate) * up and rmsnorm staging are the other instantiations'"
     _gemm_any(mem, grid, block, smem, *args)
 
 
-def _gemm_any(mem, grid, block, smem, A, W, bias, C, ws, counters, row_ss, norm_w, M, N, K, kps, mode, eps):
+def _gemm_any(mem, grid, block, smem, A, W, bias, C, ws, counters, row_ss, norm_w, M, N, K, kps, mode, eps,
+              staging=None):
+    assert mode in range(4), f"gemm mode {mode}: only GEMM_RESIDUAL | GEMM_ROW_SS"
     assert block == (128, 1, 1) and K % 8 == 0 and A % 16 == 0 and W % 16 == 0
     assert grid[0] * 64 >= N and grid[1] * 64 >= M and kps % 32 == 0
     assert grid[2] * kps >= K and (grid[2] - 1) * kps < K, "a split with no K range"
     if grid[2] > 1:
         mem.check(ws, 4 * grid[2] * M * N)
         assert (i32(mem, counters, grid[0] * grid[1]) == 0).all(), "split-K counters not at rest"
-    if mode & 2:  # A is gate|up [M, 2K]: silu(gate) * up
+    if staging == "swiglu":  # A is gate|up [M, 2K]: silu(gate) * up
         gu = f32(mem, A, 2 * M * K).reshape(M, 2 * K)
         g, u = gu[:, :K], gu[:, K:]
         with np.errstate(over="ignore"):
             a = round_w((g / (1 + np.exp(-g)) * u).astype(np.float32))
-    elif mode & 8:  # rmsnorm(A) * norm_w, the mean square from row_ss's ceil(K/64) partials per row
+    elif staging == "norm":  # rmsnorm(A) * norm_w, the mean square from row_ss's ceil(K/64) partials per row
         tiles = -(-K // 64)
         ss = f32(mem, row_ss, M * tiles).reshape(M, tiles).astype(np.float64).sum(axis=1)
         inv = (1.0 / np.sqrt(ss / K + eps)).astype(np.float32)
@@ -265,7 +265,7 @@ def _gemm_any(mem, grid, block, smem, A, W, bias, C, ws, counters, row_ss, norm_
         y += wt(mem, bias, N)
     c = f32(mem, C, M * N).reshape(M, N)
     c[:] = c + y if mode & 1 else y
-    if mode & 4:  # each row's sum of squares per 64 columns of the new values
+    if mode & 2:  # each row's sum of squares per 64 columns of the new values
         tiles = grid[0]
         sq = np.zeros((M, tiles * 64), np.float64)
         sq[:, :N] = c.astype(np.float64) ** 2

@@ -35,7 +35,7 @@ extern "C" __global__ void kv_store(const float* __restrict__ qkv, const int* __
 //
 // Each item's running max, partial sums and accumulator live in shared memory, not registers,
 // so the loop over a warp's items is not unrolled: one copy of q.k and p.v in the code instead
-// of PREFILL_ITEMS (the code is fetched cold at each launch; see the cuda README).
+// of four (the code is fetched cold at each launch; see the cuda README).
 template <int DPL>
 __device__ __forceinline__ void attention_prefill_body(const float* __restrict__ qkv, const int* __restrict__ positions,
                                                        bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st,

@@ -84,12 +84,7 @@ __device__ __forceinline__ void attention_decode_body(
     stage_load(start);
     // This lane's (cos, sin) pairs i = lane + 32 k from the table's row at `pos`: hd/2 <= 32 NF.
     float2 cs[NF];
-#pragma unroll
-    for (int k = 0; k < NF; ++k) {
-        const int i = lane + 32 * k;
-        cs[k] = (flags & ROPE_FLAG_ROPE) && i < (hd >> 1) && pos < rope_rows ? rope_cs[(size_t)pos * (hd >> 1) + i]
-                                                                            : make_float2(1.f, 0.f);
-    }
+    lane_table_cs(cs, rope_cs, pos, rope_rows, hd, flags);
     pdl_launch_dependents();
     pdl_wait();
     // The block's query head and its kv head's new k and v (this step's qkv projection).
@@ -182,7 +177,7 @@ __device__ __forceinline__ void attention_decode_body(
     }
     __syncthreads();
     const int rec = 2 + hd;
-    float* my_rec = ws + ((size_t)(kvh * gridDim.z + blockIdx.z) * n_splits + split) * rec;
+    float* my_rec = ws + ((size_t)head * n_splits + split) * rec;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float M = NEG_INF;
 #pragma unroll
@@ -206,7 +201,7 @@ __device__ __forceinline__ void attention_decode_body(
     // Last block to arrive merges every split's record (fixed order: deterministic).
     __threadfence();
     __syncthreads();
-    int* counter = counters + kvh * gridDim.z + blockIdx.z;
+    int* counter = counters + head;
     if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == active - 1;
     __syncthreads();
     if (!s_last) return;
@@ -214,7 +209,7 @@ __device__ __forceinline__ void attention_decode_body(
     // MB splits' records are loaded before the first is used, so the merge waits on two round
     // trips per MB splits rather than three per split; the sums still run in split order.
     constexpr int MB = 4;
-    const float* recs = ws + (size_t)(kvh * gridDim.z + blockIdx.z) * n_splits * rec;
+    const float* recs = ws + (size_t)head * n_splits * rec;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float M = NEG_INF;
 #pragma unroll 1

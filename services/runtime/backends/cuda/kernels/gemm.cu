@@ -14,21 +14,18 @@
 #define BN 64
 #define BK 32
 #define GEMM_RESIDUAL 1
-#define GEMM_A_SWIGLU 2
-#define GEMM_ROW_SS 4   // the epilogue writes each row's sum of squares over the block's columns
-#define GEMM_A_NORM 8   // A is staged as rmsnorm(A) * norm_w, from those sums (gemm_norm_bf16)
+#define GEMM_ROW_SS 2   // the epilogue writes each row's sum of squares over the block's columns
 #define LDS (BK + 8)  // bf16 row stride: 80 bytes, so the fragment loads below are conflict-free
 
 // grid (ceil(N/64), ceil(M/64), splits), block 128. K % 8 == 0; k_per_split % 32 == 0.
 // mode bit 0 (GEMM_RESIDUAL): C += AW^T + b (residual stream), else C = AW^T + b.
-// gemm_swiglu_bf16 (launched with mode bit 1, GEMM_A_SWIGLU): A is gate|up [M, 2K] and the
-// product takes silu(gate) * up, computed as A is staged (the prefill's down projection: no
-// separate swiglu launch).
-// mode bit 2 (GEMM_ROW_SS): the final values' sums of squares per row over this block's 64
+// mode bit 1 (GEMM_ROW_SS): the final values' sums of squares per row over this block's 64
 // columns go to row_ss[m * gridDim.x + blockIdx.x] (the prefill's residual GEMMs, o and down).
-// gemm_norm_bf16 (mode bit 3, GEMM_A_NORM): A is the residual stream and is staged as
-// A * rsqrt(mean square + eps) * norm_w, the mean square summed from row_ss's ceil(K/64)
-// partials in order (written by the residual GEMM before it): the rmsnorm launch goes.
+// gemm_swiglu_bf16: A is gate|up [M, 2K] and the product takes silu(gate) * up, computed as A
+// is staged (the prefill's down projection: no separate swiglu launch).
+// gemm_norm_bf16: A is the residual stream and is staged as A * rsqrt(mean square + eps) *
+// norm_w, the mean square summed from row_ss's ceil(K/64) partials in order (written by the
+// residual GEMM before it): the rmsnorm launch goes.
 // ws: splits*M*N floats and counters: one int per (x, y) tile, zero at rest (splits > 1 only).
 // Three entry points: gemm_bf16, gemm_swiglu_bf16 (the down projection) and gemm_norm_bf16 (qkv
 // and gate|up). SWIGLU and NORM are template arguments rather than branches in the K loop, so
@@ -37,7 +34,7 @@
 struct GemmSmem {
     w16_t (*As)[BM * LDS];
     w16_t (*Bs)[BN * LDS];
-    float* row;  // [2][BM]: GEMM_ROW_SS's per-warp-column partials, then GEMM_A_NORM's 1/rms
+    float* row;  // [2][BM]: GEMM_ROW_SS's per-warp-column partials, or NORM's 1/rms per row
     int* last;
 };
 
@@ -66,14 +63,13 @@ __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const w16
                                             : make_uint4(0, 0, 0, 0);
         }
     };
-    constexpr bool a_swiglu = SWIGLU;
     auto load_a = [&](int k0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int idx = tid + 128 * i, r = idx >> 3, c = idx & 7, m = m0 + r, k = k0 + c * 4;
             if (!(m < M && k < k_end)) {
                 a_reg[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-            } else if (a_swiglu) {  // A[m, k] = silu(gate[m, k]) * up[m, k], rows of gate | up
+            } else if (SWIGLU) {  // A[m, k] = silu(gate[m, k]) * up[m, k], rows of gate | up
                 const float4 g = *reinterpret_cast<const float4*>(A + (size_t)m * 2 * K + k);
                 const float4 u = *reinterpret_cast<const float4*>(A + (size_t)m * 2 * K + K + k);
                 a_reg[i] = make_float4(silu(g.x) * u.x, silu(g.y) * u.y, silu(g.z) * u.z, silu(g.w) * u.w);

@@ -25,16 +25,8 @@ extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int
     // qk_norm alone passes no positions
     const int pos = (flags & (ROPE_FLAG_ROPE | ROPE_FLAG_STORE)) ? positions[t] : 0;
     float2 cs[4];
-    if ((flags & ROPE_FLAG_ROPE) && rope_cs) {
-        const int half = hd >> 1;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {  // a padded row past the table: no rotation (its output is unused)
-            const int i = lane + 32 * k;
-            cs[k] = i < half && pos >= 0 && pos < rope_rows ? rope_cs[(size_t)pos * half + i] : make_float2(1.f, 0.f);
-        }
-    } else if (flags & ROPE_FLAG_ROPE) {
-        lane_rope_cs(cs, pos, inv_freq);
-    }
+    if (rope_cs) lane_table_cs(cs, rope_cs, pos, rope_rows, hd, flags);
+    else if (flags & ROPE_FLAG_ROPE) lane_rope_cs(cs, pos, inv_freq);
     if (hh < H + KVH) warp_norm_rope_cs(head, head, hh < H ? q_norm_w : k_norm_w, hd, cs, eps, flags, 1.f);
     if (!store || hh < H) return;
     cache_from_state(st, kc, vc, cap);
@@ -42,11 +34,11 @@ extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int
     const bool is_k = hh < H + KVH;
     const int kvh = is_k ? hh - H : hh - H - KVH;
     bf16_t* dst = (is_k ? kc : vc) + (((size_t)layer * KVH + kvh) * cap + pos) * hd;
-    for (int d = lane; d < hd; d += 32) dst[d] = f32_to_bf16(head[d]);  // after warp_norm_rope's __syncwarp
+    for (int d = lane; d < hd; d += 32) dst[d] = f32_to_bf16(head[d]);  // after warp_norm_rope_cs's __syncwarp
 }
 
 // The rotation's (cos, sin) for positions [0, rows): tab[p * hd/2 + i] = (cos, sin) of
-// p * inv_freq_i, bit for bit what warp_norm_rope computes inline. A decode graph builds one
+// p * inv_freq_i, bit for bit what lane_rope_cs computes inline. A decode graph builds one
 // and its attention kernel reads the row at `pos` instead of running the double-precision
 // power and sincosf, code that a batch-1 launch would fetch cold every time.
 // grid (rows), block 64.

@@ -36,6 +36,21 @@ __device__ __forceinline__ void lane_rope_cs(float2 (&cs)[NF], int pos, const fl
     for (int k = 0; k < NF; ++k) sincosf((float)pos * inv_freq[k], &cs[k].y, &cs[k].x);
 }
 
+// This lane's (cos, sin) pairs from row `pos` of a rope table (rope.cu rope_table), whose rows
+// hold the same values lane_rope_cs computes. Without ROPE_FLAG_ROPE, or past the table (a
+// padded prefill row, whose output is unused), the identity rotation.
+template <int NF>
+__device__ __forceinline__ void lane_table_cs(float2 (&cs)[NF], const float2* __restrict__ table, int pos,
+                                              int rows, int hd, int flags) {
+    const int lane = threadIdx.x & 31, half = hd >> 1;
+    const bool ok = (flags & ROPE_FLAG_ROPE) && pos >= 0 && pos < rows;
+#pragma unroll
+    for (int k = 0; k < NF; ++k) {
+        const int i = lane + 32 * k;
+        cs[k] = ok && i < half ? table[(size_t)pos * half + i] : make_float2(1.f, 0.f);
+    }
+}
+
 // dst[0..hd) = scale * rope(norm(src)), with this lane's (cos, sin) pairs (lane_rope_cs or a
 // rope table row). src may equal dst: each lane writes only the pair (i, i+hd/2) it has just
 // read, and the norm's reads finish at the warp_sum before any write.
@@ -68,14 +83,4 @@ __device__ __forceinline__ void warp_norm_rope_cs(const float* src, float* dst, 
         dst[i + half] = b * scale;
     }
     __syncwarp();
-}
-
-// The same with the angles computed here from this lane's frequencies (lane_inv_freqs).
-template <int NF>
-__device__ __forceinline__ void warp_norm_rope(const float* src, float* dst, const w16_t* __restrict__ norm_w,
-                                               int pos, int hd, const float (&inv_freq)[NF], float eps, int flags,
-                                               float scale) {
-    float2 cs[NF];
-    if (flags & ROPE_FLAG_ROPE) lane_rope_cs(cs, pos, inv_freq);
-    warp_norm_rope_cs(src, dst, norm_w, hd, cs, eps, flags, scale);
 }
