@@ -13,6 +13,9 @@ from __future__ import annotations
 import bisect
 import ctypes
 import functools
+import mmap
+import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -49,26 +52,41 @@ def _arity(name: str) -> int:
 class Memory:
     """Device (and pinned host) memory as real host allocations, so pointers are real
     addresses; accesses are checked against the live set. Each allocation sits between two
-    guard zones; `check_guards` finds a kernel that wrote past either end."""
+    guard zones; `check_guards` finds a kernel that wrote past either end. Each starts on a
+    page of its own, and a device allocation's pages (to the end of its back guard zone) are
+    listed in `device_pages`: the PDL hazard check maps them per launch (pdl_hazards.h). Not
+    those of allocations over TRACK_LIMIT: mapping costs per page per launch, and at the
+    tests' sizes those are weights (the tiny models' buffers are all tracked)."""
 
     GUARD = 1024
+    PAGE = mmap.PAGESIZE
+    TRACK_LIMIT = 1 << 20
     FILL = 0xA5        # fresh memory: not zero, finite as f32/bf16/f16 (code must not rely on zeroed memory)
     GUARD_FILL = 0xFF  # NaN as f32, bf16 and f16: a read past either end shows up in the results
 
     def __init__(self):
         self.starts: list[int] = []
         self.blocks: dict[int, tuple[int, np.ndarray]] = {}
+        self.device_pages: dict[int, tuple[int, int]] = {}  # base -> [lo, hi), whole pages
         self.graveyard: list[np.ndarray] = []  # freed memory stays mapped: stale reads fail the check, not the process
 
-    def alloc(self, n: int) -> int:
-        g = self.GUARD
-        raw = np.full(n + 2 * g + 256, self.FILL, np.uint8)
-        base = raw.ctypes.data + g + (-(raw.ctypes.data + g) % 256)
+    def alloc(self, n: int, device: bool = False) -> int:
+        g, page = self.GUARD, self.PAGE
+        span = -(-(n + g) // page) * page  # the allocation and its back guard, in whole pages
+        raw = np.full(g + page + span, self.FILL, np.uint8)
+        base = raw.ctypes.data + g + (-(raw.ctypes.data + g) % page)
         off = base - raw.ctypes.data
         raw[off - g:off] = raw[off + n:off + n + g] = self.GUARD_FILL
         self.blocks[base] = (n, raw)
+        if device and n <= self.TRACK_LIMIT:
+            self.device_pages[base] = (base, base + span)
         bisect.insort(self.starts, base)
         return base
+
+    def owner(self, ptr: int) -> str:
+        """`base+offset` of the live allocation holding ptr, for messages."""
+        i = bisect.bisect_right(self.starts, ptr) - 1
+        return f"{self.starts[i]:#x}+{ptr - self.starts[i]}" if i >= 0 else f"{ptr:#x}"
 
     def check_guards(self, what: str) -> None:
         g = self.GUARD
@@ -85,6 +103,7 @@ class Memory:
         ptr = int(ptr)
         assert ptr in self.blocks, f"free of {ptr:#x}: not a live allocation"
         n, raw = self.blocks.pop(ptr)
+        self.device_pages.pop(ptr, None)
         self.starts.remove(ptr)
         self.graveyard.append(raw)
 
@@ -109,9 +128,17 @@ class Memory:
 class FakeDriver:
     """`kernels="contract"` runs each launch through kernel_emulator.py (numpy semantics of the
     kernel's contract, fast); `kernels="source"` runs the real CUDA C of kernels/ compiled for
-    the CPU (source_emulator/), so the kernels' own code is what gets tested."""
+    the CPU (source_emulator/), so the kernels' own code is what gets tested.
 
-    def __init__(self, sm_count: int = 132, capability=(9, 0), kernels: str = "contract"):
+    With the sources, PDL is checked too (`pdl_hazards`, on by default): a kernel launched with
+    programmatic stream serialization may start while every kernel since the stream's last
+    ordinary launch, copy or memset still runs, so the bytes those kernels wrote (the chain)
+    are closed to its threads until they reach griddepcontrol.wait."""
+
+    HAZARD = re.compile(r"touched (0x[0-9a-f]+) before griddepcontrol.wait")
+
+    def __init__(self, sm_count: int = 132, capability=(9, 0), kernels: str = "contract",
+                 pdl_hazards: bool = os.environ.get("INLOOP_EMU_PDL_HAZARDS", "1") != "0"):
         if kernels not in ("contract", "source"):
             raise ValueError(f"kernels must be 'contract' or 'source', got {kernels!r}")
         self.source = None
@@ -125,6 +152,8 @@ class FakeDriver:
         self.capturing: dict[int, list] = {}
         self.graphs: dict[int, list] = {}
         self.launches: list[tuple[str, bool]] = []  # (kernel, pdl) of every executed launch
+        self.pdl_hazards = pdl_hazards and kernels == "source"
+        self.chain: list[tuple[int, int, str]] = []  # (lo, hi, kernel): bytes this PDL chain wrote
         self._next = 1000
 
     def _handle(self) -> int:
@@ -226,7 +255,7 @@ class FakeDriver:
     def cuMemAllocAsync(self, *a):
         self._call("cuMemAllocAsync", a)
         assert int(a[1]) not in self.capturing, "allocation inside a capture"
-        return (OK, real.CUdeviceptr(self.mem.alloc(int(a[0]))))
+        return (OK, real.CUdeviceptr(self.mem.alloc(int(a[0]), device=True)))
 
     def cuMemFreeAsync(self, *a):
         self._call("cuMemFreeAsync", a)
@@ -252,6 +281,7 @@ class FakeDriver:
             if check_src:
                 self.mem.check(src, n)
             ctypes.memmove(int(dst), int(src), int(n))
+            self.chain.clear()  # a copy waits for the kernels before it; the next kernel waits for it
         self._enqueue(stream, run)
         return (OK,)
 
@@ -273,7 +303,10 @@ class FakeDriver:
     def cuMemsetD8Async(self, *a):
         self._call("cuMemsetD8Async", a)
         dst, value, n, stream = a
-        self._enqueue(stream, lambda: self.mem.view(dst, n).fill(value))
+        def run():
+            self.mem.view(dst, n).fill(value)
+            self.chain.clear()
+        self._enqueue(stream, run)
         return (OK,)
 
     # ---- modules and launches -------------------------------------------------------------------
@@ -327,10 +360,36 @@ class FakeDriver:
                 kernel_emulator.run(name, self.mem, grid, block, smem, args)
                 return
             packed, _holders = pack_args(SIGNATURES[name][1], args)
-            self.source.launch(name, grid, block, smem, ctypes.addressof(packed))
+            if not self.pdl_hazards:
+                self.source.launch(name, grid, block, smem, ctypes.addressof(packed))
+            else:
+                self._launch_checked(name, grid, block, smem, ctypes.addressof(packed), pdl)
             self.mem.check_guards(name)
         self._enqueue(stream, run)
         return (OK,)
+
+    def _launch_checked(self, name, grid, block, smem, params, pdl):
+        """A source launch with what its chain wrote closed until griddepcontrol.wait."""
+        if not pdl:
+            self.chain.clear()  # an ordinary launch waits for every kernel before it
+        stale = []
+        for lo, hi, _ in sorted(self.chain):
+            if stale and lo <= stale[-1][1]:
+                stale[-1] = (stale[-1][0], max(stale[-1][1], hi))
+            else:
+                stale.append((lo, hi))
+        try:
+            written = self.source.launch(name, grid, block, smem, params,
+                                         hazards=(list(self.mem.device_pages.values()), stale))
+        except AssertionError as e:
+            m = self.HAZARD.search(str(e))
+            if m is None:
+                raise
+            at = int(m.group(1), 16)
+            writers = sorted({k for lo, hi, k in self.chain if lo < at + 16 and at < hi})
+            raise type(e)(f"{e}; that is allocation {self.mem.owner(at)}, written by "
+                          f"{', '.join(writers)} earlier in the chain") from None
+        self.chain += [(lo, hi, name) for lo, hi in written or ()]
 
     def cuLaunchKernel(self, *a):
         self._call("cuLaunchKernel", a)
@@ -379,6 +438,8 @@ class FakeDriver:
 
     def cuGraphLaunch(self, *a):
         self._call("cuGraphLaunch", a)
+        # the graph's first kernel has no programmatic edge: it waits for the stream's work
+        self._enqueue(a[1], self.chain.clear)
         for fn in self.graphs[int(a[0])]:
             self._enqueue(a[1], fn)
         return (OK,)

@@ -146,3 +146,35 @@ def test_engine_generates_the_same_greedy_text_through_the_op_interface(gpu, cpu
     ref = Engine.load(d, backend=cpu).generate(GenerateRequest(**req))
     assert ours.token_ids == ref.token_ids
     assert abs(ours.token_stats[0].logprob - ref.token_stats[0].logprob) < 1e-2
+
+
+def test_the_pdl_chain_is_what_a_kernel_may_overlap():
+    """With the kernel sources, each PDL launch is checked against the bytes written since the
+    stream's last ordinary launch, copy, memset or graph start (stubbed source: the chain only)."""
+    fd = FakeDriver(kernels="contract")
+    fd.pdl_hazards = True
+    seen = []
+
+    class Source:
+        def launch(self, name, grid, block, smem, params, hazards=None):
+            seen.append((name, [lo for lo, _ in hazards[1]]))
+            at = 1000 * int(name[1:])
+            return [(at, at + 16)]
+
+    fd.source = Source()
+    stream, dev, host = 1, fd.mem.alloc(64, device=True), fd.mem.alloc(64)
+
+    def k(i, pdl=True):
+        fd._launch_checked(f"k{i}", (1, 1, 1), (32, 1, 1), 0, 0, pdl)
+
+    k(1), k(2), k(3)
+    k(4, pdl=False)  # an ordinary launch waits for everything before it
+    k(5)
+    fd.cuMemcpyHtoDAsync(dev, host, 64, stream)
+    k(6)
+    fd.cuMemsetD8Async(dev, 0, 64, stream)
+    k(7)
+    fd.graphs[77] = [lambda: k(8), lambda: k(9)]
+    fd.cuGraphLaunch(77, stream)
+    assert seen == [("k1", []), ("k2", [1000]), ("k3", [1000, 2000]), ("k4", []), ("k5", [4000]),
+                    ("k6", []), ("k7", []), ("k8", []), ("k9", [8000])]

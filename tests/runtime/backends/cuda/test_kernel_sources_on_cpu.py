@@ -2,8 +2,9 @@
 GPU modules collected again on the driver double with `kernels="source"`, so every launch runs
 the kernel's own source compiled for the CPU (source_emulator/runtime.h): its indexing, its
 shared-memory staging, its warp shuffles and tensor-core fragments, its split-K and atomic
-tickets, its bounds. What this cannot show is speed, and anything the emulator's sequential
-blocks hide (it runs one block at a time); the same tests on a GPU cover those.
+tickets, its bounds, and that nothing before griddepcontrol.wait touches what the kernels
+before it in the PDL chain wrote. What this cannot show is speed, and anything the emulator's
+sequential blocks hide (it runs one block at a time); the same tests on a GPU cover those.
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ GPU. The parity modules trust it only as far as these tests go."""
 from __future__ import annotations
 
 import ctypes
+import re
 
 import numpy as np
 import pytest
@@ -92,10 +93,24 @@ extern "C" __global__ void int_overflow(const float* x, float* out, int rows, in
 extern "C" __global__ void write_past_the_end(float* out, int n) {
     out[threadIdx.x] = 2.f;  // launched with more threads than n
 }
+
+// ---- PDL: what griddepcontrol.wait guards ----
+extern "C" __global__ void pdl_fill(float* x, float v) {
+    pdl_launch_dependents();
+    pdl_wait();
+    x[threadIdx.x] = v;
+}
+extern "C" __global__ void pdl_add_one(const float* x, float* y, int read_early) {
+    float v = read_early ? x[threadIdx.x] : 0.f;  // early: may be the value before pdl_fill's
+    pdl_launch_dependents();
+    pdl_wait();
+    if (!read_early) v = x[threadIdx.x];
+    y[threadIdx.x] = v + 1.f;
+}
 '''
 EXPORTS = ["block_total", "reverse", "one_mma", "ticket_sum", "mirror", "early_return_then_barrier",
            "shuffle_in_a_short_warp", "barrier_against_shuffle", "misaligned_stream", "int_overflow",
-           "write_past_the_end"]
+           "write_past_the_end", "pdl_fill", "pdl_add_one"]
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +196,38 @@ def test_guard_zones_catch_a_write_past_the_end(lib):
     lib.call("write_past_the_end", (1,), (11,), ctypes.c_void_p(p), ctypes.c_int(10))
     with pytest.raises(AssertionError, match="past the end"):
         mem.check_guards("write_past_the_end")
+
+
+@pytest.fixture
+def device_mem(lib):
+    if not lib.hazards_supported:
+        pytest.skip("the PDL hazard check needs x86-64 Linux (the trap flag)")
+    return Memory()
+
+
+def test_pdl_a_read_before_the_wait_of_what_the_chain_wrote_stops_the_launch(lib, device_mem):
+    mem = device_mem
+    x, y = mem.alloc(4 * 64, device=True), mem.alloc(4 * 64, device=True)
+    tracked = list(mem.device_pages.values())
+    written = lib.launch_with(mem, "pdl_fill", (1,), (64,), [], ctypes.c_void_p(x), ctypes.c_float(3.0))
+    assert written == [(x, x + 4 * 64)]  # exactly the bytes it changed
+    with pytest.raises(KernelFault, match="before griddepcontrol.wait") as fault:
+        lib.launch_with(mem, "pdl_add_one", (1,), (64,), written, ctypes.c_void_p(x), ctypes.c_void_p(y),
+                        ctypes.c_int(1))
+    at = int(re.search(r"touched (0x[0-9a-f]+)", str(fault.value)).group(1), 16)
+    assert x <= at < x + 4 * 64  # a thread's x[i] (threads run forward or in reverse)
+    # after the wait the same read is fine, and what it changed comes back
+    mem.view(y, 4 * 64, np.float32)[:] = 0.0
+    written = lib.launch_with(mem, "pdl_add_one", (1,), (64,), written, ctypes.c_void_p(x), ctypes.c_void_p(y),
+                              ctypes.c_int(0))
+    assert (mem.view(y, 4 * 64, np.float32) == 4.0).all() and written == [(y, y + 4 * 64)]
+    assert tracked == list(mem.device_pages.values())
+
+
+def test_pdl_other_bytes_of_a_page_the_chain_wrote_stay_readable(lib, device_mem):
+    mem = device_mem
+    x, y = mem.alloc(4 * 128, device=True), mem.alloc(4 * 64, device=True)
+    mem.view(x, 4 * 128, np.float32)[:] = 2.0
+    elsewhere = [(x + 4 * 64, x + 4 * 128)]  # same page as x[0:64], which the kernel reads early
+    lib.launch_with(mem, "pdl_add_one", (2,), (64,), elsewhere, ctypes.c_void_p(x), ctypes.c_void_p(y), ctypes.c_int(1))
+    assert (mem.view(y, 4 * 64, np.float32) == 3.0).all()

@@ -96,6 +96,11 @@ def build_library(stem: str, source: str, exports: list[str], root: Path | None 
     return out
 
 
+def _spans(spans) -> ctypes.Array:
+    flat = [v for span in spans for v in span]
+    return (ctypes.c_uint64 * max(1, len(flat)))(*flat)
+
+
 class Library:
     """One built kernel file: `launch` runs one of its exported kernels."""
 
@@ -105,25 +110,58 @@ class Library:
         self.cdll = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL)
         self._error = self.cdll.emu_last_error
         self._error.argtypes, self._error.restype = [], ctypes.c_char_p
+        u64p = ctypes.POINTER(ctypes.c_uint64)
+        self._hz_set = self.cdll.emu_hazards_set
+        self._hz_set.argtypes, self._hz_set.restype = [u64p, ctypes.c_int, u64p, ctypes.c_int], None
+        self._hz_written = self.cdll.emu_hazards_written
+        self._hz_written.argtypes, self._hz_written.restype = [u64p, ctypes.c_int], ctypes.c_int
+        self.hazards_supported = bool(self.cdll.emu_hazards_supported())
         self.entry = {}
         for name in exports:
             fn = getattr(self.cdll, f"emu_launch_{name}")
             fn.argtypes, fn.restype = [ctypes.POINTER(_Launch), ctypes.c_void_p], ctypes.c_int
             self.entry[name] = fn
 
-    def launch(self, name: str, grid, block, smem: int, params: int) -> None:
+    def launch(self, name: str, grid, block, smem: int, params: int,
+               hazards: tuple[list, list] | None = None) -> list[tuple[int, int]] | None:
         """Run kernel `name`; `params` is the address of a `void*[]` of argument addresses,
-        as cuLaunchKernel takes it. Raises KernelFault when the kernel does something undefined."""
+        as cuLaunchKernel takes it. Raises KernelFault when the kernel does something undefined.
+
+        `hazards` = (tracked, stale): the device allocations as page-aligned [lo, hi) spans and
+        the bytes earlier kernels of the PDL chain wrote; the launch then faults on touching
+        those bytes before griddepcontrol.wait (pdl_hazards.h) and returns the spans it wrote."""
         grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
         cfg = _Launch((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), int(smem))
+        track = hazards is not None and self.hazards_supported
         with self._lock:
-            if self.entry[name](ctypes.byref(cfg), ctypes.c_void_p(params)) != 0:
+            if track:
+                tracked, stale = (_spans(s) for s in hazards)
+                self._hz_set(tracked, len(tracked) // 2, stale, len(stale) // 2)
+            try:
+                failed = self.entry[name](ctypes.byref(cfg), ctypes.c_void_p(params)) != 0
+            finally:
+                if track:
+                    self._hz_set(None, -1, None, 0)
+            if failed:
                 raise KernelFault(f"{name} grid={grid} block={block}: {self._error().decode(errors='replace')}")
+            if not track:
+                return None
+            n = self._hz_written(None, 0)
+            out = (ctypes.c_uint64 * (2 * n))()
+            self._hz_written(out, n)
+            return [(out[2 * i], out[2 * i + 1]) for i in range(n)]
 
     def call(self, name: str, grid, block, *args, smem: int = 0) -> None:
         """Launch with ctypes values (c_void_p(address), c_int(3), ...) packed here."""
         packed = (ctypes.c_void_p * max(1, len(args)))(*[ctypes.addressof(a) for a in args])
         self.launch(name, grid, block, smem, ctypes.addressof(packed))
+
+    def launch_with(self, mem, name: str, grid, block, stale, *args, smem: int = 0) -> list[tuple[int, int]]:
+        """`call` under the PDL hazard check, on `mem`'s (fake_driver.Memory) device pages, with
+        `stale` the bytes earlier kernels of the chain wrote; returns the bytes this one wrote."""
+        packed = (ctypes.c_void_p * max(1, len(args)))(*[ctypes.addressof(a) for a in args])
+        return self.launch(name, grid, block, smem, ctypes.addressof(packed),
+                           hazards=(list(mem.device_pages.values()), stale))
 
 
 class SourceKernels:
@@ -144,5 +182,5 @@ class SourceKernels:
         self.libs = {b: Library(path, exports[b]) for b, path in paths.items()}
         self.lib_of = {name: self.libs[b] for b, names in exports.items() for name in names}
 
-    def launch(self, name: str, grid, block, smem: int, params: int) -> None:
-        self.lib_of[name].launch(name, grid, block, smem, params)
+    def launch(self, name: str, grid, block, smem: int, params: int, hazards=None):
+        return self.lib_of[name].launch(name, grid, block, smem, params, hazards)

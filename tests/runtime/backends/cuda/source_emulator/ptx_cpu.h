@@ -49,7 +49,13 @@ inline void mma_bf16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32
 inline void mma_f16_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     mma_16816(emu::W_MMA_F16, c, a0, a1, a2, a3, b0, b1);
 }
-// One block runs at a time here, each launch after the previous one finished: a kernel never
-// overlaps the one before it, so both controls have nothing to do.
-inline void pdl_wait() {}
+// One block runs at a time here, each launch after the previous one finished, so the wait has
+// nothing to wait for; what it guards is checked instead (pdl_hazards.h): memory that earlier
+// kernels of the chain wrote is closed to a block's threads until they reach it. The clobbers
+// keep g++ from moving a load across it, as the GPU's asm volatile does.
+inline void pdl_wait() {
+    asm volatile("" ::: "memory");
+    emu::pdl_wait_point();
+    asm volatile("" ::: "memory");
+}
 inline void pdl_launch_dependents() {}

@@ -19,9 +19,12 @@
 // The PTX of kernels/ptx.cuh is replaced by C++ here, from the PTX ISA's definitions, not
 // from the kernels' use of it (mma.sync's fragment layout in particular).
 //
+// PDL: a launch can be run with the memory that earlier kernels of its chain wrote closed to
+// each block until its threads reach griddepcontrol.wait (pdl_hazards.h; fake_driver.py asks).
+//
 // The parts: language.h (keywords, types, math), scheduler.h (fibers, barriers, warp
-// collectives, the launch), device_runtime.h (what kernels call), ptx_cpu.h (ptx.cuh's
-// functions), ubsan.h (the handlers).
+// collectives, the launch), pdl_hazards.h (what griddepcontrol.wait guards), device_runtime.h
+// (what kernels call), ptx_cpu.h (ptx.cuh's functions), ubsan.h (the handlers).
 #pragma once
 
 #include "language.h"

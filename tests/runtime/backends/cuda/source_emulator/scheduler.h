@@ -13,11 +13,12 @@
 #include <vector>
 
 #include "language.h"
+#include "pdl_hazards.h"
 
 namespace emu {
 
 // ---- fibers, barriers, warp collectives -----------------------------------------------------
-enum State { RUNNABLE, AT_BARRIER, AT_WARP, DONE };
+enum State { RUNNABLE, AT_BARRIER, AT_WARP, AT_PDL_WAIT, DONE };
 enum WarpKind { W_NONE, W_SHFL, W_SYNC, W_MMA, W_MMA_F16 };
 
 // ---- context switch: the scheduler and the fibers hand the CPU to each other -------------
@@ -287,6 +288,8 @@ inline bool run_block(const Launch& L) {
         f.state = RUNNABLE;
         init_fiber(f, R.stacks + (size_t)i * Runner::kStack);
     }
+    hazards_block_begin((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x,
+                        gridDim.x * gridDim.y * gridDim.z, R.launches);
     // Threads run in index order in half of the blocks and in reverse in the other half (and
     // alternate per launch): a read of another warp's write with no barrier between them
     // then sees stale data in one of the two orders, as it may on the GPU.
@@ -301,6 +304,15 @@ inline bool run_block(const Launch& L) {
             ran = true;
             if (!R.error.empty()) return false;
         }
+        if (!ran && HZ.before_wait) {  // the rest wait on the earlier kernels: they have finished
+            bool parked = false;
+            for (auto& f : R.fibers)
+                if (f.state == AT_PDL_WAIT) f.state = RUNNABLE, parked = true;
+            if (parked) {
+                hazards_block_waited();
+                continue;
+            }
+        }
         if (!ran) {
             int at_bar = 0, at_warp = 0;
             for (auto& f : R.fibers) at_bar += f.state == AT_BARRIER, at_warp += f.state == AT_WARP;
@@ -311,6 +323,7 @@ inline bool run_block(const Launch& L) {
             return false;
         }
     }
+    hazards_block_waited();  // every thread returned (some without waiting)
     return true;
 }
 
@@ -322,14 +335,36 @@ inline int run_grid(const Launch& L, void (*body)(void*), void* arg) {
     gridDim = {L.grid[0], L.grid[1], L.grid[2]};
     blockDim = {L.block[0], L.block[1], L.block[2]};
     R.dyn_smem.assign(L.smem + 16, 0xff);
-    for (unsigned z = 0; z < L.grid[2]; ++z)
-        for (unsigned y = 0; y < L.grid[1]; ++y)
-            for (unsigned x = 0; x < L.grid[0]; ++x) {
+    hazards_launch_begin();
+    bool ok = true;
+    for (unsigned z = 0; ok && z < L.grid[2]; ++z)
+        for (unsigned y = 0; ok && y < L.grid[1]; ++y)
+            for (unsigned x = 0; ok && x < L.grid[0]; ++x) {
                 blockIdx = {x, y, z};
                 R.reverse = ((R.launches + x + y + z) & 1) != 0;
-                if (!run_block(L)) return 1;
+                ok = run_block(L);
             }
-    return 0;
+    hazards_launch_end();
+    if (ok && HZ.other_thread) {
+        R.error = "another thread touched device memory during the launch (the hazard check needs it alone)";
+        ok = false;
+    }
+    if (ok && HZ.breach) {
+        char b[200];
+        std::snprintf(b, sizeof b, "touched %#llx before griddepcontrol.wait: bytes an earlier kernel of this PDL "
+                      "chain wrote (the first such access)", (unsigned long long)HZ.breach);
+        R.error = b;
+        ok = false;
+    }
+    return ok ? 0 : 1;
+}
+
+// griddepcontrol.wait: while the hazard check holds the block before the wait (pdl_hazards.h),
+// a thread parks here until every thread of the block has reached its wait or returned.
+inline void pdl_wait_point() {
+    if (!HZ.before_wait) return;
+    R.fibers[R.cur].state = AT_PDL_WAIT;
+    yield();
 }
 
 inline void* dynamic_smem() {
