@@ -35,7 +35,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_baseline, also where this file is imported
 
+import gpu_baseline  # noqa: E402  (beside this script)
 import numpy as np  # noqa: E402
 
 from services.runtime.backends.cuda.bench_models import SHAPES, make_random_model, prompt_ids  # noqa: E402
@@ -333,6 +335,9 @@ def summary_table(r: dict) -> str:
         if top:
             lines.append(f"{'':<14}step breakdown (eager, us): " + ", ".join(
                 f"{k} {v['total_us']:.0f} ({v['count']}x)" for k, v in top))
+    baseline = gpu_baseline.summary_lines(r.get("bench") or {})
+    if baseline:
+        lines += ["", "against the baseline commit (same card, same weights; ours / baseline):", *baseline]
     lines.extend(engine_bench_lines(r.get("engine_bench") or {}, ENGINE_NEW_TOKENS, ENGINE_RUNS))
     probes = dict(r.get("probes") or {})
     for name in SHAPES:  # the A/B of each model's decode step came with its benchmark
@@ -356,6 +361,8 @@ def main() -> int:
     ap.add_argument("--work", default=os.environ.get("INLOOP_GPU_WORK", "/tmp/inloop-gpu-check"))
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--baseline", type=Path, metavar="TREE",
+                    help="also bench this tree (scripts/gpu_baseline.py prepare REV) on the same card and models")
     ap.add_argument("--first-token", nargs=2, metavar=("KIND", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.first_token:
@@ -416,6 +423,10 @@ def main() -> int:
         b = results["bench"][name] = {}
         step(b, "ours", bench_cuda, models[name], be, PROMPT_LEN, DECODE_TOKENS)
         log(f"{name}: ours {b['ours'].get('decode_ms_per_token')} ms/token, TTFT {b['ours'].get('ttft_ms')} ms")
+        if args.baseline:
+            step(b, "baseline", gpu_baseline.bench, args.baseline, models[name], work, PROMPT_LEN, DECODE_TOKENS)
+            log(f"{name}: baseline {b['baseline'].get('commit')} {b['baseline'].get('decode_ms_per_token')} "
+                f"ms/token, TTFT {b['baseline'].get('ttft_ms')} ms")
         if not args.skip_hf:
             step(b, "hf", bench_hf, models[name])
             log(f"{name}: HF {b['hf'].get('decode_ms_per_token')} ms/token, TTFT {b['hf'].get('ttft_ms')} ms")

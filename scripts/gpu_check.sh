@@ -5,8 +5,9 @@
 # (results.json, summary.txt, pytest.log, parity.jsonl). Needs python3 with numpy,
 # cuda-bindings (+ NVRTC: a wheel or a CUDA toolkit), tokenizers; torch + transformers for the
 # HF side. No network: run scripts/gpu_wheels.sh here first and carry .whl/ for the rest.
-#   [INLOOP_COMMIT=<hash>] scripts/gpu_check.sh [--skip-tests] [--skip-hf]
-# (INLOOP_COMMIT names the commit in the results where the copy has no .git.)
+#   [INLOOP_COMMIT=<hash>] scripts/gpu_check.sh [--skip-tests] [--skip-hf] [--baseline .baseline]
+# (INLOOP_COMMIT names the commit in the results where the copy has no .git; --baseline
+# benches another commit's tree on the same card: scripts/gpu_baseline.py prepare REV.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu_env.sh

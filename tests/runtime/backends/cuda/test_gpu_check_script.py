@@ -49,8 +49,12 @@ def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch)
     results["probes"] = {"graph_node": probes.graph_node_cost(fake_gpu, n=4, replays=1),
                          "smollm2-135m": {"gemv": probes.gemv_sweep(fake_gpu, shape, launches=1, replays=1)},
                          "qwen2.5-0.5b": {"skipped": "time budget"}}
+    results["bench"]["smollm2-135m"]["baseline"] = {"commit": "abc1234", "decode_ms_per_token": 2 * ours[
+        "decode_ms_per_token"], "ttft_ms": ours["ttft_ms"]}
     table = gpu_check.summary_table(results)
     assert "decode ms/tok" in table and "x HF" in table and "greedy parity tiny" in table
+    assert "against the baseline commit" in table and "smollm2-135m  baseline abc1234 -> this: " in table
+    assert "(0.50x), TTFT ms" in table
     assert "graph node:" in table and "smollm2-135m decode step on the GPU" in table
     assert "smollm2-135m lm_head 100x32: ks" in table
     assert set(ours["decode_at_lengths"]) >= {"160_us", "1024_us", "4096_us"}
