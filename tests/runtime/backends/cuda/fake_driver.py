@@ -135,7 +135,7 @@ class FakeDriver:
     ordinary launch, copy or memset still runs, so the bytes those kernels wrote (the chain)
     are closed to its threads until they reach griddepcontrol.wait."""
 
-    HAZARD = re.compile(r"touched (0x[0-9a-f]+) before griddepcontrol.wait")
+    HAZARD = re.compile(r"(?:touched|wrote) (0x[0-9a-f]+) before griddepcontrol.wait")
 
     def __init__(self, sm_count: int = 132, capability=(9, 0), kernels: str = "contract",
                  pdl_hazards: bool = os.environ.get("INLOOP_EMU_PDL_HAZARDS", "1") != "0"):
@@ -380,15 +380,15 @@ class FakeDriver:
                 stale.append((lo, hi))
         try:
             written = self.source.launch(name, grid, block, smem, params,
-                                         hazards=(list(self.mem.device_pages.values()), stale))
+                                         hazards=(list(self.mem.device_pages.values()), stale, pdl))
         except AssertionError as e:
             m = self.HAZARD.search(str(e))
             if m is None:
                 raise
             at = int(m.group(1), 16)
             writers = sorted({k for lo, hi, k in self.chain if lo < at + 16 and at < hi})
-            raise type(e)(f"{e}; that is allocation {self.mem.owner(at)}, written by "
-                          f"{', '.join(writers)} earlier in the chain") from None
+            by = f", written by {', '.join(writers)} earlier in the chain" if writers else ""
+            raise type(e)(f"{e}; that is allocation {self.mem.owner(at)}{by}") from None
         self.chain += [(lo, hi, name) for lo, hi in written or ()]
 
     def cuLaunchKernel(self, *a):

@@ -107,10 +107,15 @@ extern "C" __global__ void pdl_add_one(const float* x, float* y, int read_early)
     if (!read_early) v = x[threadIdx.x];
     y[threadIdx.x] = v + 1.f;
 }
+extern "C" __global__ void pdl_zero_early(float* ws) {
+    ws[threadIdx.x] = 0.f;  // a workspace an earlier kernel may still be reading
+    pdl_launch_dependents();
+    pdl_wait();
+}
 '''
 EXPORTS = ["block_total", "reverse", "one_mma", "ticket_sum", "mirror", "early_return_then_barrier",
            "shuffle_in_a_short_warp", "barrier_against_shuffle", "misaligned_stream", "int_overflow",
-           "write_past_the_end", "pdl_fill", "pdl_add_one"]
+           "write_past_the_end", "pdl_fill", "pdl_add_one", "pdl_zero_early"]
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +236,17 @@ def test_pdl_other_bytes_of_a_page_the_chain_wrote_stay_readable(lib, device_mem
     elsewhere = [(x + 4 * 64, x + 4 * 128)]  # same page as x[0:64], which the kernel reads early
     lib.launch_with(mem, "pdl_add_one", (2,), (64,), elsewhere, ctypes.c_void_p(x), ctypes.c_void_p(y), ctypes.c_int(1))
     assert (mem.view(y, 4 * 64, np.float32) == 3.0).all()
+
+
+def test_pdl_a_write_before_the_wait_stops_the_launch(lib, device_mem):
+    mem = device_mem
+    ws = mem.alloc(4 * 64, device=True)
+    with pytest.raises(KernelFault, match="wrote 0x[0-9a-f]+ before griddepcontrol.wait: an earlier kernel"):
+        lib.launch_with(mem, "pdl_zero_early", (1,), (64,), [], ctypes.c_void_p(ws))
+    # launched without PDL its wait returns at once: nothing to check
+    mem.view(ws, 4 * 64, np.float32)[:] = 1.0
+    arg = ctypes.c_void_p(ws)
+    packed = (ctypes.c_void_p * 1)(ctypes.addressof(arg))
+    written = lib.launch("pdl_zero_early", (1,), (64,), 0, ctypes.addressof(packed),
+                         hazards=(list(mem.device_pages.values()), [], False))
+    assert written == [(ws, ws + 4 * 64)]

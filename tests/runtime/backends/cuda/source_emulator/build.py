@@ -112,7 +112,8 @@ class Library:
         self._error.argtypes, self._error.restype = [], ctypes.c_char_p
         u64p = ctypes.POINTER(ctypes.c_uint64)
         self._hz_set = self.cdll.emu_hazards_set
-        self._hz_set.argtypes, self._hz_set.restype = [u64p, ctypes.c_int, u64p, ctypes.c_int], None
+        self._hz_set.argtypes = [u64p, ctypes.c_int, u64p, ctypes.c_int, ctypes.c_int]
+        self._hz_set.restype = None
         self._hz_written = self.cdll.emu_hazards_written
         self._hz_written.argtypes, self._hz_written.restype = [u64p, ctypes.c_int], ctypes.c_int
         self.hazards_supported = bool(self.cdll.emu_hazards_supported())
@@ -123,25 +124,26 @@ class Library:
             self.entry[name] = fn
 
     def launch(self, name: str, grid, block, smem: int, params: int,
-               hazards: tuple[list, list] | None = None) -> list[tuple[int, int]] | None:
+               hazards: tuple[list, list, bool] | None = None) -> list[tuple[int, int]] | None:
         """Run kernel `name`; `params` is the address of a `void*[]` of argument addresses,
         as cuLaunchKernel takes it. Raises KernelFault when the kernel does something undefined.
 
-        `hazards` = (tracked, stale): the device allocations as page-aligned [lo, hi) spans and
-        the bytes earlier kernels of the PDL chain wrote; the launch then faults on touching
-        those bytes before griddepcontrol.wait (pdl_hazards.h) and returns the spans it wrote."""
+        `hazards` = (tracked, stale, pdl): the device allocations as page-aligned [lo, hi)
+        spans, the bytes earlier kernels of the PDL chain wrote, and whether this launch is a
+        PDL one; the launch then faults on touching those bytes, or writing anything, before
+        griddepcontrol.wait (pdl_hazards.h) and returns the spans it wrote."""
         grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
         cfg = _Launch((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), int(smem))
         track = hazards is not None and self.hazards_supported
         with self._lock:
             if track:
-                tracked, stale = (_spans(s) for s in hazards)
-                self._hz_set(tracked, len(tracked) // 2, stale, len(stale) // 2)
+                tracked, stale = (_spans(s) for s in hazards[:2])
+                self._hz_set(tracked, len(hazards[0]), stale, len(hazards[1]), int(hazards[2]))
             try:
                 failed = self.entry[name](ctypes.byref(cfg), ctypes.c_void_p(params)) != 0
             finally:
                 if track:
-                    self._hz_set(None, -1, None, 0)
+                    self._hz_set(None, -1, None, 0, 0)
             if failed:
                 raise KernelFault(f"{name} grid={grid} block={block}: {self._error().decode(errors='replace')}")
             if not track:
@@ -157,11 +159,12 @@ class Library:
         self.launch(name, grid, block, smem, ctypes.addressof(packed))
 
     def launch_with(self, mem, name: str, grid, block, stale, *args, smem: int = 0) -> list[tuple[int, int]]:
-        """`call` under the PDL hazard check, on `mem`'s (fake_driver.Memory) device pages, with
-        `stale` the bytes earlier kernels of the chain wrote; returns the bytes this one wrote."""
+        """`call` as a PDL launch under the hazard check, on `mem`'s (fake_driver.Memory) device
+        pages, with `stale` the bytes earlier kernels of the chain wrote; returns the bytes this
+        one wrote."""
         packed = (ctypes.c_void_p * max(1, len(args)))(*[ctypes.addressof(a) for a in args])
         return self.launch(name, grid, block, smem, ctypes.addressof(packed),
-                           hazards=(list(mem.device_pages.values()), stale))
+                           hazards=(list(mem.device_pages.values()), stale, True))
 
 
 class SourceKernels:

@@ -2,9 +2,10 @@
 //
 // Under programmatic dependent launch a kernel may start while the kernels before it in the
 // stream still run: each calls griddepcontrol.launch_dependents before its own wait, so every
-// kernel since the last ordinary launch (or copy) may still be writing. Code before
-// griddepcontrol.wait must therefore not touch memory those kernels write. On a GPU a breach
-// reads stale data now and then; here it stops the launch.
+// kernel since the last ordinary launch (or copy) may still be running. Code before
+// griddepcontrol.wait must therefore not touch memory those kernels write, and writes
+// nothing (they may still read it). On a GPU a breach corrupts data now and then; here it
+// stops the launch.
 //
 // How. The device allocations are mapped read-only during a launch, so the first write to a
 // page faults once: the page is copied, made writable, and after the launch the copy and the
@@ -13,7 +14,9 @@
 // bytes that earlier kernels of the chain changed are mapped with no access; a fault there in
 // an aligned 16-byte chunk holding such bytes is the breach (changed bytes may start inside a
 // word; the kernels' loads are aligned and at most 16 bytes). Other bytes of the page are let
-// through: the page opens for one instruction under the trap flag, then closes again.
+// through: the page opens for one instruction under the trap flag, then closes again. A write
+// fault before the wait is a breach too (the first write to each page of the launch faults:
+// a block that writes before its wait is caught where it is the first to write the page).
 // x86-64 Linux only (the trap flag); elsewhere `emu_hazards_supported` says no.
 #pragma once
 
@@ -34,6 +37,7 @@ struct Span { uintptr_t lo, hi; };  // [lo, hi)
 
 struct Hazards {
     bool on = false;              // tracking this launch (the driver double asked for it)
+    bool pdl = false;             // ... and it was launched with programmatic stream serialization
     bool before_wait = false;     // the running block's threads are all before griddepcontrol.wait
     std::vector<Span> tracked;    // the device allocations, page-aligned
     std::vector<Span> stale;      // bytes earlier kernels of the chain wrote (sorted, disjoint)
@@ -43,6 +47,7 @@ struct Hazards {
     std::vector<Span> written;    // after the launch: the bytes it changed
     std::vector<uintptr_t> stepping;  // stale pages opened for one instruction
     uintptr_t breach = 0;         // the first address touched too early (0: none)
+    bool breach_write = false;    // ... by a write (not to bytes the chain wrote)
     bool other_thread = false;    // a thread other than the launch's touched a tracked page
     pthread_t thread{};
     struct sigaction old_segv{}, old_trap{};
@@ -100,6 +105,8 @@ inline void on_segv(int, siginfo_t* si, void* uc) {
         set_trap_flag(uc, true);  // close it again after this one instruction
         return;
     }
+    // every fault from here on is a write (the page is read-only)
+    if (HZ.before_wait && HZ.breach == 0) HZ.breach = a, HZ.breach_write = true;
     if (!HZ.before.count(page)) {  // the launch's first write to this page
         const auto* p = reinterpret_cast<const unsigned char*>(page);
         HZ.before.emplace(page, std::vector<unsigned char>(p, p + HZ.page));
@@ -128,6 +135,7 @@ inline void hazards_launch_begin() {
     HZ.before.clear();
     HZ.written.clear();
     HZ.breach = 0;
+    HZ.breach_write = false;
     HZ.stepping.clear();
     HZ.stepping.reserve(16);  // the handler appends: no allocation there as a rule
     HZ.other_thread = false;
@@ -156,7 +164,7 @@ inline void hazards_launch_begin() {
 // up): the first and last 8 blocks and every k-th of the rest, from an offset that moves with
 // each launch, about 64 in all.
 inline void hazards_block_begin(unsigned block, unsigned blocks, unsigned long launch) {
-    if (!HZ.on || HZ.stale_runs.empty()) return;
+    if (!HZ.on || !HZ.pdl) return;
     const unsigned k = (blocks + 47) / 48;
     if (blocks > 64 && block >= 8 && block + 8 < blocks && (block + launch) % k != 0) return;
     HZ.before_wait = true;
@@ -201,10 +209,13 @@ inline void hazards_launch_end() {
 extern "C" __attribute__((visibility("default"))) int emu_hazards_supported() { return emu::kHazardsSupported; }
 
 // Track the next launch: `tracked` the device allocations (page-aligned [lo, hi) pairs), `stale`
-// the bytes earlier kernels of its chain wrote (disjoint pairs). n_tracked < 0: off.
+// the bytes earlier kernels of its chain wrote (disjoint pairs), `pdl` whether it is launched
+// with programmatic stream serialization (else its wait returns at once: nothing to check).
+// n_tracked < 0: off.
 extern "C" __attribute__((visibility("default"))) void emu_hazards_set(const uint64_t* tracked, int n_tracked,
-                                                                       const uint64_t* stale, int n_stale) {
+                                                                       const uint64_t* stale, int n_stale, int pdl) {
     emu::HZ.on = emu::kHazardsSupported && n_tracked >= 0;
+    emu::HZ.pdl = pdl != 0;
     emu::HZ.tracked.clear();
     emu::HZ.stale.clear();
     for (int i = 0; i < n_tracked; ++i) emu::HZ.tracked.push_back({tracked[2 * i], tracked[2 * i + 1]});
@@ -217,7 +228,6 @@ extern "C" __attribute__((visibility("default"))) void emu_hazards_set(const uin
 // After the launch: the first address it touched too early (0: none), whether another thread
 // touched device memory meanwhile, and the 16-byte chunks it changed (up to `cap` [lo, hi)
 // pairs; returns the count).
-extern "C" __attribute__((visibility("default"))) uint64_t emu_hazards_breach() { return emu::HZ.breach; }
 extern "C" __attribute__((visibility("default"))) int emu_hazards_other_thread() { return emu::HZ.other_thread; }
 extern "C" __attribute__((visibility("default"))) int emu_hazards_written(uint64_t* out, int cap) {
     const int n = (int)emu::HZ.written.size();

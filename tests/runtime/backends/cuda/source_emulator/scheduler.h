@@ -350,9 +350,12 @@ inline int run_grid(const Launch& L, void (*body)(void*), void* arg) {
         ok = false;
     }
     if (ok && HZ.breach) {
-        char b[200];
-        std::snprintf(b, sizeof b, "touched %#llx before griddepcontrol.wait: bytes an earlier kernel of this PDL "
-                      "chain wrote (the first such access)", (unsigned long long)HZ.breach);
+        char b[240];
+        std::snprintf(b, sizeof b, HZ.breach_write
+                      ? "wrote %#llx before griddepcontrol.wait: an earlier kernel of this PDL chain may still "
+                        "read or write it (the first such access)"
+                      : "touched %#llx before griddepcontrol.wait: bytes an earlier kernel of this PDL chain "
+                        "wrote (the first such access)", (unsigned long long)HZ.breach);
         R.error = b;
         ok = false;
     }
