@@ -62,6 +62,16 @@ extern "C" __global__ void ticket_sum(float* partial, int* counter, float* out) 
     }
 }
 
+// the same without the ticket: takes the highest block to be the last to run (a GPU runs
+// blocks in no set order)
+extern "C" __global__ void highest_block_sums(float* partial, float* out) {
+    if (threadIdx.x == 0) partial[blockIdx.x] = (float)(blockIdx.x + 1);
+    if (blockIdx.x != gridDim.x - 1 || threadIdx.x != 0) return;
+    float t = 0.f;
+    for (int b = 0; b < (int)gridDim.x; ++b) t += partial[b];
+    *out = t;
+}
+
 // each thread reads what the mirror thread wrote: needs the barrier
 extern "C" __global__ void mirror(float* out, int with_barrier) {
     __shared__ float s[64];
@@ -113,8 +123,8 @@ extern "C" __global__ void pdl_zero_early(float* ws) {
     pdl_wait();
 }
 '''
-EXPORTS = ["block_total", "reverse", "one_mma", "ticket_sum", "mirror", "early_return_then_barrier",
-           "shuffle_in_a_short_warp", "barrier_against_shuffle", "misaligned_stream", "int_overflow",
+EXPORTS = ["block_total", "reverse", "one_mma", "ticket_sum", "highest_block_sums", "mirror",
+           "early_return_then_barrier", "shuffle_in_a_short_warp", "barrier_against_shuffle", "misaligned_stream", "int_overflow",
            "write_past_the_end", "pdl_fill", "pdl_add_one", "pdl_zero_early"]
 
 
@@ -163,6 +173,18 @@ def test_atomic_ticket_lets_the_last_block_finish(lib):
     partial, counter, out = np.zeros(7, np.float32), np.zeros(1, np.int32), np.zeros(1, np.float32)
     lib.call("ticket_sum", (7,), (64,), ptr(partial), ptr(counter), ptr(out))
     assert out[0] == 28 and counter[0] == 0
+
+
+def test_blocks_run_in_no_set_order(lib):
+    sums, tickets = [], []
+    for _ in range(3):  # launches take turns: ascending, descending, strided
+        partial, out = np.zeros(7, np.float32), np.zeros(1, np.float32)
+        lib.call("highest_block_sums", (7,), (32,), ptr(partial), ptr(out))
+        sums.append(out[0])
+        partial, counter, out = np.zeros(7, np.float32), np.zeros(1, np.int32), np.zeros(1, np.float32)
+        lib.call("ticket_sum", (7,), (64,), ptr(partial), ptr(counter), ptr(out))
+        tickets.append(out[0])
+    assert tickets == [28] * 3 and 28 in sums and sums != [28] * 3
 
 
 def test_a_missing_barrier_shows(lib):

@@ -2,8 +2,9 @@
 // kernels (services/runtime/backends/cuda/kernels) unmodified, for tests on machines without
 // a GPU. build.py pre-includes this header into each kernel file and compiles it with g++.
 //
-// Execution model. A launch runs its blocks one after another; the threads of a block are
-// fibers on one OS thread (a six-register stack switch on x86-64, ucontext elsewhere), switched only where CUDA threads synchronize:
+// Execution model. A launch runs its blocks one after another, in an order that changes from
+// launch to launch (scheduler.h block_order); the threads of a block are fibers on one OS
+// thread (a six-register stack switch on x86-64, ucontext elsewhere), switched only where CUDA threads synchronize:
 // __syncthreads, the warp collectives (shuffles, __syncwarp, mma.sync). Between those points
 // a thread runs alone, so memory ops and atomics are trivially atomic, and a kernel that
 // relies on lock-step warps without a collective (a race on the GPU) sees other threads'

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -327,6 +328,21 @@ inline bool run_block(const Launch& L) {
     return true;
 }
 
+// The k-th block to run of `total`. A GPU runs blocks in no set order, so neither may a kernel
+// assume one (that the block finishing last is the highest, that lower blocks are done):
+// launches take turns running them ascending, descending, and in a strided permutation.
+inline unsigned long block_order(unsigned long k, unsigned long total) {
+    switch (R.launches % 3) {
+        case 0: return k;
+        case 1: return total - 1 - k;
+        default: {
+            unsigned long a = 7;  // a stride coprime with total visits every block once
+            while (std::gcd(a, total) != 1) a += 2;
+            return (k * a + R.launches) % total;
+        }
+    }
+}
+
 inline int run_grid(const Launch& L, void (*body)(void*), void* arg) {
     ++R.launches;
     R.error.clear();
@@ -337,13 +353,14 @@ inline int run_grid(const Launch& L, void (*body)(void*), void* arg) {
     R.dyn_smem.assign(L.smem + 16, 0xff);
     hazards_launch_begin();
     bool ok = true;
-    for (unsigned z = 0; ok && z < L.grid[2]; ++z)
-        for (unsigned y = 0; ok && y < L.grid[1]; ++y)
-            for (unsigned x = 0; ok && x < L.grid[0]; ++x) {
-                blockIdx = {x, y, z};
-                R.reverse = ((R.launches + x + y + z) & 1) != 0;
-                ok = run_block(L);
-            }
+    const unsigned long total = (unsigned long)L.grid[0] * L.grid[1] * L.grid[2];
+    for (unsigned long k = 0; ok && k < total; ++k) {
+        const unsigned long b = block_order(k, total);
+        const unsigned x = b % L.grid[0], y = (b / L.grid[0]) % L.grid[1], z = b / ((unsigned long)L.grid[0] * L.grid[1]);
+        blockIdx = {x, y, z};
+        R.reverse = ((R.launches + x + y + z) & 1) != 0;
+        ok = run_block(L);
+    }
     hazards_launch_end();
     if (ok && HZ.other_thread) {
         R.error = "another thread touched device memory during the launch (the hazard check needs it alone)";
