@@ -2,23 +2,21 @@
 child whose imports resolve to that tree (a stub tree here: no GPU), and the comparison lines."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from . import scripts
+
 REPO = Path(__file__).resolve().parents[4]
-SCRIPT = REPO / "scripts" / "gpu_baseline.py"
+SCRIPT = scripts.SCRIPTS / "gpu_baseline.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_baseline():
-    spec = importlib.util.spec_from_file_location("gpu_baseline", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return scripts.load("gpu_baseline")
 
 
 def test_prepare_exports_the_commits_services_and_proto(gpu_baseline, tmp_path):

@@ -2,7 +2,6 @@
 tiny model, so the one GPU run is not spent on the script's own bugs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,12 @@ import pytest
 
 from services.runtime.model.tiny import make_tiny
 
-SCRIPT = Path(__file__).resolve().parents[4] / "scripts" / "gpu_check.py"
+from . import scripts
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return scripts.load("gpu_check")
 
 
 def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch):
