@@ -48,6 +48,7 @@ from services.runtime.backends.cuda.benchmark import (  # noqa: E402
     greedy_parity,
 )
 from services.runtime.backends.cuda.probes import gemv_sweep, graph_node_cost, summary_lines  # noqa: E402
+from services.runtime.bench import hf_forward, load_hf  # noqa: E402
 
 PROMPT_LEN, DECODE_TOKENS = 32, 128
 DEADLINE_S = 225  # stop starting optional work after this
@@ -171,23 +172,12 @@ def tiny_parity(workdir: Path, be) -> dict:
 
 
 # ---- 4. benchmarks ------------------------------------------------------------------------
-def hf_model(model_dir, device: str):
-    """HF transformers in bf16 on `device` (`dtype=` from 4.56 on, `torch_dtype=` before)."""
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-    return AutoModelForCausalLM.from_pretrained(model_dir, **{key: torch.bfloat16}).to(device).eval()
-
-
 def bench_hf(model_dir: Path, device: str = "cuda") -> dict:
     import torch
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     t = time.perf_counter()
-    model = hf_model(model_dir, device)
+    model = load_hf(model_dir, device)  # bf16 on the GPU
     load_s = time.perf_counter() - t
     ids = torch.tensor([prompt_ids(model.config.vocab_size, PROMPT_LEN, seed=2).tolist()], device=device)
     ttft, decode = [], []
@@ -200,13 +190,13 @@ def bench_hf(model_dir: Path, device: str = "cuda") -> dict:
             int(tok)
             ttft.append((time.perf_counter() - t) * 1e3)
         for n in (8, DECODE_TOKENS):  # a short warm-up run, then the timed one
-            out = model(ids, use_cache=True)
-            past, tok = out.past_key_values, out.logits[0, -1].argmax()
+            out, past = hf_forward(model, ids)
+            tok = out.logits[0, -1].argmax()
             sync()
             t = time.perf_counter()
             for _ in range(n):
-                out = model(tok.view(1, 1), past_key_values=past, use_cache=True)
-                past, tok = out.past_key_values, out.logits[0, -1].argmax()
+                out, past = hf_forward(model, tok.view(1, 1), past)
+                tok = out.logits[0, -1].argmax()
                 int(tok)  # the host needs every token, as ours does
             decode.append((time.perf_counter() - t) * 1e3 / n)
     del model
@@ -244,7 +234,7 @@ def first_token_child(kind: str, model_dir: str) -> None:
         import torch
 
         device = os.environ.get("INLOOP_HF_DEVICE", "cuda")
-        model = hf_model(model_dir, device)
+        model = load_hf(model_dir, device)  # bf16 on the GPU
         with torch.inference_mode():
             ids = torch.tensor([prompt_ids(model.config.vocab_size, PROMPT_LEN, seed=2).tolist()], device=device)
             token = int(model(ids).logits[0, -1].argmax())

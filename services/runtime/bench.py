@@ -14,6 +14,7 @@ logits and argmax, against HF on the CPU in float32.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import subprocess
@@ -108,20 +109,32 @@ def load_hf(model_dir, device: str):
     return AutoModelForCausalLM.from_pretrained(model_dir, **{key: dtype}).to(device).eval()
 
 
+def hf_forward(model, input_ids, cache=None):
+    """One forward pass of an HF causal LM with its KV cache: (output, the cache to pass next).
+    transformers 5.24 renamed `past_key_values` (argument and output) to `cache` and removes the
+    old name in 5.40; earlier versions know only the old one."""
+    kw = {}
+    if cache is not None:
+        new = "cache" in inspect.signature(type(model).forward).parameters
+        kw["cache" if new else "past_key_values"] = cache
+    out = model(input_ids, use_cache=True, **kw)
+    return out, out["cache"] if "cache" in out else out.past_key_values
+
+
 def run_hf(model, ids: list[int], new_tokens: int, device: str) -> tuple[float, float, list[int]]:
     import torch
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.inference_mode():
         t0 = time.perf_counter()
-        out = model(torch.tensor([ids], device=device), use_cache=True)
+        out, past = hf_forward(model, torch.tensor([ids], device=device))
         token = int(out.logits[0, -1].argmax())
         sync()
         ttft = time.perf_counter() - t0
-        past, tokens = out.past_key_values, [token]
+        tokens = [token]
         t1 = time.perf_counter()
         for _ in range(new_tokens - 1):
-            out = model(torch.tensor([[token]], device=device), past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+            out, past = hf_forward(model, torch.tensor([[token]], device=device), past)
+            token = int(out.logits[0, -1].argmax())
             tokens.append(token)
         sync()
     return ttft, time.perf_counter() - t1, tokens

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.runtime.bench import hf_forward
 from services.runtime.engine.engine import Engine
 from tests.conftest import ARCHS, requires_reference
 
@@ -29,17 +30,17 @@ def test_prefill_and_8_decode_steps_match_hf(arch, tiny_models):
                                 backend.ids(np.arange(len(ids), dtype=np.int32)), cache, all_logits=True)
     cache.length = len(ids)
     with torch.no_grad():
-        out = hf(torch.tensor([ids]), use_cache=True)
+        out, past = hf_forward(hf, torch.tensor([ids]))
     ref = out.logits[0].numpy()
     assert ours.shape == ref.shape
     assert _rel(ours, ref) < REL_TOL, f"prefill logits differ: rel {_rel(ours, ref):.2e}"
 
-    past, token = out.past_key_values, int(ref[-1].argmax())
+    token = int(ref[-1].argmax())
     for step in range(8):
         ours = engine.decode_one_token(token, cache)
         with torch.no_grad():
-            out = hf(torch.tensor([[token]]), past_key_values=past, use_cache=True)
-        past, ref = out.past_key_values, out.logits[0, -1].numpy()
+            out, past = hf_forward(hf, torch.tensor([[token]]), past)
+        ref = out.logits[0, -1].numpy()
         assert _rel(ours, ref) < REL_TOL, f"decode step {step}: rel {_rel(ours, ref):.2e}"
         token = int(ref.argmax())
 
@@ -61,3 +62,13 @@ def test_greedy_generation_matches_hf_generate(arch, tiny_models):
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                           eos_token_id=sorted(engine.eos_ids), pad_token_id=0)
     assert result.token_ids == ref[0, len(prompt):].tolist()
+
+
+def test_bench_runs_hf_side_by_side_with_the_same_greedy_tokens(tiny_llama):
+    """`inloop bench runtime`'s reference loop (bench.run_hf: prefill, then cached decode steps
+    through hf_forward) on the CPU: both sides decode, and greedily agree on a tiny model."""
+    from services.runtime.bench import bench
+
+    r = bench(tiny_llama, "cpu", runs=2, prompt_tokens=8, new_tokens=4, with_hf=True, start_runs=0)
+    assert r["hf"]["ttft_ms"] > 0 and r["ours"]["ttft_ms"] > 0
+    assert r["same_greedy_tokens"] == [True, True], r
