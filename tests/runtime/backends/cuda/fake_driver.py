@@ -130,15 +130,16 @@ class FakeDriver:
     kernel's contract, fast); `kernels="source"` runs the real CUDA C of kernels/ compiled for
     the CPU (source_emulator/), so the kernels' own code is what gets tested.
 
-    With the sources, PDL is checked too (`pdl_hazards`, on by default): a kernel launched with
-    programmatic stream serialization may start while every kernel since the stream's last
-    ordinary launch, copy or memset still runs, so the bytes those kernels wrote (the chain)
-    are closed to its threads until they reach griddepcontrol.wait."""
+    With the sources, PDL is checked too (`pdl_hazards`; on unless INLOOP_EMU_PDL_HAZARDS=0): a
+    kernel launched with programmatic stream serialization may start while every kernel since
+    the stream's last ordinary launch, copy, memset or graph start still runs, so the bytes
+    those kernels wrote (the chain) are closed to its threads until they reach
+    griddepcontrol.wait, and it may write nothing before then."""
 
     HAZARD = re.compile(r"(?:touched|wrote) (0x[0-9a-f]+) before griddepcontrol.wait")
 
     def __init__(self, sm_count: int = 132, capability=(9, 0), kernels: str = "contract",
-                 pdl_hazards: bool = os.environ.get("INLOOP_EMU_PDL_HAZARDS", "1") != "0"):
+                 pdl_hazards: bool | None = None):
         if kernels not in ("contract", "source"):
             raise ValueError(f"kernels must be 'contract' or 'source', got {kernels!r}")
         self.source = None
@@ -152,6 +153,8 @@ class FakeDriver:
         self.capturing: dict[int, list] = {}
         self.graphs: dict[int, list] = {}
         self.launches: list[tuple[str, bool]] = []  # (kernel, pdl) of every executed launch
+        if pdl_hazards is None:  # read here, not when the module is imported
+            pdl_hazards = os.environ.get("INLOOP_EMU_PDL_HAZARDS", "1") != "0"
         self.pdl_hazards = pdl_hazards and kernels == "source"
         self.chain: list[tuple[int, int, str]] = []  # (lo, hi, kernel): bytes this PDL chain wrote
         self._next = 1000

@@ -96,6 +96,11 @@ def build_library(stem: str, source: str, exports: list[str], root: Path | None 
     return out
 
 
+def _packed(args) -> ctypes.Array:
+    """The driver's `void*[]` of argument addresses for ctypes values (kept alive by the caller)."""
+    return (ctypes.c_void_p * max(1, len(args)))(*[ctypes.addressof(a) for a in args])
+
+
 def _spans(spans) -> ctypes.Array:
     flat = [v for span in spans for v in span]
     return (ctypes.c_uint64 * max(1, len(flat)))(*flat)
@@ -155,14 +160,14 @@ class Library:
 
     def call(self, name: str, grid, block, *args, smem: int = 0) -> None:
         """Launch with ctypes values (c_void_p(address), c_int(3), ...) packed here."""
-        packed = (ctypes.c_void_p * max(1, len(args)))(*[ctypes.addressof(a) for a in args])
+        packed = _packed(args)  # alive through the launch
         self.launch(name, grid, block, smem, ctypes.addressof(packed))
 
     def launch_with(self, mem, name: str, grid, block, stale, *args, smem: int = 0) -> list[tuple[int, int]]:
         """`call` as a PDL launch under the hazard check, on `mem`'s (fake_driver.Memory) device
         pages, with `stale` the bytes earlier kernels of the chain wrote; returns the bytes this
         one wrote."""
-        packed = (ctypes.c_void_p * max(1, len(args)))(*[ctypes.addressof(a) for a in args])
+        packed = _packed(args)  # alive through the launch
         return self.launch(name, grid, block, smem, ctypes.addressof(packed),
                            hazards=(list(mem.device_pages.values()), stale, True))
 
