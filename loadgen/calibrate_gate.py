@@ -26,7 +26,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from services.common.gate_defaults import CALIBRATION_FILE, STATISTICS
+from inloop.services.common.gate_defaults import CALIBRATION_FILE, STATISTICS
 
 
 def youden_threshold(values: list[float], failed: list[bool]) -> tuple[float, float]:
@@ -66,9 +66,9 @@ def fit(records: list[dict]) -> dict:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from loadgen.harness import check_counts, run_traced
-    from loadgen.run_meta import model_sha256, resolve_model_dir
-    from loadgen.tasks import load_cases
+    from inloop.loadgen.harness import check_counts, run_traced
+    from inloop.loadgen.run_meta import model_sha256, resolve_model_dir
+    from inloop.loadgen.tasks import load_cases
 
     problem = check_counts(args)
     if problem:
@@ -106,7 +106,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def register(lsub) -> None:
-    from loadgen.harness import add_harness_args
+    from inloop.loadgen.harness import add_harness_args
 
     p = lsub.add_parser("calibrate-gate", help="fit the uncertainty gate's default threshold on the calibration split",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,13 +5,13 @@ import importlib
 
 # (module, function) pairs, each adding one sub-command to `inloop loadgen`.
 SUBCOMMANDS = (
-    ("loadgen.compare", "register_compare"),       # compare: same cases, both routes, no faults
-    ("loadgen.matrix", "register"),                # matrix: profiles x tasks x routes
-    ("loadgen.loops", "register"),                 # loops: agentic scenarios, gate on/off
-    ("loadgen.coldwarm", "register_coldwarm"),     # coldwarm: start -> healthy, cold/warm latency
-    ("loadgen.load", "register_load"),             # load: concurrent clients, vLLM's metrics
-    ("loadgen.calibrate_gate", "register"),        # calibrate-gate: fit the gate's default threshold
-    ("loadgen.report.cli", "register_report"),     # report: re-render an artifact
+    ("inloop.loadgen.compare", "register_compare"),       # compare: same cases, both routes, no faults
+    ("inloop.loadgen.matrix", "register"),                # matrix: profiles x tasks x routes
+    ("inloop.loadgen.loops", "register"),                 # loops: agentic scenarios, gate on/off
+    ("inloop.loadgen.coldwarm", "register_coldwarm"),     # coldwarm: start -> healthy, cold/warm latency
+    ("inloop.loadgen.load", "register_load"),             # load: concurrent clients, vLLM's metrics
+    ("inloop.loadgen.calibrate_gate", "register"),        # calibrate-gate: fit the gate's default threshold
+    ("inloop.loadgen.report.cli", "register_report"),     # report: re-render an artifact
 )
 
 

@@ -27,7 +27,7 @@ import argparse
 import asyncio
 import sys
 
-from loadgen.stats import summarize_ms
+from inloop.loadgen.stats import summarize_ms
 
 DEFAULT_PROMPT = "What is a service mesh? Answer in two sentences."
 
@@ -41,8 +41,8 @@ async def measure(launcher, prompt: str, max_tokens: int, warm_requests: int, wa
     """Time a started runtime (see the module docstring); returns (section, ModelInfo)."""
     from inloop.v1 import runtime_pb2_grpc
 
-    from loadgen.stream_client import chat_request, model_info, stream_generate
-    from services.common.grpc_client import aio_insecure_channel
+    from inloop.loadgen.stream_client import chat_request, model_info, stream_generate
+    from inloop.services.common.grpc_client import aio_insecure_channel
 
     async with aio_insecure_channel(launcher.target) as channel:
         start_to_healthy_ms = await launcher.wait_healthy(channel, timeout_s=start_timeout_s, poll_s=poll_s)
@@ -93,9 +93,9 @@ def format_table(section: dict, warmup: int, backend: str, model: str) -> str:
 
 
 def cmd_coldwarm(args: argparse.Namespace) -> int:
-    from loadgen.reporting import write_run
-    from loadgen.run_meta import resolve_model_dir, run_meta
-    from loadgen.runtime_launcher import RuntimeLauncher, RuntimeLaunchError
+    from inloop.loadgen.reporting import write_run
+    from inloop.loadgen.run_meta import resolve_model_dir, run_meta
+    from inloop.loadgen.runtime_launcher import RuntimeLauncher, RuntimeLaunchError
 
     if args.warm_requests < 1 or args.warmup < 0 or args.max_tokens < 1:
         print("error: --warm-requests and --max-tokens must be >= 1, --warmup >= 0", file=sys.stderr)

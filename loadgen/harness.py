@@ -17,9 +17,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor, mtls_credentials
-from loadgen.stack import LocalStack
-from services.common.config import add_client_security_options
+from inloop.loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor, mtls_credentials
+from inloop.loadgen.stack import LocalStack
+from inloop.services.common.config import add_client_security_options
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Harness:
     security: object = None   # ClientSecurity for the calls to the services (TLS, token)
 
     def runner(self, args: argparse.Namespace):
-        from loadgen.task_runner import TaskRunner
+        from inloop.loadgen.task_runner import TaskRunner
         return TaskRunner(self.runtime, self.controller, max_tokens=args.max_tokens,
                           deadline_ms=args.deadline_ms, security=self.security)
 
@@ -70,8 +70,8 @@ def check_counts(args: argparse.Namespace) -> str:
 
 @contextlib.contextmanager
 def open_harness(args: argparse.Namespace, log_dir: Path):
-    from services.common.security import client_security_from_args
-    from services.common.telemetry import setup_tracing
+    from inloop.services.common.security import client_security_from_args
+    from inloop.services.common.telemetry import setup_tracing
 
     if bool(args.runtime) != bool(args.controller):
         raise SystemExit("error: give both --runtime and --controller (an existing deployment), or neither")
@@ -121,7 +121,7 @@ class TracedRun:
 
     def report_extra(self) -> dict:
         """The artifact's hops/runs/traces sections."""
-        from loadgen.trace_analysis import hop_rows
+        from inloop.loadgen.trace_analysis import hop_rows
 
         return {"hops": {"rows": hop_rows(self.records)}, "runs": self.records, "traces": self.traces}
 
@@ -131,7 +131,7 @@ def run_traced(args: argparse.Namespace, out_dir: Path, total: int, desc: str, r
     progress bar of `total` tasks, then (with `traced`) join every record to its trace."""
     from tqdm import tqdm
 
-    from loadgen.trace_analysis import attach_breakdowns, sample_traces
+    from inloop.loadgen.trace_analysis import attach_breakdowns, sample_traces
 
     with open_harness(args, out_dir / "logs") as h:
         runner = h.runner(args)

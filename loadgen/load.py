@@ -90,7 +90,7 @@ async def run_load(channel, prompts: list[str], max_tokens: int, *, concurrency:
     from inloop.v1 import runtime_pb2_grpc
     from tqdm import tqdm
 
-    from loadgen.stream_client import chat_request, stream_generate
+    from inloop.loadgen.stream_client import chat_request, stream_generate
 
     if (concurrency is None) == (rate is None):
         raise ValueError("give exactly one of concurrency (closed loop) and rate (open loop)")
@@ -125,7 +125,7 @@ async def _against(channel, args, prompts, launcher=None):
     """Wait for a self-started runtime, check the target answers, then run the load."""
     import grpc
 
-    from loadgen.stream_client import model_info
+    from inloop.loadgen.stream_client import model_info
 
     if launcher is not None:
         await launcher.wait_healthy(channel, timeout_s=args.start_timeout)
@@ -142,17 +142,17 @@ async def _against(channel, args, prompts, launcher=None):
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from loadgen.load_metrics import (
+    from inloop.loadgen.load_metrics import (
         calculate_metrics,
         format_table,
         load_section,
         parse_goodput,
     )
-    from loadgen.prompt_set import chat_prompts
-    from loadgen.reporting import write_run
-    from loadgen.run_meta import resolve_model_dir, run_meta
-    from loadgen.runtime_launcher import RuntimeLauncher, RuntimeLaunchError
-    from services.common.grpc_client import aio_insecure_channel
+    from inloop.loadgen.prompt_set import chat_prompts
+    from inloop.loadgen.reporting import write_run
+    from inloop.loadgen.run_meta import resolve_model_dir, run_meta
+    from inloop.loadgen.runtime_launcher import RuntimeLauncher, RuntimeLaunchError
+    from inloop.services.common.grpc_client import aio_insecure_channel
 
     if args.request_rate is None and args.concurrency is None:
         args.concurrency = 4

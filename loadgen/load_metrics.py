@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from loadgen.stats import summarize_ms
-from loadgen.stream_client import StreamResult
+from inloop.loadgen.stats import summarize_ms
+from inloop.loadgen.stream_client import StreamResult
 
 GOODPUT_METRICS = ("ttft", "tpot", "e2el")
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loadgen.stats import bootstrap_ci
-from loadgen.task_runner import ROUTES
+from inloop.loadgen.stats import bootstrap_ci
+from inloop.loadgen.task_runner import ROUTES
 
 ARMS = tuple((route, gate) for route in ROUTES for gate in (False, True))
 
@@ -90,11 +90,11 @@ def _print(section: dict) -> None:
 
 def _cmd(args: argparse.Namespace) -> int:
     from inloop.v1 import runtime_pb2 as pb
-    from loadgen.harness import check_counts, run_traced
-    from loadgen.profiles import ProfileError, load_profile
-    from loadgen.reporting import finish_report
-    from loadgen.tasks import SCENARIOS, load_cases
-    from services.common.gate_defaults import default_gate
+    from inloop.loadgen.harness import check_counts, run_traced
+    from inloop.loadgen.profiles import ProfileError, load_profile
+    from inloop.loadgen.reporting import finish_report
+    from inloop.loadgen.tasks import SCENARIOS, load_cases
+    from inloop.services.common.gate_defaults import default_gate
 
     problem = check_counts(args)
     if problem:
@@ -129,8 +129,8 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def register(lsub) -> None:
-    from loadgen.harness import add_harness_args
-    from loadgen.tasks import SCENARIOS
+    from inloop.loadgen.harness import add_harness_args
+    from inloop.loadgen.tasks import SCENARIOS
 
     p = lsub.add_parser("loops", help="agentic scenarios: gate on/off x internal/external, baseline and stress",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loadgen.stats import bootstrap_ci
-from loadgen.task_runner import ROUTES
+from inloop.loadgen.stats import bootstrap_ci
+from inloop.loadgen.task_runner import ROUTES
 
 N_BOOT = 2000
 
@@ -109,11 +109,11 @@ def _print_table(summary: dict) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from loadgen.harness import check_counts, run_traced
-    from loadgen.profiles import ProfileError, load_profiles
-    from loadgen.reporting import finish_report
-    from loadgen.tasks import load_cases
-    from loadgen.trace_analysis import breakdown_check
+    from inloop.loadgen.harness import check_counts, run_traced
+    from inloop.loadgen.profiles import ProfileError, load_profiles
+    from inloop.loadgen.reporting import finish_report
+    from inloop.loadgen.tasks import load_cases
+    from inloop.loadgen.trace_analysis import breakdown_check
 
     problem = check_counts(args)
     if problem:
@@ -150,9 +150,9 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def register(lsub) -> None:
-    from loadgen.harness import add_harness_args
-    from loadgen.profiles import BUILTIN
-    from loadgen.tasks import FAMILIES
+    from inloop.loadgen.harness import add_harness_args
+    from inloop.loadgen.profiles import BUILTIN
+    from inloop.loadgen.tasks import FAMILIES
 
     m = lsub.add_parser("matrix", help="the routing matrix: every profile x task, internal vs external",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,7 +15,7 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadgen.report.schema import SCHEMA
+from inloop.loadgen.report.schema import SCHEMA
 
 
 def _claim_stem(out: Path, kind: str, now: datetime) -> str:
@@ -32,7 +32,7 @@ def _claim_stem(out: Path, kind: str, now: datetime) -> str:
 
 def write_run(out_dir: str | Path, kind: str, meta: dict, section: dict, extra: dict | None = None,
               now: datetime | None = None) -> dict[str, Path]:
-    from loadgen.report.write import write_reports
+    from inloop.loadgen.report.write import write_reports
 
     now = now or datetime.now(UTC)
     doc = {"schema": SCHEMA, "kind": kind, "created": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -46,7 +46,7 @@ def finish_report(args: argparse.Namespace, kind: str, section: dict, extra: dic
                   model: str = "", seeds: list[int] = (), profiles: dict | None = None) -> dict[str, Path]:
     """write_run for a command that started (or was pointed at) the services: builds `meta`,
     and says where each file went."""
-    from loadgen.run_meta import resolve_model_dir, run_meta
+    from inloop.loadgen.run_meta import resolve_model_dir, run_meta
 
     model_dir = resolve_model_dir(model) if model else None
     meta = run_meta(args, getattr(args, "backend", "") if model else "", model_dir, list(seeds), profiles,

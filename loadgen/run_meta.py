@@ -29,7 +29,7 @@ _SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
 # ---- model identity -------------------------------------------------------------------
 def _sha_cache_path() -> Path:
-    from services.runtime.model.default_model import cache_root
+    from inloop.services.runtime.model.default_model import cache_root
 
     return cache_root() / "sha256-cache.json"
 
@@ -100,7 +100,7 @@ def resolve_model_dir(spec: str | None) -> Path | None:
     if not spec:
         return None
     if spec == "default":
-        from services.runtime.model.default_model import default_model_dir
+        from inloop.services.runtime.model.default_model import default_model_dir
 
         return default_model_dir()
     return Path(spec).expanduser()

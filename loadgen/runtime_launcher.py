@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadgen.stack import read_listen_address, terminate
+from inloop.loadgen.stack import read_listen_address, terminate
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ class RuntimeLaunchError(RuntimeError):
 class RuntimeLauncher:
     def __init__(self, model: str, backend: str = "auto", host: str = "127.0.0.1",
                  log_path: str | Path | None = None, extra_args: list[str] | None = None):
-        self.cmd = [sys.executable, "-m", "services.cli", "runtime", "serve", "--model", str(model),
+        self.cmd = [sys.executable, "-m", "inloop.services.cli", "runtime", "serve", "--model", str(model),
                     "--backend", backend, "--host", host, "--port", "0", "--metrics-port", "0",
                     *(extra_args or [])]
         self._own_log = log_path is None

@@ -4,7 +4,7 @@
                     otlp_endpoint=receiver.endpoint) as stack:
         stack.runtime, stack.controller        # "127.0.0.1:PORT" targets
 
-Each service is `python -m services.cli SERVICE serve --port 0 ...`; it prints
+Each service is `python -m inloop.services.cli SERVICE serve --port 0 ...`; it prints
 "... listening on HOST:PORT" on stdout and is then polled through grpc.health.v1 until
 SERVING. Its JSON logs go to `log_dir/<service>.jsonl`, and a failed start quotes their
 tail. Stop sends SIGTERM (the services drain and flush their last spans) and reports any
@@ -21,7 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
-from services.common.grpc_client import wait_for_serving
+from inloop.services.common.grpc_client import wait_for_serving
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ class ServiceProc:
     def __init__(self, service: str, args: list[str], log_path: Path, env: dict[str, str]):
         self.service, self.log_path = service, Path(log_path)
         # Free ports for gRPC and metrics: several stacks (and tests) may run on one host.
-        self.cmd = [sys.executable, "-m", "services.cli", service, "serve", "--port", "0",
+        self.cmd = [sys.executable, "-m", "inloop.services.cli", service, "serve", "--port", "0",
                     "--metrics-port", "0", *args]
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(self.cmd, cwd=_REPO, stdout=subprocess.PIPE, stderr=self._log,

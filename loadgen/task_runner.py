@@ -11,9 +11,9 @@ import time
 
 import grpc
 
-from loadgen.requests import case_to_request, result_steps
-from loadgen.tasks import check
-from loadgen.tasks.model import TaskCase
+from inloop.loadgen.requests import case_to_request, result_steps
+from inloop.loadgen.tasks import check
+from inloop.loadgen.tasks.model import TaskCase
 
 ROUTES = ("internal", "external")
 
@@ -23,7 +23,7 @@ class TaskRunner:
                  security=None):
         """`security`: a services.common.security.ClientSecurity (mTLS, token) or None for plaintext."""
         from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
-        from services.common.grpc_client import make_channel
+        from inloop.services.common.grpc_client import make_channel
 
         self._channels = [make_channel(runtime, security), make_channel(controller, security)]
         self.stubs = {"internal": runtime_pb2_grpc.RuntimeStub(self._channels[0]),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from loadgen.hop_overhead import PARTS, hop_breakdown, mean_breakdown, trace_is_complete
-from loadgen.otlp_receiver import SpanStore
+from inloop.loadgen.hop_overhead import PARTS, hop_breakdown, mean_breakdown, trace_is_complete
+from inloop.loadgen.otlp_receiver import SpanStore
 
 
 def attach_breakdowns(records: list[dict], store: SpanStore, timeout_s: float = 5.0) -> None:

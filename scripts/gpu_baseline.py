@@ -23,6 +23,8 @@ import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # a sibling script, also where this file is loaded by path
+import import_tree  # noqa: E402
 KEEP = ("ttft_ms", "decode_ms_per_token", "decode_gpu_ms_per_step", "kernels_per_step", "pdl",
         "decode_kinds", "decode_at_lengths")  # what the summary compares
 MARK = "BASELINE_JSON "
@@ -42,17 +44,28 @@ def prepare(rev: str, dest: Path) -> str:
     return short
 
 
+def package_of(tree: Path) -> str:
+    """How the tree imports its services: `inloop.services` since the installed namespace,
+    plain `services` before it (ae93aa1). Read from its services/cli.py, which every tree has."""
+    cli = tree / "services" / "cli.py"
+    return "inloop.services" if cli.exists() and "from inloop.services" in cli.read_text() else "services"
+
+
 def bench(tree: Path, model_dir: Path, work: Path, prompt_len: int, decode_tokens: int, timeout: int = 180) -> dict:
     """The baseline tree's bench_cuda on model_dir, in a child process whose imports resolve
     to the tree (not to this checkout), with a cubin cache of its own."""
     tree = tree.resolve()
-    ours = {str(REPO), str(REPO / "proto")}
-    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and str(Path(p).resolve()) not in ours]
+    src = import_tree.link(tree, work / "baseline-src")
+    # this checkout's import roots (as gpu_env.sh sets them: its inloop namespace, the repo) go
+    ours = {str(REPO), str(REPO / "proto"), str(src)}
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p
+            and str(Path(p).resolve()) not in ours and not (Path(p) / "inloop" / "services").exists()]
     env = dict(os.environ, INLOOP_CACHE=str(work / "baseline-cache"),
-               PYTHONPATH=os.pathsep.join([str(tree), str(tree / "proto"), *rest]))
+               PYTHONPATH=os.pathsep.join([str(src), str(tree), str(tree / "proto"), *rest]))
+    pkg = package_of(tree)
     code = ("import json\nfrom pathlib import Path\n"
-            "from services.runtime.backends.cuda.backend import CudaBackend\n"
-            "from services.runtime.backends.cuda.benchmark import bench_cuda\n"
+            f"from {pkg}.runtime.backends.cuda.backend import CudaBackend\n"
+            f"from {pkg}.runtime.backends.cuda.benchmark import bench_cuda\n"
             f"r = bench_cuda(Path({str(model_dir)!r}), CudaBackend(), {prompt_len}, {decode_tokens})\n"
             f"print({MARK!r} + json.dumps({{k: r.get(k) for k in {KEEP!r}}}, default=str), flush=True)\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True,

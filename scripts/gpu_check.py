@@ -40,15 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_baseline, also w
 import gpu_baseline  # noqa: E402  (beside this script)
 import numpy as np  # noqa: E402
 
-from services.runtime.backends.cuda.bench_models import SHAPES, make_random_model, prompt_ids  # noqa: E402
-from services.runtime.backends.cuda.benchmark import (  # noqa: E402
+from inloop.services.runtime.backends.cuda.bench_models import SHAPES, make_random_model, prompt_ids  # noqa: E402
+from inloop.services.runtime.backends.cuda.benchmark import (  # noqa: E402
     bench_cuda,
     bench_engine,
     engine_bench_lines,
     greedy_parity,
 )
-from services.runtime.backends.cuda.probes import gemv_sweep, graph_node_cost, summary_lines  # noqa: E402
-from services.runtime.bench import hf_forward, load_hf  # noqa: E402
+from inloop.services.runtime.backends.cuda.probes import gemv_sweep, graph_node_cost, summary_lines  # noqa: E402
+from inloop.services.runtime.bench import hf_forward, load_hf  # noqa: E402
 
 PROMPT_LEN, DECODE_TOKENS = 32, 128
 DEADLINE_S = 225  # stop starting optional work after this
@@ -71,8 +71,8 @@ def step(results: dict, name: str, fn, *args):
 
 # ---- 1. environment and compile ---------------------------------------------------------
 def environment() -> dict:
-    from services.runtime.backends.cuda import compiler
-    from services.runtime.backends.cuda.driver import Device, cuda_available
+    from inloop.services.runtime.backends.cuda import compiler
+    from inloop.services.runtime.backends.cuda.driver import Device, cuda_available
 
     ok, reason = cuda_available()
     env = {"python": platform.python_version(), "numpy": np.__version__, "nvrtc": compiler.nvrtc_version(),
@@ -101,7 +101,7 @@ def environment() -> dict:
 
 
 def compile_kernels(arch: str) -> dict:
-    from services.runtime.backends.cuda import compiler
+    from inloop.services.runtime.backends.cuda import compiler
 
     t = time.perf_counter()
     jobs = [(p, arch, w) for w in compiler.WEIGHT_FORMATS for p in compiler.format_files(w)]
@@ -162,7 +162,7 @@ def run_pytest(out: Path, budget_s: int) -> dict:
 
 # ---- 3. greedy parity ------------------------------------------------------------------------
 def tiny_parity(workdir: Path, be) -> dict:
-    from services.runtime.model.tiny import make_tiny
+    from inloop.services.runtime.model.tiny import make_tiny
 
     out = {}
     for i, arch in enumerate(("llama", "qwen2", "qwen3")):
@@ -216,10 +216,10 @@ def engine_bench(model_dir: Path, be, with_hf: bool) -> dict:
 def first_token_child(kind: str, model_dir: str) -> None:
     """Child process: load and produce the first token, then print it (the parent times us)."""
     if kind == "ours":
-        from services.runtime.backends.cuda.backend import CudaBackend
-        from services.runtime.backends.cuda.loader import load_transformer
-        from services.runtime.model.config import ModelConfig
-        from services.runtime.model.weights import Weights
+        from inloop.services.runtime.backends.cuda.backend import CudaBackend
+        from inloop.services.runtime.backends.cuda.loader import load_transformer
+        from inloop.services.runtime.model.config import ModelConfig
+        from inloop.services.runtime.model.weights import Weights
 
         cfg = ModelConfig.from_dir(model_dir)
         be = CudaBackend()
@@ -386,7 +386,7 @@ def main() -> int:
         log(f"GPU tests: {results['pytest'].get('summary') or results['pytest'].get('reason')}")
     save()
 
-    from services.runtime.backends.cuda.backend import CudaBackend
+    from inloop.services.runtime.backends.cuda.backend import CudaBackend
 
     be = step(results, "backend", CudaBackend)
     if isinstance(be, dict):  # could not even start: report what we have

@@ -37,11 +37,11 @@ METRICS = ("gpu__time_duration.sum", "dram__bytes_read.sum", "launch__registers_
 def child(shape: str, part: str, work: Path) -> None:
     from cuda.bindings import driver as cu
 
-    from services.runtime.backends.cuda.backend import CudaBackend
-    from services.runtime.backends.cuda.bench_models import SHAPES, make_random_model, prompt_ids
-    from services.runtime.backends.cuda.loader import load_transformer
-    from services.runtime.model.config import ModelConfig
-    from services.runtime.model.weights import Weights
+    from inloop.services.runtime.backends.cuda.backend import CudaBackend
+    from inloop.services.runtime.backends.cuda.bench_models import SHAPES, make_random_model, prompt_ids
+    from inloop.services.runtime.backends.cuda.loader import load_transformer
+    from inloop.services.runtime.model.config import ModelConfig
+    from inloop.services.runtime.model.weights import Weights
 
     be = CudaBackend()
     model_dir = work / shape

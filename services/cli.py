@@ -11,18 +11,18 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
-    "services.runtime.model.cli",        # inloop model pull-default | make-tiny
-    "services.runtime.cli",              # inloop runtime serve, inloop generate
-    "services.runtime.backends.cuda.cli",  # inloop cuda compile
-    "services.runtime.bench",            # inloop bench runtime
-    "services.common.health_cli",        # inloop health TARGET
-    "services.tools.cli",                # inloop tools serve
-    "services.controller.cli",           # inloop controller serve
-    "services.common.task_cli",          # inloop task run (either route)
-    "services.common.certs_cli",         # inloop certs dev
-    "services.common.config_cli",        # inloop config show
-    "loadgen.cli",                       # inloop loadgen compare|matrix|loops|coldwarm|load|report
-    "loadgen.lab.cli",                   # inloop lab up|run|down|status (two hosts on network namespaces)
+    "inloop.services.runtime.model.cli",        # inloop model pull-default | make-tiny
+    "inloop.services.runtime.cli",              # inloop runtime serve, inloop generate
+    "inloop.services.runtime.backends.cuda.cli",  # inloop cuda compile
+    "inloop.services.runtime.bench",            # inloop bench runtime
+    "inloop.services.common.health_cli",        # inloop health TARGET
+    "inloop.services.tools.cli",                # inloop tools serve
+    "inloop.services.controller.cli",           # inloop controller serve
+    "inloop.services.common.task_cli",          # inloop task run (either route)
+    "inloop.services.common.certs_cli",         # inloop certs dev
+    "inloop.services.common.config_cli",        # inloop config show
+    "inloop.loadgen.cli",                       # inloop loadgen compare|matrix|loops|coldwarm|load|report
+    "inloop.loadgen.lab.cli",                   # inloop lab up|run|down|status (two hosts on network namespaces)
 )
 
 

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from services.runtime.model.tiny import make_tiny
+from inloop.services.runtime.model.tiny import make_tiny
 
 ARCHS = ("llama", "qwen2", "qwen3")
 

@@ -5,7 +5,7 @@
     srv.logs("tool_call")   # the JSON log lines of one event
     srv.stop()              # SIGTERM, then SIGKILL if it does not stop
 
-Each process runs `python -m services.cli SERVICE ...` from the repository root, prints its
+Each process runs `python -m inloop.services.cli SERVICE ...` from the repository root, prints its
 address on stdout (port 0 picks a free one) and is waited on until the standard health
 service says SERVING. Its JSON logs (stderr) go to a file the tests can read.
 """
@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from loadgen.stack import read_listen_address, terminate
-from services.common.grpc_client import wait_for_serving
+from inloop.loadgen.stack import read_listen_address, terminate
+from inloop.services.common.grpc_client import wait_for_serving
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ class ServiceProcess:
         extra = []
         if self.args[:1] == ["serve"] and "--metrics-port" not in self.args:
             extra = ["--metrics-port", "-1"]  # tests run many services at once: no default-port clashes
-        cmd = [sys.executable, "-m", "services.cli", service, *self.args, *extra]
+        cmd = [sys.executable, "-m", "inloop.services.cli", service, *self.args, *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
         self.target = self._read_address(start_timeout_s)
         wait_for_serving(self.target, timeout_s=start_timeout_s)

@@ -23,7 +23,7 @@ key), then the flags below."""
 
 
 def _add_config_args(p: argparse.ArgumentParser, service_args: bool = False) -> None:
-    from loadgen.lab.lab import DEFAULT_STATE_DIR
+    from inloop.loadgen.lab.lab import DEFAULT_STATE_DIR
 
     g = p.add_argument_group("lab")
     g.add_argument("--config", metavar="FILE", help="lab TOML ([lab] and [run] tables; e.g. deploy/lab/lab.toml)")
@@ -44,7 +44,7 @@ def _add_config_args(p: argparse.ArgumentParser, service_args: bool = False) -> 
 
 
 def _config(args: argparse.Namespace):
-    from loadgen.lab.config import load_config
+    from inloop.loadgen.lab.config import load_config
 
     keys = ("gpu_ns", "cpu_ns", "mechanism", "delay_ms", "jitter_ms", "model", "backend", "start_timeout_s",
             "per_family", "runs", "warmups", "max_tokens")
@@ -57,9 +57,9 @@ def _config(args: argparse.Namespace):
 def _guarded(action):
     """Run `action(args)` turning the lab's errors into one line on stderr and an exit code."""
     def run(args: argparse.Namespace) -> int:
-        from loadgen.lab.config import LabConfigError
-        from loadgen.lab.netns import NetnsError
-        from loadgen.lab.processes import LabError
+        from inloop.loadgen.lab.config import LabConfigError
+        from inloop.loadgen.lab.netns import NetnsError
+        from inloop.loadgen.lab.processes import LabError
 
         try:
             return action(args) or 0
@@ -76,7 +76,7 @@ def _guarded(action):
 
 
 def _up(args: argparse.Namespace) -> int:
-    from loadgen.lab.lab import signals_end_in_teardown, up
+    from inloop.loadgen.lab.lab import signals_end_in_teardown, up
 
     with signals_end_in_teardown():
         state = up(_config(args), Path(args.state_dir))
@@ -86,7 +86,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from loadgen.lab.lab import run, signals_end_in_teardown
+    from inloop.loadgen.lab.lab import run, signals_end_in_teardown
 
     with signals_end_in_teardown():
         artifact = run(_config(args), Path(args.state_dir), Path(args.out), keep_up=args.keep_up)
@@ -95,14 +95,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from loadgen.lab.lab import down
+    from inloop.loadgen.lab.lab import down
 
     down(_config(args), Path(args.state_dir), grace_s=args.grace_s)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from loadgen.lab.lab import status
+    from inloop.loadgen.lab.lab import status
 
     doc = status(_config(args), Path(args.state_dir))
     if args.json:
@@ -128,8 +128,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from loadgen.lab.relay import register_relay
-    from loadgen.tasks import FAMILIES
+    from inloop.loadgen.lab.relay import register_relay
+    from inloop.loadgen.tasks import FAMILIES
 
     p = sub.add_parser("lab", help="the two-host lab: network namespaces, emulated VPC delay, the matrix across them",
                        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from loadgen.lab import netns
-from loadgen.lab.config import LabConfig, load_config
-from loadgen.lab.processes import (
+from inloop.loadgen.lab import netns
+from inloop.loadgen.lab.config import LabConfig, load_config
+from inloop.loadgen.lab.processes import (
     REPO,
     LabError,
     LabProc,
@@ -212,7 +212,7 @@ def signals_end_in_teardown():
 def run(cfg: LabConfig, state_dir: Path, out_dir: Path, keep_up: bool = False) -> Path:
     """up, the matrix in the CPU host, the lab's analysis into the report, down; returns the
     artifact's path."""
-    from loadgen.lab.wire import add_lab_section
+    from inloop.loadgen.lab.wire import add_lab_section
 
     out_dir = Path(out_dir).resolve()
     state = None

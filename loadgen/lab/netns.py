@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 
-from loadgen.lab.config import LabConfig
+from inloop.loadgen.lab.config import LabConfig
 
 
 class NetnsError(RuntimeError):

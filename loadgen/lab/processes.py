@@ -1,6 +1,6 @@
 """The lab's processes: the services (and the relay) inside their namespaces, and their health.
 
-Every process is `ip netns exec NS python -m services.cli ...` started in a session of its
+Every process is `ip netns exec NS python -m inloop.services.cli ...` started in a session of its
 own, so it outlives `inloop lab up` and a Ctrl-C in the terminal reaches the lab, which
 then tears down in order, rather than each service at once. Output goes to
 `STATE_DIR/logs/<name>.log`. Each service gets
@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from loadgen.lab.config import LabConfig
-from loadgen.lab.netns import alive, exec_argv, start_time
+from inloop.loadgen.lab.config import LabConfig
+from inloop.loadgen.lab.netns import alive, exec_argv, start_time
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS_PORTS = {"runtime": 9101, "tools": 9102, "controller": 9103}
@@ -85,7 +85,7 @@ class Secrets:
     def write(self, cfg: LabConfig) -> None:
         """A dev CA whose certificates name both hosts' addresses (a client through the relay
         dials the CPU host's address, yet the runtime answers the TLS handshake), and a token."""
-        from services.common.certs_cli import make_dev_pki
+        from inloop.services.common.certs_cli import make_dev_pki
 
         make_dev_pki(self.root / "tls", sans=[cfg.gpu_addr, cfg.cpu_addr])
         fd = os.open(self.token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -105,7 +105,7 @@ class Secrets:
 
 def python_cli(*args: str) -> list[str]:
     """`inloop ARGS...` as this interpreter runs it (no reliance on PATH inside the namespace)."""
-    return [sys.executable, "-m", "services.cli", *args]
+    return [sys.executable, "-m", "inloop.services.cli", *args]
 
 
 def host_env(ns: str, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from loadgen.lab.config import LabConfig
+from inloop.loadgen.lab.config import LabConfig
 
 # hop -> (from host, to host, what it measures); "gpu"/"cpu" are replaced by the namespaces.
 HOPS = {
@@ -128,7 +128,7 @@ def summary_lines(section: dict) -> list[str]:
 def add_lab_section(artifact: Path, cfg: LabConfig, mechanism: str) -> dict:
     """Compute `matrix.lab` from the matrix's artifact, print it, and rewrite the artifact and
     its Markdown/HTML reports in place (same file names)."""
-    from loadgen.report.write import write_reports
+    from inloop.loadgen.report.write import write_reports
 
     doc = json.loads(Path(artifact).read_text(encoding="utf-8"))
     section = lab_section(doc.get("runs", []), doc.get("traces", {}), cfg, mechanism)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from loadgen.report.write import write_reports
+    from inloop.loadgen.report.write import write_reports
 
     src = Path(args.artifact)
     try:

@@ -9,12 +9,12 @@ the last one shows each plot element's `data-tip` as a hover tooltip.
 """
 from __future__ import annotations
 
-from loadgen.report.plots_latency import latency_boxplot, ratio_forest
-from loadgen.report.plots_summary import coldwarm_bars, hop_bars, load_percentiles
-from loadgen.report.plots_trace import sample_traces, trace_waterfall
-from loadgen.report.stats import runs_by_cell
-from loadgen.report.svg import esc
-from loadgen.report.tables import SECTION_TITLES, Table, meta_rows, section_tables
+from inloop.loadgen.report.plots_latency import latency_boxplot, ratio_forest
+from inloop.loadgen.report.plots_summary import coldwarm_bars, hop_bars, load_percentiles
+from inloop.loadgen.report.plots_trace import sample_traces, trace_waterfall
+from inloop.loadgen.report.stats import runs_by_cell
+from inloop.loadgen.report.svg import esc
+from inloop.loadgen.report.tables import SECTION_TITLES, Table, meta_rows, section_tables
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 

@@ -6,8 +6,8 @@ profile's TOML so that the numbers can be traced back to the settings that produ
 """
 from __future__ import annotations
 
-from loadgen.report.stats import runs_by_cell
-from loadgen.report.tables import SECTION_TITLES, Table, meta_rows, section_tables
+from inloop.loadgen.report.stats import runs_by_cell
+from inloop.loadgen.report.tables import SECTION_TITLES, Table, meta_rows, section_tables
 
 
 def _cell(text: str) -> str:

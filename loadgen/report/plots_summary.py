@@ -13,8 +13,8 @@ cold start reads directly against a warm request's mean and tail.
 """
 from __future__ import annotations
 
-from loadgen.report import fmt
-from loadgen.report.svg import (
+from inloop.loadgen.report import fmt
+from inloop.loadgen.report.svg import (
     HOP_COLOURS,
     PALETTE,
     Scale,
@@ -27,7 +27,7 @@ from loadgen.report.svg import (
     x_axis,
     y_axis,
 )
-from loadgen.report.tables import HOP_PARTS, LOAD_METRICS
+from inloop.loadgen.report.tables import HOP_PARTS, LOAD_METRICS
 
 PERCENTILES = (("median", "median"), ("p90", "p90"), ("p95", "p95"), ("p99", "p99"))
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from loadgen.report import fmt
-from loadgen.report.stats import percentile, runs_by_cell
+from inloop.loadgen.report import fmt
+from inloop.loadgen.report.stats import percentile, runs_by_cell
 
 HOP_PARTS = ("controller", "wire", "model", "tools", "retry", "other")
 LOAD_METRICS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2el_ms", "E2EL"))

@@ -11,9 +11,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from loadgen.report.html import render_html
-from loadgen.report.markdown import render_markdown
-from loadgen.report.schema import validate
+from inloop.loadgen.report.html import render_html
+from inloop.loadgen.report.markdown import render_markdown
+from inloop.loadgen.report.schema import validate
 
 
 def _write_atomic(path: Path, text: str) -> None:

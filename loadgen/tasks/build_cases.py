@@ -1,7 +1,7 @@
 """Write loadgen/tasks/data/<family>.jsonl from sources.py and the search corpus.
 
-    python -m loadgen.tasks.build_cases           # rewrite the data files
-    python -m loadgen.tasks.build_cases --check   # exit 1 if a committed file differs
+    python -m inloop.loadgen.tasks.build_cases           # rewrite the data files
+    python -m inloop.loadgen.tasks.build_cases --check   # exit 1 if a committed file differs
 
 Deterministic: no clock, no `random` (whose algorithms may change between Python
 versions); every choice a receipt needs comes from a SHA-256 of the case's position.
@@ -17,9 +17,9 @@ import re
 import sys
 from pathlib import Path
 
-from loadgen.tasks import sources
-from loadgen.tasks.checkers import sentences_of, word_count
-from loadgen.tasks.model import DATA_DIR, FAMILIES, TaskCase
+from inloop.loadgen.tasks import sources
+from inloop.loadgen.tasks.checkers import sentences_of, word_count
+from inloop.loadgen.tasks.model import DATA_DIR, FAMILIES, TaskCase
 
 CORPUS = Path(__file__).resolve().parents[2] / "services" / "tools" / "data" / "corpus.jsonl"
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"{path.name}: {len(cases)} cases")
     if stale:
-        print(f"out of date: {', '.join(stale)}; run python -m loadgen.tasks.build_cases", file=sys.stderr)
+        print(f"out of date: {', '.join(stale)}; run python -m inloop.loadgen.tasks.build_cases", file=sys.stderr)
     return 1 if stale else 0
 
 

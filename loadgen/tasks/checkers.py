@@ -36,7 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen.tasks.model import TaskCase
+from inloop.loadgen.tasks.model import TaskCase
 
 OK_STATUSES = frozenset({"", "ok", "success", "succeeded", "done"})
 MONEY_TOLERANCE = 0.005  # half a cent: totals are compared to the cent, no looser

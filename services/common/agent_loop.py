@@ -23,8 +23,8 @@ from typing import Protocol
 
 from opentelemetry import trace
 
-from services.common.telemetry import tracer
-from services.common.tool_calls import ToolCallParseError, parse_tool_call, tool_result_content
+from inloop.services.common.telemetry import tracer
+from inloop.services.common.tool_calls import ToolCallParseError, parse_tool_call, tool_result_content
 
 HOP_ERRORS = ("tool_hop_failed", "tool_timeout", "runtime_hop_failed", "runtime_timeout")
 

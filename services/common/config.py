@@ -275,7 +275,7 @@ def serve_parser(service: str) -> argparse.ArgumentParser:
 
     root = argparse.ArgumentParser(prog="inloop")
     sub = root.add_subparsers()
-    importlib.import_module(f"services.{service}.cli").register(sub)
+    importlib.import_module(f"inloop.services.{service}.cli").register(sub)
     service_parser = sub.choices[service]
     for action in service_parser._actions:
         if isinstance(action, argparse._SubParsersAction) and "serve" in action.choices:

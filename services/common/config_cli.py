@@ -21,20 +21,20 @@ SERVICES = ("runtime", "tools", "controller")
 def effective_config(service: str, serve_args: list[str], config: str | None = None,
                      env=None) -> tuple[dict, dict]:
     """({key: value}, {key: source}) for `inloop SERVICE serve SERVE_ARGS` (raises ConfigError)."""
-    from services.common.config import parse_given, resolve, serve_parser
+    from inloop.services.common.config import parse_given, resolve, serve_parser
 
     parser = serve_parser(service)
     argv = (["--config", config] if config else []) + list(serve_args)
     given, extras = parse_given(parser, argv)
     if extras:
-        from services.common.config import ConfigError
+        from inloop.services.common.config import ConfigError
         raise ConfigError(f"unrecognized arguments for `{service} serve`: {' '.join(extras)}")
     resolved = resolve(parser, given, os.environ if env is None else env)
     return resolved.values, resolved.sources
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from services.common.config import ConfigError
+    from inloop.services.common.config import ConfigError
 
     extra = list(args.serve_args or [])
     if extra[:1] == ["--"]:

@@ -17,9 +17,9 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.grpc_server import MAX_MESSAGE_BYTES
-from services.common.security import ClientSecurity, client_security_from_args  # noqa: F401 - re-exported
-from services.common.telemetry import aio_client_interceptors, intercept_channel
+from inloop.services.common.grpc_server import MAX_MESSAGE_BYTES
+from inloop.services.common.security import ClientSecurity, client_security_from_args  # noqa: F401 - re-exported
+from inloop.services.common.telemetry import aio_client_interceptors, intercept_channel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

@@ -27,9 +27,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.logging import get_logger
-from services.common.security import ServerSecurity
-from services.common.telemetry import server_interceptors, shutdown_tracing
+from inloop.services.common.logging import get_logger
+from inloop.services.common.security import ServerSecurity
+from inloop.services.common.telemetry import server_interceptors, shutdown_tracing
 
 log = get_logger(__name__)
 

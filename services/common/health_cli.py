@@ -5,8 +5,8 @@ import sys
 
 
 def _cmd(args) -> int:
-    from services.common.grpc_client import wait_for_serving
-    from services.common.security import SecurityError, client_security_from_args
+    from inloop.services.common.grpc_client import wait_for_serving
+    from inloop.services.common.security import SecurityError, client_security_from_args
     try:
         security = client_security_from_args(args)  # TLS only: Health needs no token
     except SecurityError as exc:
@@ -28,6 +28,6 @@ def register(sub) -> None:
     p.add_argument("target", help="host:port of a runtime, controller or tools service")
     p.add_argument("--wait", type=float, default=1.0, help="seconds to keep trying (default 1)")
     p.add_argument("--service", default="", help="a service name; '' asks about the whole server")
-    from services.common.config import add_client_security_options
+    from inloop.services.common.config import add_client_security_options
     add_client_security_options(p)
     p.set_defaults(func=_cmd)

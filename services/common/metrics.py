@@ -34,7 +34,7 @@ import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.logging import get_logger
+from inloop.services.common.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -226,7 +226,7 @@ def client_security_from_args(args: argparse.Namespace | None = None,
     """A client's security from --tls-*/--token-file (flag, else env INLOOP_*); any may be absent.
 
     Usable by any client (the loadgen included): attributes missing on `args` fall back to env.
-    The flags come from services.common.config.add_client_security_options.
+    The flags come from inloop.services.common.config.add_client_security_options.
     """
     env = os.environ if env is None else env
     values = {}

@@ -15,10 +15,10 @@ import sys
 
 def prepare_service(args: argparse.Namespace, service: str):
     """Configure logging and tracing for `service` and return its checked ServerSecurity."""
-    from services.common.config import export_otlp_endpoint
-    from services.common.logging import configure_logging
-    from services.common.security import SecurityError, server_security_from_args
-    from services.common.telemetry import setup_tracing
+    from inloop.services.common.config import export_otlp_endpoint
+    from inloop.services.common.logging import configure_logging
+    from inloop.services.common.security import SecurityError, server_security_from_args
+    from inloop.services.common.telemetry import setup_tracing
 
     configure_logging(service, args.log_level)
     export_otlp_endpoint(args)  # before setup_tracing, which reads it
@@ -32,6 +32,6 @@ def prepare_service(args: argparse.Namespace, service: str):
 
 def start_metrics(args: argparse.Namespace) -> int | None:
     """The Prometheus endpoint of a serve command's --metrics-port, bound on its --host."""
-    from services.common.metrics import metrics_tls, start_metrics_server
+    from inloop.services.common.metrics import metrics_tls, start_metrics_server
 
     return start_metrics_server(args.metrics_port, args.host, metrics_tls(args))

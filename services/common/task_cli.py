@@ -26,8 +26,8 @@ def _cmd(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
     from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
-    from services.common.grpc_client import make_channel
-    from services.common.security import SecurityError, client_security_from_args
+    from inloop.services.common.grpc_client import make_channel
+    from inloop.services.common.security import SecurityError, client_security_from_args
 
     try:
         security = client_security_from_args(args)
@@ -74,7 +74,7 @@ def register(sub) -> None:
     r.add_argument("--gate-threshold", type=float, help="enable the uncertainty gate at this threshold")
     r.add_argument("--gate-statistic", default="mean_logprob", choices=("mean_logprob", "min_margin"))
     r.add_argument("--json", action="store_true", help="print the whole TaskResult as JSON")
-    from services.common.config import add_client_security_options
+    from inloop.services.common.config import add_client_security_options
     add_client_security_options(r)
     r.set_defaults(func=_cmd)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

@@ -10,11 +10,11 @@ import json
 import time
 
 from inloop.v1 import runtime_pb2 as pb
-from services.common.agent_loop import GateConfig, TaskOutcome, TaskSpec, new_task_id
-from services.common.gate_defaults import default_gate
-from services.runtime.engine.types import ROLES, InvalidRequest, SamplingParams
-from services.tools.faults import parse_abort, parse_delay
-from services.tools.registry import TOOLS
+from inloop.services.common.agent_loop import GateConfig, TaskOutcome, TaskSpec, new_task_id
+from inloop.services.common.gate_defaults import default_gate
+from inloop.services.runtime.engine.types import ROLES, InvalidRequest, SamplingParams
+from inloop.services.tools.faults import parse_abort, parse_delay
+from inloop.services.tools.registry import TOOLS
 
 DEFAULT_MAX_STEPS = 4
 MAX_STEPS_LIMIT = 16

@@ -14,7 +14,7 @@ import asyncio
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from services.common.serve_setup import prepare_service
+    from inloop.services.common.serve_setup import prepare_service
 
     # before anything connects: a wrong setting fails at once, with how to fix it
     security = prepare_service(args, "controller")
@@ -25,12 +25,12 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     from inloop.v1 import controller_pb2_grpc
     from inloop.v1 import runtime_pb2 as pb
     from inloop.v1 import runtime_pb2_grpc
-    from services.common.grpc_client import make_channel
-    from services.common.grpc_server import create_server, serve_until_signal
-    from services.common.logging import get_logger
-    from services.common.metrics import RpcMetricsInterceptor
-    from services.common.serve_setup import start_metrics
-    from services.controller.server import SERVICE_NAME, ControllerServicer
+    from inloop.services.common.grpc_client import make_channel
+    from inloop.services.common.grpc_server import create_server, serve_until_signal
+    from inloop.services.common.logging import get_logger
+    from inloop.services.common.metrics import RpcMetricsInterceptor
+    from inloop.services.common.serve_setup import start_metrics
+    from inloop.services.controller.server import SERVICE_NAME, ControllerServicer
 
     log = get_logger("services.controller.cli")
     peer = security.client() if security is not None else None  # our cert, CA and token for the hops
@@ -67,7 +67,7 @@ def register(sub) -> None:
                                     "--foo-bar flag can also be set as env INLOOP_FOO_BAR or as foo_bar in the "
                                     "--config TOML file's [controller] or [common] table "
                                     "(flag > env > [controller] > [common] > default).")
-    from services.common.config import add_common_serve_options
+    from inloop.services.common.config import add_common_serve_options
     add_common_serve_options(s, "controller", port=50071, metrics_port=9103)  # host, port, log, TLS, ...
     s.add_argument("--runtime", default="127.0.0.1:50051", help="the runtime's host:port")
     s.add_argument("--tools", default="127.0.0.1:50061", help="the tools service's host:port")

@@ -17,10 +17,10 @@ from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_a
 
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
-from services.common import metrics
-from services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply
-from services.runtime.convert import tool_to_proto
-from services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
+from inloop.services.common import metrics
+from inloop.services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply
+from inloop.services.runtime.convert import tool_to_proto
+from inloop.services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
 
 DEFAULT_RETRY_ON = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 

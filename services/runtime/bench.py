@@ -73,9 +73,9 @@ def run_ours(engine, ids: list[int], new_tokens: int) -> tuple[float, float, lis
 def run_engine(engine, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
     """The engine's own per-token path (a request's Generation.pick loop through the backend's
     StepRunner), greedy and not stopping at EOS, so that both sides make new_tokens tokens."""
-    from services.runtime.engine.generation import Generation
-    from services.runtime.engine.sampler import Sampler
-    from services.runtime.engine.types import SamplingParams
+    from inloop.services.runtime.engine.generation import Generation
+    from inloop.services.runtime.engine.sampler import Sampler
+    from inloop.services.runtime.engine.types import SamplingParams
 
     cache = engine.runner.new_cache(len(ids) + new_tokens)
     gen = Generation(engine, list(ids), cache, Sampler(SamplingParams(max_tokens=new_tokens)), new_tokens,
@@ -144,7 +144,7 @@ def start_to_first_token(model_dir: Path, backend: str, side: str) -> float:
     """Seconds from spawning a fresh Python process to its first generated token."""
     code = (
         "import sys,time,json;"
-        "from services.runtime.bench import _first_token_child as f;"
+        "from inloop.services.runtime.bench import _first_token_child as f;"
         f"f({str(model_dir)!r},{backend!r},{side!r})"
     )
     t0 = time.time()
@@ -154,7 +154,7 @@ def start_to_first_token(model_dir: Path, backend: str, side: str) -> float:
 
 def _first_token_child(model_dir: str, backend: str, side: str) -> None:
     if side == "ours":
-        from services.runtime.engine.engine import Engine
+        from inloop.services.runtime.engine.engine import Engine
         engine = Engine.load(model_dir, backend=backend)
         ids = prompt_ids(engine.tokenizer, 32, 0)
         ours_loop(engine)(engine, ids, 1)
@@ -172,7 +172,7 @@ def bench(model_dir: Path, backend, runs: int, prompt_tokens: int, new_tokens: i
     """backend: cpu | cuda | auto, or a Backend object (scripts/gpu_check.py passes its own)."""
     import structlog
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
-    from services.runtime.engine.engine import Engine
+    from inloop.services.runtime.engine.engine import Engine
     engine = Engine.load(model_dir, backend=backend)
     backend_name = engine.model.backend.name
     run_ours_loop = ours_loop(engine)
@@ -242,7 +242,7 @@ def print_table(r: dict) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from services.runtime.model.default_model import resolve_model
+    from inloop.services.runtime.model.default_model import resolve_model
     model_dir = resolve_model(args.model)
     report = bench(model_dir, args.backend, args.runs, args.prompt_tokens, args.new_tokens,
                    not args.no_hf, args.start_runs)

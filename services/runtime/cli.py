@@ -23,7 +23,7 @@ DEFAULT_TARGET = os.environ.get("INLOOP_RUNTIME_TARGET", f"127.0.0.1:{DEFAULT_PO
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.common.serve_setup import prepare_service
+    from inloop.services.common.serve_setup import prepare_service
 
     # before the model loads: a wrong setting fails in a second, not after the load
     security = prepare_service(args, "runtime")
@@ -32,9 +32,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _load_engine(model: str, backend: str, prefix_cache: bool = False):
     """Runs on the scheduler's worker thread: resolving 'default' may convert the GGUF."""
-    from services.common.logging import get_logger
-    from services.runtime.engine.engine import Engine
-    from services.runtime.model.default_model import resolve_model
+    from inloop.services.common.logging import get_logger
+    from inloop.services.runtime.engine.engine import Engine
+    from inloop.services.runtime.model.default_model import resolve_model
 
     engine = Engine.load(resolve_model(model), backend=backend)
     # Before health says SERVING: the first real request should not pay for graph capture.
@@ -47,12 +47,12 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     import asyncio
 
     from inloop.v1 import runtime_pb2_grpc
-    from services.common.grpc_server import create_server, serve_until_signal
-    from services.common.logging import get_logger
-    from services.common.metrics import RpcMetricsInterceptor
-    from services.common.serve_setup import start_metrics
-    from services.runtime.scheduler import Scheduler
-    from services.runtime.server import SERVICE_NAME, RuntimeServicer
+    from inloop.services.common.grpc_server import create_server, serve_until_signal
+    from inloop.services.common.logging import get_logger
+    from inloop.services.common.metrics import RpcMetricsInterceptor
+    from inloop.services.common.serve_setup import start_metrics
+    from inloop.services.runtime.scheduler import Scheduler
+    from inloop.services.runtime.server import SERVICE_NAME, RuntimeServicer
 
     log = get_logger("services.runtime.cli")
     scheduler = Scheduler(lambda: _load_engine(args.model, args.backend, args.prefix_cache), args.max_queue).start()
@@ -128,8 +128,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
     from inloop.v1 import runtime_pb2_grpc
 
-    from services.common.grpc_client import make_channel
-    from services.common.security import SecurityError, client_security_from_args
+    from inloop.services.common.grpc_client import make_channel
+    from inloop.services.common.security import SecurityError, client_security_from_args
 
     if args.raw and args.system:
         print("error: --system needs chat mode; drop --raw", file=sys.stderr)
@@ -176,7 +176,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            description="Serve a model over gRPC. Every --foo-bar flag can also be set as "
                                        "env INLOOP_FOO_BAR or as foo_bar in the --config TOML file's [runtime] "
                                        "or [common] table (flag > env > [runtime] > [common] > default).")
-    from services.common.config import add_common_serve_options
+    from inloop.services.common.config import add_common_serve_options
     add_common_serve_options(serve, "runtime", port=DEFAULT_PORT, metrics_port=9101)  # host, port, log, TLS, ...
     serve.add_argument("--model", default="default", help="an HF-layout model directory, or 'default'")
     serve.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto",
@@ -202,6 +202,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     gen.add_argument("--uncertainty", action="store_true", help="print the uncertainty summary")
     gen.add_argument("--timeout", type=float, default=120.0, help="deadline of the whole call, seconds")
-    from services.common.config import add_client_security_options
+    from inloop.services.common.config import add_client_security_options
     add_client_security_options(gen)
     gen.set_defaults(func=cmd_generate)

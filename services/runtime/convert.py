@@ -6,7 +6,7 @@ import json
 
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import tools_pb2
-from services.runtime.engine.types import (
+from inloop.services.runtime.engine.types import (
     InvalidRequest, ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenEvent, TokenStats,
 )
 

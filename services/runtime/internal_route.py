@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import uuid
 
-from services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply, run_agent
-from services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
-from services.runtime.scheduler import NotReady, QueueFull, RequestCancelled, RequestExpired, Scheduler
-from services.tools.registry import ToolError, execute
-from services.tools.state import ToolState
+from inloop.services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply, run_agent
+from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
+from inloop.services.runtime.scheduler import NotReady, QueueFull, RequestCancelled, RequestExpired, Scheduler
+from inloop.services.tools.registry import ToolError, execute
+from inloop.services.tools.state import ToolState
 
 
 def _summary_dict(u) -> dict | None:

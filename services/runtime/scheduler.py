@@ -23,9 +23,9 @@ import threading
 import time
 from typing import Callable
 
-from services.common import metrics
-from services.common.logging import get_logger
-from services.runtime.engine.types import GenerateRequest, GenerateResult, InvalidRequest, TokenEvent
+from inloop.services.common import metrics
+from inloop.services.common.logging import get_logger
+from inloop.services.runtime.engine.types import GenerateRequest, GenerateResult, InvalidRequest, TokenEvent
 
 log = get_logger(__name__)
 DEFAULT_MAX_QUEUE = 16

@@ -21,16 +21,16 @@ import grpc
 
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc
-from services.common import metrics
-from services.common.logging import get_logger
-from services.common.task_rpc import accept_task, finish_task
-from services.runtime import convert
-from services.runtime.internal_route import run_internal
-from services.runtime.engine.types import MAX_TOKENS_LIMIT, GenerateRequest, InvalidRequest
-from services.runtime.scheduler import (
+from inloop.services.common import metrics
+from inloop.services.common.logging import get_logger
+from inloop.services.common.task_rpc import accept_task, finish_task
+from inloop.services.runtime import convert
+from inloop.services.runtime.internal_route import run_internal
+from inloop.services.runtime.engine.types import MAX_TOKENS_LIMIT, GenerateRequest, InvalidRequest
+from inloop.services.runtime.scheduler import (
     NotReady, QueueFull, RequestCancelled, RequestExpired, RequestHandle, Scheduler,
 )
-from services.tools.state import ToolState
+from inloop.services.tools.state import ToolState
 
 log = get_logger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Runtime"].full_name  # "inloop.v1.Runtime"

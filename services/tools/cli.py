@@ -10,7 +10,7 @@ Every flag can also be given as env INLOOP_<FLAG> or in a TOML file (--config) u
 
 Fault flags set the service default; callers override it per request with the
 x-inloop-fault-* headers (services/tools/faults.py, services/tools/README.md).
-Also runnable without the `inloop` entry point: `python -m services.cli tools serve`.
+Also runnable without the `inloop` entry point: `python -m inloop.services.cli tools serve`.
 Heavy imports happen inside the handler, so `inloop --help` stays fast.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ DEFAULT_PORT = 50061
 
 def _default_faults(args: argparse.Namespace):
     """The service-default FaultSpec: a JSON file, then the flags on top of it."""
-    from services.tools.faults import FaultSpec, parse_abort, parse_delay
+    from inloop.services.tools.faults import FaultSpec, parse_abort, parse_delay
 
     spec = FaultSpec()
     if args.fault_config:
@@ -38,11 +38,11 @@ def _default_faults(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.common.logging import get_logger
-    from services.common.serve_setup import prepare_service, start_metrics
-    from services.tools.faults import FaultSpecError
-    from services.tools.server import serve
-    from services.tools.state import DEFAULT_CORPUS, ToolState
+    from inloop.services.common.logging import get_logger
+    from inloop.services.common.serve_setup import prepare_service, start_metrics
+    from inloop.services.tools.faults import FaultSpecError
+    from inloop.services.tools.server import serve
+    from inloop.services.tools.state import DEFAULT_CORPUS, ToolState
 
     security = prepare_service(args, "tools")
     log = get_logger("services.tools.cli")
@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            description="Serve the tools over gRPC. Every --foo-bar flag can also be set as "
                                        "env INLOOP_FOO_BAR or as foo_bar in the --config TOML file's [tools] or "
                                        "[common] table (flag > env > [tools] > [common] > default).")
-    from services.common.config import add_common_serve_options
+    from inloop.services.common.config import add_common_serve_options
     add_common_serve_options(serve, "tools", port=DEFAULT_PORT, metrics_port=9102)  # host, port, log, TLS, ...
     serve.add_argument("--max-concurrency", type=int, default=64,
                        help="calls in progress at once; more get RESOURCE_EXHAUSTED")

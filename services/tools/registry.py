@@ -16,13 +16,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from services.tools.functions.calculator import MAX_EXPRESSION_CHARS, calculator
-from services.tools.functions.extract_receipt import extract_receipt
-from services.tools.functions.kv import OPS as KV_OPS
-from services.tools.functions.kv import kv
-from services.tools.functions.search import search
-from services.tools.functions.summarize import summarize
-from services.tools.state import ToolArgumentError, ToolError, ToolState, call_fingerprint
+from inloop.services.tools.functions.calculator import MAX_EXPRESSION_CHARS, calculator
+from inloop.services.tools.functions.extract_receipt import extract_receipt
+from inloop.services.tools.functions.kv import OPS as KV_OPS
+from inloop.services.tools.functions.kv import kv
+from inloop.services.tools.functions.search import search
+from inloop.services.tools.functions.summarize import summarize
+from inloop.services.tools.state import ToolArgumentError, ToolError, ToolState, call_fingerprint
 
 __all__ = ["TOOLS", "ToolSpec", "ToolArgumentError", "ToolError", "ToolOutcome", "call_tool",
            "execute", "openai_definitions", "validate_arguments"]

@@ -23,12 +23,12 @@ import grpc
 
 from inloop.v1 import tools_pb2 as pb
 from inloop.v1 import tools_pb2_grpc
-from services.common import metrics
-from services.common.grpc_server import create_server, serve_until_signal
-from services.common.logging import get_logger
-from services.tools.faults import FaultDecision, FaultInjector, FaultSpec, FaultSpecError
-from services.tools.registry import TOOLS, ToolError, execute
-from services.tools.state import ToolState
+from inloop.services.common import metrics
+from inloop.services.common.grpc_server import create_server, serve_until_signal
+from inloop.services.common.logging import get_logger
+from inloop.services.tools.faults import FaultDecision, FaultInjector, FaultSpec, FaultSpecError
+from inloop.services.tools.registry import TOOLS, ToolError, execute
+from inloop.services.tools.state import ToolState
 
 log = get_logger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tools"].full_name  # "inloop.v1.Tools"

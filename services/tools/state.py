@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services.tools.functions.search import Bm25Index
+    from inloop.services.tools.functions.search import Bm25Index
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "corpus.jsonl"
 DEFAULT_SESSION = "default"
@@ -146,7 +146,7 @@ class ToolState:
     def corpus(self) -> "Bm25Index":
         """The search index, built from corpus_path on first use (or by load_corpus())."""
         # Imported here: the search tool imports ToolError from this module.
-        from services.tools.functions.search import Bm25Index, load_corpus
+        from inloop.services.tools.functions.search import Bm25Index, load_corpus
 
         with self.lock:
             if self._corpus is None:

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from services.common.agent_loop import (
+from inloop.services.common.agent_loop import (
     GateConfig, HopError, ModelReply, TaskSpec, ToolReply, gate_statistic, run_agent,
 )
-from services.common.tool_calls import ToolCall, tool_result_content
+from inloop.services.common.tool_calls import ToolCall, tool_result_content
 
 
 # ---- test doubles of the two ports ----------------------------------------------------

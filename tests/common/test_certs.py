@@ -10,8 +10,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from services.cli import main
-from services.common.certs_cli import NAMES, planned_files
+from inloop.services.cli import main
+from inloop.services.common.certs_cli import NAMES, planned_files
 
 EXTRA_SANS = ["gpu-host", "10.0.0.5"]
 

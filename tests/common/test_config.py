@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from services.cli import main
-from services.common.config import (
+from inloop.services.cli import main
+from inloop.services.common.config import (
     ConfigError,
     add_common_serve_options,
     export_otlp_endpoint,
@@ -114,7 +114,7 @@ def test_a_real_parse_fills_the_namespace_and_records_sources(clean_env):
 def test_the_real_serve_commands_are_layered(clean_env):
     clean_env.setenv("INLOOP_MAX_CONCURRENCY", "3")
     clean_env.setenv("INLOOP_METRICS_PORT", "-1")
-    from services.cli import build_parser
+    from inloop.services.cli import build_parser
     args = build_parser().parse_args(["tools", "serve", "--port", "0"])
     assert args.port == 0 and args.max_concurrency == 3 and args.metrics_port == -1
     assert args.config_sources["max_concurrency"] == "env INLOOP_MAX_CONCURRENCY"

@@ -20,10 +20,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import metrics
-from services.common.metrics import REGISTRY, RpcMetricsInterceptor
-from services.controller.hops import Policy
-from services.runtime.engine.types import GenerateResult, Timings
+from inloop.services.common import metrics
+from inloop.services.common.metrics import REGISTRY, RpcMetricsInterceptor
+from inloop.services.controller.hops import Policy
+from inloop.services.runtime.engine.types import GenerateResult, Timings
 from tests.controller.test_hops import FAST, FlakyTools, call_tool
 
 pytestmark = pytest.mark.timeout(180)
@@ -233,7 +233,7 @@ def test_gpu_memory_is_only_set_for_the_cuda_backend():
 
 @pytest.mark.gpu
 def test_gpu_memory_from_a_real_device():
-    from services.runtime.backends.cuda.driver import Device, cuda_available
+    from inloop.services.runtime.backends.cuda.driver import Device, cuda_available
 
     ok, why = cuda_available()
     if not ok:
@@ -266,7 +266,7 @@ def test_a_service_with_tls_serves_metrics_over_https_to_certified_scrapers_only
     import argparse
     import ssl
 
-    from services.common.certs_cli import make_dev_pki
+    from inloop.services.common.certs_cli import make_dev_pki
 
     make_dev_pki(tmp_path)
     args = argparse.Namespace(tls_cert=str(tmp_path / "tools.crt"), tls_key=str(tmp_path / "tools.key"),

@@ -26,10 +26,10 @@ from inloop.v1 import controller_pb2_grpc
 from inloop.v1 import runtime_pb2 as rpb
 from inloop.v1 import tools_pb2 as pb
 from inloop.v1 import tools_pb2_grpc
-from services.common.certs_cli import make_dev_pki
-from services.common.grpc_client import make_channel, wait_for_serving
-from services.common.grpc_server import create_server
-from services.common.security import (
+from inloop.services.common.certs_cli import make_dev_pki
+from inloop.services.common.grpc_client import make_channel, wait_for_serving
+from inloop.services.common.grpc_server import create_server
+from inloop.services.common.security import (
     BearerTokenInterceptor,
     ClientSecurity,
     SecurityError,
@@ -70,12 +70,12 @@ def secure_flags(tls: Path, identity: str) -> list[str]:
 
 
 class SecureService:
-    """`python -m services.cli SERVICE serve --port 0 ...` waited on over mTLS."""
+    """`python -m inloop.services.cli SERVICE serve --port 0 ...` waited on over mTLS."""
 
     def __init__(self, service: str, args: list[str], log_path: Path, security: ClientSecurity):
         env = {**os.environ, "INLOOP_METRICS_PORT": "-1"}  # no fixed metrics port to collide on
         self.log = open(log_path, "w")  # noqa: SIM115 - the child writes to it until stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", service, "serve", "--port", "0", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "inloop.services.cli", service, "serve", "--port", "0", *args],
                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
@@ -173,7 +173,7 @@ def test_health_needs_no_token_but_reflection_does(tools, tls):
 
 def test_the_client_commands_take_the_same_flags(tools, tls):
     ours = tls / "ours"
-    base = [sys.executable, "-m", "services.cli", "health", tools.target, "--wait", "5"]
+    base = [sys.executable, "-m", "inloop.services.cli", "health", tools.target, "--wait", "5"]
     ok = subprocess.run([*base, "--tls-ca", str(ours / "ca.crt"), "--tls-cert", str(ours / "loadgen.crt"),
                          "--tls-key", str(ours / "loadgen.key")],
                         cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
@@ -186,7 +186,7 @@ def test_the_client_commands_take_the_same_flags(tools, tls):
 # ---- refusing to start ---------------------------------------------------------------------
 def test_a_non_loopback_plaintext_bind_exits_with_how_to_fix_it():
     env = {k: v for k, v in os.environ.items() if not k.startswith("INLOOP_")}
-    done = subprocess.run([sys.executable, "-m", "services.cli", "tools", "serve", "--host", "0.0.0.0",
+    done = subprocess.run([sys.executable, "-m", "inloop.services.cli", "tools", "serve", "--host", "0.0.0.0",
                            "--port", "0"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode != 0
@@ -272,7 +272,7 @@ def test_token_over_plaintext_loopback_on_streaming_calls():
 
 # ---- the whole mesh under mTLS: the controller's hops carry its certificate and token ------
 def test_controller_hops_use_mtls_and_the_token(tls, tools, tmp_path):
-    from services.runtime.model.tiny import make_tiny
+    from inloop.services.runtime.model.tiny import make_tiny
 
     model = make_tiny("llama", tmp_path / "tiny")
     task_id = f"mtls-{os.getpid()}-{id(tmp_path)}"

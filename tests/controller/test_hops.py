@@ -15,9 +15,9 @@ import pytest
 
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
-from services.common.agent_loop import HopError, TaskSpec
-from services.controller.hops import DEFAULT_RETRY_ON, NO_FAULTS, Faults, Policy, RuntimeHop, ToolsHop
-from services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
+from inloop.services.common.agent_loop import HopError, TaskSpec
+from inloop.services.controller.hops import DEFAULT_RETRY_ON, NO_FAULTS, Faults, Policy, RuntimeHop, ToolsHop
+from inloop.services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
 
 FAST = dict(backoff_base_s=0.001, backoff_max_s=0.005)
 

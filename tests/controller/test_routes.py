@@ -24,9 +24,9 @@ import pytest
 from inloop.v1 import controller_pb2_grpc
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
-from services.common.grpc_client import insecure_channel
-from services.runtime.model.tiny import make_tiny
-from services.tools.faults import HEADER_ABORT, HEADER_DELAY
+from inloop.services.common.grpc_client import insecure_channel
+from inloop.services.runtime.model.tiny import make_tiny
+from inloop.services.tools.faults import HEADER_ABORT, HEADER_DELAY
 from tests.service_procs import ServiceProcess, controller_process, runtime_process, tools_process
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -117,7 +117,7 @@ def hand_built_tasks() -> list[pb.TaskRequest]:
 def case_tasks() -> list[pb.TaskRequest]:
     """One case of each task family and scenario (loadgen/tasks), when the data files are there."""
     try:
-        from loadgen.tasks.model import load_cases
+        from inloop.loadgen.tasks.model import load_cases
         cases = load_cases(limit_per_family=1)
     except (ImportError, OSError, ValueError):
         return []

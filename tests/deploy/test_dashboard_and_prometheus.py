@@ -115,7 +115,7 @@ def test_promtool_check_config(path: Path, tmp_path: Path):
     text = path.read_text()
     if "/etc/prometheus/inloop/" in text:
         # promtool opens the scrape TLS files: give it real ones from a dev CA, where they would be.
-        from services.common.certs_cli import make_dev_pki
+        from inloop.services.common.certs_cli import make_dev_pki
 
         make_dev_pki(tmp_path / "pki")
         tls = tmp_path / "inloop"

@@ -15,8 +15,8 @@ import re
 import pytest
 import yaml
 
-from services.common.config_cli import effective_config
-from services.common.security import is_loopback
+from inloop.services.common.config_cli import effective_config
+from inloop.services.common.security import is_loopback
 from tests.deploy.shared_names import DEPLOY, ETC, SERVICES, TLS_DIR, read_env_file
 
 IMAGE_OF = {"runtime": "Dockerfile.runtime", "tools": "Dockerfile.cpu", "controller": "Dockerfile.cpu"}

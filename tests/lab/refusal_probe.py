@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 from inloop.v1 import runtime_pb2, runtime_pb2_grpc
 
-from services.common.grpc_client import make_channel
-from services.common.security import ClientSecurity
+from inloop.services.common.grpc_client import make_channel
+from inloop.services.common.security import ClientSecurity
 
 
 def call(target: str, security: ClientSecurity) -> str:

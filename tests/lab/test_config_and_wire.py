@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.hop_overhead import hop_breakdown
-from loadgen.lab.config import LabConfig, LabConfigError, load_config
-from loadgen.lab.wire import lab_section, summary_lines, wire_samples
+from inloop.loadgen.hop_overhead import hop_breakdown
+from inloop.loadgen.lab.config import LabConfig, LabConfigError, load_config
+from inloop.loadgen.lab.wire import lab_section, summary_lines, wire_samples
 
 REPO = Path(__file__).resolve().parents[2]
 MS = 1_000_000

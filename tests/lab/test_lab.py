@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.lab.netns import alive
-from loadgen.report.schema import validate
+from inloop.loadgen.lab.netns import alive
+from inloop.loadgen.report.schema import validate
 
 REPO = Path(__file__).resolve().parents[2]
 GPU, CPU = "gpu-host", "cpu-host"
@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or ""), p
 
 
 def inloop(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "inloop.services.cli", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 
@@ -200,7 +200,7 @@ def test_sigterm_during_run_tears_everything_down(tiny_llama, tmp_path):
     cfg = write_config(tmp_path / "lab.toml", tiny_llama, gpu_ns=names[0], cpu_ns=names[1],
                        gpu_link=links[0], cpu_link=links[1])
     state = tmp_path / "state"
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "lab", "run", "--config", cfg, "--state-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "inloop.services.cli", "lab", "run", "--config", cfg, "--state-dir",
                              state, "--out", tmp_path / "out"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

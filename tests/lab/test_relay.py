@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from loadgen.lab.relay import Delay, DelayRelay, deliver_at, new_event_loop
+from inloop.loadgen.lab.relay import Delay, DelayRelay, deliver_at, new_event_loop
 
 pytestmark = pytest.mark.timeout(60)
 

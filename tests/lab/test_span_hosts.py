@@ -5,7 +5,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor
+from inloop.loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor
 
 KEYS = {"trace_id", "span_id", "parent_span_id", "name", "service", "host", "kind", "start_ns", "end_ns",
         "status", "attributes"}

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from inloop.v1 import runtime_pb2 as pb
-from loadgen.calibrate_gate import fit, youden_threshold
-from services.common import gate_defaults
-from services.common.task_convert import task_from_proto
+from inloop.loadgen.calibrate_gate import fit, youden_threshold
+from inloop.services.common import gate_defaults
+from inloop.services.common.task_convert import task_from_proto
 
 
 def test_youden_threshold_separates_failed_from_passed():

@@ -9,9 +9,9 @@ from datetime import datetime
 
 import pytest
 
-from loadgen.coldwarm import cmd_coldwarm, register_coldwarm
-from loadgen.report.schema import validate
-from services.cli import main as inloop
+from inloop.loadgen.coldwarm import cmd_coldwarm, register_coldwarm
+from inloop.loadgen.report.schema import validate
+from inloop.services.cli import main as inloop
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,7 @@
 """Hop overhead from spans: the parts of hand-built traces, and what a hole in a trace does."""
 import pytest
 
-from loadgen.hop_overhead import hop_breakdown, mean_breakdown, trace_is_complete
+from inloop.loadgen.hop_overhead import hop_breakdown, mean_breakdown, trace_is_complete
 
 MS = 1_000_000
 

@@ -11,15 +11,15 @@ import time
 import numpy as np
 import pytest
 
-from loadgen.load import cmd_load, poisson_offsets, register_load, run_load
-from loadgen.load_metrics import calculate_metrics, parse_goodput
-from loadgen.prompt_set import chat_prompts
-from loadgen.report.schema import validate
-from loadgen.runtime_launcher import RuntimeLauncher
-from loadgen.stats import STAT_KEYS
-from loadgen.stream_client import StreamResult
-from services.common.grpc_client import aio_insecure_channel, wait_for_serving
-from services.cli import main as inloop
+from inloop.loadgen.load import cmd_load, poisson_offsets, register_load, run_load
+from inloop.loadgen.load_metrics import calculate_metrics, parse_goodput
+from inloop.loadgen.prompt_set import chat_prompts
+from inloop.loadgen.report.schema import validate
+from inloop.loadgen.runtime_launcher import RuntimeLauncher
+from inloop.loadgen.stats import STAT_KEYS
+from inloop.loadgen.stream_client import StreamResult
+from inloop.services.common.grpc_client import aio_insecure_channel, wait_for_serving
+from inloop.services.cli import main as inloop
 
 MAX_TOKENS = 8
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.report.schema import validate
+from inloop.loadgen.report.schema import validate
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"inloop-loadgen", "inloop-controller", "inloop-runtime", "inloop-tools"}
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", "loadgen", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "inloop.services.cli", "loadgen", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -5,7 +5,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
-from loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor
+from inloop.loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor
 
 
 def _provider(service: str, processor) -> TracerProvider:
@@ -48,9 +48,9 @@ def test_waiting_for_a_trace_that_never_completes_returns_what_arrived():
 def test_the_receiver_can_require_mtls_from_exporters(tmp_path, monkeypatch):
     import argparse
 
-    from loadgen.otlp_receiver import mtls_credentials
-    from services.common.certs_cli import make_dev_pki
-    from services.common.config import export_otlp_endpoint
+    from inloop.loadgen.otlp_receiver import mtls_credentials
+    from inloop.services.common.certs_cli import make_dev_pki
+    from inloop.services.common.config import export_otlp_endpoint
 
     make_dev_pki(tmp_path / "tls")
     store = SpanStore()
@@ -88,7 +88,7 @@ def test_each_run_in_one_process_keeps_its_own_client_spans():
     """setup_tracing's provider is per process; a second loadgen run there still gets its spans."""
     from opentelemetry import trace
 
-    from services.common.telemetry import setup_tracing
+    from inloop.services.common.telemetry import setup_tracing
 
     first, second = SpanStore(), SpanStore()
     p1, p2 = StoreProcessor(first), StoreProcessor(second)

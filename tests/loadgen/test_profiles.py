@@ -1,7 +1,7 @@
 """Fault profiles as TOML files."""
 import pytest
 
-from loadgen.profiles import BUILTIN, ProfileError, load_profile, load_profiles
+from inloop.loadgen.profiles import BUILTIN, ProfileError, load_profile, load_profiles
 
 
 def test_the_six_builtin_profiles_load():

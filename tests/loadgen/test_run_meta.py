@@ -1,4 +1,4 @@
-"""loadgen.run_meta: the weights' hash and its cache, host facts, and the artifact writer."""
+"""inloop.loadgen.run_meta: the weights' hash and its cache, host facts, and the artifact writer."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from loadgen import run_meta as rm
-from services.runtime.model.tiny import make_tiny
+from inloop.loadgen import run_meta as rm
+from inloop.services.runtime.model.tiny import make_tiny
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +98,7 @@ def test_command_is_one_string_without_the_install_path():
 
 
 def test_write_run_never_overwrites(tmp_path):
-    from loadgen.reporting import write_run
+    from inloop.loadgen.reporting import write_run
 
     now = datetime(2026, 11, 27, 1, 2, 3, tzinfo=UTC)
     meta = rm.run_meta(None, "cpu", None, [0], model_name="m")

@@ -1,4 +1,4 @@
-"""loadgen.stats: vLLM-style latency summaries and the bootstrap CI, against hand-computed values."""
+"""inloop.loadgen.stats: vLLM-style latency summaries and the bootstrap CI, against hand-computed values."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from loadgen.stats import STAT_KEYS, bootstrap_ci, summarize_ms
+from inloop.loadgen.stats import STAT_KEYS, bootstrap_ci, summarize_ms
 
 
 def test_summary_of_one_to_ten_matches_hand_computed_values():

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from loadgen.tasks import build_cases
-from loadgen.tasks.checkers import (check, dates_in, numbers_in, reference_answer, reference_steps,
+from inloop.loadgen.tasks import build_cases
+from inloop.loadgen.tasks.checkers import (check, dates_in, numbers_in, reference_answer, reference_steps,
                                     sentences_of, text_positions, value_positions, word_count)
-from loadgen.tasks.model import FAMILIES, SCENARIOS, TaskCase, load_cases, split_for
+from inloop.loadgen.tasks.model import FAMILIES, SCENARIOS, TaskCase, load_cases, split_for
 
 ALL = load_cases()
 CORPUS = build_cases.load_corpus()
@@ -29,13 +29,13 @@ def has_module(name: str) -> bool:
         return False
 
 
-needs_search = pytest.mark.skipif(not has_module("services.tools.functions.search"),
-                                  reason="services.tools.functions.search (the BM25 tool) is not there yet")
+needs_search = pytest.mark.skipif(not has_module("inloop.services.tools.functions.search"),
+                                  reason="inloop.services.tools.functions.search (the BM25 tool) is not there yet")
 
 
 @pytest.fixture(scope="module")
 def bm25():
-    from services.tools.functions.search import Bm25Index, Doc
+    from inloop.services.tools.functions.search import Bm25Index, Doc
     return Bm25Index([Doc(d["id"], d["title"], d["text"]) for d in CORPUS.values()])
 
 
@@ -92,7 +92,7 @@ def test_corpus_is_well_formed():
 def test_generator_reproduces_the_committed_files():
     for family, cases in build_cases.build_all().items():
         committed = (build_cases.DATA_DIR / f"{family}.jsonl").read_text(encoding="utf-8")
-        assert build_cases.render(cases) == committed, f"run python -m loadgen.tasks.build_cases ({family})"
+        assert build_cases.render(cases) == committed, f"run python -m inloop.loadgen.tasks.build_cases ({family})"
 
 
 # ---- the sources support the expected answers -------------------------------------------
@@ -116,10 +116,10 @@ def test_receipt_values_are_in_the_receipt(case):
     assert exp["total"] in [v for _, v in numbers_in(text)]
 
 
-@pytest.mark.skipif(not has_module("services.tools.functions.extract_receipt"),
-                    reason="services.tools.functions.extract_receipt is not there yet")
+@pytest.mark.skipif(not has_module("inloop.services.tools.functions.extract_receipt"),
+                    reason="inloop.services.tools.functions.extract_receipt is not there yet")
 def test_the_extract_receipt_tool_reads_every_receipt():
-    from services.tools.functions.extract_receipt import extract_receipt
+    from inloop.services.tools.functions.extract_receipt import extract_receipt
     for case in by_family("receipt_extract"):
         got = extract_receipt(None, case.expected["reference_calls"][0]["arguments"]["text"])
         exp = case.expected
@@ -137,10 +137,10 @@ def test_any_extractive_summary_names_the_key_terms(case):
     assert word_count(paragraph) > case.expected["max_words"]
 
 
-@pytest.mark.skipif(not has_module("services.tools.functions.summarize"),
-                    reason="services.tools.functions.summarize is not there yet")
+@pytest.mark.skipif(not has_module("inloop.services.tools.functions.summarize"),
+                    reason="inloop.services.tools.functions.summarize is not there yet")
 def test_the_summarize_tool_output_passes_the_checker():
-    from services.tools.functions.summarize import summarize
+    from inloop.services.tools.functions.summarize import summarize
     for case in by_family("summarize_short"):
         summary = summarize(None, **case.expected["reference_calls"][0]["arguments"])["summary"]
         assert check(case, summary, reference_steps(case)).passed, case.id
@@ -164,12 +164,12 @@ def test_the_question_itself_finds_its_doc(case, bm25):
     assert case.expected["doc_id"] in top_ids(bm25, case.question)
 
 
-@pytest.mark.skipif(not has_module("services.tools.state"), reason="services.tools.state is not there yet")
+@pytest.mark.skipif(not has_module("inloop.services.tools.state"), reason="inloop.services.tools.state is not there yet")
 @pytest.mark.parametrize("case", by_family("tool_state_adaptation"), ids=lambda c: c.id)
 def test_the_scripted_changes_lead_to_the_expected_value(case):
     """Replay the reference calls with the setup's changes against the real kv tool."""
-    from services.tools.functions.kv import kv
-    from services.tools.state import ToolState
+    from inloop.services.tools.functions.kv import kv
+    from inloop.services.tools.state import ToolState
 
     session = ToolState().session(case.id)
     for key, value in case.setup["kv"].items():
@@ -184,7 +184,7 @@ def test_the_scripted_changes_lead_to_the_expected_value(case):
     assert len(case.expected["reference_calls"]) >= max(c["before_tool_call"] for c in changes)
 
 
-@pytest.mark.skipif(not (has_module("services.common.agent_loop") and has_module("services.tools.registry")),
+@pytest.mark.skipif(not (has_module("inloop.services.common.agent_loop") and has_module("inloop.services.tools.registry")),
                     reason="the agent loop or the tool registry is not there yet")
 def test_a_scripted_model_passes_every_case_through_the_real_loop_and_tools():
     """The reference calls, run by the one agent loop against the real tools, with each case's
@@ -195,10 +195,10 @@ def test_a_scripted_model_passes_every_case_through_the_real_loop_and_tools():
     import dataclasses
     import time
 
-    from services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply, run_agent
-    from services.common.tool_calls import ToolCall
-    from services.tools.registry import ToolError, call_tool, openai_definitions
-    from services.tools.state import ToolState
+    from inloop.services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply, run_agent
+    from inloop.services.common.tool_calls import ToolCall
+    from inloop.services.tools.registry import ToolError, call_tool, openai_definitions
+    from inloop.services.tools.state import ToolState
 
     definitions = {d["function"]["name"]: d for d in openai_definitions()}
 

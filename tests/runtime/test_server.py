@@ -1,6 +1,6 @@
 """The real runtime server, as a subprocess, over real gRPC, with a tiny real model.
 
-`python -m services.cli runtime serve --port 0` prints the bound address; the tests wait
+`python -m inloop.services.cli runtime serve --port 0` prints the bound address; the tests wait
 for the standard health service to say SERVING and then talk through the generated stub.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc
-from services.common.grpc_client import insecure_channel
-from services.runtime.model.tiny import make_tiny
+from inloop.services.common.grpc_client import insecure_channel
+from inloop.services.runtime.model.tiny import make_tiny
 from tests.service_procs import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[2]

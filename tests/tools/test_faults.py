@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from services.tools.faults import (
+from inloop.services.tools.faults import (
     HEADER_ABORT, HEADER_DELAY, HEADER_KEY, Abort, Delay, FaultInjector, FaultSpec, FaultSpecError,
     Trigger, parse_abort, parse_delay,
 )

@@ -5,11 +5,11 @@ import threading
 
 import pytest
 
-from services.tools.functions.kv import kv
-from services.tools.registry import (
+from inloop.services.tools.functions.kv import kv
+from inloop.services.tools.registry import (
     TOOLS, ToolArgumentError, ToolError, call_tool, execute, openai_definitions, validate_arguments,
 )
-from services.tools.state import ToolState
+from inloop.services.tools.state import ToolState
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The real tools server, as a subprocess, over real gRPC, through the generated stub.
 
-`python -m services.cli tools serve --port 0` prints the bound address; the tests
+`python -m inloop.services.cli tools serve --port 0` prints the bound address; the tests
 wait for the standard health service to say SERVING. Each fault test uses its own fault
 key, so the every-Nth counters of one test never shift another's.
 """
@@ -23,8 +23,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from inloop.v1 import tools_pb2 as pb
 from inloop.v1 import tools_pb2_grpc
-from services.common.grpc_client import insecure_channel, wait_for_serving
-from services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
+from inloop.services.common.grpc_client import insecure_channel, wait_for_serving
+from inloop.services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -36,7 +36,7 @@ class ToolsServer:
     def __init__(self, log_path: Path, *extra: str):
         self.log_path = log_path
         self._log_file = open(log_path, "w")
-        cmd = [sys.executable, "-m", "services.cli", "tools", "serve", "--port", "0", *extra]
+        cmd = [sys.executable, "-m", "inloop.services.cli", "tools", "serve", "--port", "0", *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from inloop.v1 import tools_pb2 as pb
-from services.tools.faults import HEADER_DELAY, HEADER_KEY
-from services.tools.server import ToolsServicer
-from services.tools.state import ToolState
+from inloop.services.tools.faults import HEADER_DELAY, HEADER_KEY
+from inloop.services.tools.server import ToolsServicer
+from inloop.services.tools.state import ToolState
 
 
 class Context:

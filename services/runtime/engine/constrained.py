@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-from services.common.tool_calls import CLOSE, OPEN, find_tool
-from services.runtime.engine.vocab_masks import VocabMasks
+from inloop.services.common.tool_calls import CLOSE, OPEN, find_tool
+from inloop.services.runtime.engine.vocab_masks import VocabMasks
 
 MAX_STRING_TOKENS = 48
 MAX_DIGITS = 12

@@ -1,7 +1,7 @@
 """Incremental detokenization and stop strings for streamed output."""
 from __future__ import annotations
 
-from services.runtime.model.tokenizer import Tokenizer
+from inloop.services.runtime.model.tokenizer import Tokenizer
 
 
 class IncrementalDecoder:

@@ -18,21 +18,21 @@ from typing import Callable
 import numpy as np
 import structlog
 
-from services.runtime.backends.base import Backend, KVCache
-from services.common.tool_calls import OPEN, with_tools_prompt
-from services.runtime.engine import constrained
-from services.runtime.engine.generation import Generation
-from services.runtime.engine.kv_sessions import KVSessionStore, Session, common_prefix
-from services.runtime.engine.sampler import Sampler
-from services.runtime.engine.step_runner import StepRunner, runner_for
-from services.runtime.engine.vocab_masks import VocabMasks
-from services.runtime.engine.types import (
+from inloop.services.runtime.backends.base import Backend, KVCache
+from inloop.services.common.tool_calls import OPEN, with_tools_prompt
+from inloop.services.runtime.engine import constrained
+from inloop.services.runtime.engine.generation import Generation
+from inloop.services.runtime.engine.kv_sessions import KVSessionStore, Session, common_prefix
+from inloop.services.runtime.engine.sampler import Sampler
+from inloop.services.runtime.engine.step_runner import StepRunner, runner_for
+from inloop.services.runtime.engine.vocab_masks import VocabMasks
+from inloop.services.runtime.engine.types import (
     ChatMessage, GenerateRequest, GenerateResult, InvalidRequest, SamplingParams, TokenEvent, UncertaintySummary,
 )
-from services.runtime.model.config import ModelConfig
-from services.runtime.model.tokenizer import Tokenizer
-from services.runtime.model.transformer import Transformer
-from services.runtime.model.weights import Weights
+from inloop.services.runtime.model.config import ModelConfig
+from inloop.services.runtime.model.tokenizer import Tokenizer
+from inloop.services.runtime.model.transformer import Transformer
+from inloop.services.runtime.model.weights import Weights
 
 log = structlog.get_logger("engine")
 DEFAULT_MAX_CONTEXT = 8192
@@ -47,8 +47,8 @@ def make_backend(name: str) -> Backend:
     """cpu, cuda, or auto (cuda where a device answers, else cpu)."""
     if name in ("cuda", "auto"):
         try:
-            from services.runtime.backends.cuda.backend import CudaBackend
-            from services.runtime.backends.cuda.driver import cuda_available
+            from inloop.services.runtime.backends.cuda.backend import CudaBackend
+            from inloop.services.runtime.backends.cuda.driver import cuda_available
             ok, reason = cuda_available()
         except ImportError as exc:
             ok, reason = False, f"cuda backend unavailable: {exc}"
@@ -59,7 +59,7 @@ def make_backend(name: str) -> Backend:
         log.info("backend_auto_fallback", chosen="cpu", reason=reason)
     elif name != "cpu":
         raise ValueError(f"unknown backend {name!r}: use cpu, cuda or auto")
-    from services.runtime.backends.cpu.backend import NumpyBackend
+    from inloop.services.runtime.backends.cpu.backend import NumpyBackend
     return NumpyBackend()
 
 

@@ -20,12 +20,12 @@ from typing import Callable
 
 import numpy as np
 
-from services.runtime.backends.base import KVCache
-from services.runtime.engine.detokenize import IncrementalDecoder, StopMatcher
-from services.runtime.engine.sampler import Sampler, log_softmax, token_stats
-from services.runtime.engine.step_runner import DeviceSampling
-from services.runtime.engine.types import TokenEvent, TokenStats, Timings
-from services.runtime.engine.vocab_masks import VocabMasks
+from inloop.services.runtime.backends.base import KVCache
+from inloop.services.runtime.engine.detokenize import IncrementalDecoder, StopMatcher
+from inloop.services.runtime.engine.sampler import Sampler, log_softmax, token_stats
+from inloop.services.runtime.engine.step_runner import DeviceSampling
+from inloop.services.runtime.engine.types import TokenEvent, TokenStats, Timings
+from inloop.services.runtime.engine.vocab_masks import VocabMasks
 
 
 class Generation:

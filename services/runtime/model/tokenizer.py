@@ -10,7 +10,7 @@ import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
-from services.runtime.model.config import ModelLoadError
+from inloop.services.runtime.model.config import ModelLoadError
 
 
 def _raise_exception(message: str):

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.runtime.backends.base import Backend, KVCache, Tensor
-from services.runtime.model.config import ModelConfig
-from services.runtime.model.weights import Weights
+from inloop.services.runtime.backends.base import Backend, KVCache, Tensor
+from inloop.services.runtime.model.config import ModelConfig
+from inloop.services.runtime.model.weights import Weights
 
 
 @dataclass

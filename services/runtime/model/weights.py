@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.runtime.model.config import ModelLoadError
+from inloop.services.runtime.model.config import ModelLoadError
 
 _NUMPY_DTYPES = {
     "F32": np.float32, "F16": np.float16, "F64": np.float64,

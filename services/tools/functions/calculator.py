@@ -11,7 +11,7 @@ import ast
 import math
 import operator
 
-from services.tools.state import ToolError
+from inloop.services.tools.state import ToolError
 
 MAX_EXPRESSION_CHARS = 500
 MAX_DEPTH = 300  # above the 250 operators 500 characters can hold; far below the recursion limit

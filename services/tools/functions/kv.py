@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from services.tools.state import ToolError
+from inloop.services.tools.state import ToolError
 
 OPS = ("get", "put", "increment")
 

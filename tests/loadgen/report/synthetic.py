@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import random
 
-from loadgen.report.schema import SCHEMA
-from loadgen.report.stats import percentile
+from inloop.loadgen.report.schema import SCHEMA
+from inloop.loadgen.report.stats import percentile
 
 FAMILIES = ("calculator", "kv", "search")
 PROFILES = (  # name, description, ext/int factor, fault rate

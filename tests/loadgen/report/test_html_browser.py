@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.report.html import render_html
+from inloop.loadgen.report.html import render_html
 from tests.loadgen.report import browser
 from tests.loadgen.report.synthetic import make_artifact
 
@@ -180,7 +180,7 @@ def _degenerate_artifact() -> dict:
 
 
 def test_degenerate_numbers_render_without_errors(tmp_path):
-    from loadgen.report.schema import validate
+    from inloop.loadgen.report.schema import validate
 
     doc = _degenerate_artifact()
     validate(doc)

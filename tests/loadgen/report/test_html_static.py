@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from loadgen.report.html import render_html
-from loadgen.report.plots_trace import sample_traces, span_rows
+from inloop.loadgen.report.html import render_html
+from inloop.loadgen.report.plots_trace import sample_traces, span_rows
 from tests.loadgen.report.synthetic import make_artifact
 
 

@@ -1,7 +1,7 @@
 """The two-host lab's wire-time table in both reports."""
 import copy
 
-from loadgen.report import render_html, render_markdown, validate
+from inloop.loadgen.report import render_html, render_markdown, validate
 
 LAB = {"mechanism": "relay", "delay_ms": 0.25, "jitter_ms": 0.05, "hosts": {},
        "wire_by_hop": {"controller->runtime": {"from": "cpu-host", "to": "gpu-host", "cross_host": True,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 
-from loadgen.report import fmt
-from loadgen.report.markdown import render_markdown
+from inloop.loadgen.report import fmt
+from inloop.loadgen.report.markdown import render_markdown
 from tests.loadgen.report.synthetic import make_artifact
 
 

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from loadgen.report.schema import SCHEMA, format_path, validate
+from inloop.loadgen.report.schema import SCHEMA, format_path, validate
 
 
 def _minimal(kind: str = "load", section: dict | None = None) -> dict:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from loadgen.report.cli import register_report
-from loadgen.report.write import write_reports
+from inloop.loadgen.report.cli import register_report
+from inloop.loadgen.report.write import write_reports
 
 
 def _loadgen_parser() -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def test_help_explains_the_command(capsys):
 
 def test_inloop_loadgen_report_when_wired(artifact, tmp_path):
     """Through the top-level `inloop` parser, once loadgen.compare.register calls register_report."""
-    from services.cli import build_parser
+    from inloop.services.cli import build_parser
 
     parser = build_parser()
     loadgen = parser._subparsers._group_actions[0].choices.get("loadgen")

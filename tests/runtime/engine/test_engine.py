@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.runtime.engine.detokenize import IncrementalDecoder, StopMatcher
-from services.runtime.engine.engine import Engine
-from services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
+from inloop.services.runtime.engine.detokenize import IncrementalDecoder, StopMatcher
+from inloop.services.runtime.engine.engine import Engine
+from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_stop_matcher_holds_back_a_possible_stop_prefix():
 
 
 def test_warm_up_builds_the_grammar_masks_and_keeps_nothing(tiny_llama):
-    from services.runtime.engine.engine import Engine
+    from inloop.services.runtime.engine.engine import Engine
 
     engine = Engine.load(tiny_llama)
     assert engine._masks is None

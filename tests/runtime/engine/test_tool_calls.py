@@ -4,9 +4,9 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from services.common.tool_calls import parse_tool_call
-from services.runtime.engine.engine import Engine
-from services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
+from inloop.services.common.tool_calls import parse_tool_call
+from inloop.services.runtime.engine.engine import Engine
+from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
 
 TOOLS = [
     {"type": "function", "function": {

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.runtime.model import default_model
-from services.runtime.model.default_model import find_gguf, pull_default, resolve_model
-from services.runtime.model.gguf_convert import convert_gguf, unpermute_rope_rows
+from inloop.services.runtime.model import default_model
+from inloop.services.runtime.model.default_model import find_gguf, pull_default, resolve_model
+from inloop.services.runtime.model.gguf_convert import convert_gguf, unpermute_rope_rows
 
 HAVE_REFERENCE = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "accelerate"))
 needs_reference = pytest.mark.skipif(not HAVE_REFERENCE, reason="needs torch + transformers + accelerate")
@@ -153,7 +153,7 @@ def test_pull_default_is_idempotent(converted, cache_root, monkeypatch, capsys):
 
 
 def test_resolve_model_rejects_dir_without_config(tmp_path):
-    from services.runtime.model.config import ModelLoadError
+    from inloop.services.runtime.model.config import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="config.json"):
         resolve_model(str(tmp_path))
@@ -162,7 +162,7 @@ def test_resolve_model_rejects_dir_without_config(tmp_path):
 
 
 def test_failed_conversion_leaves_nothing(gguf_path, tmp_path, monkeypatch):
-    from services.runtime.model import gguf_convert
+    from inloop.services.runtime.model import gguf_convert
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt  # as if killed mid-way

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.runtime.bench import hf_forward
-from services.runtime.engine.engine import Engine
+from inloop.services.runtime.bench import hf_forward
+from inloop.services.runtime.engine.engine import Engine
 from tests.conftest import ARCHS, requires_reference
 
 pytestmark = [requires_reference, pytest.mark.reference]
@@ -50,7 +50,7 @@ def test_greedy_generation_matches_hf_generate(arch, tiny_models):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from services.runtime.engine.types import ChatMessage, GenerateRequest, SamplingParams
+    from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, SamplingParams
 
     engine = Engine.load(tiny_models[arch])
     hf = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32).eval()
@@ -67,7 +67,7 @@ def test_greedy_generation_matches_hf_generate(arch, tiny_models):
 def test_bench_runs_hf_side_by_side_with_the_same_greedy_tokens(tiny_llama):
     """`inloop bench runtime`'s reference loop (bench.run_hf: prefill, then cached decode steps
     through hf_forward) on the CPU: both sides decode, and greedily agree on a tiny model."""
-    from services.runtime.bench import bench
+    from inloop.services.runtime.bench import bench
 
     r = bench(tiny_llama, "cpu", runs=2, prompt_tokens=8, new_tokens=4, with_hf=True, start_runs=0)
     assert r["hf"]["ttft_ms"] > 0 and r["ours"]["ttft_ms"] > 0

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from services.runtime.engine.engine import Engine
-from services.runtime.model.config import ModelConfig, ModelLoadError
-from services.runtime.model.tiny import make_tiny
-from services.runtime.model.weights import Weights
+from inloop.services.runtime.engine.engine import Engine
+from inloop.services.runtime.model.config import ModelConfig, ModelLoadError
+from inloop.services.runtime.model.tiny import make_tiny
+from inloop.services.runtime.model.weights import Weights
 
 
 def _logits(model_dir, text="bread and milk"):

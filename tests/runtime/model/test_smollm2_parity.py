@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.runtime.engine.engine import Engine
-from services.runtime.engine.types import ChatMessage, GenerateRequest, SamplingParams
-from services.runtime.model.default_model import find_gguf, pull_default
+from inloop.services.runtime.engine.engine import Engine
+from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, SamplingParams
+from inloop.services.runtime.model.default_model import find_gguf, pull_default
 from tests.conftest import requires_reference
 
 pytestmark = [requires_reference, pytest.mark.reference, pytest.mark.slow]

@@ -17,11 +17,11 @@ from .bench_models import prompt_ids
 def greedy_parity(model_dir: Path, be, prompt_len: int, steps: int, tol_scale: float = 3e-2) -> dict:
     """numpy vs the decode graph: teacher-forced logits and argmax at every step, then
     free-running greedy; a differing token is allowed only where numpy's top-2 margin < tol."""
-    from services.runtime.backends.cpu.backend import NumpyBackend
-    from services.runtime.backends.cuda.loader import load_transformer
-    from services.runtime.model.config import ModelConfig
-    from services.runtime.model.transformer import Transformer
-    from services.runtime.model.weights import Weights
+    from inloop.services.runtime.backends.cpu.backend import NumpyBackend
+    from inloop.services.runtime.backends.cuda.loader import load_transformer
+    from inloop.services.runtime.model.config import ModelConfig
+    from inloop.services.runtime.model.transformer import Transformer
+    from inloop.services.runtime.model.weights import Weights
 
     cfg = ModelConfig.from_dir(model_dir)
     ref = Transformer(cfg, NumpyBackend(), Weights(model_dir))
@@ -78,10 +78,10 @@ def greedy_parity(model_dir: Path, be, prompt_len: int, steps: int, tol_scale: f
 def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 128) -> dict:
     """TTFT (prefill graph and eager), decode ms/token (graph, per-token sync; pipelined;
     GPU-only), the op path per token, and a per-kernel breakdown of one decode step."""
-    from services.runtime.backends.cuda.loader import load_transformer
-    from services.runtime.backends.cuda.probes import decode_ab, decode_at_lengths, decode_kinds, decode_step_gpu_ms
-    from services.runtime.model.config import ModelConfig
-    from services.runtime.model.weights import Weights
+    from inloop.services.runtime.backends.cuda.loader import load_transformer
+    from inloop.services.runtime.backends.cuda.probes import decode_ab, decode_at_lengths, decode_kinds, decode_step_gpu_ms
+    from inloop.services.runtime.model.config import ModelConfig
+    from inloop.services.runtime.model.weights import Weights
 
     cfg = ModelConfig.from_dir(model_dir)
     t = time.perf_counter()
@@ -159,8 +159,8 @@ def tuning_summary(be) -> dict:
 def step_breakdown(be, dg) -> dict:
     """GPU time per kernel kind over one decode step, launched one by one with events between
     (no graph, no PDL: an upper bound on each kernel's share)."""
-    from services.runtime.backends.cuda.driver import Event
-    from services.runtime.backends.cuda.probes import kernel_kind, launches_through
+    from inloop.services.runtime.backends.cuda.driver import Event
+    from inloop.services.runtime.backends.cuda.probes import kernel_kind, launches_through
 
     marks = []
 
@@ -192,7 +192,7 @@ def bench_engine(model_dir: Path, be, prompt_len: int = 32, new_tokens: int = 64
     bf16 on the same GPU, interleaved runs, medians and ratios (services/runtime/bench.py)."""
     import importlib.util
 
-    from services.runtime.bench import bench
+    from inloop.services.runtime.bench import bench
 
     with_hf = with_hf and all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
     r = bench(Path(model_dir), be, runs, prompt_len, new_tokens, with_hf, 0)

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from services.runtime.model.config import ModelConfig
-from services.runtime.model.weights import Weights
+from inloop.services.runtime.model.config import ModelConfig
+from inloop.services.runtime.model.weights import Weights
 
 from .tensor import DeviceTensor
 from .upload import SOURCE_DTYPES
@@ -47,7 +47,7 @@ def _one(backend, weights: Weights, name: str, shape, storage: str) -> DeviceTen
 def load_transformer(backend, cfg: ModelConfig, weights: Weights, storage: str = "bf16"):
     """`storage`: how every weight is kept on the GPU ("bf16" or "f16"); one type per model,
     since the fused kernels read a projection's norm and bias with its weight."""
-    from services.runtime.model.transformer import LayerWeights, Transformer
+    from inloop.services.runtime.model.transformer import LayerWeights, Transformer
 
     t0 = time.perf_counter()
     d, hd = cfg.hidden_size, cfg.head_dim

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.backends.cuda.driver import cuda_available
+from inloop.services.runtime.backends.cuda.driver import cuda_available
 
 GPU_OK, GPU_REASON = cuda_available()
 # Backends made by these tests keep the heuristic GEMV configs: measuring them per backend would
@@ -18,14 +18,14 @@ os.environ.setdefault("INLOOP_CUDA_GEMV_TUNE", "0")
 def gpu(cubin_cache):
     if not GPU_OK:
         pytest.skip(f"no CUDA GPU: {GPU_REASON}")
-    from services.runtime.backends.cuda.backend import CudaBackend
+    from inloop.services.runtime.backends.cuda.backend import CudaBackend
 
     return CudaBackend()
 
 
 @pytest.fixture(scope="session")
 def cpu():
-    from services.runtime.backends.cpu.backend import NumpyBackend
+    from inloop.services.runtime.backends.cpu.backend import NumpyBackend
 
     return NumpyBackend()
 
@@ -45,8 +45,8 @@ def cubin_cache(tmp_path_factory):
 
 
 def _backend_on_double(kernels: str):
-    from services.runtime.backends.cuda import driver as driver_module
-    from services.runtime.backends.cuda.backend import CudaBackend
+    from inloop.services.runtime.backends.cuda import driver as driver_module
+    from inloop.services.runtime.backends.cuda.backend import CudaBackend
 
     from .fake_driver import FakeDriver
 

@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from cuda.bindings import driver as real
 
-from services.runtime.backends.cuda import compiler
-from services.runtime.backends.cuda.kernels_registry import SIGNATURES
-from services.runtime.backends.cuda.module import ARG_CTYPES, pack_args
+from inloop.services.runtime.backends.cuda import compiler
+from inloop.services.runtime.backends.cuda.kernels_registry import SIGNATURES
+from inloop.services.runtime.backends.cuda.module import ARG_CTYPES, pack_args
 
 from . import kernel_emulator
 

@@ -8,10 +8,10 @@ import math
 
 import numpy as np
 
-from services.runtime.backends.cpu.backend import rope_cos_sin
-from services.runtime.backends.cuda.kernels_registry import base_kernel, weight_format
-from services.runtime.backends.cuda.state import DECODE_STATE, SAMPLE_STATS_BYTES
-from services.runtime.engine.sampler import _filter_top_k_top_p
+from inloop.services.runtime.backends.cpu.backend import rope_cos_sin
+from inloop.services.runtime.backends.cuda.kernels_registry import base_kernel, weight_format
+from inloop.services.runtime.backends.cuda.state import DECODE_STATE, SAMPLE_STATS_BYTES
+from inloop.services.runtime.engine.sampler import _filter_top_k_top_p
 
 KERNELS = {}
 

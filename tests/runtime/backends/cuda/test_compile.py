@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("cuda.bindings.nvrtc")
 
-from services.runtime.backends.cuda import compiler
-from services.runtime.backends.cuda.driver import cuda_available
-from services.runtime.backends.cuda.kernels_registry import SIGNATURES, weight_format
-from services.runtime.backends.cuda.state import DECODE_STATE, SAMPLE_STATS_BYTES
+from inloop.services.runtime.backends.cuda import compiler
+from inloop.services.runtime.backends.cuda.driver import cuda_available
+from inloop.services.runtime.backends.cuda.kernels_registry import SIGNATURES, weight_format
+from inloop.services.runtime.backends.cuda.state import DECODE_STATE, SAMPLE_STATS_BYTES
 
 FILES = compiler.kernel_files()
 ARCHS = ("sm_80", "sm_90")
@@ -131,7 +131,7 @@ def test_cuda_available_never_raises():
 
 
 def test_cli_compile_prints_a_table(compiled, capsys):
-    from services.cli import main
+    from inloop.services.cli import main
 
     assert main(["cuda", "compile", "--arch", "sm_80,sm_90"]) == 0
     out = capsys.readouterr().out

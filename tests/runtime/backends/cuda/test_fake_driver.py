@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.runtime.backends.cuda import driver as driver_module
+from inloop.services.runtime.backends.cuda import driver as driver_module
 
 from .fake_driver import FakeDriver
 from .parity import assert_close, bf16
@@ -45,7 +45,7 @@ def test_a_launch_past_the_kernels_launch_bounds_is_refused(gpu):
 
 
 def test_large_upload_crosses_staging_chunks(gpu):
-    from services.runtime.backends.cuda.upload import CHUNK_BYTES
+    from inloop.services.runtime.backends.cuda.upload import CHUNK_BYTES
 
     a = np.random.default_rng(1).standard_normal(CHUNK_BYTES // 4 * 2 + 12).astype(np.float32)
     assert np.array_equal(gpu.to_host(gpu.upload(a)), bf16(a))
@@ -105,7 +105,7 @@ def test_graph_survives_workspace_growth_after_capture(gpu, models):
 
 
 def test_no_pdl_before_hopper(cubin_cache):
-    from services.runtime.backends.cuda.backend import CudaBackend
+    from inloop.services.runtime.backends.cuda.backend import CudaBackend
 
     mp = pytest.MonkeyPatch()
     ampere = FakeDriver(capability=(8, 0))
@@ -132,10 +132,10 @@ def test_assert_close_reports_the_worst_element():
 
 def test_engine_generates_the_same_greedy_text_through_the_op_interface(gpu, cpu, tmp_path):
     pytest.importorskip("structlog")
-    from services.runtime.engine.engine import Engine
-    from services.runtime.engine.step_runner import ForwardStepRunner
-    from services.runtime.engine.types import GenerateRequest, SamplingParams
-    from services.runtime.model.tiny import make_tiny
+    from inloop.services.runtime.engine.engine import Engine
+    from inloop.services.runtime.engine.step_runner import ForwardStepRunner
+    from inloop.services.runtime.engine.types import GenerateRequest, SamplingParams
+    from inloop.services.runtime.model.tiny import make_tiny
 
     d = make_tiny("llama", tmp_path / "m", seed=2, dtype="bfloat16")
     req = dict(prompt="The quick brown fox", sampling=SamplingParams(max_tokens=12, return_uncertainty=True),

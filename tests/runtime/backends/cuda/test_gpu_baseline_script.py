@@ -29,9 +29,13 @@ def test_prepare_exports_the_commits_services_and_proto(gpu_baseline, tmp_path):
     assert (tmp_path / "b" / "proto/inloop/v1").is_dir() and not (tmp_path / "b" / "tests").exists()
 
 
-def _stub_tree(root: Path, decode_ms: float) -> Path:
+def _stub_tree(root: Path, decode_ms: float, namespaced: bool = False) -> Path:
+    """A tree whose bench_cuda returns decode_ms; `namespaced`: its services import as
+    inloop.services (the installed layout), else as plain services (ae93aa1's)."""
     cuda = root / "services/runtime/backends/cuda"
     cuda.mkdir(parents=True)
+    pkg = "inloop.services" if namespaced else "services"
+    (root / "services/cli.py").write_text(f"from {pkg}.runtime.backends.cuda import backend\n")
     for d in (root / "services", root / "services/runtime", root / "services/runtime/backends", cuda):
         (d / "__init__.py").write_text("")
     (cuda / "backend.py").write_text("class CudaBackend:\n    pass\n")
@@ -45,11 +49,14 @@ def _stub_tree(root: Path, decode_ms: float) -> Path:
     return root
 
 
-def test_bench_runs_the_trees_code_not_this_checkouts(gpu_baseline, tmp_path, monkeypatch):
-    tree = _stub_tree(tmp_path / "tree", 0.5)
+@pytest.mark.parametrize("namespaced", [False, True], ids=["services", "inloop.services"])
+def test_bench_runs_the_trees_code_not_this_checkouts(gpu_baseline, tmp_path, monkeypatch, namespaced):
+    tree = _stub_tree(tmp_path / "tree", 0.5, namespaced)
+    assert gpu_baseline.package_of(tree) == ("inloop.services" if namespaced else "services")
     monkeypatch.setattr(gpu_baseline, "KEEP", gpu_baseline.KEEP + ("model", "tokens", "cache"))
-    # as gpu_env.sh leaves it: this checkout first on the path
-    monkeypatch.setenv("PYTHONPATH", f"{REPO}:{REPO / 'proto'}")
+    # as gpu_env.sh leaves it: this checkout's inloop namespace and the repository first on the path
+    ours = scripts.load("import_tree").link(REPO, tmp_path / "ours-src")
+    monkeypatch.setenv("PYTHONPATH", f"{ours}:{REPO}")
     r = gpu_baseline.bench(tree, tmp_path / "model", tmp_path / "work", 32, 7)
     assert r["commit"] == "abc1234" and r["decode_ms_per_token"] == 0.5 and "unused" not in r
     assert r["model"] == str(tmp_path / "model") and r["tokens"] == 7
@@ -80,3 +87,14 @@ def test_summary_compares_each_model(gpu_baseline):
 def test_cli_help():
     out = subprocess.run([sys.executable, str(SCRIPT), "prepare", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "the commit to compare against" in out.stdout
+
+
+def test_import_tree_makes_a_checkout_the_installed_namespace(tmp_path):
+    """What gpu_env.sh does where pip cannot run: the links resolve `inloop.services` and
+    `inloop.v1` to this checkout, ahead of any installed copy."""
+    src = scripts.load("import_tree").link(REPO, tmp_path / "src")
+    code = "import inloop.services.cli as c, inloop.loadgen.cli as l, inloop.v1.runtime_pb2 as p; print(c.__file__, l.__file__, p.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}, check=True).stdout.split()
+    assert out == [str(src / "inloop/services/cli.py"), str(src / "inloop/loadgen/cli.py"),
+                   str(src / "inloop/v1/runtime_pb2.py")]

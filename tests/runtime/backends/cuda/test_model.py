@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.runtime.engine.sampler import log_softmax, token_stats
-from services.runtime.model.config import ModelConfig
-from services.runtime.model.tiny import make_tiny
-from services.runtime.model.transformer import Transformer
-from services.runtime.model.weights import Weights
+from inloop.services.runtime.engine.sampler import log_softmax, token_stats
+from inloop.services.runtime.model.config import ModelConfig
+from inloop.services.runtime.model.tiny import make_tiny
+from inloop.services.runtime.model.transformer import Transformer
+from inloop.services.runtime.model.weights import Weights
 
 from .parity import assert_close, report
 
@@ -37,7 +37,7 @@ def models(request, tmp_path_factory, cpu, gpu):
     arch, dtype = request.param
     d = make_tiny(arch, tmp_path_factory.mktemp(f"{arch}-{dtype}"), seed=5, dtype=dtype)
     cfg = ModelConfig.from_dir(d)
-    from services.runtime.backends.cuda.loader import load_transformer
+    from inloop.services.runtime.backends.cuda.loader import load_transformer
 
     return (cfg, Transformer(cfg, cpu, Weights(d)), Transformer(cfg, gpu, Weights(d)),
             load_transformer(gpu, cfg, Weights(d)))
@@ -149,7 +149,7 @@ def test_graph_sampling_stats_match_the_host(models):
 
 
 def test_prefill_graph_matches_numpy_and_chains_into_decode(models, monkeypatch):
-    from services.runtime.backends.cuda import prefill
+    from inloop.services.runtime.backends.cuda import prefill
 
     cfg, cpu_model, gpu_model, _ = models
     tokens, ref_logits = _numpy_greedy(cpu_model, cfg)
@@ -182,7 +182,7 @@ def test_prefill_graph_matches_numpy_and_chains_into_decode(models, monkeypatch)
 def test_prefill_all_rows_matches_numpy_in_chunks(models, monkeypatch):
     """Forced text with per-token uncertainty: every row's logits from the ALL_ROWS prefill
     graphs, in chunks through the cache, equal numpy's full forward pass."""
-    from services.runtime.backends.cuda import prefill
+    from inloop.services.runtime.backends.cuda import prefill
 
     cfg, cpu_model, gpu_model, _ = models
     monkeypatch.setattr(prefill, "ALL_ROWS_MAX", 16)  # 40 tokens: chunks of 16, 16, 8

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.runtime.backends.cuda.driver import memset_d8
+from inloop.services.runtime.backends.cuda.driver import memset_d8
 
 from .parity import assert_close, bf16
 

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from services.runtime.backends.cuda import probes
-from services.runtime.backends.cuda.gemv_tuning import GemvTuner, choice_key
-from services.runtime.model.tiny import make_tiny
+from inloop.services.runtime.backends.cuda import probes
+from inloop.services.runtime.backends.cuda.gemv_tuning import GemvTuner, choice_key
+from inloop.services.runtime.model.tiny import make_tiny
 
 QUICK = {"launches": 2, "replays": 1}  # the emulators run every launch for real: keep the sweep short
 SMALL = {"hidden_size": 64, "intermediate_size": 96, "vocab_size": 320, "num_attention_heads": 4,
@@ -45,9 +45,9 @@ def test_a_config_the_kernel_cannot_take_is_refused(gpu):
 
 @pytest.fixture()
 def tiny_model(gpu, tmp_path):
-    from services.runtime.backends.cuda.loader import load_transformer
-    from services.runtime.model.config import ModelConfig
-    from services.runtime.model.weights import Weights
+    from inloop.services.runtime.backends.cuda.loader import load_transformer
+    from inloop.services.runtime.model.config import ModelConfig
+    from inloop.services.runtime.model.weights import Weights
 
     d = make_tiny("llama", tmp_path / "m", seed=5, dtype="bfloat16")
     return load_transformer(gpu, ModelConfig.from_dir(d), Weights(d))
@@ -92,7 +92,7 @@ def test_tuner_measures_each_projection_once_and_a_warm_start_measures_nothing(t
 
 
 def test_a_tuner_cache_it_cannot_read_is_measured_again(tuned, tiny_model, tmp_path):
-    from services.runtime.backends.cuda.gemv_tuning import describe_saved
+    from inloop.services.runtime.backends.cuda.gemv_tuning import describe_saved
 
     path = tmp_path / "tuning.json"
     assert "nothing measured yet" in describe_saved(path)
@@ -105,7 +105,7 @@ def test_a_tuner_cache_it_cannot_read_is_measured_again(tuned, tiny_model, tmp_p
 
 
 def test_a_tuner_that_fails_leaves_the_heuristic_and_saves_nothing(tuned, tiny_model, tmp_path, monkeypatch):
-    from services.runtime.backends.cuda import gemv_tuning
+    from inloop.services.runtime.backends.cuda import gemv_tuning
 
     def broken(*a, **k):
         raise RuntimeError("no timing today")

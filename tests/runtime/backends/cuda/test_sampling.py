@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.runtime.engine.sampler import (
+from inloop.services.runtime.engine.sampler import (
     _filter_top_k_top_p,
     log_softmax,
     token_stats,

@@ -21,8 +21,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.runtime.backends.cuda.compiler import KERNEL_DIR, WEIGHT_FORMATS, format_files, format_options
-from services.runtime.backends.cuda.kernels_registry import SIGNATURES, weight_format
+from inloop.services.runtime.backends.cuda.compiler import KERNEL_DIR, WEIGHT_FORMATS, format_files, format_options
+from inloop.services.runtime.backends.cuda.kernels_registry import SIGNATURES, weight_format
 
 RUNTIME = Path(__file__).resolve().parent / "runtime.h"  # includes the other headers beside it
 # UBSan checks whose handlers ubsan.h defines (no sanitizer runtime is linked).
