@@ -39,10 +39,9 @@ class MeasureError(RuntimeError):
 async def measure(launcher, prompt: str, max_tokens: int, warm_requests: int, warmup: int,
                   timeout_s: float, start_timeout_s: float, poll_s: float) -> tuple[dict, object]:
     """Time a started runtime (see the module docstring); returns (section, ModelInfo)."""
-    from inloop.v1 import runtime_pb2_grpc
-
     from inloop.loadgen.stream_client import chat_request, model_info, stream_generate
     from inloop.services.common.grpc_client import aio_insecure_channel
+    from inloop.v1 import runtime_pb2_grpc
 
     async with aio_insecure_channel(launcher.target) as channel:
         start_to_healthy_ms = await launcher.wait_healthy(channel, timeout_s=start_timeout_s, poll_s=poll_s)

@@ -14,10 +14,10 @@ import time
 
 def compare(runtime: str, controller: str, families: list[str] | None, per_family: int,
             max_tokens: int) -> list[dict]:
-    from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
     from inloop.loadgen.requests import case_to_request, result_steps
     from inloop.loadgen.tasks import check, load_cases
     from inloop.services.common.grpc_client import insecure_channel
+    from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
 
     rows = []
     run_id = f"cmp{int(time.time())}"

@@ -87,10 +87,10 @@ async def run_load(channel, prompts: list[str], max_tokens: int, *, concurrency:
     Returns (StreamResults in prompt order, duration in s from the first send to the last
     completion). `warmup` requests (the first prompts again) run before and are not returned.
     """
-    from inloop.v1 import runtime_pb2_grpc
     from tqdm import tqdm
 
     from inloop.loadgen.stream_client import chat_request, stream_generate
+    from inloop.v1 import runtime_pb2_grpc
 
     if (concurrency is None) == (rate is None):
         raise ValueError("give exactly one of concurrency (closed loop) and rate (open loop)")

@@ -89,12 +89,12 @@ def _print(section: dict) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from inloop.v1 import runtime_pb2 as pb
     from inloop.loadgen.harness import check_counts, run_traced
     from inloop.loadgen.profiles import ProfileError, load_profile
     from inloop.loadgen.reporting import finish_report
     from inloop.loadgen.tasks import SCENARIOS, load_cases
     from inloop.services.common.gate_defaults import default_gate
+    from inloop.v1 import runtime_pb2 as pb
 
     problem = check_counts(args)
     if problem:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from inloop.v1 import runtime_pb2 as pb
 from inloop.loadgen.tasks.model import TaskCase
+from inloop.v1 import runtime_pb2 as pb
 
 
 def case_to_request(case: TaskCase, *, run_id: str = "", max_tokens: int = 96, deadline_ms: float = 60000,

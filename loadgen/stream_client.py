@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+
 from inloop.v1 import runtime_pb2 as pb
 
 

@@ -22,8 +22,8 @@ class TaskRunner:
     def __init__(self, runtime: str, controller: str, max_tokens: int = 64, deadline_ms: float = 60000,
                  security=None):
         """`security`: a services.common.security.ClientSecurity (mTLS, token) or None for plaintext."""
-        from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
         from inloop.services.common.grpc_client import make_channel
+        from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
 
         self._channels = [make_channel(runtime, security), make_channel(controller, security)]
         self.stubs = {"internal": runtime_pb2_grpc.RuntimeStub(self._channels[0]),

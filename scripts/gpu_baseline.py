@@ -25,16 +25,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))  # a sibling script, also where this file is loaded by path
 import import_tree  # noqa: E402
+
 KEEP = ("ttft_ms", "decode_ms_per_token", "decode_gpu_ms_per_step", "kernels_per_step", "pdl",
         "decode_kinds", "decode_at_lengths")  # what the summary compares
 MARK = "BASELINE_JSON "
 
 
 def prepare(rev: str, dest: Path) -> str:
-    """Export `rev`'s services/ and proto/ to dest (replacing it); returns the short hash."""
+    """Export `rev`'s services/, proto/ and bench/ (where it has one) to dest (replacing it);
+    returns the short hash."""
     short = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True, capture_output=True,
                            text=True).stdout.strip()
-    tar = subprocess.run(["git", "archive", "--format=tar", rev, "services", "proto"], cwd=REPO, check=True,
+    parts = ["services", "proto"]
+    if subprocess.run(["git", "cat-file", "-e", f"{rev}:bench"], cwd=REPO, capture_output=True).returncode == 0:
+        parts.append("bench")  # the benchmarks left the services for bench/ with the inloop namespace
+    tar = subprocess.run(["git", "archive", "--format=tar", rev, *parts], cwd=REPO, check=True,
                          capture_output=True).stdout
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -63,9 +68,11 @@ def bench(tree: Path, model_dir: Path, work: Path, prompt_len: int, decode_token
     env = dict(os.environ, INLOOP_CACHE=str(work / "baseline-cache"),
                PYTHONPATH=os.pathsep.join([str(src), str(tree), str(tree / "proto"), *rest]))
     pkg = package_of(tree)
+    benchmark = "bench.cuda.benchmark" if (tree / "bench/cuda/benchmark.py").exists() \
+        else f"{pkg}.runtime.backends.cuda.benchmark"  # where it lived before bench/
     code = ("import json\nfrom pathlib import Path\n"
             f"from {pkg}.runtime.backends.cuda.backend import CudaBackend\n"
-            f"from {pkg}.runtime.backends.cuda.benchmark import bench_cuda\n"
+            f"from {benchmark} import bench_cuda\n"
             f"r = bench_cuda(Path({str(model_dir)!r}), CudaBackend(), {prompt_len}, {decode_tokens})\n"
             f"print({MARK!r} + json.dumps({{k: r.get(k) for k in {KEEP!r}}}, default=str), flush=True)\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True,

@@ -40,15 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_baseline, also w
 import gpu_baseline  # noqa: E402  (beside this script)
 import numpy as np  # noqa: E402
 
-from inloop.services.runtime.backends.cuda.bench_models import SHAPES, make_random_model, prompt_ids  # noqa: E402
-from inloop.services.runtime.backends.cuda.benchmark import (  # noqa: E402
+from bench.cuda.benchmark import (  # noqa: E402
     bench_cuda,
     bench_engine,
     engine_bench_lines,
     greedy_parity,
 )
-from inloop.services.runtime.backends.cuda.probes import gemv_sweep, graph_node_cost, summary_lines  # noqa: E402
-from inloop.services.runtime.bench import hf_forward, load_hf  # noqa: E402
+from bench.cuda.models import SHAPES, make_random_model, prompt_ids  # noqa: E402
+from bench.cuda.probes import gemv_sweep, graph_node_cost, summary_lines  # noqa: E402
+from bench.runtime_vs_hf import hf_forward, load_hf  # noqa: E402
 
 PROMPT_LEN, DECODE_TOKENS = 32, 128
 DEADLINE_S = 225  # stop starting optional work after this

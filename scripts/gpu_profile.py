@@ -37,8 +37,8 @@ METRICS = ("gpu__time_duration.sum", "dram__bytes_read.sum", "launch__registers_
 def child(shape: str, part: str, work: Path) -> None:
     from cuda.bindings import driver as cu
 
+    from bench.cuda.models import SHAPES, make_random_model, prompt_ids
     from inloop.services.runtime.backends.cuda.backend import CudaBackend
-    from inloop.services.runtime.backends.cuda.bench_models import SHAPES, make_random_model, prompt_ids
     from inloop.services.runtime.backends.cuda.loader import load_transformer
     from inloop.services.runtime.model.config import ModelConfig
     from inloop.services.runtime.model.weights import Weights

@@ -27,7 +27,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inloop.services.tools.faults import parse_abort, parse_delay
+from inloop.services.contract.faults import parse_abort, parse_delay
 
 PROFILE_DIR = Path(__file__).resolve().parent
 BUILTIN = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.toml")))

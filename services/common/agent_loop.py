@@ -17,120 +17,14 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from opentelemetry import trace
 
 from inloop.services.common.telemetry import tracer
-from inloop.services.common.tool_calls import ToolCallParseError, parse_tool_call, tool_result_content
-
-HOP_ERRORS = ("tool_hop_failed", "tool_timeout", "runtime_hop_failed", "runtime_timeout")
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    enabled: bool = False
-    statistic: str = "mean_logprob"   # or "min_margin"
-    threshold: float = -1.0
-    tool: str = "search"
-
-
-@dataclass
-class TaskSpec:
-    task_id: str
-    messages: list[dict]
-    tools: list[dict]                 # OpenAI-style definitions of the offered tools
-    tool_choice: str = "auto"
-    max_steps: int = 4
-    sampling: dict = field(default_factory=dict)  # SamplingParams fields for every model step
-    deadline: float = 0.0             # time.monotonic() by which the task must end
-    gate: GateConfig = field(default_factory=GateConfig)
-    setup: dict = field(default_factory=dict)
-    family: str = ""
-
-    def remaining_s(self) -> float:
-        return self.deadline - time.monotonic()
-
-
-@dataclass
-class ModelReply:
-    text: str
-    finish_reason: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    uncertainty: dict | None = None   # UncertaintySummary fields
-    attempts: int = 1
-
-
-@dataclass
-class ToolReply:
-    result: dict
-    attempts: int = 1
-
-
-class HopError(Exception):
-    """A hop that failed for good (after its retries): error_type is one of HOP_ERRORS,
-    or "tool_error" when the tool itself refused the call (bad arguments, division by zero)."""
-
-    def __init__(self, error_type: str, message: str, attempts: int = 1):
-        super().__init__(message)
-        self.error_type = error_type
-        self.attempts = attempts
-
-
-class ModelPort(Protocol):
-    name: str
-
-    async def step(self, task: TaskSpec, messages: list[dict], tool_choice: str) -> ModelReply:
-        """One model step on the conversation so far."""
-
-
-class ToolPort(Protocol):
-    async def call(self, task: TaskSpec, name: str, arguments: dict, call_id: str) -> ToolReply:
-        """Run one tool call in the task's state namespace."""
-
-    async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:
-        """An environment write (preloaded state, another writer's change): no faults, no steps."""
-
-
-@dataclass
-class Step:
-    kind: str                  # model | tool | gate
-    name: str
-    status: str = "ok"
-    error_type: str = ""
-    detail: str = ""
-    attempts: int = 1
-    latency_ms: float = 0.0
-    start_ms: float = 0.0
-    arguments: dict | None = None
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    uncertainty: dict | None = None
-
-
-@dataclass
-class TaskOutcome:
-    task_id: str
-    ok: bool
-    answer: str
-    steps: list[Step]
-    error_type: str = ""
-    error_message: str = ""
-    latency_ms: float = 0.0
-
-    @property
-    def retries(self) -> int:
-        return sum(max(s.attempts - 1, 0) for s in self.steps)
-
-
-def gate_statistic(uncertainty: dict | None, statistic: str) -> float | None:
-    if not uncertainty:
-        return None
-    return uncertainty.get("min_margin" if statistic == "min_margin" else "mean_logprob")
+from inloop.services.contract.errors import HopError, TaskError, ToolCallParseError
+from inloop.services.contract.ports import ModelPort, ToolPort
+from inloop.services.contract.task import Step, TaskOutcome, TaskSpec, ToolReply
+from inloop.services.contract.tool_calls import parse_tool_call, tool_result_content
 
 
 class _Run:
@@ -205,9 +99,8 @@ async def _model_step(task: TaskSpec, model: ModelPort, messages: list[dict], ch
     kind = trace.SpanKind.CLIENT if route == "external" else trace.SpanKind.INTERNAL
     attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model.name,
                   "inloop.tool_choice": choice}
-    for key, attr in (("max_tokens", "gen_ai.request.max_tokens"), ("temperature", "gen_ai.request.temperature")):
-        if task.sampling.get(key) is not None:
-            attributes[attr] = task.sampling[key]
+    attributes["gen_ai.request.max_tokens"] = task.sampling.max_tokens
+    attributes["gen_ai.request.temperature"] = task.sampling.temperature
     with tracer().start_as_current_span(f"chat {model.name}", kind=kind, attributes=attributes,
                                         record_exception=False, set_status_on_exception=False) as span:
         try:
@@ -246,7 +139,7 @@ async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: st
         return run.done(False, error_type=exc.error_type, message=f"setting up the task's tool state: {exc}")
     for _ in range(task.max_steps):
         if task.remaining_s() <= 0:
-            return run.done(False, error_type="deadline_exceeded", message="the task's deadline passed")
+            return run.done(False, error_type=TaskError.DEADLINE_EXCEEDED, message="the task's deadline passed")
         started = run.begin()
         try:
             reply = await _model_step(task, model, messages, choice, route)
@@ -259,10 +152,10 @@ async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: st
         try:
             call = parse_tool_call(reply.text) if choice != "none" else None
         except ToolCallParseError as exc:
-            step.status, step.error_type, step.detail = "error", "bad_tool_call", str(exc)
-            return run.done(False, error_type="bad_tool_call", message=str(exc))
+            step.status, step.error_type, step.detail = "error", TaskError.BAD_TOOL_CALL, str(exc)
+            return run.done(False, error_type=TaskError.BAD_TOOL_CALL, message=str(exc))
         if call is None:
-            stat = gate_statistic(reply.uncertainty, task.gate.statistic)
+            stat = task.gate.statistic_of(reply.uncertainty)
             if (task.gate.enabled and not gated and task.gate.tool in offered and stat is not None
                     and stat < task.gate.threshold):
                 gated, choice = True, task.gate.tool
@@ -273,9 +166,9 @@ async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: st
                 continue
             return run.done(True, answer=reply.text.strip())
         if call.name not in offered:
-            step.status, step.error_type = "error", "bad_tool_call"
+            step.status, step.error_type = "error", TaskError.BAD_TOOL_CALL
             step.detail = f"the model called {call.name!r}, which is not offered"
-            return run.done(False, error_type="bad_tool_call", message=step.detail)
+            return run.done(False, error_type=TaskError.BAD_TOOL_CALL, message=step.detail)
         messages.append({"role": "assistant", "content": reply.text})
         tool_calls += 1
         started = run.begin()
@@ -290,7 +183,7 @@ async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: st
         except HopError as exc:
             run.add(started, Step("tool", call.name, "error", exc.error_type, str(exc), exc.attempts,
                                   arguments=call.arguments))
-            if exc.error_type != "tool_error":
+            if exc.error_type != TaskError.TOOL_ERROR:
                 return run.done(False, error_type=exc.error_type, message=str(exc))
             content = json.dumps({"error": str(exc)})  # the tool refused: tell the model, go on
         else:
@@ -298,8 +191,4 @@ async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: st
             content = tool_result_content(out.result)
         messages.append({"role": "tool", "content": content})
         choice = "auto"  # after a tool result the model may answer (a forced call would repeat forever)
-    return run.done(False, error_type="max_steps", message=f"no answer after {task.max_steps} model steps")
-
-
-def new_task_id() -> str:
-    return uuid.uuid4().hex[:16]
+    return run.done(False, error_type=TaskError.MAX_STEPS, message=f"no answer after {task.max_steps} model steps")

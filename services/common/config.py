@@ -35,6 +35,8 @@ ENV_PREFIX = "INLOOP_"
 CONFIG_ENV = "INLOOP_CONFIG"
 COMMON_TABLE = "common"
 SERVICES = ("runtime", "tools", "controller")
+SERVE_COMMANDS = {"runtime": "inloop.services.runtime.service.cli", "tools": "inloop.services.tools.service.cli",
+                  "controller": "inloop.services.controller.cli"}
 # Standard variables read after INLOOP_<KEY> (same env layer), so OpenTelemetry's own
 # spelling works as everywhere else.
 EXTRA_ENV = {"otlp_endpoint": ("OTEL_EXPORTER_OTLP_ENDPOINT",)}
@@ -275,12 +277,12 @@ def serve_parser(service: str) -> argparse.ArgumentParser:
 
     root = argparse.ArgumentParser(prog="inloop")
     sub = root.add_subparsers()
-    importlib.import_module(f"inloop.services.{service}.cli").register(sub)
+    importlib.import_module(SERVE_COMMANDS[service]).register(sub)
     service_parser = sub.choices[service]
     for action in service_parser._actions:
         if isinstance(action, argparse._SubParsersAction) and "serve" in action.choices:
             return action.choices["serve"]
-    raise LookupError(f"services.{service}.cli registers no 'serve' command")
+    raise LookupError(f"{SERVE_COMMANDS[service]} registers no 'serve' command")
 
 
 # ---- typing one value ----------------------------------------------------------------------

@@ -25,9 +25,9 @@ def _cmd(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
     from inloop.services.common.grpc_client import make_channel
     from inloop.services.common.security import SecurityError, client_security_from_args
+    from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
 
     try:
         security = client_security_from_args(args)

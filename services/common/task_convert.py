@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import time
 
-from inloop.v1 import runtime_pb2 as pb
-from inloop.services.common.agent_loop import GateConfig, TaskOutcome, TaskSpec, new_task_id
 from inloop.services.common.gate_defaults import default_gate
-from inloop.services.runtime.engine.types import ROLES, InvalidRequest, SamplingParams
-from inloop.services.tools.faults import parse_abort, parse_delay
-from inloop.services.tools.registry import TOOLS
+from inloop.services.common.generate_convert import summary_to_proto
+from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract.faults import parse_abort, parse_delay
+from inloop.services.contract.generation import ROLES, SamplingParams
+from inloop.services.contract.task import GateConfig, TaskOutcome, TaskSpec, new_task_id
+from inloop.services.contract.tool_schema import TOOL_SCHEMAS
+from inloop.v1 import runtime_pb2 as pb
 
 DEFAULT_MAX_STEPS = 4
 MAX_STEPS_LIMIT = 16
@@ -23,7 +25,7 @@ MAX_SETUP_CHARS = 16_384
 MAX_TASK_CHARS = 200_000  # far over any context we serve; refusing early keeps the worker free
 
 
-def _sampling(msg: pb.SamplingParams) -> dict:
+def _sampling(msg: pb.SamplingParams) -> SamplingParams:
     sp = SamplingParams(
         max_tokens=msg.max_tokens if msg.HasField("max_tokens") else 96,
         temperature=msg.temperature, top_k=msg.top_k,
@@ -32,8 +34,7 @@ def _sampling(msg: pb.SamplingParams) -> dict:
         return_uncertainty=True,  # the gate and the reports read it on every step
     )
     sp.validate()
-    return {"max_tokens": sp.max_tokens, "temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p,
-            "seed": sp.seed, "stop": sp.stop, "return_uncertainty": True}
+    return sp
 
 
 def _gate(gate: pb.GateConfig) -> GateConfig:
@@ -57,9 +58,9 @@ def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) 
         raise InvalidRequest("messages", f"{total} characters of messages; the limit is {MAX_TASK_CHARS}")
     if req.messages[-1].role != "user":
         raise InvalidRequest("messages", "a task's messages must end with a user message")
-    unknown = [t for t in req.tools if t not in TOOLS]
+    unknown = [t for t in req.tools if t not in TOOL_SCHEMAS]
     if unknown:
-        raise InvalidRequest("tools", f"unknown tool(s) {', '.join(unknown)}; offered: {', '.join(TOOLS)}")
+        raise InvalidRequest("tools", f"unknown tool(s) {', '.join(unknown)}; offered: {', '.join(TOOL_SCHEMAS)}")
     choice = req.tool_choice or ("auto" if req.tools else "none")
     if choice not in ("none", "auto", "required") and choice not in req.tools:
         raise InvalidRequest("tool_choice", f"{choice!r} is not none, auto, required or an offered tool")
@@ -96,25 +97,12 @@ def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) 
     return TaskSpec(
         task_id=req.task_id or new_task_id(),
         messages=[{"role": m.role, "content": m.content} for m in req.messages],
-        tools=[TOOLS[name].openai() for name in req.tools],
+        tools=[TOOL_SCHEMAS[name].openai() for name in req.tools],
         tool_choice=choice, max_steps=req.max_steps or DEFAULT_MAX_STEPS, sampling=sampling,
         deadline=time.monotonic() + budget_s,
         gate=_gate(gate),
         setup=setup, family=req.family,
     )
-
-
-def _summary(steps) -> pb.UncertaintySummary | None:
-    """Token-weighted over every model step (each step's summary covers its own tokens)."""
-    rows = [(s.uncertainty, max(s.completion_tokens, 1)) for s in steps if s.kind == "model" and s.uncertainty]
-    if not rows:
-        return None
-    total = sum(n for _, n in rows)
-    mean = lambda key: sum(u[key] * n for u, n in rows) / total  # noqa: E731
-    return pb.UncertaintySummary(
-        mean_logprob=mean("mean_logprob"), min_logprob=min(u["min_logprob"] for u, _ in rows),
-        mean_entropy=mean("mean_entropy"), max_entropy=max(u["max_entropy"] for u, _ in rows),
-        mean_margin=mean("mean_margin"), min_margin=min(u["min_margin"] for u, _ in rows))
 
 
 def outcome_to_proto(outcome: TaskOutcome, route: str, family: str = "", trace_id: str = "") -> pb.TaskResult:
@@ -126,14 +114,14 @@ def outcome_to_proto(outcome: TaskOutcome, route: str, family: str = "", trace_i
                            arguments_json=json.dumps(s.arguments) if s.arguments is not None else "")
         if s.kind == "model":
             step.usage.CopyFrom(pb.Usage(prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens))
-            if s.uncertainty:
-                step.uncertainty.CopyFrom(pb.UncertaintySummary(**s.uncertainty))
+            if s.uncertainty is not None:
+                step.uncertainty.CopyFrom(summary_to_proto(s.uncertainty))
         steps.append(step)
     result = pb.TaskResult(task_id=outcome.task_id, route=route, ok=outcome.ok, answer=outcome.answer,
                            steps=steps, trace_id=trace_id, error_type=outcome.error_type,
                            error_message=outcome.error_message, latency_ms=outcome.latency_ms,
                            retries=outcome.retries, family=family)
-    summary = _summary(outcome.steps)
+    summary = outcome.uncertainty
     if summary is not None:
-        result.uncertainty.CopyFrom(summary)
+        result.uncertainty.CopyFrom(summary_to_proto(summary))
     return result

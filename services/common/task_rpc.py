@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import grpc
 
-from inloop.v1 import runtime_pb2 as pb
 from inloop.services.common import metrics
-from inloop.services.common.agent_loop import TaskOutcome, TaskSpec
 from inloop.services.common.task_convert import outcome_to_proto, task_from_proto
 from inloop.services.common.telemetry import current_trace_id
-from inloop.services.runtime.engine.types import InvalidRequest
+from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract.task import TaskOutcome, TaskSpec
+from inloop.v1 import runtime_pb2 as pb
 
 
 async def accept_task(request: pb.TaskRequest, context: grpc.aio.ServicerContext, log) -> TaskSpec:

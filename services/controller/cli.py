@@ -22,15 +22,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, security=None) -> int:
-    from inloop.v1 import controller_pb2_grpc
-    from inloop.v1 import runtime_pb2 as pb
-    from inloop.v1 import runtime_pb2_grpc
     from inloop.services.common.grpc_client import make_channel
     from inloop.services.common.grpc_server import create_server, serve_until_signal
     from inloop.services.common.logging import get_logger
     from inloop.services.common.metrics import RpcMetricsInterceptor
     from inloop.services.common.serve_setup import start_metrics
     from inloop.services.controller.server import SERVICE_NAME, ControllerServicer
+    from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
+    from inloop.v1 import runtime_pb2 as pb
 
     log = get_logger("services.controller.cli")
     peer = security.client() if security is not None else None  # our cert, CA and token for the hops

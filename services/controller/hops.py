@@ -3,7 +3,7 @@
 Vocabulary as Envoy/Istio use it: `attempts` total tries, `per_try_timeout`, `retry_on`
 status names, exponential backoff with full jitter between `backoff_base` and
 `backoff_max`. No try outlives the task's own deadline. The task's fault spec goes to the
-tools service in metadata headers (services/tools/faults.py names them), so a caller
+tools service in metadata headers (services/contract/faults.py names them), so a caller
 switches fault profiles per request without restarting anything.
 """
 from __future__ import annotations
@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import grpc
 from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from inloop.services.common import metrics
+from inloop.services.common.generate_convert import sampling_to_proto, summary_from_proto, tool_to_proto
+from inloop.services.contract.errors import HopError, TaskError
+from inloop.services.contract.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
+from inloop.services.contract.task import ModelReply, TaskSpec, ToolReply
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
-from inloop.services.common import metrics
-from inloop.services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply
-from inloop.services.runtime.convert import tool_to_proto
-from inloop.services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
 
 DEFAULT_RETRY_ON = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 
@@ -58,9 +59,10 @@ class _Hop:
     """Retry one call per the policy; returns (response, attempts) or raises HopError."""
 
     hop = "hop"  # the `hop` label of inloop_hop_duration_seconds / inloop_hop_retries_total
-    timeout_type = "hop_timeout"
-    failed_type = "hop_failed"
-    invalid_type = "hop_failed"  # INVALID_ARGUMENT: the far side refused the request itself
+    # what a hop's failure is called in the task result (each hop sets its own)
+    timeout_type: TaskError
+    failed_type: TaskError
+    invalid_type: TaskError  # INVALID_ARGUMENT: the far side refused the request itself
 
     def __init__(self, policy: Policy):
         self.policy = policy
@@ -114,7 +116,8 @@ class _Hop:
 
 class RuntimeHop(_Hop):
     hop = "runtime"
-    timeout_type, failed_type, invalid_type = "runtime_timeout", "runtime_hop_failed", "runtime_hop_failed"
+    timeout_type, failed_type = TaskError.RUNTIME_TIMEOUT, TaskError.RUNTIME_HOP_FAILED
+    invalid_type = TaskError.RUNTIME_HOP_FAILED
 
     def __init__(self, channel: grpc.aio.Channel, policy: Policy, model_name: str = "model"):
         super().__init__(policy)
@@ -122,18 +125,13 @@ class RuntimeHop(_Hop):
         self.name = model_name
 
     async def step(self, task: TaskSpec, messages: list[dict], tool_choice: str) -> ModelReply:
-        s = task.sampling
-        sampling = pb.SamplingParams(max_tokens=s["max_tokens"], temperature=s["temperature"], top_k=s["top_k"],
-                                     top_p=s["top_p"], stop=list(s["stop"]), return_uncertainty=True)
-        if s.get("seed") is not None:
-            sampling.seed = s["seed"]
+        sampling = sampling_to_proto(task.sampling)
+        sampling.return_uncertainty = True  # the gate and the reports read it on every step
         req = pb.GenerateRequest(messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
                                  sampling=sampling, tools=[tool_to_proto(t) for t in task.tools],
                                  tool_choice=tool_choice, request_id=f"{task.task_id}-{time.monotonic_ns()}")
         resp, attempts = await self.run(task, lambda timeout: self.stub.Generate(req, timeout=timeout))
-        u = resp.uncertainty if resp.HasField("uncertainty") else None
-        summary = None if u is None else {f: getattr(u, f) for f in (
-            "mean_logprob", "min_logprob", "mean_entropy", "max_entropy", "mean_margin", "min_margin")}
+        summary = summary_from_proto(resp.uncertainty) if resp.HasField("uncertainty") else None
         return ModelReply(resp.text, resp.finish_reason, resp.usage.prompt_tokens, resp.usage.completion_tokens,
                           summary, attempts)
 
@@ -141,7 +139,7 @@ class RuntimeHop(_Hop):
 class ToolsHop(_Hop):
     # tool_error: the tool refused the call (bad arguments...); the loop tells the model why
     hop = "tools"
-    timeout_type, failed_type, invalid_type = "tool_timeout", "tool_hop_failed", "tool_error"
+    timeout_type, failed_type, invalid_type = TaskError.TOOL_TIMEOUT, TaskError.TOOL_HOP_FAILED, TaskError.TOOL_ERROR
 
     def __init__(self, channel: grpc.aio.Channel, policy: Policy, faults: Faults):
         super().__init__(policy)

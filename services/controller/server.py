@@ -11,13 +11,13 @@ import asyncio
 
 import grpc
 
-from inloop.v1 import controller_pb2_grpc
-from inloop.v1 import runtime_pb2 as pb
 from inloop.services.common import metrics
 from inloop.services.common.agent_loop import run_agent
 from inloop.services.common.logging import get_logger
 from inloop.services.common.task_rpc import accept_task, finish_task
 from inloop.services.controller.hops import Faults, Policy, RuntimeHop, ToolsHop
+from inloop.v1 import controller_pb2_grpc
+from inloop.v1 import runtime_pb2 as pb
 
 log = get_logger(__name__)
 SERVICE_NAME = "inloop.v1.Controller"

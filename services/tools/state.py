@@ -24,23 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inloop.services.contract.errors import ToolArgumentError
+
 if TYPE_CHECKING:
     from inloop.services.tools.functions.search import Bm25Index
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "corpus.jsonl"
 DEFAULT_SESSION = "default"
-
-
-class ToolError(ValueError):
-    """A tool refused valid-looking input (division by zero, increment of a string...).
-
-    The message is written for the caller (a person or the model) to act on; the tools
-    service answers it with INVALID_ARGUMENT, the internal route gets the same exception.
-    """
-
-
-class ToolArgumentError(ToolError):
-    """The call itself is wrong: unknown tool, or arguments that do not match the schema."""
 
 
 @dataclass
@@ -145,7 +135,7 @@ class ToolState:
     @property
     def corpus(self) -> "Bm25Index":
         """The search index, built from corpus_path on first use (or by load_corpus())."""
-        # Imported here: the search tool imports ToolError from this module.
+        # Imported here: the index is built only when a search (or a server's start) needs it.
         from inloop.services.tools.functions.search import Bm25Index, load_corpus
 
         with self.lock:

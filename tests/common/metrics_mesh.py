@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
-from inloop.v1 import runtime_pb2 as pb
 
 from inloop.services.common.grpc_client import check_health, insecure_channel
+from inloop.services.contract.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
 from inloop.services.runtime.model.tiny import make_tiny
-from inloop.services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
+from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
+from inloop.v1 import runtime_pb2 as pb
 from tests.common.prometheus_harness import Prometheus
 from tests.service_procs import ServiceProcess, controller_process, runtime_process, tools_process
 

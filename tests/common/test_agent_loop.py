@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from inloop.services.common.agent_loop import (
-    GateConfig, HopError, ModelReply, TaskSpec, ToolReply, gate_statistic, run_agent,
-)
-from inloop.services.common.tool_calls import ToolCall, tool_result_content
+from inloop.services.common.agent_loop import run_agent
+from inloop.services.contract.errors import HopError
+from inloop.services.contract.generation import UncertaintySummary
+from inloop.services.contract.task import GateConfig, ModelReply, TaskSpec, ToolReply
+from inloop.services.contract.tool_calls import ToolCall, tool_result_content
 
 
 # ---- test doubles of the two ports ----------------------------------------------------
@@ -28,8 +29,12 @@ def call_text(name: str, **arguments) -> str:
     return ToolCall(name, arguments).to_text()
 
 
+# an answer nobody would doubt; answer(..., mean_logprob=-2.5) changes what the test is about
+SURE = dict(mean_logprob=0.0, min_logprob=0.0, mean_entropy=0.0, max_entropy=0.0, mean_margin=1.0, min_margin=1.0)
+
+
 def answer(text: str, **uncertainty) -> ModelReply:
-    return ModelReply(text, "stop", 10, 3, uncertainty or None)
+    return ModelReply(text, "stop", 10, 3, UncertaintySummary(**{**SURE, **uncertainty}) if uncertainty else None)
 
 
 class FakeModel:
@@ -105,7 +110,7 @@ def test_answer_on_the_first_step():
     assert kinds(out) == [("model", "fake-model")]
     step = out.steps[0]
     assert (step.status, step.text, step.prompt_tokens, step.completion_tokens) == ("ok", "  Five.\n", 10, 3)
-    assert step.uncertainty == {"mean_logprob": -0.2}
+    assert step.uncertainty == UncertaintySummary(**{**SURE, "mean_logprob": -0.2})
     assert tools.calls == [] and tools.setups == []
     assert model.calls == [([{"role": "system", "content": "Be brief."},
                              {"role": "user", "content": "What is 2+3?"}], "auto")]
@@ -257,16 +262,19 @@ def test_gate_reads_the_configured_statistic():
                                 "Paris."), FakeTools({"search": {}})).steps] == \
         ["model", "gate", "model", "tool", "model"]
     assert [s.kind for s in run(gated_task("mean_logprob", -1.0), FakeModel(reply), FakeTools()).steps] == ["model"]
-    assert gate_statistic({"mean_logprob": -1, "min_margin": 0.5}, "min_margin") == 0.5
-    assert gate_statistic(None, "mean_logprob") is None
+    read = UncertaintySummary(**{**SURE, "mean_logprob": -1.0, "min_margin": 0.5})
+    assert GateConfig(True, "min_margin").statistic_of(read) == 0.5
+    assert GateConfig(True, "mean_logprob").statistic_of(read) == -1.0
+    assert GateConfig(True, "mean_logprob").statistic_of(None) is None
 
 
-@pytest.mark.parametrize("task", [
-    pytest.param(gated_task(tools=("calculator",)), id="gate-tool-not-offered"),
-    pytest.param(make_task(tools=("search",), gate=GateConfig(False, "mean_logprob", -1.0, "search")), id="disabled"),
+@pytest.mark.parametrize("make", [  # made when the test runs: a task's deadline starts when it is made
+    pytest.param(lambda: gated_task(tools=("calculator",)), id="gate-tool-not-offered"),
+    pytest.param(lambda: make_task(tools=("search",), gate=GateConfig(False, "mean_logprob", -1.0, "search")),
+                 id="disabled"),
 ])
-def test_gate_stays_closed_when_disabled_or_its_tool_is_not_offered(task):
-    out = run(task, FakeModel(answer("Paris.", mean_logprob=-5.0)), FakeTools())
+def test_gate_stays_closed_when_disabled_or_its_tool_is_not_offered(make):
+    out = run(make(), FakeModel(answer("Paris.", mean_logprob=-5.0)), FakeTools())
     assert out.ok and [s.kind for s in out.steps] == ["model"]
 
 

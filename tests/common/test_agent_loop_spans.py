@@ -7,8 +7,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from inloop.services.common.agent_loop import HopError
 from inloop.services.common.telemetry import setup_tracing
+from inloop.services.contract.errors import HopError
 from tests.common.test_agent_loop import FakeModel, FakeTools, call_text, make_task, run
 
 

@@ -8,10 +8,10 @@ mesh (tests/common/conftest.py): three service processes and a Prometheus server
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import time
-import http.client
 import urllib.error
 import urllib.request
 from types import SimpleNamespace
@@ -22,8 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from inloop.services.common import metrics
 from inloop.services.common.metrics import REGISTRY, RpcMetricsInterceptor
+from inloop.services.contract.generation import GenerateResult, Timings
 from inloop.services.controller.hops import Policy
-from inloop.services.runtime.engine.types import GenerateResult, Timings
 from tests.controller.test_hops import FAST, FlakyTools, call_tool
 
 pytestmark = pytest.mark.timeout(180)

@@ -22,10 +22,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from inloop.v1 import controller_pb2_grpc
-from inloop.v1 import runtime_pb2 as rpb
-from inloop.v1 import tools_pb2 as pb
-from inloop.v1 import tools_pb2_grpc
+
 from inloop.services.common.certs_cli import make_dev_pki
 from inloop.services.common.grpc_client import make_channel, wait_for_serving
 from inloop.services.common.grpc_server import create_server
@@ -38,6 +35,9 @@ from inloop.services.common.security import (
     is_loopback,
     server_security_from_args,
 )
+from inloop.v1 import controller_pb2_grpc, tools_pb2_grpc
+from inloop.v1 import runtime_pb2 as rpb
+from inloop.v1 import tools_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken-for-tests"

@@ -13,11 +13,13 @@ import time
 import grpc
 import pytest
 
+from inloop.services.contract.errors import HopError
+from inloop.services.contract.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
+from inloop.services.contract.generation import SamplingParams
+from inloop.services.contract.task import TaskSpec
+from inloop.services.controller.hops import DEFAULT_RETRY_ON, NO_FAULTS, Faults, Policy, RuntimeHop, ToolsHop
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
-from inloop.services.common.agent_loop import HopError, TaskSpec
-from inloop.services.controller.hops import DEFAULT_RETRY_ON, NO_FAULTS, Faults, Policy, RuntimeHop, ToolsHop
-from inloop.services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
 
 FAST = dict(backoff_base_s=0.001, backoff_max_s=0.005)
 
@@ -112,8 +114,7 @@ async def with_server(servicer, body):
 
 def task(deadline_s: float = 10.0) -> TaskSpec:
     return TaskSpec(task_id="task-7", messages=[{"role": "user", "content": "2+3?"}], tools=[],
-                    sampling={"max_tokens": 8, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": None,
-                              "stop": (), "return_uncertainty": True},
+                    sampling=SamplingParams(max_tokens=8),
                     deadline=time.monotonic() + deadline_s)
 
 
@@ -259,7 +260,7 @@ def test_runtime_hop_retries_and_converts_the_reply():
     reply = model_step(server, Policy(attempts=2, **FAST))
     assert (reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, reply.attempts) == \
         ("Five.", "stop", 7, 2, 2)
-    assert reply.uncertainty["mean_logprob"] == -0.5
+    assert reply.uncertainty.mean_logprob == -0.5 and reply.uncertainty.min_margin == 0.0
     req = server.requests[0]
     assert req.tool_choice == "auto" and req.sampling.max_tokens == 8 and req.sampling.return_uncertainty
     assert not req.sampling.HasField("seed") and req.request_id.startswith("task-7-")

@@ -21,12 +21,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from inloop.v1 import controller_pb2_grpc
-from inloop.v1 import runtime_pb2 as pb
-from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
 from inloop.services.common.grpc_client import insecure_channel
+from inloop.services.contract.faults import HEADER_ABORT, HEADER_DELAY
 from inloop.services.runtime.model.tiny import make_tiny
-from inloop.services.tools.faults import HEADER_ABORT, HEADER_DELAY
+from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
+from inloop.v1 import runtime_pb2 as pb
 from tests.service_procs import ServiceProcess, controller_process, runtime_process, tools_process
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import grpc
-from inloop.v1 import runtime_pb2, runtime_pb2_grpc
 
 from inloop.services.common.grpc_client import make_channel
 from inloop.services.common.security import ClientSecurity
+from inloop.v1 import runtime_pb2, runtime_pb2_grpc
 
 
 def call(target: str, security: ClientSecurity) -> str:

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from inloop.v1 import runtime_pb2 as pb
 from inloop.loadgen.calibrate_gate import fit, youden_threshold
 from inloop.services.common import gate_defaults
 from inloop.services.common.task_convert import task_from_proto
+from inloop.v1 import runtime_pb2 as pb
 
 
 def test_youden_threshold_separates_failed_from_passed():

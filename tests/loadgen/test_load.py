@@ -18,8 +18,8 @@ from inloop.loadgen.report.schema import validate
 from inloop.loadgen.runtime_launcher import RuntimeLauncher
 from inloop.loadgen.stats import STAT_KEYS
 from inloop.loadgen.stream_client import StreamResult
-from inloop.services.common.grpc_client import aio_insecure_channel, wait_for_serving
 from inloop.services.cli import main as inloop
+from inloop.services.common.grpc_client import aio_insecure_channel, wait_for_serving
 
 MAX_TOKENS = 8
 

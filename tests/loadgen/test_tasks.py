@@ -9,8 +9,17 @@ import json
 import pytest
 
 from inloop.loadgen.tasks import build_cases
-from inloop.loadgen.tasks.checkers import (check, dates_in, numbers_in, reference_answer, reference_steps,
-                                    sentences_of, text_positions, value_positions, word_count)
+from inloop.loadgen.tasks.checkers import (
+    check,
+    dates_in,
+    numbers_in,
+    reference_answer,
+    reference_steps,
+    sentences_of,
+    text_positions,
+    value_positions,
+    word_count,
+)
 from inloop.loadgen.tasks.model import FAMILIES, SCENARIOS, TaskCase, load_cases, split_for
 
 ALL = load_cases()
@@ -195,9 +204,12 @@ def test_a_scripted_model_passes_every_case_through_the_real_loop_and_tools():
     import dataclasses
     import time
 
-    from inloop.services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply, run_agent
-    from inloop.services.common.tool_calls import ToolCall
-    from inloop.services.tools.registry import ToolError, call_tool, openai_definitions
+    from inloop.services.common.agent_loop import run_agent
+    from inloop.services.contract.errors import HopError, ToolError
+    from inloop.services.contract.task import ModelReply, TaskSpec, ToolReply
+    from inloop.services.contract.tool_calls import ToolCall
+    from inloop.services.contract.tool_schema import openai_definitions
+    from inloop.services.tools.registry import call_tool
     from inloop.services.tools.state import ToolState
 
     definitions = {d["function"]["name"]: d for d in openai_definitions()}

@@ -5,11 +5,12 @@ import json
 
 import pytest
 
+from inloop.services.contract.errors import ToolError
 from inloop.services.tools.functions.calculator import calculator
 from inloop.services.tools.functions.extract_receipt import extract_receipt
 from inloop.services.tools.functions.search import Bm25Index, Doc, load_corpus, search
 from inloop.services.tools.functions.summarize import split_sentences, summarize
-from inloop.services.tools.state import DEFAULT_CORPUS, ToolError, ToolState
+from inloop.services.tools.state import DEFAULT_CORPUS, ToolState
 
 DOCS = [
     {"id": "everest", "title": "Mount Everest", "text": "Everest is the highest mountain on Earth, in the Himalayas."},

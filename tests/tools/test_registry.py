@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
+from inloop.services.contract.errors import ToolArgumentError, ToolError
+from inloop.services.contract.tool_schema import openai_definitions, validate_arguments
 from inloop.services.tools.functions.kv import kv
-from inloop.services.tools.registry import (
-    TOOLS, ToolArgumentError, ToolError, call_tool, execute, openai_definitions, validate_arguments,
-)
+from inloop.services.tools.registry import TOOLS, call_tool, execute
 from inloop.services.tools.state import ToolState
 
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from inloop.services.common.tool_calls import CLOSE, OPEN, find_tool
+from inloop.services.contract.tool_calls import CLOSE, OPEN, find_tool
 from inloop.services.runtime.engine.vocab_masks import VocabMasks
 
 MAX_STRING_TOKENS = 48

@@ -18,17 +18,24 @@ from typing import Callable
 import numpy as np
 import structlog
 
-from inloop.services.runtime.backends.base import Backend, KVCache
-from inloop.services.common.tool_calls import OPEN, with_tools_prompt
+from inloop.services.contract.backend import Backend, KVCache
+from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract.generation import (
+    ChatMessage,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    TokenEvent,
+    UncertaintySummary,
+)
+from inloop.services.contract.step_runner import StepRunner
+from inloop.services.contract.tool_calls import OPEN, with_tools_prompt
 from inloop.services.runtime.engine import constrained
 from inloop.services.runtime.engine.generation import Generation
 from inloop.services.runtime.engine.kv_sessions import KVSessionStore, Session, common_prefix
 from inloop.services.runtime.engine.sampler import Sampler
-from inloop.services.runtime.engine.step_runner import StepRunner, runner_for
+from inloop.services.runtime.engine.step_runner import runner_for
 from inloop.services.runtime.engine.vocab_masks import VocabMasks
-from inloop.services.runtime.engine.types import (
-    ChatMessage, GenerateRequest, GenerateResult, InvalidRequest, SamplingParams, TokenEvent, UncertaintySummary,
-)
 from inloop.services.runtime.model.config import ModelConfig
 from inloop.services.runtime.model.tokenizer import Tokenizer
 from inloop.services.runtime.model.transformer import Transformer
@@ -115,8 +122,9 @@ class Engine:
         cfg = ModelConfig.from_dir(model_dir)
         tokenizer = Tokenizer(model_dir)
         be = make_backend(backend) if isinstance(backend, str) else backend
-        load = getattr(be, "load_model", None)  # a backend's own loader (CUDA: straight to the GPU)
-        model = load(cfg, Weights(model_dir)) if load is not None else Transformer(cfg, be, Weights(model_dir))
+        weights = Weights(model_dir)
+        # a backend's own loader where it has one (CUDA: straight to the GPU)
+        model = be.load_model(cfg, weights) or Transformer(cfg, be, weights)
         engine = cls(model, tokenizer, _eos_ids(model_dir, cfg, tokenizer), model_dir.name, max_context,
                      kv_session_positions)
         log.info("model_loaded", model=model_dir.name, arch=cfg.arch, backend=be.name,

@@ -20,11 +20,11 @@ from typing import Callable
 
 import numpy as np
 
-from inloop.services.runtime.backends.base import KVCache
+from inloop.services.contract.backend import KVCache
+from inloop.services.contract.generation import Timings, TokenEvent, TokenStats
+from inloop.services.contract.step_runner import DeviceSampling
 from inloop.services.runtime.engine.detokenize import IncrementalDecoder, StopMatcher
 from inloop.services.runtime.engine.sampler import Sampler, log_softmax, token_stats
-from inloop.services.runtime.engine.step_runner import DeviceSampling
-from inloop.services.runtime.engine.types import TokenEvent, TokenStats, Timings
 from inloop.services.runtime.engine.vocab_masks import VocabMasks
 
 
@@ -54,7 +54,7 @@ class Generation:
         # repeats; an unseeded one gets a fresh seed (not from sampler.rng, which stays the
         # host sampler's alone)
         seed = p.seed if p.seed is not None else secrets.randbits(62)
-        self._device = DeviceSampling(p.temperature, p.top_k, p.top_p, seed)
+        self._device = DeviceSampling.of(p, seed)
         self._t0 = time.perf_counter()
 
     # ---- model ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from inloop.services.runtime.backends.base import KVCache
+from inloop.services.contract.backend import KVCache
 
 
 @dataclass

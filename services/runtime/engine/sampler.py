@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inloop.services.runtime.engine.types import SamplingParams, TokenStats
+from inloop.services.contract.generation import SamplingParams, TokenStats
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

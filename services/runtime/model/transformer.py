@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inloop.services.runtime.backends.base import Backend, KVCache, Tensor
+from inloop.services.contract.backend import Backend, KVCache, Tensor
 from inloop.services.runtime.model.config import ModelConfig
 from inloop.services.runtime.model.weights import Weights
 

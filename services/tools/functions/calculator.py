@@ -11,9 +11,9 @@ import ast
 import math
 import operator
 
-from inloop.services.tools.state import ToolError
+from inloop.services.contract.errors import ToolError
+from inloop.services.contract.tool_schema import MAX_EXPRESSION_CHARS
 
-MAX_EXPRESSION_CHARS = 500
 MAX_DEPTH = 300  # above the 250 operators 500 characters can hold; far below the recursion limit
 MAX_INT_BITS = 4096  # about 1233 decimal digits: any result a task needs, none that hurts
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from inloop.services.tools.state import ToolError
+from inloop.services.contract.errors import ToolError
 
 _CUR = r"[$€£¥]"
 # An amount has exactly two decimals ("1,234.56", "3,20") or a currency sign ("$12").

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from inloop.services.tools.state import ToolError
-
-OPS = ("get", "put", "increment")
+from inloop.services.contract.errors import ToolError
+from inloop.services.contract.tool_schema import KV_OPS as OPS
 
 
 def _is_number(value: Any) -> bool:

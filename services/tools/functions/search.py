@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from inloop.services.tools.state import ToolError
+from inloop.services.contract.errors import ToolError
 
 _WORD = re.compile(r"[a-z0-9]+")
 # Words so common that they only add noise to a BM25 score over a small corpus.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from inloop.services.contract.errors import ToolError
 from inloop.services.tools.functions.search import tokenize
-from inloop.services.tools.state import ToolError
 
 # A sentence ends at . ! or ? followed by whitespace and a capital, digit or quote; this
 # keeps "e.g. this" and "3.5 million" inside one sentence. Line breaks also end one.

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
 from inloop.services.runtime.engine.detokenize import IncrementalDecoder, StopMatcher
 from inloop.services.runtime.engine.engine import Engine
-from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract.generation import SamplingParams
 from inloop.services.runtime.engine.sampler import Sampler, log_softmax, token_stats
-from inloop.services.runtime.engine.types import InvalidRequest, SamplingParams
 
 LOGITS = np.array([2.0, 1.0, 0.5, -1.0, 3.0], np.float32)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from inloop.services.common.tool_calls import parse_tool_call
+from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
+from inloop.services.contract.tool_calls import parse_tool_call
 from inloop.services.runtime.engine.engine import Engine
-from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
 
 TOOLS = [
     {"type": "function", "function": {

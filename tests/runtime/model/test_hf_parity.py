@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inloop.services.runtime.bench import hf_forward
+from bench.runtime_vs_hf import hf_forward
 from inloop.services.runtime.engine.engine import Engine
 from tests.conftest import ARCHS, requires_reference
 
@@ -50,7 +50,7 @@ def test_greedy_generation_matches_hf_generate(arch, tiny_models):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, SamplingParams
+    from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
 
     engine = Engine.load(tiny_models[arch])
     hf = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32).eval()
@@ -67,7 +67,7 @@ def test_greedy_generation_matches_hf_generate(arch, tiny_models):
 def test_bench_runs_hf_side_by_side_with_the_same_greedy_tokens(tiny_llama):
     """`inloop bench runtime`'s reference loop (bench.run_hf: prefill, then cached decode steps
     through hf_forward) on the CPU: both sides decode, and greedily agree on a tiny model."""
-    from inloop.services.runtime.bench import bench
+    from bench.runtime_vs_hf import bench
 
     r = bench(tiny_llama, "cpu", runs=2, prompt_tokens=8, new_tokens=4, with_hf=True, start_runs=0)
     assert r["hf"]["ttft_ms"] > 0 and r["ours"]["ttft_ms"] > 0

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
 from inloop.services.runtime.engine.engine import Engine
-from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, SamplingParams
 from inloop.services.runtime.model.default_model import find_gguf, pull_default
 from tests.conftest import requires_reference
 

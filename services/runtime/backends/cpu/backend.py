@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inloop.services.runtime.backends.base import Backend, KVCache
+from inloop.services.contract.backend import Backend, KVCache
 
 
 def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from inloop.services.runtime.backends.base import Backend, KVCache
+from inloop.services.contract.backend import Backend, KVCache
 
 from . import compiler
 from .driver import (

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inloop.services.runtime.backends.base import KVCache
+from inloop.services.contract.backend import KVCache
 
 from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph

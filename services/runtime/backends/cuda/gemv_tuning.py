@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from . import compiler
-from .probes import GEMV_CONFIGS, SAME_RESULT_TOL, L2Flush, config_name, time_gemv_configs
+from .gemv_timing import GEMV_CONFIGS, SAME_RESULT_TOL, L2Flush, config_name, time_gemv_configs
 
 log = logging.getLogger("inloop.cuda")
 MIN_GAIN = 0.03        # a config must beat the heuristic by 3% to replace it (timing noise)

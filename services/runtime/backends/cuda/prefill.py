@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inloop.services.runtime.backends.base import KVCache
+from inloop.services.contract.backend import KVCache
 
 from .decode import DecodeGraph
 from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod

@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from inloop.services.runtime.backends.base import KVCache
-from inloop.services.runtime.engine.step_runner import DeviceSampling, StepRunner
+from inloop.services.contract.backend import KVCache
+from inloop.services.contract.step_runner import DeviceSampling, StepRunner
 
 
 class CudaStepRunner(StepRunner):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inloop.services.common.tool_calls import parse_tool_call
+from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
+from inloop.services.contract.tool_calls import parse_tool_call
 from inloop.services.runtime.engine.engine import Engine
-from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, SamplingParams
 from inloop.services.runtime.model.tiny import make_tiny
 
 from .parity import report
@@ -215,7 +215,7 @@ def test_fp16_checkpoint_keeps_fp16_weights_and_the_numpy_greedy_tokens(tmp_path
 # ---- a SmolLM2-135M-shaped model (a GPU, or the kernel sources on the CPU at ~4 s a token) ------
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory, gpu):
-    from inloop.services.runtime.backends.cuda.bench_models import make_random_model
+    from bench.cuda.models import make_random_model
 
     _not_on_contract_double(gpu)  # before writing 270 MB of weights
     work = os.environ.get("INLOOP_GPU_WORK")  # scripts/gpu_check.py: reuse (or leave) its model
@@ -257,9 +257,9 @@ def test_smollm2_shaped_engine_greedy_matches_numpy(gpu, cpu, smollm2_dir):
 
 
 def test_engine_fast_path_beats_the_op_path(gpu, smollm2_dir):
-    """The engine bench's own loop (services/runtime/bench.py run_engine): graphs + GPU sampling
+    """The engine bench's own loop (bench/runtime_vs_hf.py run_engine): graphs + GPU sampling
     against the same engine on the op-by-op forward pass, same GPU, same weights."""
-    from inloop.services.runtime.bench import prompt_ids, run_engine
+    from bench.runtime_vs_hf import prompt_ids, run_engine
     from inloop.services.runtime.engine.step_runner import ForwardStepRunner
 
     _real_gpu_only(gpu)

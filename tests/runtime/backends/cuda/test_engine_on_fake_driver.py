@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
 from inloop.services.runtime.engine.engine import Engine
-from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, SamplingParams
 from inloop.services.runtime.model.tiny import make_tiny
 
 # every test of the GPU module, collected again here against the double
@@ -118,7 +118,7 @@ def test_no_device_memory_outlives_a_request(llama_engines, fake):
 def test_device_sampled_and_host_sampled_greedy_agree(llama_engines):
     """The bench's two loops: the engine's Generation path (graphs + GPU sampler) and the
     forward-pass loop (host logits + argmax), on the same engine."""
-    from inloop.services.runtime.bench import prompt_ids, run_engine, run_ours
+    from bench.runtime_vs_hf import prompt_ids, run_engine, run_ours
 
     ours, _ = llama_engines
     ids = prompt_ids(ours.tokenizer, 20, 1)
@@ -128,7 +128,7 @@ def test_device_sampled_and_host_sampled_greedy_agree(llama_engines):
 
 
 def test_bench_runtime_measures_the_engine_path_on_cuda(tiny_dirs, gpu):
-    from inloop.services.runtime.bench import bench
+    from bench.runtime_vs_hf import bench
 
     r = bench(tiny_dirs["qwen2"], gpu, runs=2, prompt_tokens=16, new_tokens=5, with_hf=False, start_runs=0)
     assert r["backend"] == "cuda" and "cuda-graphs" in r["ours_path"] and r["ours_path"].startswith("engine")

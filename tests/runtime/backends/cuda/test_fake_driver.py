@@ -132,9 +132,9 @@ def test_assert_close_reports_the_worst_element():
 
 def test_engine_generates_the_same_greedy_text_through_the_op_interface(gpu, cpu, tmp_path):
     pytest.importorskip("structlog")
+    from inloop.services.contract.generation import GenerateRequest, SamplingParams
     from inloop.services.runtime.engine.engine import Engine
     from inloop.services.runtime.engine.step_runner import ForwardStepRunner
-    from inloop.services.runtime.engine.types import GenerateRequest, SamplingParams
     from inloop.services.runtime.model.tiny import make_tiny
 
     d = make_tiny("llama", tmp_path / "m", seed=2, dtype="bfloat16")

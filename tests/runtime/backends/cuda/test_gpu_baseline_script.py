@@ -19,19 +19,20 @@ def gpu_baseline():
     return scripts.load("gpu_baseline")
 
 
-def test_prepare_exports_the_commits_services_and_proto(gpu_baseline, tmp_path):
+def test_prepare_exports_the_commits_services_proto_and_bench(gpu_baseline, tmp_path):
     if not (REPO / ".git").exists():
         pytest.skip("no .git in this copy")
     short = gpu_baseline.prepare("HEAD", tmp_path / "b")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     assert short == head.stdout.strip() and (tmp_path / "b" / "COMMIT").read_text().strip() == short
-    assert (tmp_path / "b" / "services/runtime/backends/cuda/benchmark.py").exists()
+    assert (tmp_path / "b" / "bench/cuda/benchmark.py").exists() and (tmp_path / "b" / "services/cli.py").exists()
     assert (tmp_path / "b" / "proto/inloop/v1").is_dir() and not (tmp_path / "b" / "tests").exists()
 
 
 def _stub_tree(root: Path, decode_ms: float, namespaced: bool = False) -> Path:
-    """A tree whose bench_cuda returns decode_ms; `namespaced`: its services import as
-    inloop.services (the installed layout), else as plain services (ae93aa1's)."""
+    """A tree whose bench_cuda returns decode_ms. `namespaced`: this layout (services import as
+    inloop.services, the benchmark in bench/cuda/); else ae93aa1's (plain services, the
+    benchmark inside the CUDA backend)."""
     cuda = root / "services/runtime/backends/cuda"
     cuda.mkdir(parents=True)
     pkg = "inloop.services" if namespaced else "services"
@@ -39,7 +40,9 @@ def _stub_tree(root: Path, decode_ms: float, namespaced: bool = False) -> Path:
     for d in (root / "services", root / "services/runtime", root / "services/runtime/backends", cuda):
         (d / "__init__.py").write_text("")
     (cuda / "backend.py").write_text("class CudaBackend:\n    pass\n")
-    (cuda / "benchmark.py").write_text(
+    benchmark = root / "bench/cuda/benchmark.py" if namespaced else cuda / "benchmark.py"
+    benchmark.parent.mkdir(parents=True, exist_ok=True)
+    benchmark.write_text(
         "import os\n"
         "def bench_cuda(model_dir, be, prompt_len, decode_tokens):\n"
         f"    return {{'decode_ms_per_token': {decode_ms}, 'ttft_ms': 3.0, 'unused': 1,\n"

@@ -34,7 +34,7 @@ def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch)
                                           "start_ours": {"seconds": 1.0}, "start_hf": {"seconds": 15.0}}},
                "total_seconds": 3}
     assert ours["decode_ab"]["served_ms"] > 0 and ours["decode_ab"]["plain_edges_ms"] > 0
-    from inloop.services.runtime.backends.cuda import probes
+    from bench.cuda import probes
 
     monkeypatch.setattr(probes, "FLUSH_BYTES", 1 << 20)  # no L2 to flush on the double
     shape = {"hidden_size": 32, "intermediate_size": 48, "vocab_size": 100, "num_attention_heads": 2,
@@ -92,7 +92,7 @@ def test_main_runs_every_step_on_the_double(gpu_check, cubin_cache, tmp_path, mo
     """The orchestration itself (main): every step on the driver double with small shapes, so a
     slip in the wiring shows here and not in the one GPU run. The start-to-first-token children
     are real processes with no GPU: their error is recorded, and nothing else stops."""
-    from inloop.services.runtime.backends.cuda import bench_models
+    from bench.cuda import models as bench_models
     from inloop.services.runtime.backends.cuda import driver as driver_module
 
     from .fake_driver import FakeDriver
@@ -109,7 +109,7 @@ def test_main_runs_every_step_on_the_double(gpu_check, cubin_cache, tmp_path, mo
     fd = FakeDriver(kernels="contract")
     monkeypatch.setattr(driver_module, "_drv", lambda: fd)
     out, work = tmp_path / "out", tmp_path / "work"
-    from inloop.services.runtime.backends.cuda import probes
+    from bench.cuda import probes
 
     monkeypatch.setattr(probes, "FLUSH_BYTES", 1 << 20)  # no L2 to flush on the double
     monkeypatch.setenv("INLOOP_CUDA_GEMV_TUNE", "1")  # as served: the tuner measures (wall time on the double)

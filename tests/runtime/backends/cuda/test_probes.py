@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from inloop.services.runtime.backends.cuda import probes
+from bench.cuda import probes
 from inloop.services.runtime.backends.cuda.gemv_tuning import GemvTuner, choice_key
 from inloop.services.runtime.model.tiny import make_tiny
 

@@ -21,14 +21,17 @@ import uuid
 
 import grpc
 
-from inloop.v1 import tools_pb2 as pb
-from inloop.v1 import tools_pb2_grpc
 from inloop.services.common import metrics
 from inloop.services.common.grpc_server import create_server, serve_until_signal
 from inloop.services.common.logging import get_logger
-from inloop.services.tools.faults import FaultDecision, FaultInjector, FaultSpec, FaultSpecError
-from inloop.services.tools.registry import TOOLS, ToolError, execute
+from inloop.services.contract.errors import FaultSpecError, ToolError
+from inloop.services.contract.faults import FaultSpec
+from inloop.services.contract.tool_schema import TOOL_SCHEMAS
+from inloop.services.tools.registry import TOOLS, execute
+from inloop.services.tools.service.faults import FaultDecision, FaultInjector
 from inloop.services.tools.state import ToolState
+from inloop.v1 import tools_pb2 as pb
+from inloop.v1 import tools_pb2_grpc
 
 log = get_logger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tools"].full_name  # "inloop.v1.Tools"
@@ -77,7 +80,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
     async def List(self, request: pb.ListToolsRequest, context) -> pb.ListToolsResponse:
         return pb.ListToolsResponse(tools=[
             pb.ToolDefinition(name=s.name, description=s.description, parameters_json=json.dumps(s.parameters))
-            for s in TOOLS.values()])
+            for s in TOOL_SCHEMAS.values()])
 
     async def Call(self, request: pb.ToolCallRequest, context) -> pb.ToolCallResponse:
         call_id = request.call_id or uuid.uuid4().hex

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_models import prompt_ids
+from bench.cuda.models import prompt_ids
 
 
 def greedy_parity(model_dir: Path, be, prompt_len: int, steps: int, tol_scale: float = 3e-2) -> dict:
@@ -78,8 +78,8 @@ def greedy_parity(model_dir: Path, be, prompt_len: int, steps: int, tol_scale: f
 def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 128) -> dict:
     """TTFT (prefill graph and eager), decode ms/token (graph, per-token sync; pipelined;
     GPU-only), the op path per token, and a per-kernel breakdown of one decode step."""
+    from bench.cuda.probes import decode_ab, decode_at_lengths, decode_kinds, decode_step_gpu_ms
     from inloop.services.runtime.backends.cuda.loader import load_transformer
-    from inloop.services.runtime.backends.cuda.probes import decode_ab, decode_at_lengths, decode_kinds, decode_step_gpu_ms
     from inloop.services.runtime.model.config import ModelConfig
     from inloop.services.runtime.model.weights import Weights
 
@@ -159,8 +159,8 @@ def tuning_summary(be) -> dict:
 def step_breakdown(be, dg) -> dict:
     """GPU time per kernel kind over one decode step, launched one by one with events between
     (no graph, no PDL: an upper bound on each kernel's share)."""
+    from bench.cuda.probes import kernel_kind, launches_through
     from inloop.services.runtime.backends.cuda.driver import Event
-    from inloop.services.runtime.backends.cuda.probes import kernel_kind, launches_through
 
     marks = []
 
@@ -189,10 +189,10 @@ def bench_engine(model_dir: Path, be, prompt_len: int = 32, new_tokens: int = 64
                  with_hf: bool = True) -> dict:
     """`inloop bench runtime --backend cuda` on this backend: the engine's per-request path
     (prefill graph + one decode graph per token, GPU sampling, detokenization) against HF
-    bf16 on the same GPU, interleaved runs, medians and ratios (services/runtime/bench.py)."""
+    bf16 on the same GPU, interleaved runs, medians and ratios (bench/runtime_vs_hf.py)."""
     import importlib.util
 
-    from inloop.services.runtime.bench import bench
+    from bench.runtime_vs_hf import bench
 
     with_hf = with_hf and all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
     r = bench(Path(model_dir), be, runs, prompt_len, new_tokens, with_hf, 0)

@@ -1,7 +1,8 @@
 """The backend interface: the small set of buffers and ops the forward pass is written against.
 
-The model code (services/runtime/model/transformer.py) is written once against this
-interface. `backends/cpu` (numpy, float32) is the reference; `backends/cuda` implements the
+The model code (runtime/model/transformer.py) is written once against this
+interface; the engine reaches a backend only through it (and through the StepRunner a
+backend may provide, step_runner.py). `backends/cpu` (numpy, float32) is the reference; `backends/cuda` implements the
 same ops with NVRTC-compiled kernels and must match it op by op.
 
 Conventions every backend follows:
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inloop.services.contract.step_runner import StepRunner
 
 Tensor = Any
 
@@ -120,3 +124,14 @@ class Backend(ABC):
     def describe(self) -> dict:
         """A few facts for logs and reports (device name, dtype)."""
         return {"backend": self.name, "dtype": self.compute_dtype}
+
+    # ---- optional capabilities: the defaults are the engine's generic path ----------
+    def load_model(self, cfg: Any, weights: Any) -> Any | None:
+        """The model loaded this backend's own way (CUDA: straight to the GPU), or None for
+        the generic Transformer over this backend's ops."""
+        return None
+
+    def step_runner(self, model: Any, max_capacity: int) -> "StepRunner | None":
+        """This backend's own StepRunner (CUDA: prefill and decode graphs, sampling on the
+        device), or None for the op-by-op forward pass with host sampling."""
+        return None

@@ -46,13 +46,13 @@ def _load_engine(model: str, backend: str, prefix_cache: bool = False):
 async def _serve(args: argparse.Namespace, security=None) -> int:
     import asyncio
 
-    from inloop.v1 import runtime_pb2_grpc
     from inloop.services.common.grpc_server import create_server, serve_until_signal
     from inloop.services.common.logging import get_logger
     from inloop.services.common.metrics import RpcMetricsInterceptor
     from inloop.services.common.serve_setup import start_metrics
-    from inloop.services.runtime.scheduler import Scheduler
-    from inloop.services.runtime.server import SERVICE_NAME, RuntimeServicer
+    from inloop.services.runtime.service.scheduler import Scheduler
+    from inloop.services.runtime.service.server import SERVICE_NAME, RuntimeServicer
+    from inloop.v1 import runtime_pb2_grpc
 
     log = get_logger("services.runtime.cli")
     scheduler = Scheduler(lambda: _load_engine(args.model, args.backend, args.prefix_cache), args.max_queue).start()
@@ -126,10 +126,10 @@ def _print_summary(final) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
-    from inloop.v1 import runtime_pb2_grpc
 
     from inloop.services.common.grpc_client import make_channel
     from inloop.services.common.security import SecurityError, client_security_from_args
+    from inloop.v1 import runtime_pb2_grpc
 
     if args.raw and args.system:
         print("error: --system needs chat mode; drop --raw", file=sys.stderr)

@@ -15,10 +15,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from inloop.v1 import runtime_pb2 as pb
-from inloop.v1 import runtime_pb2_grpc
 from inloop.services.common.grpc_client import insecure_channel
 from inloop.services.runtime.model.tiny import make_tiny
+from inloop.v1 import runtime_pb2 as pb
+from inloop.v1 import runtime_pb2_grpc
 from tests.service_procs import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,19 +1,13 @@
-"""Typed request/response structs of the engine (independent of the wire format)."""
+"""A model request and its result, as every layer sees them (the wire formats convert to these)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+from inloop.services.contract.errors import InvalidRequest
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TOKENS_LIMIT = 4096
 MAX_PROMPT_CHARS = 200_000  # far over any context we serve; refused before tokenizing
-
-
-class InvalidRequest(ValueError):
-    """Bad input; `field` names the offending request field (maps to INVALID_ARGUMENT)."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
 
 
 @dataclass(frozen=True)
@@ -127,6 +121,23 @@ class UncertaintySummary:
         en = [s.entropy for s in stats]
         mg = [s.margin for s in stats]
         return cls(sum(lp) / len(lp), min(lp), sum(en) / len(en), max(en), sum(mg) / len(mg), min(mg))
+
+    @classmethod
+    def combined(cls, parts: list[tuple["UncertaintySummary", int]]) -> "UncertaintySummary | None":
+        """Several summaries as one, each (summary, its token count): means weighted by tokens,
+        extremes over all (a task's summary over its model steps)."""
+        if not parts:
+            return None
+        total = sum(n for _, n in parts)
+        mean = lambda name: sum(getattr(u, name) * n for u, n in parts) / total  # noqa: E731
+        return cls(mean("mean_logprob"), min(u.min_logprob for u, _ in parts),
+                   mean("mean_entropy"), max(u.max_entropy for u, _ in parts),
+                   mean("mean_margin"), min(u.min_margin for u, _ in parts))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The field names, for converting to and from a wire message of the same fields."""
+        return tuple(f.name for f in fields(cls))
 
 
 @dataclass

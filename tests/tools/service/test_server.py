@@ -21,10 +21,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from inloop.services.common.grpc_client import insecure_channel, wait_for_serving
+from inloop.services.contract.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
 from inloop.v1 import tools_pb2 as pb
 from inloop.v1 import tools_pb2_grpc
-from inloop.services.common.grpc_client import insecure_channel, wait_for_serving
-from inloop.services.tools.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

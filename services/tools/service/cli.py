@@ -9,7 +9,7 @@ Every flag can also be given as env INLOOP_<FLAG> or in a TOML file (--config) u
 (services/common/security.py).
 
 Fault flags set the service default; callers override it per request with the
-x-inloop-fault-* headers (services/tools/faults.py, services/tools/README.md).
+x-inloop-fault-* headers (services/contract/faults.py, services/tools/README.md).
 Also runnable without the `inloop` entry point: `python -m inloop.services.cli tools serve`.
 Heavy imports happen inside the handler, so `inloop --help` stays fast.
 """
@@ -23,7 +23,7 @@ DEFAULT_PORT = 50061
 
 def _default_faults(args: argparse.Namespace):
     """The service-default FaultSpec: a JSON file, then the flags on top of it."""
-    from inloop.services.tools.faults import FaultSpec, parse_abort, parse_delay
+    from inloop.services.contract.faults import FaultSpec, parse_abort, parse_delay
 
     spec = FaultSpec()
     if args.fault_config:
@@ -40,8 +40,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from inloop.services.common.logging import get_logger
     from inloop.services.common.serve_setup import prepare_service, start_metrics
-    from inloop.services.tools.faults import FaultSpecError
-    from inloop.services.tools.server import serve
+    from inloop.services.contract.errors import FaultSpecError
+    from inloop.services.tools.service.server import serve
     from inloop.services.tools.state import DEFAULT_CORPUS, ToolState
 
     security = prepare_service(args, "tools")

@@ -1,14 +1,22 @@
-"""Wire (inloop.v1 protos) <-> engine types. Pure functions, no validation beyond shape:
-the engine's types validate, so one set of rules serves gRPC and in-process callers."""
+"""Wire (inloop.v1 protos) <-> the contract's generation types, for the runtime's Generate and
+the controller's model hop. Pure functions, no validation beyond shape: the contract's types
+validate, so one set of rules serves gRPC and in-process callers."""
 from __future__ import annotations
 
 import json
 
+from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract.generation import (
+    ChatMessage,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    TokenEvent,
+    TokenStats,
+    UncertaintySummary,
+)
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import tools_pb2
-from inloop.services.runtime.engine.types import (
-    InvalidRequest, ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenEvent, TokenStats,
-)
 
 _DEFAULT_SAMPLING = SamplingParams()
 
@@ -24,6 +32,14 @@ def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
         stop=tuple(msg.stop),
         return_uncertainty=msg.return_uncertainty,
     )
+
+
+def sampling_to_proto(sp: SamplingParams) -> pb.SamplingParams:
+    msg = pb.SamplingParams(max_tokens=sp.max_tokens, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
+                            stop=list(sp.stop), return_uncertainty=sp.return_uncertainty)
+    if sp.seed is not None:
+        msg.seed = sp.seed
+    return msg
 
 
 def request_from_proto(msg: pb.GenerateRequest, request_id: str | None = None) -> GenerateRequest:
@@ -73,13 +89,16 @@ def result_to_proto(result: GenerateResult, request_id: str, model: str) -> pb.G
         model=model,
     )
     if result.uncertainty is not None:
-        u = result.uncertainty
-        msg.uncertainty.CopyFrom(pb.UncertaintySummary(
-            mean_logprob=u.mean_logprob, min_logprob=u.min_logprob,
-            mean_entropy=u.mean_entropy, max_entropy=u.max_entropy,
-            mean_margin=u.mean_margin, min_margin=u.min_margin,
-        ))
+        msg.uncertainty.CopyFrom(summary_to_proto(result.uncertainty))
     return msg
+
+
+def summary_to_proto(u: UncertaintySummary) -> pb.UncertaintySummary:
+    return pb.UncertaintySummary(**{name: getattr(u, name) for name in UncertaintySummary.names()})
+
+
+def summary_from_proto(msg: pb.UncertaintySummary) -> UncertaintySummary:
+    return UncertaintySummary(**{name: getattr(msg, name) for name in UncertaintySummary.names()})
 
 
 def event_to_chunk(event: TokenEvent) -> pb.GenerateChunk:

@@ -4,10 +4,19 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from inloop.services.tools.faults import (
-    HEADER_ABORT, HEADER_DELAY, HEADER_KEY, Abort, Delay, FaultInjector, FaultSpec, FaultSpecError,
-    Trigger, parse_abort, parse_delay,
+from inloop.services.contract.errors import FaultSpecError
+from inloop.services.contract.faults import (
+    HEADER_ABORT,
+    HEADER_DELAY,
+    HEADER_KEY,
+    Abort,
+    Delay,
+    FaultSpec,
+    Trigger,
+    parse_abort,
+    parse_delay,
 )
+from inloop.services.tools.service.faults import FaultInjector
 
 EVERY = FaultSpec(abort=Abort(Trigger(every_nth=2), "UNAVAILABLE"),
                   delay=Delay(Trigger(every_nth=3), 900), key="p03")

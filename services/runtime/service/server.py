@@ -19,18 +19,24 @@ import uuid
 
 import grpc
 
-from inloop.v1 import runtime_pb2 as pb
-from inloop.v1 import runtime_pb2_grpc
+from inloop.services.common import generate_convert as convert
 from inloop.services.common import metrics
 from inloop.services.common.logging import get_logger
 from inloop.services.common.task_rpc import accept_task, finish_task
-from inloop.services.runtime import convert
-from inloop.services.runtime.internal_route import run_internal
-from inloop.services.runtime.engine.types import MAX_TOKENS_LIMIT, GenerateRequest, InvalidRequest
-from inloop.services.runtime.scheduler import (
-    NotReady, QueueFull, RequestCancelled, RequestExpired, RequestHandle, Scheduler,
+from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract.generation import MAX_TOKENS_LIMIT, GenerateRequest
+from inloop.services.runtime.service.internal_route import run_internal
+from inloop.services.runtime.service.scheduler import (
+    NotReady,
+    QueueFull,
+    RequestCancelled,
+    RequestExpired,
+    RequestHandle,
+    Scheduler,
 )
 from inloop.services.tools.state import ToolState
+from inloop.v1 import runtime_pb2 as pb
+from inloop.v1 import runtime_pb2_grpc
 
 log = get_logger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Runtime"].full_name  # "inloop.v1.Runtime"

@@ -1,4 +1,6 @@
-"""Fault injection for the tools service, in Envoy/Istio's vocabulary: `abort` and `delay`.
+"""The fault-spec vocabulary (Envoy/Istio's `abort` and `delay`): what a fault is, how it is
+written, and the headers that carry it. The tools service injects them (tools/faults.py);
+the controller, the task validation and the loadgen's profiles parse and write them here.
 
 A fault fires on every Nth attempt (`every`) or on a percentage of attempts (`percent`,
 drawn from a `seed`). `abort` ends the call with a gRPC status; `delay` waits a fixed
@@ -31,12 +33,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
-from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import grpc
+
+from inloop.services.contract.errors import FaultSpecError
 
 HEADER_ABORT = "x-inloop-fault-abort"
 HEADER_DELAY = "x-inloop-fault-delay"
@@ -51,10 +53,6 @@ _ALIASES = {
     "ms": "fixed_delay_ms", "fixed_delay_ms": "fixed_delay_ms", "fixedDelayMs": "fixed_delay_ms",
     "fixedDelay": "fixed_delay", "fixed_delay": "fixed_delay",
 }
-
-
-class FaultSpecError(ValueError):
-    """A fault spec that cannot be parsed; the message names the part and the fix."""
 
 
 @dataclass(frozen=True)
@@ -262,46 +260,3 @@ def parse_delay(text: str | None, where: str = "delay") -> Delay | None:
     if text is None or text.strip().lower() in _OFF:
         return None
     return _delay(_canonical(_pairs(text, where), where), where)
-
-
-# ---- deciding ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class FaultDecision:
-    key: str
-    attempt: int           # 1-based count of attempts under `key`, this one included
-    delay_s: float = 0.0
-    abort: grpc.StatusCode | None = None
-
-    @property
-    def abort_message(self) -> str:
-        return f"injected fault: abort {self.abort.name} (fault key {self.key!r}, attempt {self.attempt})"
-
-
-@dataclass
-class FaultInjector:
-    """Per-key attempt counters and counts of injected faults; thread-safe, bounded."""
-
-    max_keys: int = 4096  # least recently used keys are forgotten beyond this
-    attempts: OrderedDict = field(default_factory=OrderedDict)
-    injected: Counter = field(default_factory=Counter)  # "abort:UNAVAILABLE" / "delay" -> n
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def decide(self, spec: FaultSpec) -> FaultDecision:
-        """Count this attempt under spec.key and say which faults it gets."""
-        with self._lock:
-            attempt = self.attempts.pop(spec.key, 0) + 1
-            self.attempts[spec.key] = attempt
-            while len(self.attempts) > self.max_keys:
-                self.attempts.popitem(last=False)
-            delay = spec.delay and spec.delay.trigger.fires(spec.key, "delay", attempt)
-            abort = spec.abort and spec.abort.trigger.fires(spec.key, "abort", attempt)
-            if delay:
-                self.injected["delay"] += 1
-            if abort:
-                self.injected[f"abort:{spec.abort.grpc_status}"] += 1
-        return FaultDecision(spec.key, attempt, spec.delay.fixed_delay_ms / 1e3 if delay else 0.0,
-                             spec.abort.code if abort else None)
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return {"keys": len(self.attempts), "injected": dict(self.injected)}

@@ -25,7 +25,8 @@ from typing import Callable
 
 from inloop.services.common import metrics
 from inloop.services.common.logging import get_logger
-from inloop.services.runtime.engine.types import GenerateRequest, GenerateResult, InvalidRequest, TokenEvent
+from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract.generation import GenerateRequest, GenerateResult, TokenEvent
 
 log = get_logger(__name__)
 DEFAULT_MAX_QUEUE = 16

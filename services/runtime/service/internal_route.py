@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import uuid
 
-from inloop.services.common.agent_loop import HopError, ModelReply, TaskSpec, ToolReply, run_agent
-from inloop.services.runtime.engine.types import ChatMessage, GenerateRequest, InvalidRequest, SamplingParams
-from inloop.services.runtime.scheduler import NotReady, QueueFull, RequestCancelled, RequestExpired, Scheduler
-from inloop.services.tools.registry import ToolError, execute
+from inloop.services.common.agent_loop import run_agent
+from inloop.services.contract.errors import HopError, InvalidRequest, TaskError, ToolError
+from inloop.services.contract.generation import ChatMessage, GenerateRequest
+from inloop.services.contract.task import ModelReply, TaskSpec, ToolReply
+from inloop.services.runtime.service.scheduler import NotReady, QueueFull, RequestCancelled, RequestExpired, Scheduler
+from inloop.services.tools.registry import execute
 from inloop.services.tools.state import ToolState
-
-
-def _summary_dict(u) -> dict | None:
-    if u is None:
-        return None
-    return {"mean_logprob": u.mean_logprob, "min_logprob": u.min_logprob, "mean_entropy": u.mean_entropy,
-            "max_entropy": u.max_entropy, "mean_margin": u.mean_margin, "min_margin": u.min_margin}
 
 
 class EngineModelPort:
@@ -30,27 +25,27 @@ class EngineModelPort:
 
     async def step(self, task: TaskSpec, messages: list[dict], tool_choice: str) -> ModelReply:
         req = GenerateRequest(messages=[ChatMessage(m["role"], m["content"]) for m in messages],
-                              sampling=SamplingParams(**task.sampling), request_id=uuid.uuid4().hex,
+                              sampling=task.sampling, request_id=uuid.uuid4().hex,
                               tools=task.tools, tool_choice=tool_choice, session_id=task.task_id)
         remaining = task.remaining_s()
         if remaining <= 0:
-            raise HopError("runtime_timeout", "the task's deadline passed before the model step")
+            raise HopError(TaskError.RUNTIME_TIMEOUT, "the task's deadline passed before the model step")
         try:
             handle = self.scheduler.submit(req, timeout_s=remaining)
         except (QueueFull, NotReady) as exc:
-            raise HopError("runtime_hop_failed", str(exc)) from None
+            raise HopError(TaskError.RUNTIME_HOP_FAILED, str(exc)) from None
         try:
             result = await handle.wait()
         except RequestExpired as exc:
-            raise HopError("runtime_timeout", str(exc)) from None
+            raise HopError(TaskError.RUNTIME_TIMEOUT, str(exc)) from None
         except (RequestCancelled, InvalidRequest) as exc:
-            raise HopError("runtime_hop_failed", str(exc)) from None
+            raise HopError(TaskError.RUNTIME_HOP_FAILED, str(exc)) from None
         finally:
             handle.cancel()  # no-op when finished; stops the worker if this task was cancelled
         if result.finish_reason == "cancelled":
-            raise HopError("runtime_timeout", f"the deadline passed after {result.completion_tokens} tokens")
+            raise HopError(TaskError.RUNTIME_TIMEOUT, f"the deadline passed after {result.completion_tokens} tokens")
         return ModelReply(result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens,
-                          _summary_dict(result.uncertainty))
+                          result.uncertainty)
 
 
 class LocalToolPort:
@@ -59,11 +54,11 @@ class LocalToolPort:
 
     async def call(self, task: TaskSpec, name: str, arguments: dict, call_id: str) -> ToolReply:
         if task.remaining_s() <= 0:
-            raise HopError("tool_timeout", "the task's deadline passed before the tool call")
+            raise HopError(TaskError.TOOL_TIMEOUT, "the task's deadline passed before the tool call")
         try:
             out = execute(self.state, name, arguments, idempotency_key=call_id, session=task.task_id)
         except ToolError as exc:
-            raise HopError("tool_error", str(exc)) from None
+            raise HopError(TaskError.TOOL_ERROR, str(exc)) from None
         return ToolReply(out.result)
 
     async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:

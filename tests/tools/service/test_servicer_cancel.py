@@ -10,10 +10,10 @@ import json
 import grpc
 import pytest
 
-from inloop.v1 import tools_pb2 as pb
-from inloop.services.tools.faults import HEADER_DELAY, HEADER_KEY
-from inloop.services.tools.server import ToolsServicer
+from inloop.services.contract.faults import HEADER_DELAY, HEADER_KEY
+from inloop.services.tools.service.server import ToolsServicer
 from inloop.services.tools.state import ToolState
+from inloop.v1 import tools_pb2 as pb
 
 
 class Context:

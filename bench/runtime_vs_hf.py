@@ -73,9 +73,9 @@ def run_ours(engine, ids: list[int], new_tokens: int) -> tuple[float, float, lis
 def run_engine(engine, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
     """The engine's own per-token path (a request's Generation.pick loop through the backend's
     StepRunner), greedy and not stopping at EOS, so that both sides make new_tokens tokens."""
+    from inloop.services.contract.generation import SamplingParams
     from inloop.services.runtime.engine.generation import Generation
     from inloop.services.runtime.engine.sampler import Sampler
-    from inloop.services.runtime.engine.types import SamplingParams
 
     cache = engine.runner.new_cache(len(ids) + new_tokens)
     gen = Generation(engine, list(ids), cache, Sampler(SamplingParams(max_tokens=new_tokens)), new_tokens,
@@ -144,7 +144,7 @@ def start_to_first_token(model_dir: Path, backend: str, side: str) -> float:
     """Seconds from spawning a fresh Python process to its first generated token."""
     code = (
         "import sys,time,json;"
-        "from inloop.services.runtime.bench import _first_token_child as f;"
+        "from bench.runtime_vs_hf import _first_token_child as f;"
         f"f({str(model_dir)!r},{backend!r},{side!r})"
     )
     t0 = time.time()

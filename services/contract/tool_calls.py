@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from inloop.services.contract.errors import ToolCallParseError
+
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
 
@@ -23,10 +25,6 @@ class ToolCall:
 
     def to_text(self) -> str:
         return f"{OPEN}{json.dumps({'name': self.name, 'arguments': self.arguments}, ensure_ascii=False)}{CLOSE}"
-
-
-class ToolCallParseError(ValueError):
-    """The text opens a tool call that is not valid JSON of the right shape."""
 
 
 def parse_tool_call(text: str) -> ToolCall | None:
