@@ -1,5 +1,5 @@
-"""The engine on the CUDA backend (GPU only here; test_engine_on_fake_driver.py collects these
-tests again on the driver double): weights through the GPU loader, prompt and steps through
+"""The engine on the CUDA backend, in each of conftest.py's modes (test_engine_on_fake_driver.py
+adds what only the contract double can check): weights through the GPU loader, prompt and steps through
 the graph runner, and the engine's behaviour the same as on numpy: greedy tokens, KV
 sessions, stop strings, uncertainty, constrained tool calls, cancellation.
 
@@ -19,22 +19,15 @@ from inloop.services.contract.generation import ChatMessage, GenerateRequest, Sa
 from inloop.services.contract.tool_calls import parse_tool_call
 from inloop.services.runtime.engine.engine import Engine
 from inloop.services.runtime.model.tiny import make_tiny
+from tests.conftest import ARCHS
 
 from .parity import report
 
-pytestmark = pytest.mark.gpu
-ARCHS = ("llama", "qwen2", "qwen3")
 KV_TOOL = {"type": "function", "function": {
     "name": "kv", "description": "a key-value store",
     "parameters": {"type": "object", "properties": {
         "op": {"type": "string", "enum": ["get", "put", "increment"]}, "key": {"type": "string"},
         "amount": {"type": "number"}}, "required": ["op", "key"], "additionalProperties": False}}}
-
-
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("engine-tiny")
-    return {arch: make_tiny(arch, root / arch, seed=20 + i, dtype="bfloat16") for i, arch in enumerate(ARCHS)}
 
 
 @pytest.fixture(scope="module", params=ARCHS)

@@ -1,5 +1,5 @@
-"""The engine's CUDA fast path without a GPU: test_engine_on_cuda.py collected again on the
-driver double (fake_driver.py + kernel_emulator.py), plus checks only the double can make:
+"""The engine's CUDA fast path on the driver double (fake_driver.py + kernel_emulator.py): the
+checks only the double can make (test_engine_on_cuda.py runs on it too, as its contract mode):
 which launches a request makes (graphs, not the op-by-op forward pass), that no device
 memory outlives a request, the fp16 note, and the bench's engine loop.
 """
@@ -12,16 +12,10 @@ from inloop.services.contract.generation import ChatMessage, GenerateRequest, Sa
 from inloop.services.runtime.engine.engine import Engine
 from inloop.services.runtime.model.tiny import make_tiny
 
-# every test of the GPU module, collected again here against the double
-from .test_engine_on_cuda import *
 from .test_engine_on_cuda import KV_TOOL, _chat, assert_same_greedy
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
-
-@pytest.fixture(scope="module")
-def gpu(fake_gpu):
-    return fake_gpu
+MODES = ("contract",)  # conftest.py: what the double can see (launches, device memory)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,8 @@ fake_driver.FakeDriver replaces cuda.bindings.driver (the real boundary): real e
 structs, argument counts checked against the real bindings, bounds-checked device memory,
 packed kernel arguments decoded as the driver decodes them, graphs recorded and replayed,
 and every kernel emulated with numpy semantics plus its launch-shape checks. The GPU test
-modules are collected again here, so the op-by-op and end-to-end parity tests exercise the
-launchers, the pointer arithmetic, the DecodeState, the uploads and the graph logic on any
-machine. (What only a GPU can show, the CUDA C itself, is left to the same tests on a GPU.)
+modules run on it as their `contract` mode (conftest.py); this module holds what only the
+double can check: the device it describes, launch bounds, its own bookkeeping.
 """
 from __future__ import annotations
 
@@ -17,16 +16,9 @@ from inloop.services.runtime.backends.cuda import driver as driver_module
 
 from .fake_driver import FakeDriver
 from .parity import assert_close, bf16
-from .test_model import *  # noqa: F403  (collected again, against the double)
-from .test_ops import *  # noqa: F403
-from .test_sampling import *  # noqa: F403
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
-
-@pytest.fixture(scope="module")
-def gpu(fake_gpu):
-    return fake_gpu
+MODES = ("contract",)  # conftest.py: these check the double itself
 
 
 def test_backend_describes_the_device(gpu):

@@ -11,19 +11,21 @@ from inloop.services.runtime.model.tiny import make_tiny
 
 from . import scripts
 
+MODES = ("contract",)  # conftest.py: the script's own code, on the driver double
+
 
 @pytest.fixture(scope="module")
 def gpu_check():
     return scripts.load("gpu_check")
 
 
-def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch):
+def test_parity_bench_and_report_run(gpu_check, gpu, tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "DECODE_TOKENS", 6)
     monkeypatch.setattr(gpu_check, "PROMPT_LEN", 9)
     d = make_tiny("qwen2", tmp_path / "m", seed=3, dtype="bfloat16")
-    parity = gpu_check.greedy_parity(d, fake_gpu, 11, 6)
+    parity = gpu_check.greedy_parity(d, gpu, 11, 6)
     assert parity["ok"] and parity["free_running_equal_tokens"], parity
-    ours = gpu_check.bench_cuda(d, fake_gpu, gpu_check.PROMPT_LEN, gpu_check.DECODE_TOKENS)
+    ours = gpu_check.bench_cuda(d, gpu, gpu_check.PROMPT_LEN, gpu_check.DECODE_TOKENS)
     for key in ("ttft_ms", "ttft_eager_ms", "decode_ms_per_token", "decode_gpu_ms_per_step", "breakdown_us"):
         assert key in ours, key
     assert ours["prefill_graph_token_equals_eager"]
@@ -42,8 +44,8 @@ def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch)
     ours["gemv_tuning"] = {"enabled": True, "measured": 1, "seconds": 0.05, "choices": {
         "960x576:store+norm:bf16": {"heuristic": "ks1x128", "heuristic_us": 2.5, "chosen": "ks2x128", "chosen_us": 2.0},
         "576x576:residual:bf16": {"error": "CudaError: boom"}}}
-    results["probes"] = {"graph_node": probes.graph_node_cost(fake_gpu, n=4, replays=1),
-                         "smollm2-135m": {"gemv": probes.gemv_sweep(fake_gpu, shape, launches=1, replays=1)},
+    results["probes"] = {"graph_node": probes.graph_node_cost(gpu, n=4, replays=1),
+                         "smollm2-135m": {"gemv": probes.gemv_sweep(gpu, shape, launches=1, replays=1)},
                          "qwen2.5-0.5b": {"skipped": "time budget"}}
     results["bench"]["smollm2-135m"]["baseline"] = {"commit": "abc1234", "decode_ms_per_token": 2 * ours[
         "decode_ms_per_token"], "ttft_ms": ours["ttft_ms"]}
@@ -58,19 +60,19 @@ def test_parity_bench_and_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch)
     assert "gemv tuning (1 shapes, 0.05 s): 960x576 ks1x128->ks2x128 2.5->2.0 us, 576x576 FAILED CudaError" in table
 
 
-def test_first_token_child_runs(gpu_check, fake_gpu, tmp_path, capsys):
+def test_first_token_child_runs(gpu_check, gpu, tmp_path, capsys):
     d = make_tiny("llama", tmp_path / "m", seed=4, dtype="float32")
     gpu_check.first_token_child("ours", str(d))
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("FIRST_TOKEN ") and '"token"' in line
 
 
-def test_engine_bench_and_its_report_run(gpu_check, fake_gpu, tmp_path, monkeypatch):
+def test_engine_bench_and_its_report_run(gpu_check, gpu, tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "ENGINE_RUNS", 2)
     monkeypatch.setattr(gpu_check, "ENGINE_NEW_TOKENS", 5)
     monkeypatch.setattr(gpu_check, "PROMPT_LEN", 12)
     d = make_tiny("qwen3", tmp_path / "m", seed=6, dtype="bfloat16")
-    r = gpu_check.engine_bench(d, fake_gpu, with_hf=False)
+    r = gpu_check.engine_bench(d, gpu, with_hf=False)
     assert "cuda-graphs" in r["ours_path"] and r["new_tokens"] == 5 and len(r["ours_all"]["ttft_ms"]) == 2
     with_hf = {**r, "hf": {"ttft_ms": 30.0, "decode_tok_s": 40.0, "decode_ms_per_token": 25.0},
                "decode_speed_ratio_ours_over_hf": 12.5, "ttft_speedup_hf_over_ours": 9.0,

@@ -1,5 +1,5 @@
-"""End to end on tiny models (GPU only): the CUDA forward pass and the decode graph give the
-numpy backend's greedy tokens; a divergence is allowed only where numpy's top-2 logit margin
+"""End to end on tiny models (conftest.py's `models`), in each of its modes: the CUDA forward
+pass and the decode graph give the numpy backend's greedy tokens; a divergence is allowed only where numpy's top-2 logit margin
 is below the bf16 tolerance, and each one is reported. Graph replay equals the same launches
 made one by one."""
 from __future__ import annotations
@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 
 from inloop.services.runtime.engine.sampler import log_softmax, token_stats
-from inloop.services.runtime.model.config import ModelConfig
-from inloop.services.runtime.model.tiny import make_tiny
-from inloop.services.runtime.model.transformer import Transformer
-from inloop.services.runtime.model.weights import Weights
 
 from .parity import assert_close, report
 
-pytestmark = pytest.mark.gpu
-ARCHS = ("llama", "qwen2", "qwen3")
 PROMPT_LEN, STEPS, CAPACITY = 11, 24, 64
 
 
@@ -29,18 +23,6 @@ def margin_tolerance(logits: np.ndarray) -> float:
 def top2_margin(logits: np.ndarray) -> float:
     a = np.partition(logits, -2)[-2:]
     return float(a[1] - a[0])
-
-
-@pytest.fixture(scope="module", params=[(a, "bfloat16") for a in ARCHS] + [("llama", "float32")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
-def models(request, tmp_path_factory, cpu, gpu):
-    arch, dtype = request.param
-    d = make_tiny(arch, tmp_path_factory.mktemp(f"{arch}-{dtype}"), seed=5, dtype=dtype)
-    cfg = ModelConfig.from_dir(d)
-    from inloop.services.runtime.backends.cuda.loader import load_transformer
-
-    return (cfg, Transformer(cfg, cpu, Weights(d)), Transformer(cfg, gpu, Weights(d)),
-            load_transformer(gpu, cfg, Weights(d)))
 
 
 def _prompt(cfg) -> np.ndarray:

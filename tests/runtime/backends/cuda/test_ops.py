@@ -1,4 +1,5 @@
-"""Op-by-op parity of the CUDA kernels with the numpy reference backend (GPU only).
+"""Op-by-op parity of the CUDA kernels with the numpy reference backend, in each of conftest.py's
+modes (a GPU, the driver double's kernel contracts, the kernels' own C on the CPU).
 
 Weights are rounded to bf16 on the host first, so both backends multiply the same numbers
 and the tolerances measure the kernels (fp32 accumulation order, bf16 K/V, bf16 GEMM inputs).
@@ -12,7 +13,6 @@ from inloop.services.runtime.backends.cuda.driver import memset_d8
 
 from .parity import assert_close, bf16
 
-pytestmark = pytest.mark.gpu
 RNG = np.random.default_rng(1234)
 
 

@@ -1,5 +1,5 @@
-"""probes.py and gemv_tuning.py on the GPU (and, collected again, on the driver double's
-kernel-source emulator): every GEMV config the sweep times computes what the launcher's own
+"""bench/cuda/probes.py and gemv_tuning.py on the GPU and on the kernel-source emulator (not on
+the contracts: timings of numpy say nothing): every GEMV config the sweep times computes what the launcher's own
 choice computes, the tuner measures each projection once per card and a warm start reads its
 file, decode graphs built on other configs give the same tokens, and the A/B probes report
 every variant and put the backend back as they found it."""
@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from bench.cuda import probes
+from inloop.services.runtime.backends.cuda import gemv_timing
 from inloop.services.runtime.backends.cuda.gemv_tuning import GemvTuner, choice_key
 from inloop.services.runtime.model.tiny import make_tiny
 
+MODES = ("device", "source")  # conftest.py: where `gpu` runs
 QUICK = {"launches": 2, "replays": 1}  # the emulators run every launch for real: keep the sweep short
 SMALL = {"hidden_size": 64, "intermediate_size": 96, "vocab_size": 320, "num_attention_heads": 4,
          "num_key_value_heads": 2}
@@ -22,7 +24,7 @@ SMALL = {"hidden_size": 64, "intermediate_size": 96, "vocab_size": 320, "num_att
 @pytest.fixture(autouse=True)
 def small_flush(gpu, monkeypatch):
     if hasattr(gpu, "fake_driver"):  # an emulator has no L2 to flush: 1 MB keeps the path, not the time
-        monkeypatch.setattr(probes, "FLUSH_BYTES", 1 << 20)
+        monkeypatch.setattr(gemv_timing, "FLUSH_BYTES", 1 << 20)
 
 
 def test_every_gemv_config_gives_the_chosen_configs_results(gpu):

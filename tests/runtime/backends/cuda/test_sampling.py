@@ -1,17 +1,12 @@
 """GPU sampling: greedy, temperature, top-k, top-p, seeding, and the uncertainty statistics
-computed in the same pass (GPU only)."""
+computed in the same pass, in each of conftest.py's modes."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from inloop.services.runtime.engine.sampler import (
-    _filter_top_k_top_p,
-    log_softmax,
-    token_stats,
-)
+from inloop.services.runtime.engine.sampler import _filter_top_k_top_p, log_softmax, token_stats
 
-pytestmark = pytest.mark.gpu
 RNG = np.random.default_rng(7)
 
 
