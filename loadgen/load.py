@@ -142,12 +142,7 @@ async def _against(channel, args, prompts, launcher=None):
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from inloop.loadgen.load_metrics import (
-        calculate_metrics,
-        format_table,
-        load_section,
-        parse_goodput,
-    )
+    from inloop.loadgen.load_metrics import calculate_metrics, format_table, load_section, parse_goodput
     from inloop.loadgen.prompt_set import chat_prompts
     from inloop.loadgen.reporting import write_run
     from inloop.loadgen.run_meta import resolve_model_dir, run_meta

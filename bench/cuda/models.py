@@ -97,11 +97,7 @@ def make_random_model(out_dir: str | Path, name: str, seed: int = 0) -> Path:
 def add_tokenizer(model_dir: str | Path) -> Path:
     """Give a model directory the tiny models' tokenizer and ChatML template (ids 0/1/2 are
     <|endoftext|>/<|im_start|>/<|im_end|>, as in SmolLM2), so that the engine can load it."""
-    from inloop.services.runtime.model.tiny import (
-        CHATML_TEMPLATE,
-        SPECIAL_TOKENS,
-        train_tokenizer,
-    )
+    from inloop.services.runtime.model.tiny import CHATML_TEMPLATE, SPECIAL_TOKENS, train_tokenizer
 
     out = Path(model_dir)
     if (out / "tokenizer.json").is_file():

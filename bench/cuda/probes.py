@@ -25,13 +25,7 @@ import numpy as np
 
 from inloop.services.runtime.backends.cuda.driver import CudaError, Event, copy_dtod
 from inloop.services.runtime.backends.cuda.gemv_timing import (
-    GEMV_CONFIGS,
-    REPLAYS,
-    SAME_RESULT_TOL,
-    L2Flush,
-    config_name,
-    replay_us,
-    time_gemv_configs,
+    GEMV_CONFIGS, REPLAYS, SAME_RESULT_TOL, L2Flush, config_name, replay_us, time_gemv_configs,
 )
 from inloop.services.runtime.backends.cuda.module import Graph
 from inloop.services.runtime.backends.cuda.step_graph import capture, capture_as_served

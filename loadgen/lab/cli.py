@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,35 +24,39 @@ key), then the flags below."""
 
 
 def _add_config_args(p: argparse.ArgumentParser, service_args: bool = False) -> None:
+    from inloop.loadgen.lab.config import BY_KEY, SCOPE
     from inloop.loadgen.lab.lab import DEFAULT_STATE_DIR
+    from inloop.services.common.settings import add_arguments
+
+    def settings(*keys):
+        return [BY_KEY[k] for k in keys]
 
     g = p.add_argument_group("lab")
     g.add_argument("--config", metavar="FILE", help="lab TOML ([lab] and [run] tables; e.g. deploy/lab/lab.toml)")
     g.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
                    help=f"certificates, token, logs and state.json (default {DEFAULT_STATE_DIR})")
-    g.add_argument("--gpu-ns", help="the GPU host's namespace name (default gpu-host)")
-    g.add_argument("--cpu-ns", help="the CPU host's namespace name (default cpu-host)")
+    add_arguments(g, settings("gpu_ns", "cpu_ns"), SCOPE)
     if not service_args:
         return
-    g.add_argument("--mechanism", choices=("auto", "netem", "relay"),
-                   help="how to delay: netem, the userspace relay, or auto = netem where it works (default)")
-    g.add_argument("--delay-ms", type=float, help="one-way delay between the hosts (default 0.25)")
-    g.add_argument("--jitter-ms", type=float, help="uniform ± on each delay, at most --delay-ms (default 0.05)")
-    s = p.add_argument_group("services")
-    s.add_argument("--model", help="the runtime's model: 'default' (SmolLM2) or an HF-layout directory")
-    s.add_argument("--backend", choices=("cpu", "cuda", "auto"), help="the runtime's backend (default auto)")
-    s.add_argument("--start-timeout-s", type=float, help="seconds each service gets to become healthy (default 300)")
+    add_arguments(g, settings("mechanism", "delay_ms", "jitter_ms"), SCOPE)
+    add_arguments(p.add_argument_group("services"), settings("model", "backend", "start_timeout_s"), SCOPE)
+
+
+def _add_matrix_args(m, families) -> None:
+    from inloop.loadgen.lab.config import BY_KEY, SCOPE
+    from inloop.services.common.settings import add_arguments
+
+    family = dataclasses.replace(BY_KEY["families"], choices=families)
+    add_arguments(m, [BY_KEY["profiles"], family, *(BY_KEY[k] for k in ("per_family", "runs", "warmups",
+                                                                       "max_tokens"))], SCOPE)
 
 
 def _config(args: argparse.Namespace):
-    from inloop.loadgen.lab.config import load_config
+    """Flags > env INLOOP_LAB_<KEY> > --config's TOML > defaults (lab/config.py)."""
+    from inloop.loadgen.lab.config import SETTINGS, load_config
+    from inloop.services.common.settings import given_flags
 
-    keys = ("gpu_ns", "cpu_ns", "mechanism", "delay_ms", "jitter_ms", "model", "backend", "start_timeout_s",
-            "per_family", "runs", "warmups", "max_tokens")
-    overrides = {k: getattr(args, k, None) for k in keys}
-    overrides["profiles"] = getattr(args, "profile", None)
-    overrides["families"] = getattr(args, "family", None)
-    return load_config(args.config, **overrides)
+    return load_config(args.config, **given_flags(args, SETTINGS))
 
 
 def _guarded(action):
@@ -148,12 +153,7 @@ def register(sub) -> None:
                                     "or on SIGINT/SIGTERM/SIGHUP).")
     _add_config_args(r, service_args=True)
     m = r.add_argument_group("matrix")
-    m.add_argument("--profile", action="append", help="a profile (repeatable; default p00 and p04)")
-    m.add_argument("--family", action="append", choices=FAMILIES, help="a task family (repeatable; default all)")
-    m.add_argument("--per-family", type=int, help="eval cases per family (default 1)")
-    m.add_argument("--runs", type=int, help="repetitions of every pair (default 1)")
-    m.add_argument("--warmups", type=int, help="unrecorded warm-up pairs per profile (default 1)")
-    m.add_argument("--max-tokens", type=int, help="per model step (default 64)")
+    _add_matrix_args(m, FAMILIES)
     m.add_argument("--out", default="lab-out", help="directory for the report and the services' logs (default lab-out)")
     m.add_argument("--keep-up", action="store_true", help="leave the lab up afterwards (then `inloop lab down`)")
     r.set_defaults(func=_guarded(_run))

@@ -1,7 +1,9 @@
 """The lab's settings: the two hosts' names and addresses, the emulated delay, the run.
 
-One frozen dataclass, `LabConfig`, built from the defaults below, then a TOML file
-(`deploy/lab/lab.toml` is the documented default), then command-line flags:
+Each setting is declared once in SETTINGS (common/settings.py, as the services' are) and
+layered the same way: a command-line flag, then env INLOOP_LAB_<KEY>, then the TOML file
+(`deploy/lab/lab.toml` is the documented default), then the default. `LabConfig` is the frozen,
+checked result:
 
     [lab]                        # topology and delay
     gpu_ns = "gpu-host"          # network namespace = the host name spans carry
@@ -14,16 +16,20 @@ One frozen dataclass, `LabConfig`, built from the defaults below, then a TOML fi
     [run]                        # what `inloop lab run` runs
     profiles = ["p00", "p04"]
 
-An unknown table or key is an error naming it, as in the services' own config files.
+An unknown table or key, or a value of the wrong type, is an error naming it, as in the
+services' own config files.
 """
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from inloop.services.common.settings import ConfigError, Scope, Setting, convert, resolve
 
 MECHANISMS = ("auto", "netem", "relay")
 _NS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -34,34 +40,64 @@ class LabConfigError(ValueError):
     """A setting the lab cannot use; the message names it."""
 
 
-@dataclass(frozen=True)
-class LabConfig:
+def _lab(key, default, help="", **kw) -> Setting:
+    return Setting(key, default, help, type=type(default), table="lab", **kw)
+
+
+def _run(key, default, help="", **kw) -> Setting:
+    kind = list if isinstance(default, tuple) else type(default)
+    return Setting(key, default, help, type=kind, table="run", **kw)
+
+
+# The help texts are `inloop lab`'s flags' (where a setting has one; the rest are file-only).
+SETTINGS = [
     # [lab]: the two hosts and the link between them
-    gpu_ns: str = "gpu-host"
-    cpu_ns: str = "cpu-host"
-    gpu_link: str = "veth-gpu"
-    cpu_link: str = "veth-cpu"
-    gpu_addr: str = "10.77.0.1"
-    cpu_addr: str = "10.77.0.2"
-    prefix_len: int = 24
-    mechanism: str = "auto"
-    delay_ms: float = 0.25
-    jitter_ms: float = 0.05
-    runtime_port: int = 50051
-    tools_port: int = 50061
-    controller_port: int = 50071
-    otlp_port: int = 4317
-    relay_port: int = 50051          # on cpu_addr: the runtime as the CPU host reaches it
+    _lab("gpu_ns", "gpu-host", "the GPU host's namespace name (default gpu-host)"),
+    _lab("cpu_ns", "cpu-host", "the CPU host's namespace name (default cpu-host)"),
+    _lab("gpu_link", "veth-gpu"),
+    _lab("cpu_link", "veth-cpu"),
+    _lab("gpu_addr", "10.77.0.1"),
+    _lab("cpu_addr", "10.77.0.2"),
+    _lab("prefix_len", 24),
+    _lab("mechanism", "auto", "how to delay: netem, the userspace relay, or auto = netem where it works (default)",
+         choices=MECHANISMS),
+    _lab("delay_ms", 0.25, "one-way delay between the hosts (default 0.25)"),
+    _lab("jitter_ms", 0.05, "uniform ± on each delay, at most --delay-ms (default 0.05)"),
+    _lab("runtime_port", 50051),
+    _lab("tools_port", 50061),
+    _lab("controller_port", 50071),
+    _lab("otlp_port", 4317),
+    _lab("relay_port", 50051),        # on cpu_addr: the runtime as the CPU host reaches it
     # [run]: the services' model and the matrix
-    model: str = "default"
-    backend: str = "auto"
-    start_timeout_s: float = 300.0
-    profiles: tuple[str, ...] = ("p00", "p04")
-    families: tuple[str, ...] = ()   # empty = every task family
-    per_family: int = 1
-    runs: int = 1
-    warmups: int = 1
-    max_tokens: int = 64
+    _run("model", "default", "the runtime's model: 'default' (SmolLM2) or an HF-layout directory"),
+    _run("backend", "auto", "the runtime's backend (default auto)", choices=("cpu", "cuda", "auto")),
+    _run("start_timeout_s", 300.0, "seconds each service gets to become healthy (default 300)"),
+    _run("profiles", ("p00", "p04"), "a profile (repeatable; default p00 and p04)", flag="--profile",
+         metavar="PROFILE"),
+    _run("families", (), "a task family (repeatable; default all)", flag="--family"),  # () = every family
+    _run("per_family", 1, "eval cases per family (default 1)"),
+    _run("runs", 1, "repetitions of every pair (default 1)"),
+    _run("warmups", 1, "unrecorded warm-up pairs per profile (default 1)"),
+    _run("max_tokens", 64, "per model step (default 64)"),
+]
+BY_KEY = {s.key: s for s in SETTINGS}
+SCOPE = Scope("lab", known={t: frozenset(s.key for s in SETTINGS if s.table == t) for t in ("lab", "run")},
+              env_prefix="INLOOP_LAB_", describe_defaults=False)
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+# LabConfig's fields are SETTINGS' keys, types and defaults (named once, above)
+_Fields = dataclasses.make_dataclass(
+    "_Fields", [(s.key, tuple[str, ...] if s.type is list else s.type, dataclasses.field(default=s.default))
+                for s in SETTINGS], frozen=True)
+
+
+@dataclass(frozen=True)
+class LabConfig(_Fields):
+    """The lab's settings, checked together (addresses in one subnet, distinct names and ports)."""
 
     def __post_init__(self):
         for key in ("gpu_ns", "cpu_ns"):
@@ -121,50 +157,16 @@ class LabConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-_TABLES = {
-    "lab": ("gpu_ns", "cpu_ns", "gpu_link", "cpu_link", "gpu_addr", "cpu_addr", "prefix_len", "mechanism",
-            "delay_ms", "jitter_ms", "runtime_port", "tools_port", "controller_port", "otlp_port", "relay_port"),
-    "run": ("model", "backend", "start_timeout_s", "profiles", "families", "per_family", "runs", "warmups",
-            "max_tokens"),
-}
-_TYPES = {f.name: f.type for f in dataclasses.fields(LabConfig)}
-
-
-def _typed(key: str, value, where: str):
-    kind = _TYPES[key]
-    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind == "str" and isinstance(value, str):
-        return value
-    if kind.startswith("tuple") and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise LabConfigError(f"{where}: {key}={value!r} is not {kind.replace('tuple[str, ...]', 'a list of strings')}")
-
-
-def load_config(path: str | Path | None = None, **overrides) -> LabConfig:
-    """Defaults, then the TOML file at `path` (if any), then `overrides` that are not None."""
-    values: dict = {}
-    if path:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise LabConfigError(f"lab config {path}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise LabConfigError(f"lab config {path}: not valid TOML: {exc}") from None
-        unknown_tables = sorted(set(data) - set(_TABLES))
-        if unknown_tables:
-            raise LabConfigError(f"{path}: unknown table(s) {', '.join(unknown_tables)}; tables are [lab] and [run]")
-        for table, keys in data.items():
-            if not isinstance(keys, dict):
-                raise LabConfigError(f"{path}: {table} must be a table")
-            unknown = sorted(set(keys) - set(_TABLES[table]))
-            if unknown:
-                raise LabConfigError(f"{path} [{table}]: unknown key(s) {', '.join(unknown)}")
-            for key, value in keys.items():
-                values[key] = _typed(key, value, f"{path} [{table}]")
-    for key, value in overrides.items():
-        if value is not None:
-            values[key] = tuple(value) if isinstance(value, list) else value
-    return LabConfig(**values)
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides) -> LabConfig:
+    """Flags (`overrides` that are not None) > env INLOOP_LAB_<KEY> > the TOML file at `path` > defaults."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(BY_KEY))
+    if unknown:
+        raise LabConfigError(f"unknown lab setting(s) {', '.join(unknown)}")
+    try:
+        given = {k: convert(BY_KEY[k], v, k, "flag") for k, v in given.items()}
+        values = resolve(SETTINGS, given, SCOPE, os.environ if env is None else env,
+                         config=str(path) if path else None, config_source="lab config").values
+    except ConfigError as exc:
+        raise LabConfigError(str(exc)) from None
+    return LabConfig(**{k: _tuple(v) for k, v in values.items()})

@@ -27,16 +27,7 @@ from pathlib import Path
 from inloop.loadgen.lab import netns
 from inloop.loadgen.lab.config import LabConfig, load_config
 from inloop.loadgen.lab.processes import (
-    REPO,
-    LabError,
-    LabProc,
-    Secrets,
-    host_env,
-    python_cli,
-    relay_argv,
-    service_argv,
-    spawn,
-    wait_healthy,
+    REPO, LabError, LabProc, Secrets, host_env, python_cli, relay_argv, service_argv, spawn, wait_healthy,
 )
 
 DEFAULT_STATE_DIR = "/run/inloop-lab"

@@ -18,21 +18,34 @@ No service restarts between profiles.
     backoff_max_ms = 20
     retry_on = ["UNAVAILABLE", "DEADLINE_EXCEEDED"]
 
-`load_profiles(["p00", "my.toml"])` takes built-in names or paths; an unknown key or a bad
+`load_profiles(["p00", "my.toml"])` takes built-in names or paths. Each key is declared once in
+SETTINGS and typed by the same mechanism as the services' and the lab's settings
+(services/common/settings.py); an unknown table or key, a value of the wrong type or a bad
 fault spec is an error that names the file and the key.
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inloop.services.common.settings import SOURCE_DEFAULT, ConfigError, Scope, Setting, resolve
 from inloop.services.contract.faults import parse_abort, parse_delay
 
 PROFILE_DIR = Path(__file__).resolve().parent
 BUILTIN = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.toml")))
-POLICY_KEYS = {"per_try_timeout_ms": float, "runtime_per_try_timeout_ms": float, "attempts": int,
-               "backoff_base_ms": float, "backoff_max_ms": float, "retry_on": list}
+SETTINGS = [
+    Setting("name", "", "the profile's name (default: the file's)"),
+    Setting("description", ""),
+    Setting("abort", "", "the tools service's abort spec", table="fault"),
+    Setting("delay", "", "the tools service's delay spec", table="fault"),
+    *(Setting(key, 0.0, table="policy", type=float) for key in (
+        "per_try_timeout_ms", "runtime_per_try_timeout_ms", "backoff_base_ms", "backoff_max_ms")),
+    Setting("attempts", 1, table="policy", type=int),
+    Setting("retry_on", [], "gRPC status names", table="policy", type=list),
+]
+SCOPE = Scope("profile", known={t: frozenset(s.key for s in SETTINGS if s.table == t) for t in ("", "fault", "policy")},
+              env_prefix="INLOOP_PROFILE_", describe_defaults=False)
+POLICY_KEYS = tuple(s.key for s in SETTINGS if s.table == "policy")
 
 
 class ProfileError(ValueError):
@@ -71,34 +84,23 @@ def load_profile(name_or_path: str) -> Profile:
     path = _path_for(name_or_path)
     try:
         text = path.read_text()
-        doc = tomllib.loads(text)
+        r = resolve(SETTINGS, {}, SCOPE, env={}, config=str(path), config_source="profile")
     except OSError as exc:
         raise ProfileError(f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: {exc}") from None
-    unknown = set(doc) - {"name", "description", "fault", "policy"}
-    if unknown:
-        raise ProfileError(f"{path}: unknown keys {sorted(unknown)} (use name, description, [fault], [policy])")
-    fault, policy = doc.get("fault", {}), doc.get("policy", {})
-    if set(fault) - {"abort", "delay"}:
-        raise ProfileError(f"{path}: [fault] takes abort and delay, not {sorted(set(fault) - {'abort', 'delay'})}")
+    except ConfigError as exc:
+        raise ProfileError(str(exc)) from None
+    given = {k for k, source in r.sources.items() if source != SOURCE_DEFAULT}
     for key, parse in (("abort", parse_abort), ("delay", parse_delay)):
         try:
-            parse(fault.get(key) or None, where=f"{path}: fault.{key}")
+            parse(r.values[key] or None, where=f"{path}: fault.{key}")
         except ValueError as exc:
             raise ProfileError(str(exc)) from None
+    policy = {k: r.values[k] for k in POLICY_KEYS if k in given}
     for key, value in policy.items():
-        kind = POLICY_KEYS.get(key)
-        if kind is None:
-            raise ProfileError(f"{path}: unknown policy key {key!r} (use {', '.join(POLICY_KEYS)})")
-        if kind is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ProfileError(f"{path}: policy.{key} must be a list of gRPC status names")
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        if key != "retry_on" and value < 0:
             raise ProfileError(f"{path}: policy.{key} must be a number >= 0, got {value!r}")
-    return Profile(name=str(doc.get("name") or path.stem), description=str(doc.get("description", "")),
-                   policy={k: POLICY_KEYS[k](v) for k, v in policy.items()},
-                   abort=fault.get("abort", ""), delay=fault.get("delay", ""), source=text)
+    return Profile(name=r.values["name"] or path.stem, description=r.values["description"], policy=policy,
+                   abort=r.values["abort"], delay=r.values["delay"], source=text)
 
 
 def load_profiles(names: list[str] | None) -> list[Profile]:

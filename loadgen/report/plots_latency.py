@@ -10,16 +10,7 @@ from __future__ import annotations
 from inloop.loadgen.report import fmt
 from inloop.loadgen.report.stats import box_stats, runs_by_cell
 from inloop.loadgen.report.svg import (
-    ROUTE_COLOURS,
-    Scale,
-    data_range,
-    esc,
-    figure,
-    finite,
-    legend,
-    text_width,
-    x_axis,
-    y_axis,
+    ROUTE_COLOURS, Scale, data_range, esc, figure, finite, legend, text_width, x_axis, y_axis,
 )
 
 MAX_DOTS_PER_CELL = 400  # keeps a 6 × 2 × 2000-run report small; the box still uses every run

@@ -15,17 +15,7 @@ from __future__ import annotations
 
 from inloop.loadgen.report import fmt
 from inloop.loadgen.report.svg import (
-    HOP_COLOURS,
-    PALETTE,
-    Scale,
-    data_range,
-    esc,
-    figure,
-    finite,
-    legend,
-    text_width,
-    x_axis,
-    y_axis,
+    HOP_COLOURS, PALETTE, Scale, data_range, esc, figure, finite, legend, text_width, x_axis, y_axis,
 )
 from inloop.loadgen.report.tables import HOP_PARTS, LOAD_METRICS
 

@@ -11,15 +11,7 @@ from __future__ import annotations
 from inloop.loadgen.report import fmt
 from inloop.loadgen.report.stats import percentile
 from inloop.loadgen.report.svg import (
-    SERVICE_COLOURS,
-    Scale,
-    clip_text,
-    colour_for,
-    esc,
-    figure,
-    legend,
-    text_width,
-    x_axis,
+    SERVICE_COLOURS, Scale, clip_text, colour_for, esc, figure, legend, text_width, x_axis,
 )
 
 MAX_SPANS = 200  # a deeper trace is cut (and says so) to keep the page light

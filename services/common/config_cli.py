@@ -4,7 +4,7 @@
     inloop config show --service controller --config /etc/inloop/inloop.toml --json
     inloop config show --service tools -- --port 0 --fault-abort "every=2;status=UNAVAILABLE"
 
-It resolves exactly as `inloop SERVICE serve` would (the same parser, the same layers:
+It resolves exactly as `inloop SERVICE serve` would (the same settings, the same layers:
 flag > env INLOOP_* > TOML [service] > TOML [common] > default), without starting anything,
 so "why does the runtime listen on that port?" has a one-line answer.
 """
@@ -15,21 +15,26 @@ import json
 import os
 import sys
 
-SERVICES = ("runtime", "tools", "controller")
+from inloop.services.common.serve_settings import SERVICES
 
 
 def effective_config(service: str, serve_args: list[str], config: str | None = None,
                      env=None) -> tuple[dict, dict]:
     """({key: value}, {key: source}) for `inloop SERVICE serve SERVE_ARGS` (raises ConfigError)."""
-    from inloop.services.common.config import parse_given, resolve, serve_parser
+    from inloop.services.common.config import ConfigError, add_serve_settings, effective
+    from inloop.services.common.serve_settings import serve_settings
+    from inloop.services.common.settings import given_flags
 
-    parser = serve_parser(service)
+    parser = argparse.ArgumentParser(prog=f"inloop {service} serve", add_help=False, exit_on_error=False)
+    add_serve_settings(parser, service)
     argv = (["--config", config] if config else []) + list(serve_args)
-    given, extras = parse_given(parser, argv)
+    try:
+        given, extras = parser.parse_known_args(argv)
+    except argparse.ArgumentError as exc:
+        raise ConfigError(f"`{service} serve`: {exc}") from None
     if extras:
-        from inloop.services.common.config import ConfigError
         raise ConfigError(f"unrecognized arguments for `{service} serve`: {' '.join(extras)}")
-    resolved = resolve(parser, given, os.environ if env is None else env)
+    resolved = effective(service, given_flags(given, serve_settings(service)), os.environ if env is None else env)
     return resolved.values, resolved.sources
 
 

@@ -7,13 +7,7 @@ import json
 
 from inloop.services.contract.errors import InvalidRequest
 from inloop.services.contract.generation import (
-    ChatMessage,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-    TokenEvent,
-    TokenStats,
-    UncertaintySummary,
+    ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenEvent, TokenStats, UncertaintySummary,
 )
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import tools_pb2

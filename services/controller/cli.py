@@ -58,18 +58,8 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("controller", help="the controller service (the external route)")
-    csub = p.add_subparsers(dest="controller_command", metavar="CMD")
-    s = csub.add_parser("serve", help="serve inloop.v1.Controller (RunTask over the network)",
-                        description="Runs agent tasks by calling the runtime (Generate) and the tools "
-                                    "service (Call) over gRPC with deadlines, retries and faults. Every "
-                                    "--foo-bar flag can also be set as env INLOOP_FOO_BAR or as foo_bar in the "
-                                    "--config TOML file's [controller] or [common] table "
-                                    "(flag > env > [controller] > [common] > default).")
-    from inloop.services.common.config import add_common_serve_options
-    add_common_serve_options(s, "controller", port=50071, metrics_port=9103)  # host, port, log, TLS, ...
-    s.add_argument("--runtime", default="127.0.0.1:50051", help="the runtime's host:port")
-    s.add_argument("--tools", default="127.0.0.1:50061", help="the tools service's host:port")
-    s.add_argument("--max-concurrency", type=int, default=64, help="tasks at once; more get RESOURCE_EXHAUSTED")
-    s.set_defaults(func=cmd_serve)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    from inloop.services.common.config import add_serve_command
+    add_serve_command(sub, "controller", help="the controller service (the external route)",
+                      serve_help="serve inloop.v1.Controller (RunTask over the network)",
+                      summary="Runs agent tasks by calling the runtime (Generate) and the tools service (Call) "
+                              "over gRPC with deadlines, retries and faults.", command=cmd_serve, metavar="CMD")

@@ -1,44 +1,40 @@
-"""Layered serve configuration (services/common/config.py) and `inloop config show`.
+"""Layered serve configuration (services/common/config.py over settings.py) and `inloop config show`.
 
 Each layer is checked against the one below it: default < TOML [common] < TOML [service]
-< env INLOOP_* < flag, on a parser built like the real ones and on the real serve parsers.
-Bad values and unknown keys must name where they came from.
+< env INLOOP_* < flag, on the runtime's settings plus one added for the test, and on the real
+serve commands. Bad values and unknown keys must name where they came from.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
 import pytest
 
-from inloop.services.cli import main
-from inloop.services.common.config import (
-    ConfigError,
-    add_common_serve_options,
-    export_otlp_endpoint,
-    parse_given,
-    resolve,
-    serve_parser,
-)
+from inloop.services.cli import build_parser, main
+from inloop.services.common.config import ConfigError, effective, export_otlp_endpoint, layered
+from inloop.services.common.serve_settings import serve_scope, serve_settings
+from inloop.services.common.settings import Setting, add_arguments, given_flags, resolve
+
+# the runtime's settings and one more, declared the same way (the mechanism is not per key)
+SETTINGS = serve_settings("runtime") + [Setting("late_flag", 1.5, "a setting added for the test", type=float)]
+_scope = serve_scope("runtime")
+SCOPE = dataclasses.replace(_scope, known={t: keys | ({"late_flag"} if t in ("runtime", "common") else set())
+                                            for t, keys in _scope.known.items()})
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """A serve parser as the services build theirs: common options, own options, and one
-    added afterwards with a plain add_argument."""
     p = argparse.ArgumentParser(prog="inloop runtime serve")
-    add_common_serve_options(p, "runtime", port=50051, metrics_port=9101)
-    p.add_argument("--max-queue", type=int, default=16)
-    p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--late-flag", type=float, default=1.5)  # added after the common options
+    add_arguments(p, SETTINGS, SCOPE)
     return p
 
 
-def resolved(argv: list[str], env: dict[str, str] | None = None, parser=None):
-    parser = parser or make_parser()
-    given, extras = parse_given(parser, argv)
+def resolved(argv: list[str], env: dict[str, str] | None = None):
+    given, extras = make_parser().parse_known_args(argv)
     assert extras == []
-    return resolve(parser, given, env or {})
+    return resolve(SETTINGS, given_flags(given, SETTINGS), SCOPE, env or {})
 
 
 def write_toml(tmp_path, text: str) -> str:
@@ -104,9 +100,10 @@ def test_values_are_typed_by_the_option(tmp_path):
     assert resolved(["--config", cfg, "--no-plaintext"]).values["plaintext"] is False
 
 
-def test_a_real_parse_fills_the_namespace_and_records_sources(clean_env):
+def test_a_command_runs_with_every_setting_filled_and_its_sources(clean_env):
     clean_env.setenv("INLOOP_MAX_QUEUE", "9")
-    args = make_parser().parse_args(["--port", "0"])
+    parser = make_parser()
+    args = layered("runtime", parser, lambda a: a)(parser.parse_args(["--port", "0"]))
     assert args.port == 0 and args.max_queue == 9 and args.log_level == "info"
     assert args.config_sources["port"] == "flag" and args.config_sources["max_queue"] == "env INLOOP_MAX_QUEUE"
 
@@ -114,15 +111,17 @@ def test_a_real_parse_fills_the_namespace_and_records_sources(clean_env):
 def test_the_real_serve_commands_are_layered(clean_env):
     clean_env.setenv("INLOOP_MAX_CONCURRENCY", "3")
     clean_env.setenv("INLOOP_METRICS_PORT", "-1")
-    from inloop.services.cli import build_parser
+    ran = []
+    clean_env.setattr("inloop.services.tools.service.cli.cmd_serve", ran.append)
     args = build_parser().parse_args(["tools", "serve", "--port", "0"])
-    assert args.port == 0 and args.max_concurrency == 3 and args.metrics_port == -1
+    args.func(args)
+    assert ran == [args] and args.port == 0 and args.max_concurrency == 3 and args.metrics_port == -1
     assert args.config_sources["max_concurrency"] == "env INLOOP_MAX_CONCURRENCY"
     for service, port in (("runtime", 50051), ("tools", 50061), ("controller", 50071)):
-        keys = set(vars(serve_parser(service).parse_args([])))
+        values = effective(service, {}, env={}).values
         assert {"host", "port", "log_level", "grace_s", "tls_cert", "tls_key", "tls_ca", "plaintext",
-                "token_file", "otlp_endpoint", "config"} <= keys, service
-        assert serve_parser(service).parse_args([]).port == port
+                "token_file", "otlp_endpoint", "config"} <= set(values), service
+        assert values["port"] == port
 
 
 def test_help_names_the_env_form_and_default(capsys):
@@ -215,8 +214,7 @@ def test_config_show_prints_every_key_with_its_source(tmp_path, clean_env, capsy
     assert shown["token_file"]["source"] == f"{path} [common]"
     assert shown["tools"] == {"value": "127.0.0.1:50061", "source": "default"}
     assert shown["config"] == {"value": path, "source": "flag"}
-    assert set(shown) >= set(vars(serve_parser("controller").parse_args(["--port", "0"]))) - {"func",
-                                                                                             "config_sources"}
+    assert set(shown) == {s.key for s in serve_settings("controller")}
 
     assert main(["config", "show", "--service", "controller", "--config", path]) == 0
     table = capsys.readouterr().out.splitlines()

@@ -22,17 +22,22 @@ def test_the_shipped_lab_toml_is_the_default():
     assert cfg.runtime_target("relay") == "10.77.0.2:50051" and cfg.runtime_target("netem") == "10.77.0.1:50051"
 
 
-def test_flags_win_over_the_file(tmp_path):
+def test_flags_win_over_env_over_the_file(tmp_path):
     path = tmp_path / "lab.toml"
     path.write_text('[lab]\ndelay_ms = 2\njitter_ms = 0.5\ncpu_ns = "c1"\n[run]\nprofiles = ["p01"]\n')
-    cfg = load_config(path, delay_ms=3.0, jitter_ms=None, profiles=["p00", "p05"])
+    cfg = load_config(path, {}, delay_ms=3.0, jitter_ms=None, profiles=["p00", "p05"])
     assert (cfg.delay_ms, cfg.jitter_ms, cfg.cpu_ns, cfg.profiles) == (3.0, 0.5, "c1", ("p00", "p05"))
+    env = {"INLOOP_LAB_JITTER_MS": "0.75", "INLOOP_LAB_DELAY_MS": "9", "INLOOP_LAB_PROFILES": "p02,p03"}
+    cfg = load_config(path, env, delay_ms=3.0)
+    assert (cfg.delay_ms, cfg.jitter_ms, cfg.cpu_ns, cfg.profiles) == (3.0, 0.75, "c1", ("p02", "p03"))
+    with pytest.raises(LabConfigError, match=r"INLOOP_LAB_RUNS='many' \(env\): not an int"):
+        load_config(path, {"INLOOP_LAB_RUNS": "many"})
 
 
 @pytest.mark.parametrize("text, message", [
     ("[lab]\ndelay = 1\n", "unknown key"),
     ("[network]\n", "unknown table"),
-    ("[lab]\ndelay_ms = 'slow'\n", "delay_ms='slow' is not float"),
+    ("[lab]\ndelay_ms = 'slow'\n", r"delay_ms='slow' \(.*lab.toml \[lab\]\): not a float"),
     ("[lab]\ndelay_ms = 0.1\njitter_ms = 0.2\n", "jitter_ms <= delay_ms"),
     ("[lab]\ngpu_link = 'a-very-long-link-name'\n", "15"),
     ("[lab]\ncpu_addr = '10.78.0.2'\n", "one /24 subnet"),

@@ -1,4 +1,6 @@
 """Fault profiles as TOML files."""
+import re
+
 import pytest
 
 from inloop.loadgen.profiles import BUILTIN, ProfileError, load_profile, load_profiles
@@ -23,17 +25,18 @@ def test_p04_and_p05_are_what_the_matrix_promises():
 
 
 @pytest.mark.parametrize("text, message", [
-    ('name = "x"\nretries = 2\n', "unknown keys"),
+    ('name = "x"\nretries = 2\n', "x.toml: unknown key(s) retries (top-level keys are description, name"),
     ('name = "x"\n[policy]\nattempts = -1\n', "policy.attempts must be a number >= 0"),
-    ('name = "x"\n[policy]\ntimeout = 1\n', "unknown policy key 'timeout'"),
+    ('name = "x"\n[policy]\ntimeout = 1\n', "x.toml [policy]: unknown key(s) timeout"),
+    ('name = "x"\n[policy]\nattempts = "two"\n', "attempts='two' ({path} [policy]): not an int"),
     ('name = "x"\n[fault]\nabort = "every=0;status=UNAVAILABLE"\n', "fault.abort"),
-    ('name = "x"\n[fault]\nreset = "x"\n', "[fault] takes abort and delay"),
+    ('name = "x"\n[fault]\nreset = "x"\n', "x.toml [fault]: unknown key(s) reset"),
     ('name = \n', "x.toml"),
 ])
 def test_bad_profiles_name_the_file_and_the_key(tmp_path, text, message):
     path = tmp_path / "x.toml"
     path.write_text(text)
-    with pytest.raises(ProfileError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ProfileError, match=re.escape(message.format(path=path))):
         load_profile(str(path))
 
 

@@ -21,12 +21,7 @@ import structlog
 from inloop.services.contract.backend import Backend, KVCache
 from inloop.services.contract.errors import InvalidRequest
 from inloop.services.contract.generation import (
-    ChatMessage,
-    GenerateRequest,
-    GenerateResult,
-    SamplingParams,
-    TokenEvent,
-    UncertaintySummary,
+    ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenEvent, UncertaintySummary,
 )
 from inloop.services.contract.step_runner import StepRunner
 from inloop.services.contract.tool_calls import OPEN, with_tools_prompt

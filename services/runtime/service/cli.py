@@ -164,29 +164,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # ---- argparse ---------------------------------------------------------------------
 def register(subparsers: argparse._SubParsersAction) -> None:
-    runtime = subparsers.add_parser("runtime", help="the runtime service (owns the model and the GPU)")
-
-    def show_help(_args: argparse.Namespace) -> int:  # `inloop runtime` alone
-        runtime.print_help()
-        return 2
-
-    runtime.set_defaults(func=show_help)
-    sub = runtime.add_subparsers(dest="runtime_command", metavar="SUBCOMMAND")
-    serve = sub.add_parser("serve", help="serve a model over gRPC (inloop.v1.Runtime, health, reflection)",
-                           description="Serve a model over gRPC. Every --foo-bar flag can also be set as "
-                                       "env INLOOP_FOO_BAR or as foo_bar in the --config TOML file's [runtime] "
-                                       "or [common] table (flag > env > [runtime] > [common] > default).")
-    from inloop.services.common.config import add_common_serve_options
-    add_common_serve_options(serve, "runtime", port=DEFAULT_PORT, metrics_port=9101)  # host, port, log, TLS, ...
-    serve.add_argument("--model", default="default", help="an HF-layout model directory, or 'default'")
-    serve.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto",
-                       help="cuda needs a GPU; auto picks cuda where one answers, else cpu")
-    serve.add_argument("--prefix-cache", action="store_true",
-                       help="keep the KV cache of session-less requests and reuse it for a later prompt "
-                            "that shares its prefix (automatic prefix caching, as vLLM's); off by default")
-    serve.add_argument("--max-queue", type=int, default=16,
-                       help="requests that may wait; more get RESOURCE_EXHAUSTED")
-    serve.set_defaults(func=cmd_serve)
+    from inloop.services.common.config import add_serve_command
+    add_serve_command(subparsers, "runtime", help="the runtime service (owns the model and the GPU)",
+                      serve_help="serve a model over gRPC (inloop.v1.Runtime, health, reflection)",
+                      summary="Serve a model over gRPC.", command=cmd_serve)
 
     gen = subparsers.add_parser("generate", help="stream a completion from a running runtime")
     gen.add_argument("prompt", help="the user message (or the raw prompt with --raw)")

@@ -27,12 +27,7 @@ from inloop.services.contract.errors import InvalidRequest
 from inloop.services.contract.generation import MAX_TOKENS_LIMIT, GenerateRequest
 from inloop.services.runtime.service.internal_route import run_internal
 from inloop.services.runtime.service.scheduler import (
-    NotReady,
-    QueueFull,
-    RequestCancelled,
-    RequestExpired,
-    RequestHandle,
-    Scheduler,
+    NotReady, QueueFull, RequestCancelled, RequestExpired, RequestHandle, Scheduler,
 )
 from inloop.services.tools.state import ToolState
 from inloop.v1 import runtime_pb2 as pb

@@ -74,31 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    tools = subparsers.add_parser("tools", help="the tools service (search, receipts, kv, ...)")
-
-    def show_help(_args: argparse.Namespace) -> int:  # `inloop tools` alone
-        tools.print_help()
-        return 2
-
-    tools.set_defaults(func=show_help)
-    sub = tools.add_subparsers(dest="tools_command", metavar="SUBCOMMAND")
-    serve = sub.add_parser("serve", help="serve the tools over gRPC (inloop.v1.Tools, health, reflection)",
-                           description="Serve the tools over gRPC. Every --foo-bar flag can also be set as "
-                                       "env INLOOP_FOO_BAR or as foo_bar in the --config TOML file's [tools] or "
-                                       "[common] table (flag > env > [tools] > [common] > default).")
-    from inloop.services.common.config import add_common_serve_options
-    add_common_serve_options(serve, "tools", port=DEFAULT_PORT, metrics_port=9102)  # host, port, log, TLS, ...
-    serve.add_argument("--max-concurrency", type=int, default=64,
-                       help="calls in progress at once; more get RESOURCE_EXHAUSTED")
-    serve.add_argument("--fault-abort", default=None, metavar="SPEC",
-                       help='default abort fault, e.g. "every=2;status=UNAVAILABLE" or '
-                            '"percent=10;seed=7;status=INTERNAL" ("off" = none)')
-    serve.add_argument("--fault-delay", default=None, metavar="SPEC",
-                       help='default delay fault, e.g. "every=3;ms=900" or "percent=25;seed=1;ms=200"')
-    serve.add_argument("--fault-key", default=None, help="default fault counter key (default '')")
-    serve.add_argument("--fault-config", default=None, metavar="FILE",
-                       help="default faults as JSON ({key, abort, delay}); the flags above override it")
-    serve.add_argument("--corpus", default=None, help="search corpus, JSON lines {id, title, text}")
-    serve.add_argument("--max-sessions", type=int, default=1024,
-                       help="kv namespaces kept; the least recently used is evicted beyond this")
-    serve.set_defaults(func=cmd_serve)
+    from inloop.services.common.config import add_serve_command
+    add_serve_command(subparsers, "tools", help="the tools service (search, receipts, kv, ...)",
+                      serve_help="serve the tools over gRPC (inloop.v1.Tools, health, reflection)",
+                      summary="Serve the tools over gRPC.", command=cmd_serve)

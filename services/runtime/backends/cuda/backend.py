@@ -21,15 +21,7 @@ import numpy as np
 from inloop.services.contract.backend import Backend, KVCache
 
 from . import compiler
-from .driver import (
-    Allocator,
-    Device,
-    Stream,
-    copy_dtod,
-    copy_dtoh,
-    copy_htod,
-    memset_d8,
-)
+from .driver import Allocator, Device, Stream, copy_dtod, copy_dtoh, copy_htod, memset_d8
 from .gemv_tuning import GemvTuner
 from .gemv_tuning import enabled_by_env as gemv_enabled_by_env
 from .kernels_registry import KernelSet

@@ -1,0 +1,91 @@
+"""Every `inloop SERVICE serve` setting of every service, declared once (common/settings.py).
+
+A service's CLI builds its flags from its list here, and a config file is checked against all
+of them: a service table holds that service's keys, [common] any service's (one file for a
+whole host). Precedence: flag > env INLOOP_<KEY> > TOML [service] > TOML [common] > default.
+"""
+from __future__ import annotations
+
+from inloop.services.common.settings import Scope, Setting
+
+SERVICES = ("runtime", "tools", "controller")
+COMMON_TABLE = "common"
+PORTS = {"runtime": (50051, 9101), "tools": (50061, 9102), "controller": (50071, 9103)}  # gRPC, metrics
+SECURITY = ("security\nmTLS with all three TLS files (from `inloop certs dev`); a bearer token with "
+            "--token-file")
+
+
+def common(service: str) -> list[Setting]:
+    """Host, port, logging, shutdown, TLS, token, tracing and metrics: what every service has."""
+    port, metrics_port = PORTS[service]
+    return [
+        Setting("config", None, f"TOML file with [{service}] and [common] tables", metavar="FILE"),
+        Setting("host", "127.0.0.1", "address to bind; a non-loopback one needs TLS files or --plaintext"),
+        Setting("port", port, "gRPC port; 0 picks a free one (printed)", type=int),
+        Setting("log_level", "info", "", choices=("debug", "info", "warning", "error")),
+        Setting("grace_s", 5.0, "on SIGTERM, seconds running calls get to finish", type=float),
+        Setting("tls_cert", None, "this service's certificate", metavar="PEM", group=SECURITY),
+        Setting("tls_key", None, "its private key", metavar="PEM", group=SECURITY),
+        Setting("tls_ca", None, "CA that client certificates must chain to (and that peers' certificates do)",
+                metavar="PEM", group=SECURITY),
+        Setting("plaintext", False, "explicitly allow no TLS on a non-loopback address", type=bool,
+                negatable=True, group=SECURITY),
+        Setting("token_file", None, "every RPC but Health must send 'authorization: Bearer <token in FILE>'",
+                metavar="FILE", group=SECURITY),
+        Setting("otlp_endpoint", "", "OTLP/gRPC trace collector, e.g. http://127.0.0.1:4317 "
+                                     "(also OTEL_EXPORTER_OTLP_ENDPOINT)", metavar="URL",
+                env_also=("OTEL_EXPORTER_OTLP_ENDPOINT",)),
+        Setting("metrics_port", metrics_port, "Prometheus /metrics port (bound on --host; HTTPS with the TLS "
+                                              "files); 0 picks a free one, logged as metrics_listening; -1 = no "
+                                              "metrics", type=int),
+    ]
+
+
+RUNTIME = [
+    Setting("model", "default", "an HF-layout model directory, or 'default'"),
+    Setting("backend", "auto", "cuda needs a GPU; auto picks cuda where one answers, else cpu",
+            choices=("cpu", "cuda", "auto")),
+    Setting("prefix_cache", False, "keep the KV cache of session-less requests and reuse it for a later prompt "
+                                   "that shares its prefix (automatic prefix caching, as vLLM's); off by default",
+            type=bool),
+    Setting("max_queue", 16, "requests that may wait; more get RESOURCE_EXHAUSTED", type=int),
+]
+
+TOOLS = [
+    Setting("max_concurrency", 64, "calls in progress at once; more get RESOURCE_EXHAUSTED", type=int),
+    Setting("fault_abort", None, 'default abort fault, e.g. "every=2;status=UNAVAILABLE" or '
+                                 '"percent=10;seed=7;status=INTERNAL" ("off" = none)', metavar="SPEC"),
+    Setting("fault_delay", None, 'default delay fault, e.g. "every=3;ms=900" or "percent=25;seed=1;ms=200"',
+            metavar="SPEC"),
+    Setting("fault_key", None, "default fault counter key (default '')"),
+    Setting("fault_config", None, "default faults as JSON ({key, abort, delay}); the flags above override it",
+            metavar="FILE"),
+    Setting("corpus", None, "search corpus, JSON lines {id, title, text}"),
+    Setting("max_sessions", 1024, "kv namespaces kept; the least recently used is evicted beyond this", type=int),
+]
+
+CONTROLLER = [
+    Setting("runtime", "127.0.0.1:50051", "the runtime's host:port"),
+    Setting("tools", "127.0.0.1:50061", "the tools service's host:port"),
+    Setting("max_concurrency", 64, "tasks at once; more get RESOURCE_EXHAUSTED", type=int),
+]
+
+OWN = {"runtime": RUNTIME, "tools": TOOLS, "controller": CONTROLLER}
+
+
+def serve_settings(service: str) -> list[Setting]:
+    """Every setting of `inloop SERVICE serve`, in --help order."""
+    if service not in OWN:
+        raise ValueError(f"unknown service {service!r}")
+    return common(service) + OWN[service]
+
+
+def keys(service: str) -> frozenset[str]:
+    return frozenset(s.key for s in serve_settings(service)) - {"config"}  # a file cannot name another file
+
+
+def serve_scope(service: str) -> Scope:
+    """[service] over [common]; a service table holds its own keys, [common] any service's."""
+    own = {s: keys(s) for s in SERVICES}
+    known = {COMMON_TABLE: frozenset().union(*own.values()), **own}
+    return Scope(service, tables=(service, COMMON_TABLE), known=known)
