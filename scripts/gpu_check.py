@@ -8,14 +8,15 @@
      like SmolLM2-135M and Qwen2.5-0.5B: TTFT (32-token prompt), decode ms/token over 128
      tokens, process start -> first token (cubin cache warm), and a per-kernel breakdown of
      one decode step
-  5. probes for tuning (probes.py): what a graph node costs with and without programmatic
+  5. probes for tuning (bench/cuda/probes.py): what a graph node costs with and without programmatic
      dependent launch, and every decode GEMV of both shapes under each (split-K, threads)
      config, checked for equal results (the step's own A/B comes with step 4)
   6. the engine's fast path (`inloop bench runtime --backend cuda`: Engine.load, Generation
      through the CUDA graphs with GPU sampling) side by side with HF, medians and ratios;
      the engine's GPU tests (test_engine_on_cuda.py) run with the others in step 2
 
-Writes results.json and summary.txt (plus pytest.log / parity.jsonl) to --out. Needs only
+`main` runs STAGES, a table of one function per step above, in one loop; results.json is
+written after each. Writes results.json and summary.txt (plus pytest.log / parity.jsonl) to --out. Needs only
 numpy, cuda-bindings (+ NVRTC), tokenizers, and torch + transformers for the HF side; no
 network. Also runs as a child of itself for the start-to-first-token measurements.
 """
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -346,6 +348,141 @@ def summary_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- the run: a table of stages, one loop --------------------------------------------------
+@dataclass
+class Run:
+    """What the stages share: the flags, the folders, the results (saved after every stage),
+    the backend and the random models once made."""
+
+    args: argparse.Namespace
+    out: Path
+    work: Path
+    results: dict = field(default_factory=dict)
+    be: object = None
+    models: dict = field(default_factory=dict)
+
+    def save(self) -> None:
+        self.results["total_seconds"] = round(time.perf_counter() - T0, 1)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=2, default=str))
+
+    def time_left(self, margin_s: float = 0.0) -> bool:
+        return time.perf_counter() - T0 < DEADLINE_S - margin_s
+
+
+def stage_environment(run: Run) -> int | None:
+    env = step(run.results, "environment", environment)
+    if not env.get("cuda_available"):
+        log(f"no CUDA device: {env.get('reason')}")
+        run.results["ok"] = False
+        return 2
+    return None
+
+
+def stage_compile(run: Run) -> None:
+    step(run.results, "compile", compile_kernels, run.results["environment"]["arch"])
+    log(f"compiled kernels for {run.results['environment']['arch']} in "
+        f"{run.results['compile'].get('wall_seconds')} s")
+
+
+def stage_pytest(run: Run) -> None:
+    if run.args.skip_tests:
+        return
+    step(run.results, "pytest", run_pytest, run.out, PYTEST_BUDGET_S)
+    log(f"GPU tests: {run.results['pytest'].get('summary') or run.results['pytest'].get('reason')}")
+
+
+def stage_backend(run: Run) -> int | None:
+    from inloop.services.runtime.backends.cuda.backend import CudaBackend
+
+    be = step(run.results, "backend", CudaBackend)
+    if isinstance(be, dict):  # could not even start: report what we have
+        run.results["ok"] = False
+        print("\n" + summary_table(run.results), flush=True)
+        return 1
+    run.be = be
+    run.results["backend"] = be.describe()
+    return None
+
+
+def stage_models(run: Run) -> None:
+    for i, name in enumerate(SHAPES):
+        run.models[name] = step(run.results, f"make_{name}", make_random_model, run.work / name, name, i)
+
+
+def stage_parity(run: Run) -> None:
+    parity = run.results["parity"] = {}
+    tiny = step(run.results, "tiny_parity", tiny_parity, run.work, run.be)
+    if "error" in tiny:
+        parity["tiny"] = tiny
+    else:
+        parity.update({f"tiny-{name}": p for name, p in tiny.items()})
+    parity["smollm2-135m"] = step(run.results, "parity_smollm2", greedy_parity, run.models["smollm2-135m"], run.be,
+                                  PROMPT_LEN, 32)
+    log("parity done")
+
+
+def stage_bench(run: Run) -> None:
+    run.results["bench"] = {}
+    for name in SHAPES:
+        b = run.results["bench"][name] = {}
+        step(b, "ours", bench_cuda, run.models[name], run.be, PROMPT_LEN, DECODE_TOKENS)
+        log(f"{name}: ours {b['ours'].get('decode_ms_per_token')} ms/token, TTFT {b['ours'].get('ttft_ms')} ms")
+        if run.args.baseline:
+            step(b, "baseline", gpu_baseline.bench, run.args.baseline, run.models[name], run.work, PROMPT_LEN,
+                 DECODE_TOKENS)
+            log(f"{name}: baseline {b['baseline'].get('commit')} {b['baseline'].get('decode_ms_per_token')} "
+                f"ms/token, TTFT {b['baseline'].get('ttft_ms')} ms")
+        if not run.args.skip_hf:
+            step(b, "hf", bench_hf, run.models[name])
+            log(f"{name}: HF {b['hf'].get('decode_ms_per_token')} ms/token, TTFT {b['hf'].get('ttft_ms')} ms")
+        run.save()
+
+
+def stage_probes(run: Run) -> None:
+    """Tuning data (optional, a few seconds): before the engine bench and the start-up
+    children, which take longer and would otherwise leave it no time."""
+    probes = run.results["probes"] = {}
+    if not run.time_left(15):
+        return
+    step(probes, "graph_node", graph_node_cost, run.be)
+    for name in SHAPES:
+        if not run.time_left():
+            probes[name] = {"skipped": "time budget"}
+            continue
+        step(probes, name, lambda n: {"gemv": gemv_sweep(run.be, SHAPES[n])}, name)
+    log("probes done")
+
+
+def stage_engine_bench(run: Run) -> None:
+    """The engine's fast path side by side with HF (inloop bench runtime --backend cuda)."""
+    engine = run.results["engine_bench"] = {}
+    for name in SHAPES:
+        if not run.time_left(30):
+            engine[name] = {"skipped": "time budget"}
+            continue
+        e = step(engine, name, engine_bench, run.models[name], run.be, not run.args.skip_hf)
+        log(f"{name}: engine {e.get('ours', {}).get('decode_ms_per_token')} ms/token, TTFT "
+            f"{e.get('ours', {}).get('ttft_ms')} ms; ratio ours/HF {e.get('decode_speed_ratio_ours_over_hf')}")
+        run.save()
+
+
+def stage_start(run: Run) -> None:
+    """Process start to first token, in child processes; the cubin cache is warm by now."""
+    for name in SHAPES:
+        b = run.results["bench"][name]
+        step(b, "start_ours", start_to_first_token, "ours", run.models[name])
+        if not run.args.skip_hf and run.time_left(40):
+            step(b, "start_hf", start_to_first_token, "hf", run.models[name])
+        log(f"{name}: start->first token ours {b['start_ours'].get('seconds')} s, "
+            f"HF {b.get('start_hf', {}).get('seconds')} s")
+        run.save()
+
+
+# In order; a stage that returns an exit code ends the run there (results saved).
+STAGES = (stage_environment, stage_compile, stage_pytest, stage_backend, stage_models, stage_parity,
+          stage_bench, stage_probes, stage_engine_bench, stage_start)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_results")
@@ -359,105 +496,28 @@ def main() -> int:
     if args.first_token:
         first_token_child(*args.first_token)
         return 0
-    out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("INLOOP_CACHE", str(work / "cache"))
+    run = Run(args, Path(args.out), Path(args.work))
+    run.out.mkdir(parents=True, exist_ok=True)
+    run.work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("INLOOP_CACHE", str(run.work / "cache"))
     os.environ["INLOOP_TEST_USE_CACHE"] = "1"  # the GPU test processes reuse the warm cache
-    os.environ["INLOOP_GPU_WORK"] = str(work)  # ... and write the SmolLM2-shaped model where step 4 finds it
-    if Path(os.environ["INLOOP_CACHE"]).resolve() == (work / "cache").resolve():
-        shutil.rmtree(work / "cache", ignore_errors=True)  # the compile step measures a cold build
-    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": _commit()}
-
-    def save():
-        results["total_seconds"] = round(time.perf_counter() - T0, 1)
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-
-    env = step(results, "environment", environment)
-    save()
-    if not env.get("cuda_available"):
-        log(f"no CUDA device: {env.get('reason')}")
-        results["ok"] = False
-        save()
-        return 2
-    step(results, "compile", compile_kernels, env["arch"])
-    log(f"compiled kernels for {env['arch']} in {results['compile'].get('wall_seconds')} s")
-    if not args.skip_tests:
-        step(results, "pytest", run_pytest, out, PYTEST_BUDGET_S)
-        log(f"GPU tests: {results['pytest'].get('summary') or results['pytest'].get('reason')}")
-    save()
-
-    from inloop.services.runtime.backends.cuda.backend import CudaBackend
-
-    be = step(results, "backend", CudaBackend)
-    if isinstance(be, dict):  # could not even start: report what we have
-        results["ok"] = False
-        save()
-        print("\n" + summary_table(results), flush=True)
-        return 1
-    results["backend"] = be.describe()
-    models = {}
-    for i, name in enumerate(SHAPES):
-        models[name] = step(results, f"make_{name}", make_random_model, work / name, name, i)
-    results["parity"] = {}
-    tiny = step(results, "tiny_parity", tiny_parity, work, be)
-    if "error" in tiny:
-        results["parity"]["tiny"] = tiny
-    else:
-        results["parity"].update({f"tiny-{name}": p for name, p in tiny.items()})
-    results["parity"]["smollm2-135m"] = step(results, "parity_smollm2", greedy_parity,
-                                             models["smollm2-135m"], be, PROMPT_LEN, 32)
-    log("parity done")
-    save()
-    results["bench"] = {}
-    for name in SHAPES:
-        b = results["bench"][name] = {}
-        step(b, "ours", bench_cuda, models[name], be, PROMPT_LEN, DECODE_TOKENS)
-        log(f"{name}: ours {b['ours'].get('decode_ms_per_token')} ms/token, TTFT {b['ours'].get('ttft_ms')} ms")
-        if args.baseline:
-            step(b, "baseline", gpu_baseline.bench, args.baseline, models[name], work, PROMPT_LEN, DECODE_TOKENS)
-            log(f"{name}: baseline {b['baseline'].get('commit')} {b['baseline'].get('decode_ms_per_token')} "
-                f"ms/token, TTFT {b['baseline'].get('ttft_ms')} ms")
-        if not args.skip_hf:
-            step(b, "hf", bench_hf, models[name])
-            log(f"{name}: HF {b['hf'].get('decode_ms_per_token')} ms/token, TTFT {b['hf'].get('ttft_ms')} ms")
-        save()
-    results["probes"] = {}
-    # Tuning data (optional, a few seconds): before the engine bench and the start-up
-    # children, which take longer and would otherwise leave it no time.
-    if time.perf_counter() - T0 < DEADLINE_S - 15:
-        step(results["probes"], "graph_node", graph_node_cost, be)
-        for name in SHAPES:
-            if time.perf_counter() - T0 > DEADLINE_S:
-                results["probes"][name] = {"skipped": "time budget"}
-                continue
-            step(results["probes"], name, lambda n: {"gemv": gemv_sweep(be, SHAPES[n])}, name)
-        log("probes done")
-        save()
-    results["engine_bench"] = {}
-    for name in SHAPES:  # the engine's fast path side by side with HF (inloop bench runtime --backend cuda)
-        if time.perf_counter() - T0 > DEADLINE_S - 30:
-            results["engine_bench"][name] = {"skipped": "time budget"}
-            continue
-        e = step(results["engine_bench"], name, engine_bench, models[name], be, not args.skip_hf)
-        log(f"{name}: engine {e.get('ours', {}).get('decode_ms_per_token')} ms/token, TTFT "
-            f"{e.get('ours', {}).get('ttft_ms')} ms; ratio ours/HF {e.get('decode_speed_ratio_ours_over_hf')}")
-        save()
-    for name in SHAPES:  # child processes; the cubin cache is warm by now
-        b = results["bench"][name]
-        step(b, "start_ours", start_to_first_token, "ours", models[name])
-        if not args.skip_hf and time.perf_counter() - T0 < DEADLINE_S - 40:
-            step(b, "start_hf", start_to_first_token, "hf", models[name])
-        log(f"{name}: start->first token ours {b['start_ours'].get('seconds')} s, "
-            f"HF {b.get('start_hf', {}).get('seconds')} s")
-        save()
+    os.environ["INLOOP_GPU_WORK"] = str(run.work)  # ... and write the SmolLM2-shaped model where the bench finds it
+    if Path(os.environ["INLOOP_CACHE"]).resolve() == (run.work / "cache").resolve():
+        shutil.rmtree(run.work / "cache", ignore_errors=True)  # the compile stage measures a cold build
+    run.results.update(started=time.strftime("%Y-%m-%dT%H:%M:%S"), commit=_commit())
+    for stage in STAGES:
+        code = stage(run)
+        run.save()
+        if code is not None:
+            return code
+    results = run.results
     parity_ok = all(isinstance(p, dict) and p.get("ok") for p in results["parity"].values())
     pt = results.get("pytest", {})
     tests_ok = args.skip_tests or pt.get("passed") is True or pt.get("ran") is False
     results["ok"] = bool(results["compile"].get("all_ok") and parity_ok and tests_ok)
-    save()
+    run.save()
     table = summary_table(results)
-    (out / "summary.txt").write_text(table + "\n")
+    (run.out / "summary.txt").write_text(table + "\n")
     print("\n" + table, flush=True)
     return 0 if results["ok"] else 1
 

@@ -37,8 +37,9 @@ def test_parity_bench_and_report_run(gpu_check, gpu, tmp_path, monkeypatch):
                "total_seconds": 3}
     assert ours["decode_ab"]["served_ms"] > 0 and ours["decode_ab"]["plain_edges_ms"] > 0
     from bench.cuda import probes
+    from inloop.services.runtime.backends.cuda import gemv_timing
 
-    monkeypatch.setattr(probes, "FLUSH_BYTES", 1 << 20)  # no L2 to flush on the double
+    monkeypatch.setattr(gemv_timing, "FLUSH_BYTES", 1 << 20)  # no L2 to flush on the double
     shape = {"hidden_size": 32, "intermediate_size": 48, "vocab_size": 100, "num_attention_heads": 2,
              "num_key_value_heads": 1}
     ours["gemv_tuning"] = {"enabled": True, "measured": 1, "seconds": 0.05, "choices": {
@@ -111,9 +112,9 @@ def test_main_runs_every_step_on_the_double(gpu_check, cubin_cache, tmp_path, mo
     fd = FakeDriver(kernels="contract")
     monkeypatch.setattr(driver_module, "_drv", lambda: fd)
     out, work = tmp_path / "out", tmp_path / "work"
-    from bench.cuda import probes
+    from inloop.services.runtime.backends.cuda import gemv_timing
 
-    monkeypatch.setattr(probes, "FLUSH_BYTES", 1 << 20)  # no L2 to flush on the double
+    monkeypatch.setattr(gemv_timing, "FLUSH_BYTES", 1 << 20)  # no L2 to flush on the double
     monkeypatch.setenv("INLOOP_CUDA_GEMV_TUNE", "1")  # as served: the tuner measures (wall time on the double)
     # main() sets these for its children; registered here so they are put back after the test.
     # The session's cubin cache is kept (warm): main() wipes only a cache of its own work folder.
