@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from inloop.services.contract.backend import Backend, KVCache
+from inloop.services.contract.step_runner import DeviceSampling
 
 from . import compiler
 from .driver import Allocator, Device, Stream, copy_dtod, copy_dtoh, copy_htod, memset_d8
@@ -218,13 +219,12 @@ class CudaBackend(Backend):
                 f"{self.gemv_tuner.measured} shape(s) measured, {len(self.ops.gemv_choices)} known"}
 
     # ---- GPU sampling and the decode graph ------------------------------------------------
-    def sample(self, logits: DeviceTensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-               seed: int = 0, step: int = 0) -> tuple[int, float, float, float]:
+    def sample(self, logits: DeviceTensor, sampling: DeviceSampling = DeviceSampling()) -> tuple[int, float, float, float]:
         """Sample one token from logits [1, V] on the GPU: (token, logprob, entropy, margin), the
         statistics from the temperature-1 distribution (as engine/sampler.py defines them)."""
         self.device.make_current()
         host = new_state()
-        set_sampling(host, temperature, top_k, top_p, seed, step)
+        set_sampling(host, sampling)
         st = self._sample_state
         copy_htod(st.ptr, host.ctypes.data, host.nbytes, self.stream)
         self.ops.sample(logits, st)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from inloop.services.contract.backend import KVCache
+from inloop.services.contract.step_runner import DeviceSampling
 
 from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph
@@ -105,9 +106,8 @@ class DecodeGraph(StepGraph):
         self.host["v_cache"] = cache.v.ptr
         self.host["capacity"] = cache.capacity
 
-    def set_sampling(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                     step: int = 0) -> None:
-        set_sampling(self.host, temperature, top_k, top_p, seed, step)
+    def set_sampling(self, sampling: DeviceSampling) -> None:
+        set_sampling(self.host, sampling)
 
     def _push(self, token: int, pos: int, flags: int) -> None:
         self.be.device.make_current()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from inloop.services.contract.backend import KVCache
+from inloop.services.contract.step_runner import DeviceSampling
 
 from .decode import DecodeGraph
 from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
@@ -139,10 +140,9 @@ class PrefillGraph(StepGraph):
         self.be.synchronize()
         return self._host_all.view(np.float32, n * V).reshape(n, V).copy()
 
-    def sample_for(self, ids, start: int, cache: KVCache, temperature=0.0, top_k=0, top_p=1.0, seed=0,
-                   step=0) -> tuple[int, float, float, float]:
+    def sample_for(self, ids, start: int, cache: KVCache, sampling: DeviceSampling) -> tuple[int, float, float, float]:
         """Run ids and sample the next token on the GPU: (token, logprob, entropy, margin)."""
-        set_sampling(self.host, temperature, top_k, top_p, seed, step)
+        set_sampling(self.host, sampling)
         self._stage(ids, start, cache)
         self._run(True)
         return self._read_result()
@@ -201,12 +201,13 @@ class GraphRunner:
                 for chunk, pos, _ in self._chunks(ids, start, min(ALL_ROWS_MAX, BUCKETS[-1]))]
         return np.concatenate(rows)
 
-    def prefill_sample(self, ids, start: int, cache: KVCache, **sampling) -> tuple[int, float, float, float]:
+    def prefill_sample(self, ids, start: int, cache: KVCache,
+                       sampling: DeviceSampling = DeviceSampling()) -> tuple[int, float, float, float]:
         self._ahead = None
         for chunk, pos, last in self._chunks(ids, start):
             g = self.prefill_graph(len(chunk))
             if last:
-                return g.sample_for(chunk, pos, cache, **sampling)
+                return g.sample_for(chunk, pos, cache, sampling)
             g.logits_for(chunk, pos, cache)
         raise ValueError("prefill needs at least one token")
 
@@ -215,11 +216,11 @@ class GraphRunner:
         self.decode.bind(cache)
         return self.decode.step_logits(token, pos)
 
-    def decode_sample(self, token: int, pos: int, cache: KVCache, temperature=0.0, top_k=0, top_p=1.0, seed=0,
-                      step=0, lookahead: bool = False) -> tuple[int, float, float, float]:
+    def decode_sample(self, token: int, pos: int, cache: KVCache,
+                      sampling: DeviceSampling = DeviceSampling()) -> tuple[int, float, float, float]:
         """Feed `token` at `pos`, sample the next one on the GPU.
 
-        With `lookahead`, the step after this one is launched before this one's result is
+        With `sampling.lookahead`, the step after this one is launched before this one's result is
         read: it feeds the token this step samples (the device state chains them) at pos + 1.
         If the next call asks for exactly that step (same cache and settings, the token this
         call returned, pos + 1, step + 1) it only waits for it, so the host's work between
@@ -228,18 +229,20 @@ class GraphRunner:
         advance the device state, which the next push overwrites (one stream orders it all)."""
         dg = self.decode
         self.be.device.make_current()
-        key = (cache.k.ptr, cache.v.ptr, cache.capacity, float(temperature), int(top_k), float(top_p), int(seed))
+        step = sampling.step
+        key = (cache.k.ptr, cache.v.ptr, cache.capacity, float(sampling.temperature), int(sampling.top_k),
+               float(sampling.top_p), int(sampling.seed))
         ahead, self._ahead = self._ahead, None
         wanted = (key, dg.pushes, token, pos, step)
         if ahead is not None and (ahead.key, ahead.pushes, ahead.token, ahead.pos, ahead.step) == wanted:
             slot, event = ahead.slot, ahead.event
         else:
             dg.bind(cache)
-            dg.set_sampling(temperature, top_k, top_p, seed, step)
+            dg.set_sampling(sampling)
             dg.prime(token, pos)
             slot = 0
             event = dg.launch_into(slot)
-        if lookahead and pos + 1 < cache.capacity:
+        if sampling.lookahead and pos + 1 < cache.capacity:
             nxt = 1 - slot
             self._ahead = Lookahead(key, dg.pushes, pos + 1, step + 1, nxt, dg.launch_into(nxt))
         event.synchronize()

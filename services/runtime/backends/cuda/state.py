@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from inloop.services.contract.step_runner import DeviceSampling
+
 DECODE_STATE = np.dtype({
     "names": ["token", "pos", "rng_step", "top_k", "temperature", "top_p", "seed_lo", "seed_hi",
               "logprob", "entropy", "margin", "flags", "k_cache", "v_cache", "capacity", "rows", "pad"],
@@ -23,11 +25,12 @@ def new_state() -> np.ndarray:
     return s
 
 
-def set_sampling(s: np.ndarray, temperature: float, top_k: int, top_p: float, seed: int, step: int) -> None:
-    s["temperature"] = temperature
-    s["top_k"] = top_k
-    s["top_p"] = top_p
-    seed &= (1 << 64) - 1
+def set_sampling(s: np.ndarray, sampling: DeviceSampling) -> None:
+    """A request's settings, seed and token index into the state the sampler kernels read."""
+    s["temperature"] = sampling.temperature
+    s["top_k"] = sampling.top_k
+    s["top_p"] = sampling.top_p
+    seed = sampling.seed & ((1 << 64) - 1)
     s["seed_lo"] = seed & 0xFFFFFFFF
     s["seed_hi"] = seed >> 32
-    s["rng_step"] = step & 0xFFFFFFFF
+    s["rng_step"] = sampling.step & 0xFFFFFFFF

@@ -67,13 +67,11 @@ class CudaStepRunner(StepRunner):
 
     def sample(self, ids, cache: KVCache, sampling: DeviceSampling) -> tuple[int, float, float, float]:
         ids = self._check(ids, cache)
-        kw = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
-              "seed": sampling.seed, "step": sampling.step}
         start = cache.length
         if len(ids) == 1:
-            out = self.graphs.decode_sample(ids[0], start, cache, lookahead=sampling.lookahead, **kw)
+            out = self.graphs.decode_sample(ids[0], start, cache, sampling)
         else:
-            out = self.graphs.prefill_sample(ids, start, cache, **kw)
+            out = self.graphs.prefill_sample(ids, start, cache, sampling)
         cache.length = start + len(ids)
         return out
 

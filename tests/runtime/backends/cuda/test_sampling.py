@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inloop.services.contract.step_runner import DeviceSampling
 from inloop.services.runtime.engine.sampler import _filter_top_k_top_p, log_softmax, token_stats
 
 RNG = np.random.default_rng(7)
@@ -30,7 +31,7 @@ def test_greedy_tie_takes_the_lowest_index_and_margin_zero(gpu):
 
 def _draws(gpu, logits, n, **kw):
     dev = gpu.upload_activation(logits[None])
-    return np.array([gpu.sample(dev, seed=11, step=i, **kw)[0] for i in range(n)])
+    return np.array([gpu.sample(dev, DeviceSampling(seed=11, step=i, **kw))[0] for i in range(n)])
 
 
 def test_temperature_sampling_follows_softmax(gpu):
@@ -74,7 +75,7 @@ def test_truncated_draw_finds_a_dominant_token_in_any_thread(gpu):
     for pos in (0, 31, 32, 500, 1023, 1024, 2047, 2999):
         lg = logits.copy()
         lg[pos] = 60.0
-        token = gpu.sample(gpu.upload_activation(lg[None]), temperature=0.7, top_k=4, seed=5)[0]
+        token = gpu.sample(gpu.upload_activation(lg[None]), DeviceSampling(temperature=0.7, top_k=4, seed=5))[0]
         assert token == pos, pos
 
 
@@ -82,20 +83,21 @@ def test_truncated_draw_finds_a_dominant_token_in_any_thread(gpu):
 def test_every_logit_masked_gives_token_zero_and_reads_nothing_past_the_row(gpu, kw):
     # as numpy's argmax over all -inf; the kernels must not index the logits with "no token"
     lg = np.full((1, 1000), -np.inf, np.float32)
-    assert gpu.sample(gpu.upload_activation(lg), seed=1, **kw)[0] == 0
+    assert gpu.sample(gpu.upload_activation(lg), DeviceSampling(seed=1, **kw))[0] == 0
 
 
 def test_seeded_sampling_repeats_and_steps_differ(gpu):
     logits = (RNG.standard_normal(2000)).astype(np.float32)
     dev = gpu.upload_activation(logits[None])
-    a = [gpu.sample(dev, temperature=1.0, seed=3, step=s)[0] for s in range(20)]
-    b = [gpu.sample(dev, temperature=1.0, seed=3, step=s)[0] for s in range(20)]
-    c = [gpu.sample(dev, temperature=1.0, seed=4, step=s)[0] for s in range(20)]
+    a = [gpu.sample(dev, DeviceSampling(temperature=1.0, seed=3, step=s))[0] for s in range(20)]
+    b = [gpu.sample(dev, DeviceSampling(temperature=1.0, seed=3, step=s))[0] for s in range(20)]
+    c = [gpu.sample(dev, DeviceSampling(temperature=1.0, seed=4, step=s))[0] for s in range(20)]
     assert a == b and a != c and len(set(a)) > 1
 
 
 def test_stats_come_from_the_temperature_one_distribution(gpu):
     logits = (RNG.standard_normal(300) * 2).astype(np.float32)
-    token, logprob, entropy, margin = gpu.sample(gpu.upload_activation(logits[None]), temperature=1.5, top_k=10, seed=1)
+    settings = DeviceSampling(temperature=1.5, top_k=10, seed=1)
+    token, logprob, entropy, margin = gpu.sample(gpu.upload_activation(logits[None]), settings)
     ref = token_stats(log_softmax(logits), token)
     assert abs(logprob - ref.logprob) < 1e-4 and abs(entropy - ref.entropy) < 1e-4 and abs(margin - ref.margin) < 1e-5
