@@ -208,3 +208,20 @@ def test_calculator_arithmetic(expr, value):
 def test_calculator_refuses(expr, message):
     with pytest.raises(ToolError, match=message):
         calculator(None, expr)
+
+
+@pytest.mark.parametrize("text", [
+    "a" + " " * 19998 + "b",                      # a long run of spaces: `\s+...$` retried at every position
+    "a" + "." * 19998 + "b", "2 x " * 5000, " @" * 10000, ("Latte " + " " * 50 + "x 2 ") * 300,
+], ids=["spaces", "dots", "qty", "at", "mixed"])
+def test_a_hostile_20kb_receipt_is_answered_in_linear_time(text):
+    """The quadratic parse took 3 s on the first of these; linear takes ~20 ms (best of 3: the
+    bound is about the algorithm, not a busy machine)."""
+    import time
+
+    def once() -> float:
+        started = time.perf_counter()
+        extract_receipt(None, text[:20_000])
+        return time.perf_counter() - started
+
+    assert min(once() for _ in range(3)) < 0.1

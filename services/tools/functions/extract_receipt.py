@@ -50,6 +50,8 @@ _HEADER_SKIP = re.compile(
     r"^\s*(?:receipt|invoice|sales\s+receipt|tax\s+invoice|order\b|table\b|server\b|cashier\b|"
     r"tel\b|phone\b|fax\b|www\.|http)|\(\d{3}\)|\d{3}[-. ]\d{3}[-. ]\d{4}|@|\.com\b", re.I)
 _ADDRESS = re.compile(r"^\s*\d+[a-z]?\s+\w+|\b\d{5}(?:-\d{4})?\s*$|\b(?:street|st\.|ave|avenue|road|rd\.|blvd|suite)\b", re.I)
+_SPACES = re.compile(r"\s+")
+_LEADERS = re.compile(r"\.{2,}")
 _QTY = re.compile(r"^\s*\d+\s*[x×@]\s*|\s+[x×]\s*\d+\s*$|\s+\d+\s*@.*$|\s+@.*$|^\s*[x×]\s*\d+\s+", re.I)
 
 
@@ -91,8 +93,18 @@ def find_date(text: str) -> str | None:
     return min(found)[1].isoformat() if found else None
 
 
+_TRIM = frozenset("*=#~_-•·.:|")
+
+
 def _clean(text: str) -> str:
-    return re.sub(r"^[\s*=#~_\-•·.:|]+|[\s*=#~_\-•·.:|]+$", "", text)
+    """Without leading and trailing whitespace and decoration. A scan from each end: a regex
+    `[...]+$` retries at every position of a long run, which is quadratic in its length."""
+    i, j = 0, len(text)
+    while i < j and (text[i].isspace() or text[i] in _TRIM):
+        i += 1
+    while j > i and (text[j - 1].isspace() or text[j - 1] in _TRIM):
+        j -= 1
+    return text[i:j]
 
 
 def find_merchant(lines: list[str]) -> str | None:
@@ -141,8 +153,9 @@ def find_items(lines: list[str], merchant: str | None) -> list[dict]:
         if not amounts or _NOT_ITEM.search(line) or find_date(line):
             continue
         name = _AMOUNT.sub(" ", line[:amounts[-1].start()])
-        name = _clean(_QTY.sub("", _clean(re.sub(r"\s*\.{2,}\s*", " ", name))))
-        name = re.sub(r"\s{2,}", " ", name)
+        # runs of whitespace become one space first: _QTY's `\s+...$` alternatives are
+        # quadratic in the length of a run
+        name = _clean(_QTY.sub("", _clean(_SPACES.sub(" ", _LEADERS.sub(" ", name)))))
         if len(re.findall(r"[^\W\d_]", name)) < 2 or name == merchant:
             continue
         items.append({"name": name, "price": parse_amount(amounts[-1])})
