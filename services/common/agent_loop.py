@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 from opentelemetry import trace
 
@@ -34,6 +35,9 @@ class _Run:
         self.task = task
         self.t0 = time.monotonic()
         self.steps: list[Step] = []
+        # Part of every call id, which is the call's idempotency key: two runs that share a
+        # task_id must not share keys (the second run's writes would be answered as replays).
+        self.run_id = uuid.uuid4().hex[:8]
 
     def begin(self) -> float:
         return time.monotonic()
@@ -177,7 +181,7 @@ async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: st
         except HopError as exc:
             run.add(started, Step("tool", call.name, "error", exc.error_type, str(exc), exc.attempts))
             return run.done(False, error_type=exc.error_type, message=f"a scripted state change failed: {exc}")
-        call_id = f"{task.task_id}-{tool_calls}"
+        call_id = f"{task.task_id}-{run.run_id}-{tool_calls}"
         try:
             out = await _tool_call(task, tools, call.name, call.arguments, call_id)
         except HopError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from inloop.services.contract.errors import InvalidRequest
+from inloop.services.contract import validation
 from inloop.services.contract.generation import (
     ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenEvent, TokenStats, UncertaintySummary,
 )
@@ -50,10 +50,8 @@ def request_from_proto(msg: pb.GenerateRequest, request_id: str | None = None) -
 
 def tool_from_proto(t: tools_pb2.ToolDefinition, index: int) -> dict:
     """A ToolDefinition as the OpenAI-style dict the engine takes."""
-    try:
-        params = json.loads(t.parameters_json) if t.parameters_json else {"type": "object", "properties": {}}
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"tools[{index}].parameters_json", f"not JSON: {exc.msg}") from None
+    params = validation.parse_json(f"tools[{index}].parameters_json", t.parameters_json) if t.parameters_json \
+        else {"type": "object", "properties": {}}
     return {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": params}}
 
 

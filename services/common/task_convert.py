@@ -7,10 +7,12 @@ INVALID_ARGUMENT message on both.
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from inloop.services.common.gate_defaults import default_gate
 from inloop.services.common.generate_convert import summary_to_proto
+from inloop.services.contract import validation
 from inloop.services.contract.errors import InvalidRequest
 from inloop.services.contract.faults import parse_abort, parse_delay
 from inloop.services.contract.generation import ROLES, SamplingParams
@@ -22,6 +24,7 @@ DEFAULT_MAX_STEPS = 4
 MAX_STEPS_LIMIT = 16
 DEFAULT_DEADLINE_MS = 60_000.0
 MAX_SETUP_CHARS = 16_384
+MAX_TASK_ID_CHARS = 128  # it names the task's KV session, tool namespace and idempotency keys
 MAX_TASK_CHARS = 200_000  # far over any context we serve; refusing early keeps the worker free
 
 
@@ -46,6 +49,27 @@ def _gate(gate: pb.GateConfig) -> GateConfig:
     return GateConfig(gate.enabled, statistic or "mean_logprob", threshold, gate.tool or "search")
 
 
+def _check_fault(fault: pb.FaultSpec) -> None:
+    validation.header_text("fault.key", fault.key)
+    for name, value, parse in (("abort", fault.abort, parse_abort), ("delay", fault.delay, parse_delay)):
+        if value:
+            validation.header_text(f"fault.{name}", value)
+            try:
+                parse(value, where=f"fault.{name}")
+            except ValueError as exc:
+                raise InvalidRequest(f"fault.{name}", str(exc)) from None
+
+
+def _check_policy(policy: pb.RoutePolicy) -> None:
+    """The external route's hop policy; checked on both routes, so a task is valid or not
+    whichever route it is sent to."""
+    for name in ("per_try_timeout_ms", "runtime_per_try_timeout_ms", "backoff_base_ms", "backoff_max_ms"):
+        validation.milliseconds(f"policy.{name}", getattr(policy, name))
+    if not 0 <= policy.attempts <= validation.MAX_ATTEMPTS:
+        raise InvalidRequest("policy.attempts", f"must be in [1, {validation.MAX_ATTEMPTS}] (0 = 1)")
+    validation.retry_on("policy.retry_on", list(policy.retry_on))
+
+
 def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) -> TaskSpec:
     """Validate and convert; raises InvalidRequest naming the field."""
     if not req.messages:
@@ -68,25 +92,19 @@ def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) 
         raise InvalidRequest("tool_choice", "'required' needs at least one tool in `tools`")
     if not 0 <= req.max_steps <= MAX_STEPS_LIMIT:
         raise InvalidRequest("max_steps", f"must be in [1, {MAX_STEPS_LIMIT}] (0 = {DEFAULT_MAX_STEPS})")
-    if req.deadline_ms < 0:
-        raise InvalidRequest("deadline_ms", "must be >= 0 (0 = 60 s)")
+    validation.milliseconds("deadline_ms", req.deadline_ms)
+    validation.header_text("task_id", req.task_id, MAX_TASK_ID_CHARS)
     if len(req.setup_json) > MAX_SETUP_CHARS:
         raise InvalidRequest("setup_json", f"over {MAX_SETUP_CHARS} characters")
-    try:
-        setup = json.loads(req.setup_json) if req.setup_json else {}
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest("setup_json", f"not JSON: {exc.msg}") from None
-    if not isinstance(setup, dict):
-        raise InvalidRequest("setup_json", "must be a JSON object")
-    for name, value, parse in (("abort", req.fault.abort, parse_abort), ("delay", req.fault.delay, parse_delay)):
-        if value:
-            try:
-                parse(value, where=f"fault.{name}")
-            except ValueError as exc:
-                raise InvalidRequest(f"fault.{name}", str(exc)) from None
+    setup = validation.task_setup("setup_json", validation.parse_json("setup_json", req.setup_json)) \
+        if req.setup_json else {}
+    _check_fault(req.fault)
+    _check_policy(req.policy)
     gate = req.gate
     if gate.enabled and gate.statistic not in ("", "mean_logprob", "min_margin"):
         raise InvalidRequest("gate.statistic", "use mean_logprob or min_margin")
+    if not math.isfinite(gate.threshold):
+        raise InvalidRequest("gate.threshold", f"must be a finite number, got {gate.threshold}")
     try:
         sampling = _sampling(req.sampling)
     except InvalidRequest as exc:

@@ -167,6 +167,9 @@ def _text(value: Any) -> str:
 
 def _pairs(text: str, where: str) -> dict:
     """"every=2;status=UNAVAILABLE" -> {"every": "2", "status": "UNAVAILABLE"}."""
+    bad = next((c for c in text if not " " <= c <= "~"), None)
+    if bad is not None:  # it travels in a gRPC header: a newline or U+202E would never arrive
+        raise FaultSpecError(f"{where}: must be printable ASCII, found {bad!r}")
     out = {}
     for part in filter(None, (p.strip() for p in re.split(r"[;,]", text))):
         name, sep, value = part.partition("=")

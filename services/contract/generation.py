@@ -3,11 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from inloop.services.contract import validation
 from inloop.services.contract.errors import InvalidRequest
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TOKENS_LIMIT = 4096
 MAX_PROMPT_CHARS = 200_000  # far over any context we serve; refused before tokenizing
+MAX_TEMPERATURE = 100.0
+MIN_TEMPERATURE = 1e-5      # below it (but above 0) the scaled logits overflow float32: use 0 for greedy
+MAX_STOP_STRINGS = 16       # as OpenAI's API allows 4; each checked against every new token
+MAX_STOP_CHARS = 256
+MAX_SEED = 2 ** 63 - 1
 
 
 @dataclass(frozen=True)
@@ -25,12 +31,20 @@ class SamplingParams:
             raise InvalidRequest("max_tokens", f"must be > 0, got {self.max_tokens}")
         if self.max_tokens > max_tokens_limit:
             raise InvalidRequest("max_tokens", f"must be <= {max_tokens_limit}, got {self.max_tokens}")
-        if not self.temperature >= 0.0:  # also rejects NaN
-            raise InvalidRequest("temperature", f"must be >= 0, got {self.temperature}")
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):  # and NaN
+            raise InvalidRequest("temperature", f"must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, "
+                                                f"{MAX_TEMPERATURE:g}], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidRequest("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise InvalidRequest("top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise InvalidRequest("seed", f"must be in [0, 2^63 - 1] (unset = random), got {self.seed}")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise InvalidRequest("stop", f"{len(self.stop)} stop strings; the limit is {MAX_STOP_STRINGS}")
+        for i, s in enumerate(self.stop):
+            if not 0 < len(s) <= MAX_STOP_CHARS:
+                raise InvalidRequest(f"stop[{i}]", f"must have 1 to {MAX_STOP_CHARS} characters, has {len(s)}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class GenerateRequest:
             params = fn.get("parameters", {"type": "object", "properties": {}})
             if not isinstance(params, dict) or params.get("type", "object") != "object":
                 raise InvalidRequest(f"tools[{i}].function.parameters", "must be a JSON Schema of type object")
+            validation.tool_schema(f"tools[{i}].function.parameters", params)
             names.append(fn["name"])
         if self.tool_choice not in ("none", "auto", "required") and self.tool_choice not in names:
             raise InvalidRequest("tool_choice", f"{self.tool_choice!r} is not none, auto, required or an offered tool "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from inloop.services.contract.errors import ToolArgumentError
+from inloop.services.contract.validation import shown
 
 MAX_TEXT_CHARS = 20_000  # a receipt or a passage, not a book: keeps every call cheap
 MAX_EXPRESSION_CHARS = 500  # calculator
@@ -132,7 +133,7 @@ def validate_arguments(name: str, args: Any) -> None:
         raise ToolArgumentError(f"the tool name is empty; offered tools: {', '.join(TOOL_SCHEMAS)}")
     spec = TOOL_SCHEMAS.get(name)
     if spec is None:
-        raise ToolArgumentError(f"unknown tool {name!r}; offered tools: {', '.join(TOOL_SCHEMAS)}")
+        raise ToolArgumentError(f"unknown tool {shown(name)}; offered tools: {', '.join(TOOL_SCHEMAS)}")
     if not isinstance(args, dict):
         raise ToolArgumentError(f"{name} arguments must be a JSON object, not {_type_name(args)}")
     _check(spec.parameters, args, name)  # messages read "calculator.expression must be ..."

@@ -8,6 +8,7 @@ switches fault profiles per request without restarting anything.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
 
 DEFAULT_RETRY_ON = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+TRANSPORT_GRACE_S = 0.25  # past a try's deadline, how long we wait for gRPC to end it itself
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,10 @@ class _Hop:
         attempts = 0
         last: grpc.RpcError | None = None
         p = self.policy
+        backoff = wait_random_exponential(multiplier=p.backoff_base_s, max=p.backoff_max_s)
         retrying = AsyncRetrying(stop=stop_after_attempt(p.attempts), reraise=True,
-                                 wait=wait_random_exponential(multiplier=p.backoff_base_s, max=p.backoff_max_s),
+                                 # no sleep outlives the task: the next try then finds no time left
+                                 wait=lambda state: min(backoff(state), max(task.remaining_s(), 0.0)),
                                  retry=retry_if_exception(self._retryable))
         try:
             async for attempt in retrying:
@@ -86,7 +90,7 @@ class _Hop:
                     attempts += 1
                     timeout = min(p.per_try_timeout_s, remaining) if p.per_try_timeout_s > 0 else remaining
                     try:
-                        return await self._timed(call(timeout), retry=attempts > 1), attempts
+                        return await self._bounded(call(timeout), timeout, attempts), attempts
                     except grpc.RpcError as exc:
                         last = exc
                         raise
@@ -94,6 +98,15 @@ class _Hop:
             raise self._hop_error(exc, attempts) from None
         except RetryError:  # not raised with reraise=True, kept for safety
             raise self._hop_error(last, attempts) from None
+
+    async def _bounded(self, pending, timeout: float, attempts: int):
+        """One try, ended by us when the transport has not ended it shortly after its own
+        deadline (a call that never completes must not hold the task past its deadline)."""
+        try:
+            return await asyncio.wait_for(self._timed(pending, retry=attempts > 1), timeout + TRANSPORT_GRACE_S)
+        except asyncio.TimeoutError:
+            raise HopError(self.timeout_type, f"no answer within {timeout:.3f} s (the try's deadline); the "
+                                              "call was abandoned", attempts) from None
 
     async def _timed(self, pending, retry: bool = False):
         """Await one call over the hop, recording its duration and outcome (a cancel is an error)."""
@@ -157,7 +170,8 @@ class ToolsHop(_Hop):
 
     async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:
         req = tools_pb2.ToolCallRequest(name=name, arguments_json=json.dumps(arguments), session=task.task_id)
+        timeout = max(task.remaining_s(), 0.001)
         try:
-            await self._timed(self.stub.Call(req, timeout=max(task.remaining_s(), 0.001), metadata=NO_FAULTS))
+            await self._bounded(self.stub.Call(req, timeout=timeout, metadata=NO_FAULTS), timeout, 1)
         except grpc.RpcError as exc:
             raise self._hop_error(exc, 1) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import pytest
@@ -129,7 +130,8 @@ def test_tool_call_then_answer():
     tool_step = out.steps[1]
     assert tool_step.arguments == {"expression": "2+3"} and tool_step.attempts == 2 and tool_step.status == "ok"
     assert out.retries == 1
-    assert tools.calls == [("calculator", {"expression": "2+3"}, "t-1-1")]
+    (name, args, call_id), = tools.calls
+    assert (name, args) == ("calculator", {"expression": "2+3"}) and re.fullmatch(r"t-1-[0-9a-f]{8}-1", call_id)
     # the first step is forced as asked; after a tool result the model may answer (auto)
     assert model.choices == ["required", "auto"]
     second_messages = model.calls[1][0]
@@ -146,11 +148,17 @@ def test_tool_choice_none_never_parses_a_call():
     assert out.ok and out.answer == text and len(out.steps) == 1
 
 
-def test_several_tool_calls_get_numbered_call_ids():
-    model = FakeModel(call_text("calculator", expression="1+1"), call_text("calculator", expression="2*2"), "4")
-    tools = FakeTools({"calculator": lambda a: {"result": a["expression"]}})
-    out = run(make_task(), model, tools)
-    assert out.ok and [c[2] for c in tools.calls] == ["t-1-1", "t-1-2"]
+def test_call_ids_are_numbered_and_unique_per_run_of_a_task_id():
+    """A call id is its write's idempotency key: two runs reusing a task_id must not share
+    them (the second run's increment was answered as a replay and the counter moved once)."""
+    ids = []
+    for _ in range(2):
+        model = FakeModel(call_text("calculator", expression="1+1"), call_text("calculator", expression="2*2"), "4")
+        tools = FakeTools({"calculator": lambda a: {"result": a["expression"]}})
+        out = run(make_task(), model, tools)
+        ids.append([c[2] for c in tools.calls])
+    assert out.ok and [i[-2:] for i in ids[0]] == ["-1", "-2"] and ids[0][0][:-2] == ids[0][1][:-2]
+    assert not set(ids[0]) & set(ids[1])
     assert [m["role"] for m in model.calls[-1][0]] == ["system", "user", "assistant", "tool", "assistant", "tool"]
 
 

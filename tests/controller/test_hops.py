@@ -223,6 +223,33 @@ def test_no_try_outlives_the_tasks_deadline():
     assert took < 1.0, took  # the per-try timeout (5 s) is capped by the task's remaining 0.3 s
 
 
+def test_backoff_never_sleeps_past_the_tasks_deadline():
+    """With a backoff of 1e6 s, the task still ends at its own deadline (issue: 18 s for a
+    1 s deadline, or until the client gave up)."""
+    policy = Policy(attempts=3, backoff_base_s=1e6, backoff_max_s=1e6)
+    out, took = call_tool(FlakyTools(fail_first=5), policy, spec=task(deadline_s=0.5))
+    assert isinstance(out, HopError) and out.error_type == "tool_timeout" and took < 1.5, (out, took)
+
+
+def test_a_call_the_transport_never_ends_is_cut_at_its_deadline(monkeypatch):
+    """Whatever gRPC does (an unsendable header once hung Tools.Call forever), a try ends
+    shortly after its deadline and the hop fails typed."""
+    class Never:
+        def Call(self, req, timeout, metadata):
+            return asyncio.get_running_loop().create_future()  # never done: ignores its timeout
+
+    async def run():
+        async with grpc.aio.insecure_channel("127.0.0.1:9") as channel:
+            hop = ToolsHop(channel, Policy(attempts=2, backoff_base_s=0.01, backoff_max_s=0.01), Faults())
+            hop.stub = Never()
+            await hop.call(task(deadline_s=0.3), "calculator", {"expression": "1"}, "id")
+
+    started = time.monotonic()
+    with pytest.raises(HopError) as err:
+        asyncio.run(run())
+    assert err.value.error_type == "tool_timeout" and time.monotonic() - started < 0.3 + 2 * 0.25 + 0.5
+
+
 def test_a_task_already_past_its_deadline_makes_no_call():
     server = FlakyTools()
     err, _ = call_tool(server, Policy(attempts=3, **FAST), spec=task(deadline_s=-1.0))

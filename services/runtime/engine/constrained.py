@@ -36,13 +36,21 @@ class Driver(Protocol):
     def pick(self, allowed: np.ndarray) -> int: ...      # sample among allowed tokens, append it
     def force(self, text: str) -> bool: ...               # append fixed text; False if over budget
     def remaining(self) -> int: ...                       # tokens left in the budget
+    def stopped(self) -> bool: ...                        # the request was cancelled or expired
 
 
 class BudgetExhausted(Exception):
     """The token budget ran out inside the call (the output is then not a complete call)."""
 
 
+class Stopped(Exception):
+    """The request was cancelled or its deadline passed inside the call: it ends at the next
+    token, as a free generation does."""
+
+
 def _force(d: Driver, text: str) -> None:
+    if d.stopped():
+        raise Stopped()
     if not d.force(text):
         raise BudgetExhausted()
 
@@ -54,6 +62,9 @@ def _mask(size: int, ids) -> np.ndarray:
 
 
 def _check_budget(d: Driver) -> None:
+    """Before each token the grammar picks: the budget, and whether the caller still waits."""
+    if d.stopped():
+        raise Stopped()
     if d.remaining() <= 0:
         raise BudgetExhausted()
 
@@ -78,6 +89,8 @@ def _string(d: Driver) -> None:
     _force(d, '"')
     allowed = d.masks.string_body | d.masks.string_close
     for _ in range(MAX_STRING_TOKENS):
+        if d.stopped():
+            raise Stopped()
         if d.remaining() <= CLOSING_RESERVE:
             break
         token = d.pick(allowed)

@@ -28,6 +28,21 @@ class IncrementalDecoder:
         return ""
 
 
+def _overlap(text: str, stop: str) -> int:
+    """The length of the longest proper prefix of `stop` that `text` ends with, in time linear
+    in len(stop) (the prefix function of stop, a separator, text's tail; trying each length
+    with endswith is quadratic)."""
+    tail = text[-(len(stop) - 1):] if len(stop) > 1 else ""
+    s = [*stop, None, *tail]  # None: a separator no character equals
+    pi = [0] * len(s)
+    for i in range(1, len(s)):
+        k = pi[i - 1]
+        while k and s[i] != s[k]:
+            k = pi[k - 1]
+        pi[i] = k + 1 if s[i] == s[k] else k
+    return min(pi[-1], len(stop) - 1) if tail else 0
+
+
 class StopMatcher:
     """Finds stop strings in the generated text and holds back text that may start one."""
 
@@ -46,12 +61,8 @@ class StopMatcher:
                 out = self.text[self.emitted:]
                 self.emitted = len(self.text)
                 return out, True
-        hold = 0
-        for stop in self.stops:  # the longest tail of text that is a prefix of a stop string
-            for n in range(min(len(stop) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(stop[:n]):
-                    hold = max(hold, n)
-                    break
+        # hold back the longest tail of text that is a prefix of a stop string
+        hold = max((_overlap(self.text, stop) for stop in self.stops), default=0)
         safe_end = max(self.emitted, len(self.text) - hold)
         out = self.text[self.emitted:safe_end]
         self.emitted = safe_end

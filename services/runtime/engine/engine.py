@@ -214,6 +214,7 @@ class Engine:
         constrained = bool(req.tools) and req.tool_choice != "none"
         gen = Generation(self, ids, cache, Sampler(sp), budget, sp.stop, on_token,
                          self.masks if constrained else None)
+        gen.should_stop = should_stop
         finish = "length"
         keep_session = False
         try:
@@ -252,6 +253,8 @@ class Engine:
             constrained.tool_call(gen, tools, only=only, opened=opened)
         except constrained.BudgetExhausted:
             return "length"
+        except constrained.Stopped:
+            return "cancelled"
         return "tool_calls"
 
     @staticmethod

@@ -45,6 +45,7 @@ class Generation:
         self.stats: list[TokenStats] = []
         self.timings = Timings()
         self.stop_hit = False
+        self.should_stop: Callable[[], bool] | None = None  # the request's cancel/deadline check
         self.runner = engine.runner
         self._logits: np.ndarray | None = None   # host logits after the last host-logits feed
         self._pending: list[int] = []            # queued for the model, not yet fed (prompt, then a token)
@@ -98,6 +99,9 @@ class Generation:
         """The ids whose keys/values are in the cache (everything but a pending token)."""
         n = self.cache.length
         return (self.prompt_ids + self.out_ids)[:n]
+
+    def stopped(self) -> bool:
+        return bool(self.should_stop and self.should_stop())
 
     def remaining(self) -> int:
         return self.budget - len(self.out_ids)

@@ -18,13 +18,15 @@ import asyncio
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from inloop.services.common import metrics
 from inloop.services.common.grpc_server import create_server, serve_until_signal
 from inloop.services.common.logging import get_logger
-from inloop.services.contract.errors import FaultSpecError, ToolError
+from inloop.services.contract import validation
+from inloop.services.contract.errors import FaultSpecError, InvalidRequest, ToolError
 from inloop.services.contract.faults import FaultSpec
 from inloop.services.contract.tool_schema import TOOL_SCHEMAS
 from inloop.services.tools.registry import TOOLS, execute
@@ -38,6 +40,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tools"].full_name  # "inloop.v1.T
 # Tool calls carry a receipt or a query, not documents: 1 MiB is generous, and a smaller
 # limit turns a runaway caller into a clear RESOURCE_EXHAUSTED instead of memory use.
 MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_KEY_CHARS = 256
+TOOL_TIMEOUT_S = 5.0     # a tool runs in milliseconds; past this it is a bug, answered DEADLINE_EXCEEDED
+TOOL_THREADS = 4         # tools run off the event loop, so health and other calls stay answered
 
 
 class Rejected(Exception):
@@ -48,21 +53,25 @@ class Rejected(Exception):
         self.code, self.detail = code, detail
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_arguments(text: str) -> dict:
-    """The arguments object; "" means no arguments (what OpenAI sends for a no-arg tool)."""
+    """The arguments object; "" means no arguments (what OpenAI sends for a no-arg tool).
+    The contract's JSON check refuses NaN, numbers beyond float range and deep nesting."""
     if not text.strip():
         return {}
     try:
-        # NaN/Infinity are Python's extension, not JSON: refuse them like any other typo.
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+        return validation.parse_json("arguments_json", text)
+    except InvalidRequest as exc:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"arguments_json is not valid JSON ({exc}); send one JSON object, "
-                       f'e.g. {{"expression": "2+3"}}') from None
+                       f"{exc}; send one JSON object, e.g. {{\"expression\": \"2+3\"}}") from None
+
+
+def check_names(request: pb.ToolCallRequest) -> None:
+    """The call's session and idempotency key name state that lives on: bounded, printable."""
+    for field in ("session", "idempotency_key", "call_id"):
+        try:
+            validation.header_text(field, getattr(request, field), MAX_KEY_CHARS)
+        except InvalidRequest as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 class ToolsServicer(tools_pb2_grpc.ToolsServicer):
@@ -73,6 +82,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
         self.state = state
         self.default_faults = default_faults
         self.injector = injector or FaultInjector()
+        self._pool = ThreadPoolExecutor(TOOL_THREADS, thread_name_prefix="tool")
         self.max_concurrency = max_concurrency
         self.in_flight = 0  # only touched on the event loop's thread: no lock needed
         metrics.track_queue_depth("tools", lambda: self.in_flight)
@@ -95,9 +105,10 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
                                "concurrent calls; retry with backoff")
             self.in_flight += 1
             try:
+                check_names(request)
                 decision = self.injector.decide(spec)
                 await self._inject(decision, context)
-                response = self._run(request, call_id)
+                response = await self._run_off_loop(request, call_id, context)
             finally:
                 self.in_flight -= 1
         except Rejected as exc:
@@ -143,18 +154,30 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
         if remaining is not None and remaining <= 0:
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the tool ran")
 
+    async def _run_off_loop(self, request: pb.ToolCallRequest, call_id: str, context) -> pb.ToolCallResponse:
+        """The tool on a worker thread, bounded by the call's deadline and TOOL_TIMEOUT_S. A
+        write keeps its idempotency record even if the caller is gone by then: its retry
+        (same key) is answered from the record."""
+        remaining = context.time_remaining()
+        timeout = TOOL_TIMEOUT_S if remaining is None else max(min(remaining, TOOL_TIMEOUT_S), 0.0)
+        work = asyncio.get_running_loop().run_in_executor(self._pool, self._run, request, call_id)
+        try:
+            return await asyncio.wait_for(work, timeout)
+        except asyncio.TimeoutError:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"tool {request.name!r} ran past {timeout:.3f} s (the call's deadline or "
+                           f"{TOOL_TIMEOUT_S:g} s)") from None
+
     def _run(self, request: pb.ToolCallRequest, call_id: str) -> pb.ToolCallResponse:
         args = parse_arguments(request.arguments_json)
         try:
-            # Inline on the event loop: every tool is bounded to milliseconds (capped
-            # inputs, small corpus), and inline keeps a call atomic w.r.t. cancellation.
             outcome = execute(self.state, request.name, args, request.idempotency_key, request.session)
         except ToolError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        except Exception as exc:  # a bug in a tool: report it, keep serving
+        except Exception as exc:  # a bug in a tool: report it (the log has the traceback), keep serving
             log.error("tool_failed", call_id=call_id, tool=request.name, exc_info=exc)
-            raise Rejected(grpc.StatusCode.INTERNAL,
-                           f"internal error in tool {request.name!r}: {type(exc).__name__}: {exc}") from None
+            raise Rejected(grpc.StatusCode.INTERNAL, f"internal error in tool {request.name!r} "
+                                                     f"(call {call_id}); the service log has the details") from None
         return pb.ToolCallResponse(result_json=json.dumps(outcome.result, ensure_ascii=False),
                                    call_id=call_id, replayed=outcome.replayed)
 

@@ -47,6 +47,22 @@ def test_required_choice_always_yields_a_schema_valid_call(engine, seed):
     jsonschema.validate(call.arguments, _schema(call.name))
 
 
+@pytest.mark.parametrize("after", [0, 1, 3, 8])
+def test_a_cancelled_forced_call_stops_at_the_next_token(engine, after):
+    """The constrained decoder asks should_stop before every token it picks or forces, as the
+    free loop does: the worker is free at the next token, not at the end of the call."""
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) > after
+
+    full = engine.generate(_req("required", seed=1, temperature=1.0))
+    result = engine.generate(_req("required", seed=1, temperature=1.0), should_stop=should_stop)
+    assert result.finish_reason == "cancelled" and len(asked) == after + 1  # the first True ends it
+    assert result.completion_tokens < full.completion_tokens and full.text.startswith(result.text)
+
+
 def test_named_choice_forces_that_tool(engine):
     for seed in range(3):
         call = parse_tool_call(engine.generate(_req("kv", seed=seed, temperature=1.0)).text)

@@ -139,12 +139,15 @@ def test_call_runs_tools_and_echoes_call_id(server):
 @pytest.mark.parametrize("name, raw, message", [
     ("", "{}", "tool name is empty"),
     ("teleport", "{}", "unknown tool 'teleport'"),
-    ("calculator", "{expression: 1+1}", "arguments_json is not valid JSON"),
-    ("calculator", '{"expression": NaN}', "not valid JSON"),
+    ("calculator", "{expression: 1+1}", "arguments_json: not JSON"),
+    ("calculator", '{"expression": NaN}', "NaN is not JSON"),
     ("calculator", "[1]", "must be a JSON object"),
     ("calculator", '{"expr": "1+1"}', "missing required argument"),
     ("calculator", '{"expression": "__import__(\'os\')"}', "function calls are not allowed"),
     ("calculator", '{"expression": "1/0"}', "division by zero"),
+    ("calculator", '{"expression": ' + "[" * 1000 + "]" * 1000 + "}", "nests deeper than"),
+    ("kv", '{"op": "put", "key": "n", "value": 1' + "0" * 400 + "}", "integer beyond the range of a float"),
+    ("teleport" * 200, "{}", "unknown tool 'teleportteleport"),  # echoed cut short
 ])
 def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(server, name, raw, message):
     with pytest.raises(grpc.RpcError) as info:
