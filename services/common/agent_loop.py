@@ -35,6 +35,7 @@ class _Run:
         self.task = task
         self.t0 = time.monotonic()
         self.steps: list[Step] = []
+        self.finish_reason = ""  # the last model step's
         # Part of every call id, which is the call's idempotency key: two runs that share a
         # task_id must not share keys (the second run's writes would be answered as replays).
         self.run_id = uuid.uuid4().hex[:8]
@@ -50,7 +51,7 @@ class _Run:
 
     def done(self, ok: bool, answer: str = "", error_type: str = "", message: str = "") -> TaskOutcome:
         return TaskOutcome(self.task.task_id, ok, answer, self.steps, error_type, message,
-                           (time.monotonic() - self.t0) * 1e3)
+                           (time.monotonic() - self.t0) * 1e3, self.finish_reason)
 
 
 def _tool_span(name: str, call_id: str = "", scripted: bool = False):
@@ -153,11 +154,19 @@ async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: st
         step = run.add(started, Step("model", model.name, attempts=reply.attempts, text=reply.text,
                                      prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                                      uncertainty=reply.uncertainty))
+        run.finish_reason = reply.finish_reason
         try:
             call = parse_tool_call(reply.text) if choice != "none" else None
         except ToolCallParseError as exc:
-            step.status, step.error_type, step.detail = "error", TaskError.BAD_TOOL_CALL, str(exc)
-            return run.done(False, error_type=TaskError.BAD_TOOL_CALL, message=str(exc))
+            why = str(exc) if reply.finish_reason != "length" else \
+                f"the call was cut off at max_tokens ({reply.completion_tokens} tokens): {exc}"
+            step.status, step.error_type, step.detail = "error", TaskError.BAD_TOOL_CALL, why
+            return run.done(False, error_type=TaskError.BAD_TOOL_CALL, message=why)
+        if call is None and choice not in ("none", "auto"):  # a forced call cut short by max_tokens
+            step.status, step.error_type = "error", TaskError.BAD_TOOL_CALL
+            step.detail = (f"the forced call to {choice} ended ({reply.finish_reason}) before it was complete; "
+                           f"raise max_tokens ({reply.completion_tokens} tokens were not enough)")
+            return run.done(False, error_type=TaskError.BAD_TOOL_CALL, message=step.detail)
         if call is None:
             stat = task.gate.statistic_of(reply.uncertainty)
             if (task.gate.enabled and not gated and task.gate.tool in offered and stat is not None

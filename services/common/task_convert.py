@@ -15,7 +15,7 @@ from inloop.services.common.generate_convert import summary_to_proto
 from inloop.services.contract import validation
 from inloop.services.contract.errors import InvalidRequest
 from inloop.services.contract.faults import parse_abort, parse_delay
-from inloop.services.contract.generation import ROLES, SamplingParams
+from inloop.services.contract.generation import ChatMessage, SamplingParams, check_messages
 from inloop.services.contract.task import GateConfig, TaskOutcome, TaskSpec, new_task_id
 from inloop.services.contract.tool_schema import TOOL_SCHEMAS
 from inloop.v1 import runtime_pb2 as pb
@@ -25,7 +25,6 @@ MAX_STEPS_LIMIT = 16
 DEFAULT_DEADLINE_MS = 60_000.0
 MAX_SETUP_CHARS = 16_384
 MAX_TASK_ID_CHARS = 128  # it names the task's KV session, tool namespace and idempotency keys
-MAX_TASK_CHARS = 200_000  # far over any context we serve; refusing early keeps the worker free
 
 
 def _sampling(msg: pb.SamplingParams) -> SamplingParams:
@@ -74,12 +73,7 @@ def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) 
     """Validate and convert; raises InvalidRequest naming the field."""
     if not req.messages:
         raise InvalidRequest("messages", "an empty task: give at least one user message")
-    for i, m in enumerate(req.messages):
-        if m.role not in ROLES:
-            raise InvalidRequest(f"messages[{i}].role", f"unknown role {m.role!r}; use one of {', '.join(ROLES)}")
-    total = sum(len(m.content) for m in req.messages)
-    if total > MAX_TASK_CHARS:
-        raise InvalidRequest("messages", f"{total} characters of messages; the limit is {MAX_TASK_CHARS}")
+    check_messages([ChatMessage(m.role, m.content) for m in req.messages])
     if req.messages[-1].role != "user":
         raise InvalidRequest("messages", "a task's messages must end with a user message")
     unknown = [t for t in req.tools if t not in TOOL_SCHEMAS]
@@ -108,7 +102,7 @@ def task_from_proto(req: pb.TaskRequest, route_deadline_s: float | None = None) 
     try:
         sampling = _sampling(req.sampling)
     except InvalidRequest as exc:
-        raise InvalidRequest(f"sampling.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+        raise exc.within("sampling") from None
     budget_s = (req.deadline_ms or DEFAULT_DEADLINE_MS) / 1e3
     if route_deadline_s is not None:  # the caller's gRPC deadline bounds the task too
         budget_s = min(budget_s, route_deadline_s)
@@ -138,7 +132,7 @@ def outcome_to_proto(outcome: TaskOutcome, route: str, family: str = "", trace_i
     result = pb.TaskResult(task_id=outcome.task_id, route=route, ok=outcome.ok, answer=outcome.answer,
                            steps=steps, trace_id=trace_id, error_type=outcome.error_type,
                            error_message=outcome.error_message, latency_ms=outcome.latency_ms,
-                           retries=outcome.retries, family=family)
+                           retries=outcome.retries, family=family, finish_reason=outcome.finish_reason)
     summary = outcome.uncertainty
     if summary is not None:
         result.uncertainty.CopyFrom(summary_to_proto(summary))

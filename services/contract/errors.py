@@ -14,6 +14,11 @@ class InvalidRequest(ValueError):
     def __init__(self, field_name: str, message: str):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
+        self.message = message
+
+    def within(self, parent: str) -> "InvalidRequest":
+        """The same error one level down: "seed" inside "sampling" is "sampling.seed"."""
+        return InvalidRequest(f"{parent}.{self.field}", self.message)
 
 
 class ToolError(ValueError):

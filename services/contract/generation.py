@@ -73,14 +73,13 @@ class GenerateRequest:
             raise InvalidRequest("messages", "give chat messages or a raw prompt (both are empty)")
         if self.messages and self.prompt:
             raise InvalidRequest("prompt", "give chat messages or a raw prompt, not both")
-        chars = len(self.prompt) + sum(len(m.content) for m in self.messages)
-        if chars > MAX_PROMPT_CHARS:
-            raise InvalidRequest("messages" if self.messages else "prompt",
-                                 f"{chars} characters; the limit is {MAX_PROMPT_CHARS}")
-        for i, m in enumerate(self.messages):
-            if m.role not in ROLES:
-                raise InvalidRequest(f"messages[{i}].role", f"unknown role {m.role!r}; use one of {', '.join(ROLES)}")
-        self.sampling.validate()
+        if self.prompt and len(self.prompt) > MAX_PROMPT_CHARS:
+            raise InvalidRequest("prompt", f"{len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        check_messages(self.messages)
+        try:
+            self.sampling.validate()
+        except InvalidRequest as exc:
+            raise exc.within("sampling") from None
         names = []
         for i, t in enumerate(self.tools):
             fn = t.get("function") if isinstance(t, dict) else None
@@ -96,6 +95,17 @@ class GenerateRequest:
                                                 f"({', '.join(names) or 'no tools offered'})")
         if self.tool_choice != "none" and self.tool_choice != "auto" and not names:
             raise InvalidRequest("tool_choice", f"{self.tool_choice!r} needs at least one tool in `tools`")
+
+
+def check_messages(messages: list[ChatMessage]) -> None:
+    """Roles and total size: the same rules for Generate and for a task's messages."""
+    chars = sum(len(m.content) for m in messages)
+    if chars > MAX_PROMPT_CHARS:
+        raise InvalidRequest("messages", f"{chars} characters; the limit is {MAX_PROMPT_CHARS}")
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise InvalidRequest(f"messages[{i}].role", f"unknown role {validation.shown(m.role)}; use one of "
+                                                        f"{', '.join(ROLES)}")
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ class TaskOutcome:
     error_type: TaskError | str = ""
     error_message: str = ""
     latency_ms: float = 0.0
+    finish_reason: str = ""  # the last model step's: stop | length (truncated) | tool_calls | cancelled
 
     @property
     def retries(self) -> int:

@@ -328,3 +328,16 @@ def test_deadline_passing_between_steps_is_deadline_exceeded():
     out = run(make_task(deadline_s=0.05), model, tools)
     assert not out.ok and out.error_type == "deadline_exceeded" and "deadline" in out.error_message
     assert [s.kind for s in out.steps] == ["model", "tool"] and len(model.calls) == 1
+
+
+def test_a_forced_call_cut_short_is_a_bad_tool_call_not_an_empty_answer():
+    cut = ModelReply('<tool_call>\n{"name": "calc', "length", 10, 8)
+    out = run(make_task(tool_choice="calculator"), FakeModel(cut), FakeTools())
+    assert not out.ok and out.error_type == "bad_tool_call" and "max_tokens" in out.error_message
+    assert out.finish_reason == "length" and out.answer == ""
+
+
+def test_the_outcome_says_why_the_last_model_step_ended():
+    out = run(make_task(), FakeModel(ModelReply("Five, and then some more wor", "length", 10, 8)), FakeTools())
+    assert out.ok and out.finish_reason == "length"  # an answer, truncated: the caller can tell
+    assert run(make_task(), FakeModel("Five."), FakeTools()).finish_reason == "stop"

@@ -264,7 +264,7 @@ class TaskStep(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., attempts: _Optional[int] = ..., latency_ms: _Optional[float] = ..., status: _Optional[str] = ..., error_type: _Optional[str] = ..., detail: _Optional[str] = ..., arguments_json: _Optional[str] = ..., text: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., uncertainty: _Optional[_Union[UncertaintySummary, _Mapping]] = ..., start_ms: _Optional[float] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "route", "ok", "answer", "steps", "uncertainty", "trace_id", "error_type", "error_message", "latency_ms", "retries", "family")
+    __slots__ = ("task_id", "route", "ok", "answer", "steps", "uncertainty", "trace_id", "error_type", "error_message", "latency_ms", "retries", "family", "finish_reason")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +277,7 @@ class TaskResult(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     route: str
     ok: bool
@@ -289,4 +290,5 @@ class TaskResult(_message.Message):
     latency_ms: float
     retries: int
     family: str
-    def __init__(self, task_id: _Optional[str] = ..., route: _Optional[str] = ..., ok: _Optional[bool] = ..., answer: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[TaskStep, _Mapping]]] = ..., uncertainty: _Optional[_Union[UncertaintySummary, _Mapping]] = ..., trace_id: _Optional[str] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., latency_ms: _Optional[float] = ..., retries: _Optional[int] = ..., family: _Optional[str] = ...) -> None: ...
+    finish_reason: str
+    def __init__(self, task_id: _Optional[str] = ..., route: _Optional[str] = ..., ok: _Optional[bool] = ..., answer: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[TaskStep, _Mapping]]] = ..., uncertainty: _Optional[_Union[UncertaintySummary, _Mapping]] = ..., trace_id: _Optional[str] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., latency_ms: _Optional[float] = ..., retries: _Optional[int] = ..., family: _Optional[str] = ..., finish_reason: _Optional[str] = ...) -> None: ...

@@ -146,12 +146,12 @@ def _bad_cases() -> list:
     both.prompt = "also a prompt"
     return [
         pytest.param(pb.GenerateRequest(), "messages", id="empty"),
-        pytest.param(chat(max_tokens=0), "max_tokens", id="max_tokens=0"),
-        pytest.param(chat(max_tokens=-3), "max_tokens", id="max_tokens<0"),
-        pytest.param(chat(max_tokens=LONG + 1), "max_tokens", id="max_tokens>limit"),
-        pytest.param(chat(temperature=-0.5), "temperature", id="temperature<0"),
-        pytest.param(chat(top_p=0.0), "top_p", id="top_p=0"),
-        pytest.param(chat(top_p=1.5), "top_p", id="top_p>1"),
+        pytest.param(chat(max_tokens=0), "sampling.max_tokens", id="max_tokens=0"),
+        pytest.param(chat(max_tokens=-3), "sampling.max_tokens", id="max_tokens<0"),
+        pytest.param(chat(max_tokens=LONG + 1), "sampling.max_tokens", id="max_tokens>limit"),
+        pytest.param(chat(temperature=-0.5), "sampling.temperature", id="temperature<0"),
+        pytest.param(chat(top_p=0.0), "sampling.top_p", id="top_p=0"),
+        pytest.param(chat(top_p=1.5), "sampling.top_p", id="top_p>1"),
         pytest.param(unknown_role, "messages[1].role", id="unknown-role"),
         pytest.param(both, "prompt", id="messages+prompt"),
         pytest.param(pb.GenerateRequest(prompt="tokens and logits " * 400), "prompt", id="prompt-too-long"),
