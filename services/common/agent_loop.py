@@ -63,18 +63,24 @@ def _tool_span(name: str, call_id: str = "", scripted: bool = False):
     return tracer().start_as_current_span(f"execute_tool {name}", attributes=attributes)
 
 
+async def _scripted_write(task: TaskSpec, tools: ToolPort, args: dict) -> None:
+    with _tool_span("kv", scripted=True) as span:
+        try:
+            await tools.setup(task, "kv", args)
+        except HopError as exc:
+            _failed(span, exc.error_type)
+            raise
+
+
 async def apply_initial_state(task: TaskSpec, tools: ToolPort) -> None:
     for key, value in (task.setup.get("kv") or {}).items():
-        with _tool_span("kv", scripted=True):
-            await tools.setup(task, "kv", {"op": "put", "key": key, "value": value})
+        await _scripted_write(task, tools, {"op": "put", "key": key, "value": value})
 
 
 async def _apply_changes(task: TaskSpec, tools: ToolPort, tool_call_number: int) -> None:
     for change in task.setup.get("changes") or []:
         if change.get("before_tool_call") == tool_call_number:
-            args = {k: change[k] for k in ("op", "key", "value", "amount") if k in change}
-            with _tool_span("kv", scripted=True):
-                await tools.setup(task, "kv", args)
+            await _scripted_write(task, tools, {k: change[k] for k in ("op", "key", "value", "amount") if k in change})
 
 
 def _failed(span: trace.Span, error_type: str) -> None:
@@ -85,6 +91,7 @@ def _failed(span: trace.Span, error_type: str) -> None:
 async def run_agent(task: TaskSpec, model: ModelPort, tools: ToolPort, route: str = "") -> TaskOutcome:
     """Run one task; `route` ("internal" | "external") names its `invoke_agent` span."""
     attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "inloop",
+                  "gen_ai.provider.name": model.provider,
                   "gen_ai.conversation.id": task.task_id, "gen_ai.request.model": model.name,
                   "inloop.route": route, "inloop.family": task.family}
     with tracer().start_as_current_span(f"invoke_agent {route or 'task'}", attributes=attributes) as span:
@@ -103,7 +110,7 @@ async def _model_step(task: TaskSpec, model: ModelPort, messages: list[dict], ch
     """One model step inside its `chat {model}` span (CLIENT when the model is across the network)."""
     kind = trace.SpanKind.CLIENT if route == "external" else trace.SpanKind.INTERNAL
     attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model.name,
-                  "inloop.tool_choice": choice}
+                  "gen_ai.provider.name": model.provider, "inloop.tool_choice": choice}
     attributes["gen_ai.request.max_tokens"] = task.sampling.max_tokens
     attributes["gen_ai.request.temperature"] = task.sampling.temperature
     with tracer().start_as_current_span(f"chat {model.name}", kind=kind, attributes=attributes,

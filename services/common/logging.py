@@ -54,6 +54,17 @@ def _shared_processors(service: str) -> list:
     ]
 
 
+def _benign_detach(record: logging.LogRecord) -> bool:
+    """OpenTelemetry logs "Failed to detach context" with a traceback at error level when a
+    cancelled gRPC stream's span ends on another task than it began: the span is fine, the
+    line is noise that looks like a failure. It becomes a debug line, without the traceback."""
+    if record.name == "opentelemetry.context" and record.getMessage().startswith("Failed to detach context"):
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+    return True
+
+
 def configure_logging(service: str, level: str = "info") -> None:
     """Send structlog and stdlib logging to stderr as JSON lines. Safe to call again."""
     try:
@@ -84,6 +95,7 @@ def configure_logging(service: str, level: str = "info") -> None:
     # Look sys.stderr up now, not at import, so pytest's capture and redirects apply.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_benign_detach)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)

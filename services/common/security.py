@@ -96,6 +96,9 @@ class ServerSecurity:
     ca_pem: bytes | None = None
     token: str | None = None
     plaintext: bool = False
+    # With mTLS: the certificate common names that may call (any certificate of the CA could
+    # otherwise call any service); empty = every name the CA vouches for.
+    allow_peers: tuple[str, ...] = ()
 
     @property
     def tls(self) -> bool:
@@ -117,14 +120,18 @@ class ServerSecurity:
                                            require_client_auth=True)
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        return [BearerTokenInterceptor(self.token)] if self.token else []
+        out: list[grpc.aio.ServerInterceptor] = [BearerTokenInterceptor(self.token)] if self.token else []
+        if self.tls and self.allow_peers:
+            out.append(PeerNameInterceptor(self.allow_peers))
+        return out
 
     def client(self) -> ClientSecurity:
         """The same identity for this service's own outgoing calls."""
         return ClientSecurity(self.cert_pem, self.key_pem, self.ca_pem, self.token)
 
     def describe(self) -> dict:
-        return {"tls": "mtls" if self.tls else "plaintext", "token": bool(self.token)}
+        return {"tls": "mtls" if self.tls else "plaintext", "token": bool(self.token),
+                "allow_peers": list(self.allow_peers) if self.tls else None}
 
 
 def server_security_from_args(args: argparse.Namespace) -> ServerSecurity:
@@ -143,7 +150,7 @@ def server_security_from_args(args: argparse.Namespace) -> ServerSecurity:
     if given:
         cert, key, ca = (read_pem(files[k], k) for k in ("tls_cert", "tls_key", "tls_ca"))
         _check_key_pair(cert, key, files["tls_cert"], files["tls_key"])
-        security = ServerSecurity(cert, key, ca, token, plaintext)
+        security = ServerSecurity(cert, key, ca, token, plaintext, tuple(getattr(args, "allow_peer", None) or ()))
     security.check_bind(getattr(args, "host", "127.0.0.1"))
     return security
 
@@ -152,19 +159,19 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """UNAUTHENTICATED for any RPC but Health without `authorization: Bearer <token>`."""
 
     def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def problem(self, metadata) -> str | None:
-        """None when the metadata carries the token, else the message for the caller."""
+        """None when the metadata carries the token, else the message for the caller. The
+        scheme is case-insensitive (RFC 7235: "bearer", "BEARER" are "Bearer")."""
         values = [v for k, v in (metadata or ()) if k.lower() == AUTH_HEADER]
         if not values:
             return ("missing bearer token: this service requires metadata 'authorization: Bearer <token>' "
                     "(clients: --token-file or INLOOP_TOKEN_FILE)")
-        for value in values:
-            raw = value if isinstance(value, bytes) else str(value).encode()
-            if hmac.compare_digest(raw, self._expected):
-                return None
-        if not all((v if isinstance(v, str) else v.decode(errors="replace")).startswith("Bearer ") for v in values):
+        tokens = [_bearer_token(v) for v in values]
+        if any(t is not None and hmac.compare_digest(t, self._expected) for t in tokens):
+            return None
+        if all(t is None for t in tokens):
             return "malformed authorization metadata: expected 'Bearer <token>'"
         return "invalid bearer token"
 
@@ -174,6 +181,57 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         message = self.problem(handler_call_details.invocation_metadata)
         return handler if message is None else _refusing(handler, message)
+
+
+def _bearer_token(value) -> bytes | None:
+    text = value if isinstance(value, str) else value.decode(errors="replace")
+    scheme, _, token = text.strip().partition(" ")
+    return token.strip().encode() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class PeerNameInterceptor(grpc.aio.ServerInterceptor):
+    """PERMISSION_DENIED for any RPC but Health from a client certificate whose common name is
+    not allowed (`--allow-peer`): the CA vouches for who a peer is, this for what it may call."""
+
+    def __init__(self, allowed: tuple[str, ...]):
+        self.allowed = frozenset(allowed)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(PUBLIC_PREFIX):
+            return handler
+        return _checked(handler, self._problem)
+
+    def _problem(self, context) -> str | None:
+        names = [n.decode(errors="replace") for n in context.auth_context().get("x509_common_name", [])]
+        if any(n in self.allowed for n in names):
+            return None
+        return (f"certificate {'/'.join(names) or '(none)'} may not call this service; allowed: "
+                f"{', '.join(sorted(self.allowed))} (--allow-peer)")
+
+
+def _checked(handler: grpc.RpcMethodHandler, problem) -> grpc.RpcMethodHandler:
+    """`handler` run only when problem(context) is None, else PERMISSION_DENIED."""
+    codecs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary(request, context):
+            if (message := problem(context)) is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+            return await inner(request, context)
+        make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+        return make(unary, **codecs)
+    inner = handler.unary_stream or handler.stream_stream
+
+    async def stream(request, context):
+        if (message := problem(context)) is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        async for item in inner(request, context):
+            yield item
+    make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+    return make(stream, **codecs)
 
 
 def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

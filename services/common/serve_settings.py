@@ -11,6 +11,8 @@ from inloop.services.common.settings import Scope, Setting
 SERVICES = ("runtime", "tools", "controller")
 COMMON_TABLE = "common"
 PORTS = {"runtime": (50051, 9101), "tools": (50061, 9102), "controller": (50071, 9103)}  # gRPC, metrics
+# Who calls whom: the loadgen drives both routes, the controller calls the runtime and the tools.
+CALLERS = {"runtime": ("controller", "loadgen"), "tools": ("controller", "loadgen"), "controller": ("loadgen",)}
 SECURITY = ("security\nmTLS with all three TLS files (from `inloop certs dev`); a bearer token with "
             "--token-file")
 
@@ -32,6 +34,9 @@ def common(service: str) -> list[Setting]:
                 negatable=True, group=SECURITY),
         Setting("token_file", None, "every RPC but Health must send 'authorization: Bearer <token in FILE>'",
                 metavar="FILE", group=SECURITY),
+        Setting("allow_peer", CALLERS[service], "with mTLS, a client certificate's common name that may call "
+                                                "(repeatable; `inloop certs dev` names them)", type=list,
+                metavar="NAME", group=SECURITY),
         Setting("otlp_endpoint", "", "OTLP/gRPC trace collector, e.g. http://127.0.0.1:4317 "
                                      "(also OTEL_EXPORTER_OTLP_ENDPOINT)", metavar="URL",
                 env_also=("OTEL_EXPORTER_OTLP_ENDPOINT",)),

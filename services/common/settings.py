@@ -108,7 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser, settings: list[Setting], scop
 def _help(s: Setting, scope: Scope) -> str:
     if not scope.describe_defaults:
         return s.help
-    shown = "unset" if s.default in (None, "") else str(s.default).replace("%", "%%")
+    default = ",".join(map(str, s.default)) if isinstance(s.default, (list, tuple)) else s.default
+    shown = "unset" if default in (None, "") else str(default).replace("%", "%%")
     return f"{s.help} [env {scope.env_name(s.key)}; default: {shown}]".lstrip()
 
 

@@ -9,7 +9,8 @@ from inloop.services.contract.task import ModelReply, TaskSpec, ToolReply
 
 
 class ModelPort(Protocol):
-    name: str
+    name: str       # the model, as `chat {name}` spans name it
+    provider: str   # gen_ai.provider.name: "inloop" for our runtime
 
     async def step(self, task: TaskSpec, messages: list[dict], tool_choice: str) -> ModelReply:
         """One model step on the conversation so far; raises HopError when the hop fails."""

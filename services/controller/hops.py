@@ -128,6 +128,7 @@ class _Hop:
 
 
 class RuntimeHop(_Hop):
+    provider = "inloop"  # an OpenAI-compatible upstream would name its own
     hop = "runtime"
     timeout_type, failed_type = TaskError.RUNTIME_TIMEOUT, TaskError.RUNTIME_HOP_FAILED
     invalid_type = TaskError.RUNTIME_HOP_FAILED

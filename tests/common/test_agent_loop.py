@@ -42,6 +42,7 @@ class FakeModel:
     """Plays back scripted replies (a ModelReply, a str, or an exception to raise)."""
 
     name = "fake-model"
+    provider = "test"
 
     def __init__(self, *replies, events: list | None = None, delay_s: float = 0.0):
         self.replies = list(replies)

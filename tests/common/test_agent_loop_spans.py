@@ -48,6 +48,7 @@ def test_a_task_is_one_trace_of_genai_spans(exporter):
     chats = [s for s in spans if s.name.startswith("chat ")]
     assert all(s.parent.span_id == root.context.span_id for s in spans if s is not root)
     assert chats[0].attributes["gen_ai.operation.name"] == "chat"
+    assert root.attributes["gen_ai.provider.name"] == chats[0].attributes["gen_ai.provider.name"] == "test"
     assert chats[0].attributes["gen_ai.usage.output_tokens"] == 3
     assert chats[0].kind == trace.SpanKind.INTERNAL  # in process unless the route says external
     tool = next(s for s in spans if s.name == "execute_tool calculator")
@@ -67,3 +68,16 @@ def test_a_failed_hop_marks_its_span_and_the_task(exporter):
         assert span.status.status_code == trace.StatusCode.ERROR
         assert span.attributes["error.type"] == "tool_hop_failed"
     assert tool.attributes["inloop.attempts"] == 2
+
+
+def test_a_failed_scripted_write_marks_its_span_with_the_error_type(exporter):
+    exporter.clear()
+    class Unreachable(FakeTools):
+        async def setup(self, task, name, arguments):
+            raise HopError("tool_timeout", "no answer", attempts=1)
+
+    outcome = run(make_task(tools=("kv",), setup={"kv": {"visits": 1}}), FakeModel("x"), Unreachable())
+    assert not outcome.ok and outcome.error_type == "tool_timeout"
+    _, spans = _spans(exporter, "t-1")
+    write = next(s for s in spans if s.name == "execute_tool kv")
+    assert write.attributes["inloop.scripted"] is True and write.attributes["error.type"] == "tool_timeout"

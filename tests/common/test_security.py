@@ -234,6 +234,32 @@ def test_the_token_check_compares_values():
     assert check.problem([]).startswith("missing bearer token")
     assert check.problem([("authorization", "Basic abc")]).startswith("malformed authorization")
     assert check.problem([("authorization", f"Bearer {TOKEN}x")]) == "invalid bearer token"
+    # the scheme is case-insensitive (RFC 7235), the token is not
+    assert check.problem([("authorization", f"bearer {TOKEN}")]) is None
+    assert check.problem([("authorization", f"BEARER  {TOKEN} ")]) is None
+    assert check.problem([("authorization", f"Bearer {TOKEN.upper()}")]) == "invalid bearer token"
+
+
+def test_only_the_allowed_certificate_names_may_call(tools, tls):
+    """Any certificate of the CA used to be able to call any service: the tools service
+    takes the controller and the loadgen by default, not the runtime (nor the tools itself)."""
+    assert json.loads(call(tools.target, client(tls, identity="controller")).result_json)["result"] == 42
+    for name in ("runtime", "tools"):
+        err = refused(tools.target, client(tls, identity=name))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED and f"certificate {name} may not" in err.details()
+    with make_channel(tools.target, client(tls, identity="runtime")) as channel:  # health stays open
+        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+
+def test_allow_peer_widens_who_may_call(tls, tmp_path):
+    srv = SecureService("tools", [*secure_flags(tls, "tools"), "--allow-peer", "runtime"], tmp_path / "t.jsonl",
+                        client(tls, token=None))
+    try:
+        assert json.loads(call(srv.target, client(tls, identity="runtime")).result_json)["result"] == 42
+        assert refused(srv.target, client(tls, identity="loadgen")).code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        srv.stop()
 
 
 # ---- plaintext on loopback with a token: the client interceptor, every call shape ----------

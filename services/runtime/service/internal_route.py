@@ -19,6 +19,8 @@ from inloop.services.tools.state import ToolState
 
 
 class EngineModelPort:
+    provider = "inloop"
+
     def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler
         self.name = str(scheduler.engine.info.get("name", "model"))
