@@ -26,13 +26,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from wsgiref.simple_server import make_server
 
 import grpc
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from inloop.services.common.logging import get_logger
 
@@ -43,6 +48,7 @@ log = get_logger(__name__)
 prometheus_client.disable_created_metrics()
 
 REGISTRY = CollectorRegistry()
+HANDSHAKE_TIMEOUT_S = 10.0  # a metrics connection that has not finished TLS by then is dropped
 # CPU, memory, open fds and Python GC of this process, as every Prometheus client exports them.
 prometheus_client.ProcessCollector(registry=REGISTRY)
 prometheus_client.PlatformCollector(registry=REGISTRY)
@@ -71,6 +77,9 @@ RPC_REQUESTS = Counter("rpc_server_requests_total", "gRPC calls served, by metho
                        RPC_LABELS, registry=REGISTRY)
 QUEUE_DEPTH = Gauge("inloop_queue_depth", "Requests waiting or in flight in this service", ("service",),
                     registry=REGISTRY)
+# State a service keeps between calls, so a long run's memory shows before it hurts.
+STATE = Gauge("inloop_state", "State kept between calls: kv_bytes and sessions (tools), kv_sessions and "
+                              "kv_positions (the runtime's KV session store)", ("service", "what"), registry=REGISTRY)
 
 # ---- runtime --------------------------------------------------------------------------
 MODEL_LABEL = ("gen_ai_request_model",)
@@ -129,6 +138,12 @@ def _safely(fn: Callable) -> Callable:
 def track_queue_depth(service: str, depth: Callable[[], float]) -> None:
     """Report `depth()` as inloop_queue_depth{service=...}, read at each scrape (never stale)."""
     QUEUE_DEPTH.labels(service).set_function(_guarded(depth))
+
+
+@_safely
+def track_state(service: str, what: str, read: Callable[[], float]) -> None:
+    """Report read() as inloop_state{service, what}, read at each scrape."""
+    STATE.labels(service, what).set_function(_guarded(read))
 
 
 def _guarded(depth: Callable[[], float]) -> Callable[[], float]:
@@ -221,12 +236,8 @@ def start_metrics_server(port: int | None, host: str = "127.0.0.1", tls: tuple[s
     if port is None or port < 0:
         log.info("metrics_disabled")
         return None
-    kw = {}
-    if tls is not None:
-        cert, key, ca = tls
-        kw = {"certfile": cert, "keyfile": key, "client_cafile": ca, "client_auth_required": True}
     try:
-        httpd, _thread = prometheus_client.start_http_server(port, addr=host, registry=REGISTRY, **kw)
+        httpd = _serve_metrics(host, port, tls)
     except OSError as exc:
         log.error("metrics_bind_failed", host=host, port=port, error=str(exc))
         return None
@@ -234,6 +245,42 @@ def start_metrics_server(port: int | None, host: str = "127.0.0.1", tls: tuple[s
     log.info("metrics_listening", address=f"{_url_host(host)}:{bound}", host=host, port=bound, path="/metrics",
              scheme="https" if tls else "http")
     return bound
+
+
+class _TLSPerConnection(ThreadingWSGIServer):
+    """HTTPS whose handshake runs in each connection's own thread, under a timeout.
+    prometheus_client wraps the listening socket instead, so the handshake ran inside
+    accept(): one idle TCP connection that never sent a ClientHello blocked every scrape."""
+
+    context: ssl.SSLContext
+
+    def finish_request(self, request, client_address):
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):  # a silent or non-TLS peer: drop it, keep serving
+            return
+        super().finish_request(tls, client_address)
+
+    def handle_error(self, request, client_address):  # a scraper that went away mid-reply
+        pass
+
+
+def _serve_metrics(host: str, port: int, tls: tuple[str, str, str] | None):
+    """The /metrics app on a daemon thread, one thread per connection."""
+    server_class: type = ThreadingWSGIServer
+    if tls is not None:
+        cert, key, ca = tls
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_verify_locations(ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_cert_chain(cert, key)
+        server_class = type("MetricsTLSServer", (_TLSPerConnection,), {"context": context})
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("MetricsServer", (server_class,), {"address_family": family})
+    httpd = make_server(host, port, make_wsgi_app(REGISTRY), server_class, handler_class=_SilentHandler)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    return httpd
 
 
 def metrics_tls(args) -> tuple[str, str, str] | None:

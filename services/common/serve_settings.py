@@ -54,6 +54,8 @@ RUNTIME = [
                                    "that shares its prefix (automatic prefix caching, as vLLM's); off by default",
             type=bool),
     Setting("max_queue", 16, "requests that may wait; more get RESOURCE_EXHAUSTED", type=int),
+    Setting("kv_session_ttl_s", 600.0, "seconds a kept KV cache (a task's session, a prefix-cache entry) may "
+                                       "sit unused before it is freed", type=float),
 ]
 
 TOOLS = [

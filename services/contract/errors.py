@@ -50,6 +50,7 @@ class TaskError(StrEnum):
     RUNTIME_HOP_FAILED = "runtime_hop_failed"  # the model hop failed for good
     RUNTIME_TIMEOUT = "runtime_timeout"        # ... or ran out of time
     TOOL_ERROR = "tool_error"                  # the tool refused the call (the model is told why)
+    TOOL_OUTCOME_UNKNOWN = "tool_outcome_unknown"  # a write's hop ran out of time: it may have been applied
     BAD_TOOL_CALL = "bad_tool_call"            # the model's call is malformed or names no offered tool
     MAX_STEPS = "max_steps"                    # no answer within the task's model steps
     DEADLINE_EXCEEDED = "deadline_exceeded"    # the task's own deadline passed between steps

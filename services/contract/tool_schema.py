@@ -22,6 +22,7 @@ from inloop.services.contract.validation import shown
 MAX_TEXT_CHARS = 20_000  # a receipt or a passage, not a book: keeps every call cheap
 MAX_EXPRESSION_CHARS = 500  # calculator
 KV_OPS = ("get", "put", "increment")
+MAX_KV_VALUE_CHARS = 4096  # a counter or a note, not a file: 600 puts of 900 KB once took 598 MB
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ TOOL_SCHEMAS: dict[str, ToolSchema] = {spec.name: spec for spec in (
                      "value and its version.",
                _object({"op": {"type": "string", "enum": list(KV_OPS)},
                         "key": _text("the key", 200),
-                        "value": {"type": ["string", "number", "boolean"], "description": "for put"},
+                        "value": {"type": ["string", "number", "boolean"], "description": "for put",
+                                  "maxLength": MAX_KV_VALUE_CHARS},
                         "amount": {"type": "number", "description": "for increment (default 1)"}},
                        ["op", "key"]), writes=True),
 )}

@@ -21,6 +21,7 @@ from inloop.services.common.generate_convert import sampling_to_proto, summary_f
 from inloop.services.contract.errors import HopError, TaskError
 from inloop.services.contract.faults import HEADER_ABORT, HEADER_DELAY, HEADER_KEY
 from inloop.services.contract.task import ModelReply, TaskSpec, ToolReply
+from inloop.services.contract.tool_schema import TOOL_SCHEMAS
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc, tools_pb2, tools_pb2_grpc
 
@@ -75,6 +76,7 @@ class _Hop:
     async def run(self, task: TaskSpec, call):
         attempts = 0
         last: grpc.RpcError | None = None
+        self.unsure = False  # some try ended by a deadline: the far side may have done the work
         p = self.policy
         backoff = wait_random_exponential(multiplier=p.backoff_base_s, max=p.backoff_max_s)
         retrying = AsyncRetrying(stop=stop_after_attempt(p.attempts), reraise=True,
@@ -93,6 +95,7 @@ class _Hop:
                         return await self._bounded(call(timeout), timeout, attempts), attempts
                     except grpc.RpcError as exc:
                         last = exc
+                        self.unsure |= exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
                         raise
         except grpc.RpcError as exc:
             raise self._hop_error(exc, attempts) from None
@@ -105,6 +108,7 @@ class _Hop:
         try:
             return await asyncio.wait_for(self._timed(pending, retry=attempts > 1), timeout + TRANSPORT_GRACE_S)
         except asyncio.TimeoutError:
+            self.unsure = True
             raise HopError(self.timeout_type, f"no answer within {timeout:.3f} s (the try's deadline); the "
                                               "call was abandoned", attempts) from None
 
@@ -150,6 +154,12 @@ class RuntimeHop(_Hop):
                           summary, attempts)
 
 
+def writes(name: str, arguments: dict) -> bool:
+    """Whether this call may change state (a kv put or increment)."""
+    schema = TOOL_SCHEMAS.get(name)
+    return bool(schema and schema.writes and arguments.get("op") != "get")
+
+
 class ToolsHop(_Hop):
     # tool_error: the tool refused the call (bad arguments...); the loop tells the model why
     hop = "tools"
@@ -165,8 +175,18 @@ class ToolsHop(_Hop):
         # so a write the tools service already applied is answered from its log, not redone.
         req = tools_pb2.ToolCallRequest(name=name, arguments_json=json.dumps(arguments), call_id=call_id,
                                         idempotency_key=call_id, session=task.task_id)
-        resp, attempts = await self.run(
-            task, lambda timeout: self.stub.Call(req, timeout=timeout, metadata=self.faults.headers))
+        try:
+            resp, attempts = await self.run(
+                task, lambda timeout: self.stub.Call(req, timeout=timeout, metadata=self.faults.headers))
+        except HopError as exc:
+            if self.unsure and exc.error_type != TaskError.TOOL_ERROR and writes(name, arguments):
+                # A write whose try ran out of time may have been applied (the tools service keeps
+                # its result under the idempotency key): say so, rather than "not applied".
+                what = f"{name} {arguments.get('op')} of {str(arguments.get('key'))[:60]!r}"
+                raise HopError(TaskError.TOOL_OUTCOME_UNKNOWN,
+                               f"{what}: no answer in time; it may have been applied (idempotency key {call_id}); "
+                               f"{exc}", exc.attempts) from None
+            raise
         return ToolReply(json.loads(resp.result_json), attempts)
 
     async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:

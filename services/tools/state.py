@@ -71,11 +71,19 @@ class Session:
 
     def kv_set(self, key: str, value: Any) -> KvEntry:
         old = self.kv.pop(key, None)
+        if old is not None:
+            self.owner.used_bytes -= _size(key, old.value)
         if old is None and len(self.kv) >= self.owner.max_keys:
-            self.kv.popitem(last=False)  # the least recently written key goes
+            gone_key, gone = self.kv.popitem(last=False)  # the least recently written key goes
+            self.owner.used_bytes -= _size(gone_key, gone.value)
         entry = KvEntry(value, (old.version if old else 0) + 1)
         self.kv[key] = entry
+        self.owner.used_bytes += _size(key, value)
+        self.owner.trim(keep=self.name)
         return entry
+
+    def size(self) -> int:
+        return sum(_size(k, e.value) for k, e in self.kv.items())
 
     # ---- idempotency (callers hold self.lock) ------------------------------------
     def replay(self, key: str, fingerprint: str) -> dict | None:
@@ -95,13 +103,20 @@ class Session:
             self.idempotency.popitem(last=False)
 
 
+def _size(key: str, value: Any) -> int:
+    """What a kv entry costs, roughly: its key and value as text."""
+    return len(key) + len(str(value))
+
+
 class ToolState:
     """All state of one tools process. Thread-safe: every access goes through `lock`."""
 
     def __init__(self, corpus_path: Path | str = DEFAULT_CORPUS, *, max_sessions: int = 1024,
-                 max_keys: int = 1024, max_idempotency: int = 4096):
-        if min(max_sessions, max_keys, max_idempotency) < 1:
-            raise ValueError("max_sessions, max_keys and max_idempotency must be >= 1")
+                 max_keys: int = 1024, max_idempotency: int = 4096, max_bytes: int = 64 << 20):
+        if min(max_sessions, max_keys, max_idempotency, max_bytes) < 1:
+            raise ValueError("max_sessions, max_keys, max_idempotency and max_bytes must be >= 1")
+        self.max_bytes = max_bytes  # kv keys and values over all sessions; LRU sessions go beyond it
+        self.used_bytes = 0
         self.corpus_path = Path(corpus_path)
         self.max_sessions = max_sessions
         self.max_keys = max_keys
@@ -121,8 +136,7 @@ class ToolState:
                 sess = Session(name, self)
                 self._sessions[name] = sess
                 while len(self._sessions) > self.max_sessions:
-                    self._sessions.popitem(last=False)
-                    self.evicted_sessions += 1
+                    self._evict_oldest()
             else:
                 self._sessions.move_to_end(name)
             return sess
@@ -130,7 +144,23 @@ class ToolState:
     def drop_session(self, name: str) -> bool:
         """Forget a namespace (e.g. when its task ends); True if it existed."""
         with self.lock:
-            return self._sessions.pop(name or DEFAULT_SESSION, None) is not None
+            sess = self._sessions.pop(name or DEFAULT_SESSION, None)
+            if sess is not None:
+                self.used_bytes -= sess.size()
+            return sess is not None
+
+    def trim(self, keep: str) -> None:
+        """Evict least recently used namespaces (never `keep`) until the kv bytes fit max_bytes."""
+        with self.lock:
+            while self.used_bytes > self.max_bytes and len(self._sessions) > 1:
+                if next(iter(self._sessions)) == keep:
+                    self._sessions.move_to_end(keep)
+                self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        _, sess = self._sessions.popitem(last=False)
+        self.used_bytes -= sess.size()
+        self.evicted_sessions += 1
 
     @property
     def corpus(self) -> "Bm25Index":
@@ -150,4 +180,5 @@ class ToolState:
     def stats(self) -> dict:
         with self.lock:
             return {"sessions": len(self._sessions), "evicted_sessions": self.evicted_sessions,
+                    "kv_bytes": self.used_bytes,
                     "corpus_docs": len(self._corpus.docs) if self._corpus else None}

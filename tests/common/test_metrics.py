@@ -17,6 +17,7 @@ import urllib.request
 from types import SimpleNamespace
 
 import grpc
+import prometheus_client
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -283,6 +284,12 @@ def test_a_service_with_tls_serves_metrics_over_https_to_certified_scrapers_only
         urllib.request.urlopen(url, context=anonymous, timeout=5).read()
     with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()  # no plaintext
+    # an idle TCP connection that never starts TLS used to block the endpoint for as long as it stayed open
+    with socket.create_connection(("127.0.0.1", port)):
+        started = time.monotonic()
+        with urllib.request.urlopen(url, context=scraper, timeout=5) as resp:
+            assert "rpc_server_requests_total" in resp.read().decode()
+        assert time.monotonic() - started < 2
 
 
 # ---- a real Prometheus scraping the three services ------------------------------------------
@@ -343,3 +350,13 @@ def test_every_metric_the_grafana_dashboard_queries_was_scraped(scraped_metric_n
     queried = {name for _, expr in expressions(json.loads(DASHBOARD.read_text())) for name in series_names(expr)}
     assert len(queried) >= 6, queried
     assert queried <= scraped_metric_names, sorted(queried - scraped_metric_names)
+
+
+def test_state_gauges_read_at_each_scrape():
+    held = {"bytes": 10}
+    metrics.track_state("tools", "kv_bytes", lambda: held["bytes"])
+    text = prometheus_client.generate_latest(metrics.REGISTRY).decode()
+    assert 'inloop_state{service="tools",what="kv_bytes"} 10.0' in text
+    held["bytes"] = 20
+    assert 'inloop_state{service="tools",what="kv_bytes"} 20.0' in prometheus_client.generate_latest(
+        metrics.REGISTRY).decode()

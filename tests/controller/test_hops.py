@@ -216,6 +216,27 @@ def test_every_try_stalled_is_tool_timeout_with_the_attempts_counted():
     assert len(server.requests) == 3 and took < 1.5
 
 
+def call_kv(servicer, policy: Policy, op: str):
+    async def body(channel):
+        try:
+            return await ToolsHop(channel, policy, Faults()).call(task(), "kv", {"op": op, "key": "visits"}, "t-7-1")
+        except HopError as exc:
+            return exc
+    return asyncio.run(with_server(servicer, body))
+
+
+@pytest.mark.parametrize("op, stall_s, expected", [
+    ("increment", 2.0, "tool_outcome_unknown"),  # the write may have landed: say so
+    ("get", 2.0, "tool_timeout"),                # a read: nothing to be unsure about
+    ("put", 0.0, "tool_hop_failed"),             # refused outright (UNAVAILABLE): not applied
+])
+def test_a_write_that_ran_out_of_time_has_an_unknown_outcome(op, stall_s, expected):
+    err = call_kv(FlakyTools(fail_first=10, stall_s=stall_s), Policy(per_try_timeout_s=0.1, attempts=2, **FAST), op)
+    assert isinstance(err, HopError) and err.error_type == expected, err
+    if expected == "tool_outcome_unknown":
+        assert "idempotency key t-7-1" in str(err) and "may have been applied" in str(err)
+
+
 def test_no_try_outlives_the_tasks_deadline():
     server = FlakyTools(fail_first=10, stall_s=3.0)
     err, took = call_tool(server, Policy(per_try_timeout_s=5.0, attempts=5, **FAST), spec=task(deadline_s=0.3))

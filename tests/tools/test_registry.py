@@ -120,3 +120,17 @@ def test_state_is_bounded():
         call_tool(state, "kv", {"op": "increment", "key": "n"}, idempotency_key=f"k{i}", session="s4")
     assert list(sess.idempotency) == ["k1", "k2"]
     assert state.drop_session("s4") and not state.drop_session("s4")
+
+
+def test_kv_bytes_are_bounded_over_all_sessions():
+    """600 puts of 900 KB once took the tools service to 598 MB: values are capped in size and
+    the kv bytes of all sessions in total, the least recently used session going first."""
+    with pytest.raises(ToolArgumentError, match="the limit is 4096"):
+        call_tool(ToolState(), "kv", {"op": "put", "key": "k", "value": "x" * 5000})
+    state = ToolState(max_bytes=20_000)
+    for i in range(100):
+        call_tool(state, "kv", {"op": "put", "key": f"k{i % 3}", "value": "x" * 4000}, session=f"s{i}")
+        assert state.used_bytes <= 20_000 + 4100
+    assert state.used_bytes == sum(state.session(f"s{i}").size() for i in range(95, 100))
+    assert call_tool(state, "kv", {"op": "get", "key": "k0"}, session="s99")["found"]  # the newest stays
+    assert state.stats()["evicted_sessions"] >= 90 and state.stats()["kv_bytes"] == state.used_bytes

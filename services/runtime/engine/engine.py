@@ -80,6 +80,7 @@ def _eos_ids(model_dir: Path, cfg: ModelConfig, tokenizer: Tokenizer) -> tuple[i
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, eos_ids: tuple[int, ...],
                  name: str, max_context: int = DEFAULT_MAX_CONTEXT, kv_session_positions: int = 65536,
+                 kv_session_ttl_s: float = 600.0,
                  runner: StepRunner | None = None):
         self.model = model
         self.tokenizer = tokenizer
@@ -94,7 +95,7 @@ class Engine:
             "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
             "eos_token_ids": sorted(self.eos_ids), "step_runner": self.runner.name,
         }
-        self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions)
+        self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions, ttl_s=kv_session_ttl_s)
         # Automatic prefix caching for requests without a session (off by default: the routing
         # matrix measures what the internal route's own KV reuse is worth against stateless hops).
         self.prefix_cache = False
@@ -111,7 +112,8 @@ class Engine:
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str | Backend = "cpu",
-             max_context: int = DEFAULT_MAX_CONTEXT, kv_session_positions: int = 65536) -> "Engine":
+             max_context: int = DEFAULT_MAX_CONTEXT, kv_session_positions: int = 65536,
+             kv_session_ttl_s: float = 600.0) -> "Engine":
         model_dir = Path(model_dir)
         t0 = time.perf_counter()
         cfg = ModelConfig.from_dir(model_dir)
@@ -121,7 +123,7 @@ class Engine:
         # a backend's own loader where it has one (CUDA: straight to the GPU)
         model = be.load_model(cfg, weights) or Transformer(cfg, be, weights)
         engine = cls(model, tokenizer, _eos_ids(model_dir, cfg, tokenizer), model_dir.name, max_context,
-                     kv_session_positions)
+                     kv_session_positions, kv_session_ttl_s)
         log.info("model_loaded", model=model_dir.name, arch=cfg.arch, backend=be.name,
                  step_runner=engine.runner.name, params=model.num_parameters,
                  load_ms=round((time.perf_counter() - t0) * 1e3, 1))

@@ -2,8 +2,10 @@
 
 A task's next model step usually starts with the previous step's prompt and output, plus a
 tool result. Keeping the cache lets that step prefill only what is new. The memory held
-this way has a cap in cached positions; least recently used sessions are evicted first,
-and a session is dropped when its task ends, fails, expires or is cancelled.
+this way has a cap in cached positions (least recently used sessions are evicted first) and
+a time to live (a session nobody touched for `ttl_s` is dropped, so a client that opened a
+session and went away does not hold memory until the cap forces it out); a session is also
+dropped when its task ends, fails, expires or is cancelled.
 
 The same store serves the optional automatic prefix cache (`take_longest_prefix`): requests
 without a session leave their cache under an anonymous key, and a later request takes the
@@ -13,8 +15,9 @@ a stateless caller (the external route's Generate calls) skip what was computed 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from inloop.services.contract.backend import KVCache
 
@@ -23,6 +26,7 @@ from inloop.services.contract.backend import KVCache
 class Session:
     cache: KVCache
     ids: list[int]          # the tokens whose keys/values the cache holds, in order
+    touched: float = field(default_factory=time.monotonic)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -34,23 +38,27 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class KVSessionStore:
-    def __init__(self, backend, max_positions: int = 65536):
+    def __init__(self, backend, max_positions: int = 65536, ttl_s: float = 600.0):
         self.backend = backend
         self.max_positions = max_positions
+        self.ttl_s = ttl_s
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0            # reused prefix tokens, for metrics and tests
         self.evictions = 0
+        self.expired = 0
 
     def take(self, session_id: str) -> Session | None:
         """Remove and return a session (the caller owns its cache until it puts it back)."""
         with self._lock:
+            self._expire_locked()
             return self._sessions.pop(session_id, None)
 
     def take_longest_prefix(self, ids: list[int], namespace: str, min_tokens: int) -> Session | None:
         """Remove and return the entry under `namespace` sharing the longest prefix with `ids`,
         if that prefix is at least `min_tokens` long (shorter matches are not worth a cache)."""
         with self._lock:
+            self._expire_locked()
             best, best_len = None, min_tokens - 1
             for key, session in self._sessions.items():
                 if key.startswith(namespace):
@@ -64,7 +72,9 @@ class KVSessionStore:
             old = self._sessions.pop(session_id, None)
             if old is not None and old.cache is not session.cache:
                 self.backend.free_kv(old.cache)
+            session.touched = time.monotonic()
             self._sessions[session_id] = session
+            self._expire_locked()
             self._evict_locked(keep=session_id)
 
     def rename(self, session_id: str, new_id: str) -> bool:
@@ -72,6 +82,7 @@ class KVSessionStore:
         with self._lock:
             s = self._sessions.pop(session_id, None)
             if s is not None:
+                s.touched = time.monotonic()
                 self._sessions[new_id] = s
         return s is not None
 
@@ -84,10 +95,22 @@ class KVSessionStore:
 
     def held_positions(self) -> int:
         with self._lock:
+            self._expire_locked()
             return sum(s.cache.capacity for s in self._sessions.values())
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def _expire_locked(self) -> None:
+        """Drop sessions idle longer than ttl_s (oldest first: the dict is in LRU order)."""
+        cutoff = time.monotonic() - self.ttl_s
+        while self._sessions:
+            sid, s = next(iter(self._sessions.items()))
+            if s.touched > cutoff:
+                break
+            del self._sessions[sid]
+            self.backend.free_kv(s.cache)
+            self.expired += 1
 
     def _evict_locked(self, keep: str) -> None:
         total = sum(s.cache.capacity for s in self._sessions.values())

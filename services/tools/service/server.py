@@ -86,6 +86,8 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
         self.max_concurrency = max_concurrency
         self.in_flight = 0  # only touched on the event loop's thread: no lock needed
         metrics.track_queue_depth("tools", lambda: self.in_flight)
+        metrics.track_state("tools", "kv_bytes", lambda: state.used_bytes)
+        metrics.track_state("tools", "sessions", lambda: state.stats()["sessions"])
 
     async def List(self, request: pb.ListToolsRequest, context) -> pb.ListToolsResponse:
         return pb.ListToolsResponse(tools=[

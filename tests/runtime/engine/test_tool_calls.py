@@ -144,3 +144,15 @@ def test_prefix_cache_serves_a_tasks_first_step_from_an_ended_task(tiny_llama):
     before = engine.sessions.hits
     engine.generate(_req("search", session_id="task-b"))                 # same prompt, new task
     assert engine.sessions.hits - before >= 16
+
+
+def test_sessions_nobody_touches_expire(tiny_llama):
+    """A session a client opened and left no longer holds its KV until the position cap forces
+    it out: after ttl_s unused it is freed."""
+    import time
+
+    engine = Engine.load(tiny_llama, kv_session_ttl_s=0.2)
+    engine.generate(_req("none", session_id="left"))
+    assert len(engine.sessions) == 1 and engine.sessions.held_positions() > 0
+    time.sleep(0.3)
+    assert engine.sessions.held_positions() == 0 and len(engine.sessions) == 0 and engine.sessions.expired == 1

@@ -219,7 +219,8 @@ class CudaBackend(Backend):
                 f"{self.gemv_tuner.measured} shape(s) measured, {len(self.ops.gemv_choices)} known"}
 
     # ---- GPU sampling and the decode graph ------------------------------------------------
-    def sample(self, logits: DeviceTensor, sampling: DeviceSampling = DeviceSampling()) -> tuple[int, float, float, float]:
+    def sample(self, logits: DeviceTensor,
+               sampling: DeviceSampling = DeviceSampling()) -> tuple[int, float, float, float]:
         """Sample one token from logits [1, V] on the GPU: (token, logprob, entropy, margin), the
         statistics from the temperature-1 distribution (as engine/sampler.py defines them)."""
         self.device.make_current()
