@@ -3,6 +3,8 @@
 and report a finished task (the task metric, one log line, the TaskResult)."""
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from inloop.services.common import metrics
@@ -21,6 +23,19 @@ async def accept_task(request: pb.TaskRequest, context: grpc.aio.ServicerContext
         log.info("task_rejected", task_id=request.task_id, detail=str(exc))
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         raise  # abort raises; this line only satisfies the type checker
+
+
+async def guarded(run, task: TaskSpec, context: grpc.aio.ServicerContext, log):
+    """Await a task's run; a bug in it ends the call INTERNAL naming the task (the log has the
+    traceback), never UNKNOWN with an exception's class path."""
+    try:
+        return await run
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line between a bug and the caller
+        log.error("task_failed", task_id=task.task_id, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            f"internal error in task {task.task_id}; the service's log has the details")
 
 
 def finish_task(outcome: TaskOutcome, route: str, request: pb.TaskRequest, log) -> pb.TaskResult:

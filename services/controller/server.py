@@ -14,7 +14,7 @@ import grpc
 from inloop.services.common import metrics
 from inloop.services.common.agent_loop import run_agent
 from inloop.services.common.logging import get_logger
-from inloop.services.common.task_rpc import accept_task, finish_task
+from inloop.services.common.task_rpc import accept_task, finish_task, guarded
 from inloop.services.controller.hops import Faults, Policy, RuntimeHop, ToolsHop
 from inloop.v1 import controller_pb2_grpc
 from inloop.v1 import runtime_pb2 as pb
@@ -46,7 +46,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
                                    self.model_name)
                 tools = ToolsHop(self.tools_channel, Policy.from_proto(request.policy, "tools"),
                                  Faults.from_proto(request.fault))
-                outcome = await run_agent(task, model, tools, route="external")
+                outcome = await guarded(run_agent(task, model, tools, route="external"), task, context, log)
             finally:
                 self.in_flight -= 1
         return finish_task(outcome, "external", request, log)

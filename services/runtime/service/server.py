@@ -22,7 +22,7 @@ import grpc
 from inloop.services.common import generate_convert as convert
 from inloop.services.common import metrics
 from inloop.services.common.logging import get_logger
-from inloop.services.common.task_rpc import accept_task, finish_task
+from inloop.services.common.task_rpc import accept_task, finish_task, guarded
 from inloop.services.contract.errors import InvalidRequest
 from inloop.services.contract.generation import MAX_TOKENS_LIMIT, GenerateRequest
 from inloop.services.runtime.service.internal_route import run_internal
@@ -49,7 +49,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for kind, code in _STATUS:
         if isinstance(exc, kind):
             return code, str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    # a bug: the caller gets no class names or internals, the log has the traceback
+    return grpc.StatusCode.INTERNAL, "internal error; the runtime's log has the details"
 
 
 def _unless_expired(handle: RequestHandle, result):
@@ -78,7 +79,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
             self.scheduler.engine  # noqa: B018 - raises NotReady while loading
         except NotReady as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        outcome = await run_internal(task, self.scheduler, self.tool_state)
+        outcome = await guarded(run_internal(task, self.scheduler, self.tool_state), task, context, log)
         return finish_task(outcome, "internal", request, log)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
@@ -148,6 +149,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
         if code == grpc.StatusCode.INTERNAL:
             log.error("request_failed", request_id=req.request_id, stage=stage, code=code.name,
                       detail=detail, exc_info=exc)
+            detail = f"{detail} (request {req.request_id})"
         else:
             log.info("request_rejected", request_id=req.request_id, stage=stage, code=code.name, detail=detail)
         await context.abort(code, detail)  # raises: ends the RPC with this status
