@@ -34,7 +34,7 @@ class RuntimeLauncher:
     def __init__(self, model: str, backend: str = "auto", host: str = "127.0.0.1",
                  log_path: str | Path | None = None, extra_args: list[str] | None = None):
         self.cmd = [sys.executable, "-m", "inloop.services.cli", "runtime", "serve", "--model", str(model),
-                    "--backend", backend, "--host", host, "--port", "0", "--metrics-port", "0",
+                    "--backend", backend, "--host", host, "--port", "0", "--metrics-port", "0", "--http-port", "0",
                     *(extra_args or [])]
         self._own_log = log_path is None
         if log_path is None:

@@ -115,7 +115,7 @@ class LocalStack:
         try:
             # Spawn runtime and tools together (the runtime's model load is the slow part).
             self._spawn("runtime", ["--model", self.model, "--backend", self.backend, "--host", self.host,
-                                    "--max-queue", str(self.max_queue), *self.runtime_args])
+                                    "--max-queue", str(self.max_queue), "--http-port", "0", *self.runtime_args])
             self._spawn("tools", ["--host", self.host])
             for name in ("runtime", "tools"):
                 self.procs[name].wait_started(self.start_timeout_s)

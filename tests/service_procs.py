@@ -33,6 +33,8 @@ class ServiceProcess:
         extra = []
         if self.args[:1] == ["serve"] and "--metrics-port" not in self.args:
             extra = ["--metrics-port", "-1"]  # tests run many services at once: no default-port clashes
+        if service == "runtime" and self.args[:1] == ["serve"] and "--http-port" not in self.args:
+            extra += ["--http-port", "-1"]  # nor on the HTTP API's 8000
         cmd = [sys.executable, "-m", "inloop.services.cli", service, *self.args, *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
         self.target = self._read_address(start_timeout_s)
@@ -87,8 +89,9 @@ class ServiceProcess:
 
 
 def runtime_process(model_dir: Path, log_path: Path, *extra: str) -> ServiceProcess:
-    return ServiceProcess("runtime", ["serve", "--model", str(model_dir), "--backend", "cpu", "--port", "0",
-                                      *extra], log_path)
+    """A runtime on free ports; the HTTP API is off unless `extra` gives --http-port."""
+    return ServiceProcess("runtime", ["serve", "--model", str(model_dir), "--backend", "cpu", "--port", "0", *extra],
+                          log_path)
 
 
 def tools_process(log_path: Path, port: int = 0, *extra: str) -> ServiceProcess:

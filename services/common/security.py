@@ -168,7 +168,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if not values:
             return ("missing bearer token: this service requires metadata 'authorization: Bearer <token>' "
                     "(clients: --token-file or INLOOP_TOKEN_FILE)")
-        tokens = [_bearer_token(v) for v in values]
+        tokens = [bearer_token(v) for v in values]
         if any(t is not None and hmac.compare_digest(t, self._expected) for t in tokens):
             return None
         if all(t is None for t in tokens):
@@ -183,7 +183,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return handler if message is None else _refusing(handler, message)
 
 
-def _bearer_token(value) -> bytes | None:
+def bearer_token(value) -> bytes | None:
     text = value if isinstance(value, str) else value.decode(errors="replace")
     scheme, _, token = text.strip().partition(" ")
     return token.strip().encode() if scheme.lower() == "bearer" and token.strip() else None

@@ -11,6 +11,7 @@ from inloop.services.common.settings import Scope, Setting
 SERVICES = ("runtime", "tools", "controller")
 COMMON_TABLE = "common"
 PORTS = {"runtime": (50051, 9101), "tools": (50061, 9102), "controller": (50071, 9103)}  # gRPC, metrics
+# (the runtime's HTTP API: 8000, vLLM's default)
 # Who calls whom: the loadgen drives both routes, the controller calls the runtime and the tools.
 CALLERS = {"runtime": ("controller", "loadgen"), "tools": ("controller", "loadgen"), "controller": ("loadgen",)}
 SECURITY = ("security\nmTLS with all three TLS files (from `inloop certs dev`); a bearer token with "
@@ -54,6 +55,10 @@ RUNTIME = [
                                    "that shares its prefix (automatic prefix caching, as vLLM's); off by default",
             type=bool),
     Setting("max_queue", 16, "requests that may wait; more get RESOURCE_EXHAUSTED", type=int),
+    Setting("http_port", 8000, "OpenAI-compatible HTTP API port (/v1/chat/completions, ...); 0 picks a free one "
+                               "(printed); -1 = no HTTP API", type=int),
+    Setting("served_model_name", "", "the model name the HTTP API answers to (default: the model directory's "
+                                     "name)"),
     Setting("kv_session_ttl_s", 600.0, "seconds a kept KV cache (a task's session, a prefix-cache entry) may "
                                        "sit unused before it is freed", type=float),
 ]

@@ -52,6 +52,20 @@ def parse_tool_call(text: str) -> ToolCall | None:
     return ToolCall(obj["name"], args)
 
 
+def parse_tool_calls(text: str) -> list[ToolCall]:
+    """Every tool call in `text`, in order (a model may emit several in one turn); [] for a
+    plain answer; raises on a malformed one."""
+    calls, rest = [], text
+    while (start := rest.find(OPEN)) != -1:
+        call = parse_tool_call(rest[start:])
+        calls.append(call)
+        end = rest.find(CLOSE, start)
+        if end == -1:
+            break
+        rest = rest[end + len(CLOSE):]
+    return calls
+
+
 def tool_names(tools: list[dict]) -> list[str]:
     return [t["function"]["name"] for t in tools]
 

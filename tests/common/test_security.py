@@ -68,7 +68,7 @@ class SecureService:
     """`python -m inloop.services.cli SERVICE serve --port 0 ...` waited on over mTLS."""
 
     def __init__(self, service: str, args: list[str], log_path: Path, security: ClientSecurity):
-        env = {**os.environ, "INLOOP_METRICS_PORT": "-1"}  # no fixed metrics port to collide on
+        env = {**os.environ, "INLOOP_METRICS_PORT": "-1", "INLOOP_HTTP_PORT": "-1"}  # no fixed ports to collide on
         self.log = open(log_path, "w")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "inloop.services.cli", service, "serve", "--port", "0", *args],
                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from inloop.services.common.serve_settings import OWN, common
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
@@ -25,26 +27,25 @@ class Service:
     port: int            # default gRPC port
     metrics_port: int    # default Prometheus port, path /metrics
     health: str          # the grpc.health.v1 service name besides ""
-    keys: frozenset[str]  # configuration keys beyond COMMON_KEYS
+    http_port: int | None = None  # the OpenAI-compatible HTTP API (the runtime's)
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """Configuration keys beyond COMMON_KEYS: the service's own settings, as declared once."""
+        return frozenset(s.key for s in OWN[self.name])
 
     @property
     def unit(self) -> str:
         return f"inloop-{self.name}.service"
 
 
-COMMON_KEYS = frozenset({
-    "host", "port", "log_level", "grace_s", "metrics_port", "tls_cert", "tls_key", "tls_ca",
-    "plaintext", "token_file", "otlp_endpoint",
-})
+COMMON_KEYS = frozenset(s.key for s in common("runtime")) - {"config"}
 
 SERVICES = {
     s.name: s for s in (
-        Service("runtime", 50051, 9101, "inloop.v1.Runtime",
-                frozenset({"model", "backend", "max_queue"})),
-        Service("tools", 50061, 9102, "inloop.v1.Tools",
-                frozenset({"max_concurrency", "fault_abort", "fault_delay", "fault_key", "corpus"})),
-        Service("controller", 50071, 9103, "inloop.v1.Controller",
-                frozenset({"runtime", "tools", "max_concurrency"})),
+        Service("runtime", 50051, 9101, "inloop.v1.Runtime", http_port=8000),
+        Service("tools", 50061, 9102, "inloop.v1.Tools"),
+        Service("controller", 50071, 9103, "inloop.v1.Controller"),
     )
 }
 

@@ -75,7 +75,8 @@ def test_deployment_ports_and_grpc_probes(objects, name):
     service = SERVICES[name]
     c = container(objects, name)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": service.port, "metrics": service.metrics_port}
+    http = {"http": service.http_port} if service.http_port else {}
+    assert ports == {"grpc": service.port, "metrics": service.metrics_port, **http}
     assert c["readinessProbe"]["grpc"] == {"port": service.port, "service": service.health}
     assert c["livenessProbe"]["grpc"]["port"] == service.port
     assert c["args"] == [name, "serve"]

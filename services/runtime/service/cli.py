@@ -69,6 +69,15 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     log.info("listening", address=handle.address, model=args.model, max_queue=args.max_queue)
     start_metrics(args)
     print(f"inloop runtime listening on {handle.address}", flush=True)
+    try:
+        http = await _start_http(args, scheduler, security, log)
+    except OSError as exc:
+        log.error("http_bind_failed", host=args.host, port=args.http_port, error=str(exc))
+        print(f"error: the HTTP API cannot listen on {args.host}:{args.http_port} ({exc}); choose another "
+              "--http-port, 0 for a free one, or -1 for none", file=sys.stderr)
+        await handle.server.stop(0)
+        scheduler.close()
+        return 1
 
     serving = asyncio.ensure_future(serve_until_signal(handle, args.grace_s))
     ready = asyncio.wrap_future(scheduler.ready)
@@ -89,9 +98,27 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
         await serving  # returns after SIGTERM/SIGINT and the graceful stop
     finally:
         ready.cancel()
+        if http is not None:
+            from inloop.services.runtime.service.http_server import stop_http
+            await stop_http(http)
         scheduler.close()
     log.info("stopped")
     return 0
+
+
+async def _start_http(args: argparse.Namespace, scheduler, security, log):
+    """The OpenAI-compatible API beside gRPC (same host rule, the same TLS files, the same token)."""
+    if args.http_port < 0:
+        return None
+    from inloop.services.common.metrics import metrics_tls
+    from inloop.services.runtime.service.http_server import make_app, start_http
+
+    app = make_app(scheduler, args.served_model_name, security.token if security is not None else None)
+    server, port = await start_http(app, args.host, args.http_port, metrics_tls(args))
+    scheme = "https" if metrics_tls(args) else "http"
+    log.info("http_listening", address=f"{args.host}:{port}", port=port, scheme=scheme)
+    print(f"inloop runtime http listening on {scheme}://{args.host}:{port}/v1", flush=True)
+    return server
 
 
 # ---- generate ---------------------------------------------------------------------

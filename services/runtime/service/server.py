@@ -129,7 +129,10 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
             await self._fail(context, GenerateRequest(request_id=request_id), "convert", exc)
         try:
             req.validate()
-            req.sampling.validate(self.max_tokens_limit)
+            try:
+                req.sampling.validate(self.max_tokens_limit)
+            except InvalidRequest as exc:
+                raise exc.within("sampling") from None
         except InvalidRequest as exc:
             await self._fail(context, req, "validate", exc)
         return req
