@@ -80,6 +80,12 @@ CONTROLLER = [
     Setting("runtime", "127.0.0.1:50051", "the runtime's host:port"),
     Setting("tools", "127.0.0.1:50061", "the tools service's host:port"),
     Setting("max_concurrency", 64, "tasks at once; more get RESOURCE_EXHAUSTED", type=int),
+    Setting("model_endpoint", "", "where model steps go: grpc://HOST:PORT (our runtime's gRPC API; default: "
+                                  "--runtime) or http(s)://HOST:PORT/v1 (any OpenAI-compatible server)",
+            metavar="URL"),
+    Setting("model_endpoint_model", "", "the model name to send an OpenAI upstream (default: its /v1/models' first)"),
+    Setting("model_endpoint_key_file", None, "a file holding the OpenAI upstream's API key (sent as a bearer token)",
+            metavar="FILE"),
 ]
 
 OWN = {"runtime": RUNTIME, "tools": TOOLS, "controller": CONTROLLER}

@@ -24,7 +24,11 @@ class ToolCall:
     arguments: dict = field(default_factory=dict)
 
     def to_text(self) -> str:
-        return f"{OPEN}{json.dumps({'name': self.name, 'arguments': self.arguments}, ensure_ascii=False)}{CLOSE}"
+        """The call as the model writes it (Hermes/Qwen: the JSON on its own line, which is
+        also how the constrained decoder lays it out, so a call rendered back into a
+        conversation is the text the model produced)."""
+        body = json.dumps({"name": self.name, "arguments": self.arguments}, ensure_ascii=False)
+        return f"{OPEN}\n{body}\n{CLOSE}"
 
 
 def parse_tool_call(text: str) -> ToolCall | None:

@@ -58,6 +58,21 @@ class Faults:
 NO_FAULTS = ((HEADER_ABORT, "off"), (HEADER_DELAY, "off"))  # environment writes are not under test
 
 
+class CallFailed(Exception):
+    """A call over a non-gRPC transport (OpenAI HTTP) that failed, with the gRPC status it
+    amounts to, so one retry policy (`retry_on` status names) serves every transport."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str):
+        super().__init__(detail)
+        self._code, self._detail = code, detail
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._detail
+
+
 class _Hop:
     """Retry one call per the policy; returns (response, attempts) or raises HopError."""
 
@@ -71,7 +86,7 @@ class _Hop:
         self.policy = policy
 
     def _retryable(self, exc: BaseException) -> bool:
-        return isinstance(exc, grpc.RpcError) and exc.code().name in self.policy.retry_on
+        return isinstance(exc, (grpc.RpcError, CallFailed)) and exc.code().name in self.policy.retry_on
 
     async def run(self, task: TaskSpec, call):
         attempts = 0
@@ -93,11 +108,11 @@ class _Hop:
                     timeout = min(p.per_try_timeout_s, remaining) if p.per_try_timeout_s > 0 else remaining
                     try:
                         return await self._bounded(call(timeout), timeout, attempts), attempts
-                    except grpc.RpcError as exc:
+                    except (grpc.RpcError, CallFailed) as exc:
                         last = exc
                         self.unsure |= exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
                         raise
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, CallFailed) as exc:
             raise self._hop_error(exc, attempts) from None
         except RetryError:  # not raised with reraise=True, kept for safety
             raise self._hop_error(last, attempts) from None

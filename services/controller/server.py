@@ -24,9 +24,12 @@ SERVICE_NAME = "inloop.v1.Controller"
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServicer):
-    def __init__(self, runtime_channel: grpc.aio.Channel, tools_channel: grpc.aio.Channel,
-                 model_name: str = "model", max_concurrency: int = 64):
+    def __init__(self, runtime_channel: grpc.aio.Channel | None, tools_channel: grpc.aio.Channel,
+                 model_name: str = "model", max_concurrency: int = 64, model_hop=None):
+        """`model_hop(policy)` makes the model port of one task; default: Runtime.Generate over
+        `runtime_channel` (an OpenAI HTTP upstream passes its own, services/controller/openai_hop.py)."""
         self.runtime_channel = runtime_channel
+        self.model_hop = model_hop or (lambda policy: RuntimeHop(runtime_channel, policy, model_name))
         self.tools_channel = tools_channel
         self.model_name = model_name
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -42,8 +45,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
         async with self._slots:
             self.in_flight += 1
             try:
-                model = RuntimeHop(self.runtime_channel, Policy.from_proto(request.policy, "runtime"),
-                                   self.model_name)
+                model = self.model_hop(Policy.from_proto(request.policy, "runtime"))
                 tools = ToolsHop(self.tools_channel, Policy.from_proto(request.policy, "tools"),
                                  Faults.from_proto(request.fault))
                 outcome = await guarded(run_agent(task, model, tools, route="external"), task, context, log)

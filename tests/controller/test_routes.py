@@ -46,10 +46,12 @@ class Mesh:
     tools: ServiceProcess
     controller: ServiceProcess
     log_dir: Path
+    http_controller: ServiceProcess | None = None  # its model hop: the runtime's OpenAI HTTP API
 
     def __post_init__(self):
         self.internal = runtime_pb2_grpc.RuntimeStub(insecure_channel(self.runtime.target))
         self.external = controller_pb2_grpc.ControllerStub(insecure_channel(self.controller.target))
+        self.external_http = controller_pb2_grpc.ControllerStub(insecure_channel(self.http_controller.target))
         self.connect_tools()
 
     def connect_tools(self) -> None:
@@ -71,10 +73,13 @@ def mesh(tmp_path_factory):
     model = make_tiny("llama", root / "tiny-llama")
     started: list[ServiceProcess] = []
     try:
-        started.append(runtime_process(model, root / "runtime.jsonl"))
+        started.append(runtime_process(model, root / "runtime.jsonl", "--http-port", "0"))
         started.append(tools_process(root / "tools.jsonl"))
         started.append(controller_process(started[0].target, started[1].target, root / "controller.jsonl"))
-        m = Mesh(*started, log_dir=root)
+        http = f"http://127.0.0.1:{started[0].wait_log('http_listening', timeout_s=30)['port']}/v1"
+        started.append(controller_process(started[0].target, started[1].target, root / "controller-http.jsonl",
+                                          "--model-endpoint", http))
+        m = Mesh(*started[:3], log_dir=root, http_controller=started[3])
         yield m
         started[1] = m.tools  # test_tools_service_killed... restarts it
     finally:
@@ -187,6 +192,25 @@ def test_both_routes_give_the_same_answers_and_steps(mesh):
     gated = next(r for r in requests if r.gate.enabled)
     steps = [s.kind for s in run_task(mesh.external, gated)[0].steps]
     assert steps[:4] == ["model", "gate", "model", "tool"]
+
+
+def test_the_external_route_over_openai_http_takes_the_same_steps(mesh):
+    """The controller's model hop over the OpenAI HTTP API (--model-endpoint http://...), to the
+    runtime's own HTTP front: the same task cases, the same steps and answers as the internal
+    route and the gRPC hop (greedy; a tool call goes up as tool_calls and comes back as the
+    same text)."""
+    requests = hand_built_tasks() + case_tasks()
+    with_tools = 0
+    for req in requests:
+        internal, _ = run_task(mesh.internal, req)
+        over_http, _ = run_task(mesh.external_http, req)
+        where = f"task {req.task_id} ({req.family or req.messages[-1].content[:40]!r})"
+        assert over_http.route == "external" and over_http.task_id == req.task_id
+        assert (over_http.ok, over_http.error_type, over_http.answer) == \
+            (internal.ok, internal.error_type, internal.answer), f"{where}\n{describe(internal)}\n{describe(over_http)}"
+        assert signature(over_http) == signature(internal), f"{where}\n{describe(internal)}\n{describe(over_http)}"
+        with_tools += bool(tool_steps(internal))
+    assert with_tools >= 5
 
 
 # ---- (b) faults: retries and typed errors outside, nothing inside ------------------------
