@@ -208,7 +208,7 @@ def test_a_scripted_model_passes_every_case_through_the_real_loop_and_tools():
     definitions = {d["function"]["name"]: d for d in openai_definitions()}
 
     class ScriptedModel:
-        name = "scripted"
+        name, provider = "scripted", "test"
 
         def __init__(self, case: TaskCase):
             self.case = case
