@@ -11,6 +11,7 @@ service says SERVING. Its JSON logs (stderr) go to a file the tests can read.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -101,3 +102,18 @@ def tools_process(log_path: Path, port: int = 0, *extra: str) -> ServiceProcess:
 def controller_process(runtime: str, tools: str, log_path: Path, *extra: str) -> ServiceProcess:
     return ServiceProcess("controller", ["serve", "--runtime", runtime, "--tools", tools, "--port", "0", *extra],
                           log_path)
+
+
+@contextlib.contextmanager
+def mesh_processes(root: Path, model_dir: Path, *runtime_extra: str):
+    """A runtime (numpy, `model_dir`), a tools service and a controller wired to both, on free
+    ports, logging into `root`; stopped in reverse order on the way out."""
+    procs: list[ServiceProcess] = []
+    try:
+        procs.append(runtime_process(model_dir, root / "runtime.jsonl", *runtime_extra))
+        procs.append(tools_process(root / "tools.jsonl"))
+        procs.append(controller_process(procs[0].target, procs[1].target, root / "controller.jsonl"))
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            proc.stop()

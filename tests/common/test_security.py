@@ -27,7 +27,12 @@ from inloop.services.common.certs_cli import make_dev_pki
 from inloop.services.common.grpc_client import make_channel, wait_for_serving
 from inloop.services.common.grpc_server import create_server
 from inloop.services.common.security import (
-    BearerTokenInterceptor, ClientSecurity, SecurityError, ServerSecurity, client_security_from_args, is_loopback,
+    BearerTokenInterceptor,
+    ClientSecurity,
+    SecurityError,
+    ServerSecurity,
+    client_security_from_args,
+    is_loopback,
     server_security_from_args,
 )
 from inloop.v1 import controller_pb2_grpc, tools_pb2_grpc

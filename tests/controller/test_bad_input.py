@@ -13,7 +13,7 @@ from inloop.services.common.grpc_client import insecure_channel
 from inloop.services.runtime.model.tiny import make_tiny
 from inloop.v1 import controller_pb2_grpc, runtime_pb2_grpc
 from inloop.v1 import runtime_pb2 as pb
-from tests.service_procs import controller_process, runtime_process, tools_process
+from tests.service_procs import mesh_processes
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -21,16 +21,9 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 @pytest.fixture(scope="module")
 def stubs(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-input")
-    started = []
-    try:
-        started.append(runtime_process(make_tiny("llama", root / "tiny"), root / "runtime.jsonl"))
-        started.append(tools_process(root / "tools.jsonl"))
-        started.append(controller_process(started[0].target, started[1].target, root / "controller.jsonl"))
-        yield (runtime_pb2_grpc.RuntimeStub(insecure_channel(started[0].target)),
-               controller_pb2_grpc.ControllerStub(insecure_channel(started[2].target)))
-    finally:
-        for proc in reversed(started):
-            proc.stop()
+    with mesh_processes(root, make_tiny("llama", root / "tiny")) as (runtime, _, controller):
+        yield (runtime_pb2_grpc.RuntimeStub(insecure_channel(runtime.target)),
+               controller_pb2_grpc.ControllerStub(insecure_channel(controller.target)))
 
 
 def sampling(**kw) -> pb.SamplingParams:

@@ -304,23 +304,17 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=int(time.time()), help="hypothesis seed (printed)")
     args = ap.parse_args()
     from inloop.services.runtime.model.tiny import make_tiny
-    from tests.service_procs import controller_process, runtime_process, tools_process
+    from tests.service_procs import mesh_processes
 
     with tempfile.TemporaryDirectory(prefix="inloop-fuzz-") as tmp:
         root = Path(tmp)
-        procs = [runtime_process(make_tiny("llama", root / "tiny"), root / "runtime.jsonl")]
-        procs.append(tools_process(root / "tools.jsonl"))
-        procs.append(controller_process(procs[0].target, procs[1].target, root / "controller.jsonl"))
-        try:
-            targets, tally = Targets(procs[0].target, procs[1].target, procs[2].target), Tally()
+        with mesh_processes(root, make_tiny("llama", root / "tiny")) as procs:
+            targets, tally = Targets(*(p.target for p in procs)), Tally()
             for rpc in targets.rpcs:
                 started = time.monotonic()
                 targets.fuzz(rpc, args.calls, tally, seed=args.seed)
                 print(f"{rpc}: {tally.calls[rpc]} calls in {time.monotonic() - started:.0f} s", flush=True)
             alive = all(p.proc.poll() is None for p in procs)
-        finally:
-            for p in reversed(procs):
-                p.stop()
     print(f"seed {args.seed}\n" + report(tally) + f"\nservices alive after: {alive}")
     return 0 if alive and not tally.bad else 1
 

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inloop.services.runtime.model.tiny import make_tiny
 from tests.fuzz.rpc_fuzz import Tally, Targets, report
-from tests.service_procs import controller_process, runtime_process, tools_process
+from tests.service_procs import mesh_processes
 
 CALLS_PER_RPC = 100
 RPCS = ("Runtime.Generate", "Runtime.GenerateStream", "Runtime.GetModelInfo", "Runtime.RunTask",
@@ -19,15 +19,8 @@ RPCS = ("Runtime.Generate", "Runtime.GenerateStream", "Runtime.GetModelInfo", "R
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
-    procs = []
-    try:
-        procs.append(runtime_process(make_tiny("llama", root / "tiny"), root / "runtime.jsonl"))
-        procs.append(tools_process(root / "tools.jsonl"))
-        procs.append(controller_process(procs[0].target, procs[1].target, root / "controller.jsonl"))
-        yield procs, Targets(procs[0].target, procs[1].target, procs[2].target)
-    finally:
-        for p in reversed(procs):
-            p.stop()
+    with mesh_processes(root, make_tiny("llama", root / "tiny")) as procs:
+        yield procs, Targets(*(p.target for p in procs))
 
 
 @pytest.mark.timeout(900)

@@ -10,7 +10,14 @@ import pytest
 
 from inloop.loadgen.tasks import build_cases
 from inloop.loadgen.tasks.checkers import (
-    check, dates_in, numbers_in, reference_answer, reference_steps, sentences_of, text_positions, value_positions,
+    check,
+    dates_in,
+    numbers_in,
+    reference_answer,
+    reference_steps,
+    sentences_of,
+    text_positions,
+    value_positions,
     word_count,
 )
 from inloop.loadgen.tasks.model import FAMILIES, SCENARIOS, TaskCase, load_cases, split_for

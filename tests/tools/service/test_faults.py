@@ -6,7 +6,15 @@ import pytest
 
 from inloop.services.contract.errors import FaultSpecError
 from inloop.services.contract.faults import (
-    HEADER_ABORT, HEADER_DELAY, HEADER_KEY, Abort, Delay, FaultSpec, Trigger, parse_abort, parse_delay,
+    HEADER_ABORT,
+    HEADER_DELAY,
+    HEADER_KEY,
+    Abort,
+    Delay,
+    FaultSpec,
+    Trigger,
+    parse_abort,
+    parse_delay,
 )
 from inloop.services.tools.service.faults import FaultInjector
 
