@@ -10,6 +10,7 @@
     faults.py       the fault-spec vocabulary (Envoy/Istio abort/delay) and its header names
     backend.py      the Backend interface the forward pass is written against, and KVCache
     step_runner.py  the StepRunner interface between the decode loop and a backend
+    validation.py   the checks every entry point runs on what a caller sends (one answer per bad input)
 
 Layers above (model and backends, engine, the tools' functions, the services, loadgen) import
 from here; `lint-imports` checks that it imports none of them.
