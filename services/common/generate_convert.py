@@ -45,6 +45,8 @@ def request_from_proto(msg: pb.GenerateRequest, request_id: str | None = None) -
         tools=[tool_from_proto(t, i) for i, t in enumerate(msg.tools)],
         tool_choice=msg.tool_choice or "auto",
         session_id=msg.session_id,
+        response_schema=validation.parse_json("response_json_schema", msg.response_json_schema)
+        if msg.response_json_schema else None,
     )
 
 

@@ -67,6 +67,9 @@ class GenerateRequest:
     # A running task's id: its KV cache is kept between calls and reused for the longest
     # common token prefix, so each agent step prefills only what is new.
     session_id: str = ""
+    # A JSON Schema the whole answer must follow (OpenAI's response_format; json_object is
+    # {"type": "object"}); decoded through the JSON grammar, finish_reason "stop" when complete.
+    response_schema: dict | None = None
 
     def validate(self) -> None:
         if not self.messages and not self.prompt:
@@ -93,6 +96,10 @@ class GenerateRequest:
         if self.tool_choice not in ("none", "auto", "required") and self.tool_choice not in names:
             raise InvalidRequest("tool_choice", f"{self.tool_choice!r} is not none, auto, required or an offered tool "
                                                 f"({', '.join(names) or 'no tools offered'})")
+        if self.response_schema is not None:
+            validation.tool_schema("response_format.json_schema", self.response_schema)
+            if self.tool_choice not in ("none", "auto") and names:
+                raise InvalidRequest("response_format", "a forced tool call and a response format cannot both apply")
         if self.tool_choice != "none" and self.tool_choice != "auto" and not names:
             raise InvalidRequest("tool_choice", f"{self.tool_choice!r} needs at least one tool in `tools`")
 

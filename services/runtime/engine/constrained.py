@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from inloop.services.contract.tool_calls import CLOSE, OPEN, find_tool
+from inloop.services.runtime.engine.json_grammar import Decoding
 from inloop.services.runtime.engine.vocab_masks import VocabMasks
 
 MAX_STRING_TOKENS = 48
@@ -129,12 +130,36 @@ def _value(d: Driver, schema: dict) -> None:
         _string(d)
 
 
+def needs_json_grammar(schema: dict) -> bool:
+    """Whether a tool's arguments need more than flat properties of scalars (what the
+    hand-written grammar above follows: strings, numbers, booleans, enums)."""
+    for prop in (schema.get("properties") or {}).values():
+        kinds = prop.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds or ())
+        if any(k in ("array", "object") for k in kinds) or (not kinds and "enum" not in prop):
+            return True
+    return False
+
+
+def json_value(d: Driver, schema: dict, field: str) -> None:
+    """A whole JSON value matching `schema`, token by token through the JSON grammar."""
+    decoding = Decoding(d.masks.json_grammar, schema, field, d.masks.size)
+    while (allowed := decoding.allowed()) is not None:
+        _check_budget(d)
+        decoding.feed(d.pick(allowed))
+
+
 def tool_call(d: Driver, tools: list[dict], only: str | None = None, opened: bool = False) -> None:
     """Generate a complete, schema-valid tool call. `opened`: the model already wrote `<tool_call>`."""
     _force(d, ("\n" if opened else OPEN + "\n") + '{"name": "')
     names = [only] if only else [t["function"]["name"] for t in tools]
     name = choose(d, [n + '"' for n in names])[:-1]
     params = (find_tool(tools, name) or {}).get("parameters", {})
+    if needs_json_grammar(params):  # arrays or nested objects: the full JSON Schema grammar
+        _force(d, ', "arguments": ')
+        json_value(d, params, f"tools.{name}.parameters")
+        _force(d, "}\n" + CLOSE)
+        return
     props: dict = params.get("properties", {})
     required = [p for p in params.get("required", []) if p in props]
     optional = [p for p in props if p not in required]

@@ -213,7 +213,7 @@ class Engine:
         sp = req.sampling
         budget = min(sp.max_tokens, self.max_context - len(ids))
         cache = self._cache_for(ids, len(ids) + budget, req.session_id)
-        constrained = bool(req.tools) and req.tool_choice != "none"
+        constrained = (bool(req.tools) and req.tool_choice != "none") or req.response_schema is not None
         gen = Generation(self, ids, cache, Sampler(sp), budget, sp.stop, on_token,
                          self.masks if constrained else None)
         gen.should_stop = should_stop
@@ -236,6 +236,8 @@ class Engine:
 
     def _decode(self, gen: Generation, req: GenerateRequest, should_stop) -> str:
         """The decode loop: free sampling, or a forced tool call where tool_choice asks for one."""
+        if req.response_schema is not None:
+            return self._constrained_answer(gen, req.response_schema)
         forced = req.tool_choice if req.tool_choice not in ("none", "auto") else None
         if forced and gen.masks is not None:
             return self._constrained_call(gen, req.tools, None if forced == "required" else forced, opened=False)
@@ -249,6 +251,15 @@ class Engine:
                 return "length"
             if should_stop and should_stop():
                 return "cancelled"
+
+    def _constrained_answer(self, gen: Generation, schema: dict) -> str:
+        try:
+            constrained.json_value(gen, schema, "response_format.json_schema")
+        except constrained.BudgetExhausted:
+            return "length"
+        except constrained.Stopped:
+            return "cancelled"
+        return "stop"
 
     def _constrained_call(self, gen: Generation, tools, only, opened) -> str:
         try:

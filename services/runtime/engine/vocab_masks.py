@@ -10,6 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from inloop.services.runtime.engine.json_grammar import JsonGrammar
 from inloop.services.runtime.model.tokenizer import Tokenizer
 
 
@@ -29,6 +30,8 @@ def _unicode_to_byte() -> dict[str, int]:
 
 class VocabMasks:
     def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._json: JsonGrammar | None = None
         hf = tokenizer._tok
         size = hf.get_vocab_size(with_added_tokens=True)
         table = _unicode_to_byte()
@@ -52,6 +55,15 @@ class VocabMasks:
         self.string_close = self._mask(_closes_string)     # ends a JSON string: body + '"'
         self.digits = self._mask(lambda b: b.isdigit())
         self.signed_digits = self._mask(lambda b: b.isdigit() or (b[:1] == b"-" and (len(b) == 1 or b[1:].isdigit())))
+
+    @property
+    def json_grammar(self) -> JsonGrammar:
+        """The vocabulary for JSON Schema decoding (llguidance), built on first use (~0.3 s)."""
+        if self._json is None:
+            tok = self._tokenizer
+            eos = tok.token_id(tok.eos_token)
+            self._json = JsonGrammar(tok._tok.to_str(), self.size, [eos if eos is not None else 0])
+        return self._json
 
     def _mask(self, pred) -> np.ndarray:
         return np.array([bool(b) and pred(b) for b in self.token_bytes], dtype=bool)

@@ -56,6 +56,17 @@ class NamedToolChoice(_Body):
     function: dict[str, str]       # {"name": ...}
 
 
+class JsonSchemaFormat(_Body):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -90,6 +101,7 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
     top_logprobs: int | None = None
     logprobs: bool | None = None
 

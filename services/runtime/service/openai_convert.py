@@ -47,6 +47,17 @@ def _message(i: int, m: Message) -> ChatMessage:
     return ChatMessage(m.role, text)
 
 
+def _response_schema(body: ChatCompletionRequest) -> dict | None:
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    if fmt.json_schema is None:
+        raise InvalidRequest("response_format.json_schema", "give {name, schema} with type json_schema")
+    return fmt.json_schema.schema_
+
+
 def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerateRequest:
     tools = [t.model_dump() for t in body.tools or ()]
     choice = body.tool_choice
@@ -56,7 +67,8 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerateReques
         choice = choice.function.get("name", "")
     req = GenerateRequest(messages=[_message(i, m) for i, m in enumerate(body.messages)],
                           sampling=_sampling(body, body.max_completion_tokens or body.max_tokens),
-                          request_id=request_id, tools=tools, tool_choice=choice)
+                          request_id=request_id, tools=tools, tool_choice=choice,
+                          response_schema=_response_schema(body))
     req.validate()
     return req
 

@@ -1,6 +1,8 @@
 """Constrained tool calls and KV reuse across a task's steps, on a tiny model."""
 from __future__ import annotations
 
+import json
+
 import jsonschema
 import pytest
 
@@ -156,3 +158,38 @@ def test_sessions_nobody_touches_expire(tiny_llama):
     assert len(engine.sessions) == 1 and engine.sessions.held_positions() > 0
     time.sleep(0.3)
     assert engine.sessions.held_positions() == 0 and len(engine.sessions) == 0 and engine.sessions.expired == 1
+
+
+NESTED = {"type": "function", "function": {"name": "plan", "description": "plan a trip", "parameters": {
+    "type": "object", "properties": {
+        "stops": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+        "where": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                                   "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+                  "required": ["city", "days"], "additionalProperties": False},
+        "mode": {"type": "string", "enum": ["train", "bus"]}},
+    "required": ["stops", "where", "mode"], "additionalProperties": False}}}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_arrays_and_nested_objects_follow_the_schema(engine, seed):
+    """Arguments with an array and a nested object go through the JSON Schema grammar
+    (llguidance): real arrays and objects, not strings, valid against the schema."""
+    req = GenerateRequest(messages=[ChatMessage("user", "Plan a trip")], tools=[NESTED], tool_choice="plan",
+                          sampling=SamplingParams(max_tokens=400, temperature=1.0, seed=seed))
+    result = engine.generate(req)
+    assert result.finish_reason == "tool_calls", result.text
+    call = parse_tool_call(result.text)
+    jsonschema.validate(call.arguments, NESTED["function"]["parameters"])
+    assert isinstance(call.arguments["stops"], list) and isinstance(call.arguments["where"], dict)
+    assert call.to_text() == result.text  # laid out as json.dumps writes it: the round trip is exact
+
+
+def test_a_response_schema_shapes_the_whole_answer(engine):
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20},
+                                               "sure": {"type": "boolean"}}, "required": ["answer", "sure"],
+              "additionalProperties": False}
+    req = GenerateRequest(messages=[ChatMessage("user", "Is the sky blue?")], response_schema=schema,
+                          sampling=SamplingParams(max_tokens=200, temperature=1.0, seed=5))
+    result = engine.generate(req)
+    assert result.finish_reason == "stop"
+    jsonschema.validate(json.loads(result.text), schema)

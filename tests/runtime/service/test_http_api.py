@@ -107,6 +107,33 @@ def test_the_sdks_multi_turn_tool_loop_is_accepted(api):
     assert reply.usage.prompt_tokens > chat(api, max_tokens=1).usage.prompt_tokens  # the history was rendered
 
 
+PLAN = {"type": "function", "function": {"name": "plan", "description": "plan a trip", "parameters": {
+    "type": "object", "properties": {
+        "stops": {"type": "array", "items": {"type": "string", "maxLength": 10}, "maxItems": 3},
+        "where": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"],
+                  "additionalProperties": False}},
+    "required": ["stops", "where"], "additionalProperties": False}}}
+
+
+def test_a_tool_with_an_array_and_a_nested_object_parameter(api):
+    reply = chat(api, tools=[PLAN], tool_choice="required", max_tokens=400, temperature=1.0, seed=1)
+    args = json.loads(reply.choices[0].message.tool_calls[0].function.arguments)
+    assert isinstance(args["stops"], list) and isinstance(args["where"], dict) and "city" in args["where"]
+
+
+def test_response_format_json_schema_and_json_object(api):
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20},
+                                               "score": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["answer", "score"], "additionalProperties": False}
+    reply = chat(api, max_tokens=300, temperature=1.0, seed=2,
+                 response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    doc = json.loads(reply.choices[0].message.content)
+    assert reply.choices[0].finish_reason == "stop" and set(doc) == {"answer", "score"} and 0 <= doc["score"] <= 9
+    reply = chat(api, max_tokens=300, temperature=1.0, seed=2, response_format={"type": "json_object"})
+    if reply.choices[0].finish_reason == "stop":  # an open object may run past max_tokens on a random model
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
 def test_logprobs_and_the_uncertainty_extension(api):
     reply = chat(api, logprobs=True, extra_body={"inloop": {"uncertainty": True}})
     content = reply.choices[0].logprobs.content

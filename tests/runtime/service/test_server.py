@@ -236,3 +236,18 @@ def test_sigterm_stops_cleanly_with_exit_code_0(long_dir, tmp_path):
     call.cancel()
     assert srv.logs("shutting_down")[0]["reason"] == "SIGTERM"
     assert srv.logs("stopped")
+
+
+def test_generate_follows_a_response_json_schema(server):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "maximum": 9}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    req = pb.GenerateRequest(sampling=pb.SamplingParams(max_tokens=100, temperature=1.0, seed=3),
+                             response_json_schema=json.dumps(schema))
+    req.messages.add(role="user", content="Answer in JSON")
+    reply = stub_for(server).Generate(req, timeout=30)
+    assert reply.finish_reason == "stop" and set(json.loads(reply.text)) == {"ok", "n"}
+    bad = pb.GenerateRequest(response_json_schema='{"type": "object", "properties": []}')
+    bad.messages.add(role="user", content="x")
+    with pytest.raises(grpc.RpcError) as err:
+        stub_for(server).Generate(bad, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "response_format.json_schema" in err.value.details()
