@@ -10,6 +10,7 @@ SUBCOMMANDS = (
     ("inloop.loadgen.loops", "register"),                 # loops: agentic scenarios, gate on/off
     ("inloop.loadgen.coldwarm", "register_coldwarm"),     # coldwarm: start -> healthy, cold/warm latency
     ("inloop.loadgen.load", "register_load"),             # load: concurrent clients, vLLM's metrics
+    ("inloop.loadgen.backends", "register_backends"),     # backends: the same against OpenAI-compatible servers
     ("inloop.loadgen.calibrate_gate", "register"),        # calibrate-gate: fit the gate's default threshold
     ("inloop.loadgen.report.cli", "register_report"),     # report: re-render an artifact
 )

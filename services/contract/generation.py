@@ -25,6 +25,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     return_uncertainty: bool = False
+    ignore_eos: bool = False      # generate max_tokens whatever the model says (benchmarks, as vLLM's)
 
     def validate(self, max_tokens_limit: int = MAX_TOKENS_LIMIT) -> None:
         if self.max_tokens <= 0:

@@ -243,7 +243,7 @@ class Engine:
             return self._constrained_call(gen, req.tools, None if forced == "required" else forced, opened=False)
         while True:
             token = gen.pick()
-            if token in self.eos_ids or gen.stop_hit:
+            if (token in self.eos_ids and not req.sampling.ignore_eos) or gen.stop_hit:
                 return "stop"
             if gen.masks is not None and OPEN in gen.text():
                 return self._constrained_call(gen, req.tools, None, opened=True)

@@ -89,6 +89,7 @@ class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool | int | None = None
+    ignore_eos: bool = False       # vLLM's extension: generate max_tokens tokens
     inloop: Extension | None = None
 
     def stops(self) -> tuple[str, ...]:

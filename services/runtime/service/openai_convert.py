@@ -33,6 +33,7 @@ def _sampling(body, max_tokens: int | None) -> SamplingParams:
         max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stops(),
+        ignore_eos=body.ignore_eos,
         return_uncertainty=bool(body.logprobs) or bool(body.inloop and body.inloop.uncertainty))
 
 
