@@ -161,8 +161,8 @@ def stop(b: Backend) -> None:
 COLUMNS = (("start_to_healthy_s", "start->healthy s", ".2f"), ("cold_ttft_ms", "cold TTFT ms", ".0f"),
            ("cold_full_ms", "cold full ms", ".0f"), ("warm_mean_ms", "warm mean ms", ".0f"),
            ("warm_p99_ms", "warm p99 ms", ".0f"), ("ttft_ms", "TTFT ms", ".1f"),
-           ("decode_tok_s", "decode tok/s", ".1f"), ("load_output_tok_s", "load out tok/s", ".1f"), ("load_ttft_median_ms", "load TTFT p50", ".0f"),
-           ("load_tpot_median_ms", "load TPOT p50", ".1f"))
+           ("decode_tok_s", "decode tok/s", ".1f"), ("load_output_tok_s", "load out tok/s", ".1f"),
+           ("load_ttft_median_ms", "load TTFT p50", ".0f"), ("load_tpot_median_ms", "load TPOT p50", ".1f"))
 
 
 def format_table(rows: list[dict], reference: str = "inloop") -> str:
