@@ -14,6 +14,7 @@ MIN_TEMPERATURE = 1e-5      # below it (but above 0) the scaled logits overflow 
 MAX_STOP_STRINGS = 16       # as OpenAI's API allows 4; each checked against every new token
 MAX_STOP_CHARS = 256
 MAX_SEED = 2 ** 63 - 1
+MAX_TOP_LOGPROBS = 20        # OpenAI's limit
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     return_uncertainty: bool = False
     ignore_eos: bool = False      # generate max_tokens whatever the model says (benchmarks, as vLLM's)
+    top_logprobs: int = 0         # per token, this many most likely alternatives with their logprobs (<= 20)
 
     def validate(self, max_tokens_limit: int = MAX_TOKENS_LIMIT) -> None:
         if self.max_tokens <= 0:
@@ -39,6 +41,8 @@ class SamplingParams:
             raise InvalidRequest("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise InvalidRequest("top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest("top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise InvalidRequest("seed", f"must be in [0, 2^63 - 1] (unset = random), got {self.seed}")
         if len(self.stop) > MAX_STOP_STRINGS:
@@ -127,6 +131,9 @@ class TokenStats:
     logprob: float
     entropy: float
     margin: float
+    # the most likely tokens at this step, (text, logprob), best first, when asked for
+    # (SamplingParams.top_logprobs; OpenAI's top_logprobs)
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

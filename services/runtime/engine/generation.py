@@ -110,7 +110,9 @@ class Generation:
     def pick(self, allowed: np.ndarray | None = None) -> int:
         """Sample the next token (among `allowed` if given), emit it, and queue it for the model."""
         want_stats = self.sampler.params.return_uncertainty
-        if allowed is None and self._pending and self.runner.samples_on_device:
+        # alternatives need the host's logits row: a request asking for them samples on the host
+        on_device = self.runner.samples_on_device and not self.sampler.params.top_logprobs
+        if allowed is None and self._pending and on_device:
             token, st = self._sample_pending_on_device()  # stats from the same device pass
             st = st if want_stats else None
         else:
@@ -118,10 +120,22 @@ class Generation:
             logits = self.logits if allowed is None else np.where(allowed, self.logits, -np.inf).astype(np.float32)
             # stats come from the full distribution, not the grammar-masked one
             token = self.sampler.choose(logits)
-            st = token_stats(log_softmax(self.logits), token) if want_stats else None
+            st = self._stats(token) if want_stats else None
         self._emit(token, st)
         self._pending = [token]
         return token
+
+    def _stats(self, token: int) -> TokenStats:
+        logprobs = log_softmax(self.logits)
+        st = token_stats(logprobs, token)
+        k = min(self.sampler.params.top_logprobs, logprobs.size)
+        if not k:
+            return st
+        best = np.argpartition(logprobs, -k)[-k:]
+        best = best[np.argsort(-logprobs[best])]
+        decode = self.engine.tokenizer.decode
+        top = tuple((decode([int(i)], skip_special_tokens=False), float(logprobs[i])) for i in best)
+        return TokenStats(st.logprob, st.entropy, st.margin, top)
 
     def force(self, text: str) -> bool:
         """Append fixed text: its tokens go through the model in one chunk. False (and

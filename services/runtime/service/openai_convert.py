@@ -34,6 +34,7 @@ def _sampling(body, max_tokens: int | None) -> SamplingParams:
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stops(),
         ignore_eos=body.ignore_eos,
+        top_logprobs=(getattr(body, "top_logprobs", None) or 0) if body.logprobs else 0,
         return_uncertainty=bool(body.logprobs) or bool(body.inloop and body.inloop.uncertainty))
 
 
@@ -109,9 +110,11 @@ def reply_message(text: str, offered_tools: bool) -> tuple[dict, bool]:
 
 
 def _logprobs(result: GenerateResult, texts: list[str]) -> dict:
-    """The chosen tokens' logprobs (top_logprobs are not computed: empty lists)."""
-    return {"content": [{"token": t, "logprob": s.logprob, "bytes": list(t.encode()), "top_logprobs": []}
-                        for t, s in zip(texts, result.token_stats)]}
+    """Each token's logprob and, when asked for, its most likely alternatives (a forced token's
+    alternatives are not computed)."""
+    return {"content": [{"token": t, "logprob": s.logprob, "bytes": list(t.encode()), "top_logprobs": [
+        {"token": alt, "logprob": lp, "bytes": list(alt.encode())} for alt, lp in s.top]}
+        for t, s in zip(texts, result.token_stats)]}
 
 
 def extension(result: GenerateResult) -> dict | None:

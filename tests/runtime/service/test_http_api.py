@@ -135,9 +135,12 @@ def test_response_format_json_schema_and_json_object(api):
 
 
 def test_logprobs_and_the_uncertainty_extension(api):
-    reply = chat(api, logprobs=True, extra_body={"inloop": {"uncertainty": True}})
+    reply = chat(api, logprobs=True, top_logprobs=3, extra_body={"inloop": {"uncertainty": True}})
     content = reply.choices[0].logprobs.content
     assert len(content) == 12 and all(t.logprob <= 0 for t in content)
+    for t in content:  # greedy: the chosen token is the most likely one
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == pytest.approx(t.logprob)
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
     extra = reply.model_extra["inloop"]
     assert set(extra["uncertainty"]) >= {"mean_logprob", "min_margin"} and len(extra["tokens"]) == 12
 
