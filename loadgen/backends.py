@@ -219,7 +219,7 @@ def register_backends(lsub) -> None:
     p.add_argument("--backend", action="append", required=True, metavar="NAME|NAME=URL",
                    help=f"a built-in ({', '.join(BUILTIN)}) started here, or NAME=URL of a running /v1 (repeatable)")
     p.add_argument("--model", default="default", help="the model the built-ins serve: 'default' or a directory")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the user message of every request")
     p.add_argument("--prompts", type=int, default=8, help="requests in the load run (default 8)")
     p.add_argument("--max-tokens", type=int, default=32, help="output tokens per request (default 32)")
     p.add_argument("--warm-requests", type=int, default=5, help="timed warm requests (default 5)")
