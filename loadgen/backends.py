@@ -8,7 +8,7 @@ Per backend: process start -> healthy (for the ones we start), the cold request 
 full response), --warm-requests more (mean and p99 of the full response, mean TTFT, decode
 tokens/s), then a load run (--prompts requests, --concurrency at a time; vLLM bench serve's
 metrics: output tokens/s, TTFT and TPOT medians). Same prompt(s), greedy, the same output
-length (`ignore_eos` where the server honours it), each server on --threads CPU threads.
+length (`ignore_eos`, or transformers serve's `generation_config` min_new_tokens), each server on --threads CPU threads.
 
 Built-in local backends (started here, stopped after): `inloop` (our runtime's HTTP API,
 numpy backend), `llama-server` (llama.cpp's own server, built by scripts/build_llama_server.sh,
@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inloop.loadgen.openai_stream import FIXED_LENGTH_HF, FIXED_LENGTH_OPENAI
+
 DEFAULT_PROMPT = "Explain what a service mesh is and why teams use one."
 BUILTIN = ("inloop", "llama-server", "transformers-serve")
 
@@ -42,6 +44,7 @@ class Backend:
     command: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    fixed_length: str = FIXED_LENGTH_OPENAI         # how it is asked for exactly max_tokens
 
 
 def free_port() -> int:
@@ -72,8 +75,9 @@ def backend_for(spec: str, model: str, threads: int, concurrency: int) -> Backen
         return Backend(spec, url, [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                                    "-t", str(threads), "-c", "4096", "-np", str(concurrency)], threads_env)
     exe = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
-    return Backend(spec, url, [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--force-model",
-                               str(resolve_model(model))], threads_env)
+    # transformers >= 5 takes the model to preload as its one argument (it was --force-model)
+    return Backend(spec, url, [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+                               str(resolve_model(model))], threads_env, fixed_length=FIXED_LENGTH_HF)
 
 
 def llama_server_binary() -> str:
@@ -120,7 +124,7 @@ async def measure(b: Backend, prompts: list[str], max_tokens: int, warm: int, co
         out["model"] = model
 
         async def one(prompt: str):
-            result = await stream_chat(client, b.url, chat_body(model, prompt, max_tokens), timeout_s)
+            result = await stream_chat(client, b.url, chat_body(model, prompt, max_tokens, b.fixed_length), timeout_s)
             if not result.success:
                 raise RuntimeError(f"{b.name}: {result.error}")
             return result
@@ -134,7 +138,7 @@ async def measure(b: Backend, prompts: list[str], max_tokens: int, warm: int, co
                    decode_tok_s=statistics.median(max(r.output_tokens - 1, 1) / max(r.e2el_ms - r.ttft_ms, 1e-6) * 1e3
                                                   for r in warms))
         started = time.perf_counter()
-        results = await _closed_loop(lambda p: stream_chat(client, b.url, chat_body(model, p, max_tokens), timeout_s),
+        results = await _closed_loop(lambda p: stream_chat(client, b.url, chat_body(model, p, max_tokens, b.fixed_length), timeout_s),
                                      prompts, concurrency)
         m = calculate_metrics(results, time.perf_counter() - started)
         out.update(load_output_tok_s=m.output_throughput, load_ttft_median_ms=m.ttft_ms.get("median"),

@@ -11,13 +11,22 @@ import httpx
 from inloop.loadgen.stream_client import StreamResult
 
 
-def chat_body(model: str, prompt: str, max_tokens: int, ignore_eos: bool = True) -> dict:
-    """Greedy, a fixed output length where the server honours `ignore_eos` (vLLM, llama.cpp,
-    ours); `min_tokens` asks the same of servers that know that name instead."""
+# How a server is told to write exactly max_tokens (greedy runs stop early at an end token):
+# vLLM, llama.cpp and ours honour `ignore_eos` (vLLM also `min_tokens`); HF's `transformers
+# serve` rejects unknown fields and takes generation settings as a JSON string instead.
+FIXED_LENGTH_OPENAI = "ignore_eos"
+FIXED_LENGTH_HF = "generation_config"
+
+
+def chat_body(model: str, prompt: str, max_tokens: int, fixed_length: str | None = FIXED_LENGTH_OPENAI) -> dict:
+    """A greedy streamed chat request; `fixed_length` names the way this server is asked for
+    exactly max_tokens (None: let it stop at its end token)."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    if ignore_eos:
+    if fixed_length == FIXED_LENGTH_OPENAI:
         body.update(ignore_eos=True, min_tokens=max_tokens)
+    elif fixed_length == FIXED_LENGTH_HF:
+        body["generation_config"] = json.dumps({"min_new_tokens": max_tokens})
     return body
 
 
@@ -62,8 +71,10 @@ async def stream_chat(client: httpx.AsyncClient, base_url: str, body: dict, time
         out.error = f"CLIENT_ERROR: {type(exc).__name__}: {exc}"
     out.e2el_ms = (time.perf_counter() - start) * 1e3
     out.text = "".join(pieces)
+    if not out.success and not out.error and out.finish_reason:
+        out.success = True  # HF's `transformers serve` ends a complete stream without [DONE]
     if out.success and not out.output_tokens:
         out.output_tokens = len(out.itl_ms) + (first_at is not None)  # no usage: count content chunks
     if not out.success and not out.error:
-        out.error = "INCOMPLETE: the stream ended without [DONE]"
+        out.error = "INCOMPLETE: the stream ended without [DONE] or a finish_reason"
     return out

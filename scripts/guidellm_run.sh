@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 HF_HUB_OFFLINE=1 "$VENV/bin/guidellm" run \
   --backend "kind=openai_http,target=$URL" \
   --profile kind=synchronous \
-  --constraint "kind=max_requests,max_requests=$MAX" \
+  --constraint "kind=max_requests,count=$MAX" \
   --data kind=synthetic_text,prompt_tokens=64,output_tokens=16 \
   --tokenizer "kind=huggingface_auto,model=$MODEL_DIR" \
   --output "kind=json,path=$OUT/benchmarks.json" --output kind=console \

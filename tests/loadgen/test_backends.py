@@ -40,3 +40,19 @@ def test_the_table_gives_each_figure_over_inloops():
             {"backend": "other", "ttft_ms": 20.0, "decode_tok_s": 90.0}]
     ratio = format_table(rows).splitlines()[3].split()
     assert ratio[:2] == ["x", "inloop"] and "2.00" in ratio and "3.00" in ratio
+
+
+def test_hf_transformers_serve_started_and_measured(tmp_path):
+    """HF's own server (transformers serve, a third party) as a built-in: it rejects fields it
+    does not know and ends its streams without [DONE], so it gets the exact output length
+    through its `generation_config` field and a stream ending in a finish_reason counts."""
+    model = make_tiny("llama", tmp_path / "tiny")
+    parser = argparse.ArgumentParser(prog="inloop loadgen")
+    register_backends(parser.add_subparsers())
+    args = parser.parse_args(["backends", "--backend", "transformers-serve", "--model", str(model),
+                              "--prompts", "2", "--warm-requests", "1", "--max-tokens", "6",
+                              "--start-timeout", "120", "--json", str(tmp_path / "b.json")])
+    assert args.func(args) == 0
+    row = json.loads((tmp_path / "b.json").read_text())["backends"][0]
+    assert "error" not in row, row
+    assert row["output_tokens"] == 6 and row["load_failed"] == 0 and row["start_to_healthy_s"] > 0
