@@ -169,10 +169,14 @@ async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: st
                 f"the call was cut off at max_tokens ({reply.completion_tokens} tokens): {exc}"
             step.status, step.error_type, step.detail = "error", TaskError.BAD_TOOL_CALL, why
             return run.done(False, error_type=TaskError.BAD_TOOL_CALL, message=why)
-        if call is None and choice not in ("none", "auto"):  # a forced call cut short by max_tokens
+        if call is None and choice not in ("none", "auto"):  # a forced call that did not come
             step.status, step.error_type = "error", TaskError.BAD_TOOL_CALL
-            step.detail = (f"the forced call to {choice} ended ({reply.finish_reason}) before it was complete; "
-                           f"raise max_tokens ({reply.completion_tokens} tokens were not enough)")
+            if reply.finish_reason == "length":  # ours: the grammar ran out of budget mid-call
+                step.detail = (f"no complete call to {choice} within max_tokens ({reply.completion_tokens} "
+                               f"tokens): raise max_tokens (or the server does not enforce tool_choice)")
+            else:  # an upstream that does not enforce tool_choice answered in text
+                step.detail = (f"tool_choice asked for a call to {choice} but the model answered in text "
+                               f"(finish_reason {reply.finish_reason}); its server does not enforce tool_choice")
             return run.done(False, error_type=TaskError.BAD_TOOL_CALL, message=step.detail)
         if call is None:
             stat = task.gate.statistic_of(reply.uncertainty)

@@ -338,6 +338,15 @@ def test_a_forced_call_cut_short_is_a_bad_tool_call_not_an_empty_answer():
     assert out.finish_reason == "length" and out.answer == ""
 
 
+def test_a_forced_call_answered_in_text_says_the_server_did_not_enforce_it():
+    """An OpenAI upstream that ignores tool_choice (llama-server's grammar lets SmolLM2 write
+    prose first) ends with "stop": the error says so rather than blaming max_tokens."""
+    prose = ModelReply("17 * 23 + 4 = 395", "stop", 10, 8)
+    out = run(make_task(tool_choice="calculator"), FakeModel(prose), FakeTools())
+    assert not out.ok and out.error_type == "bad_tool_call"
+    assert "answered in text" in out.error_message and "max_tokens" not in out.error_message
+
+
 def test_the_outcome_says_why_the_last_model_step_ended():
     out = run(make_task(), FakeModel(ModelReply("Five, and then some more wor", "length", 10, 8)), FakeTools())
     assert out.ok and out.finish_reason == "length"  # an answer, truncated: the caller can tell
