@@ -25,12 +25,14 @@ def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
         seed=msg.seed if msg.HasField("seed") else None,
         stop=tuple(msg.stop),
         return_uncertainty=msg.return_uncertainty,
+        top_logprobs=msg.top_logprobs,
     )
 
 
 def sampling_to_proto(sp: SamplingParams) -> pb.SamplingParams:
     msg = pb.SamplingParams(max_tokens=sp.max_tokens, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
-                            stop=list(sp.stop), return_uncertainty=sp.return_uncertainty)
+                            stop=list(sp.stop), return_uncertainty=sp.return_uncertainty,
+                            top_logprobs=sp.top_logprobs)
     if sp.seed is not None:
         msg.seed = sp.seed
     return msg
@@ -47,6 +49,7 @@ def request_from_proto(msg: pb.GenerateRequest, request_id: str | None = None) -
         session_id=msg.session_id,
         response_schema=validation.parse_json("response_json_schema", msg.response_json_schema)
         if msg.response_json_schema else None,
+        parallel_tool_calls=msg.parallel_tool_calls,
     )
 
 
@@ -64,8 +67,8 @@ def tool_to_proto(tool: dict) -> tools_pb2.ToolDefinition:
 
 
 def uncertainty_to_proto(token_id: int, stats: TokenStats) -> pb.TokenUncertainty:
-    return pb.TokenUncertainty(token_id=token_id, logprob=stats.logprob,
-                               entropy=stats.entropy, margin=stats.margin)
+    return pb.TokenUncertainty(token_id=token_id, logprob=stats.logprob, entropy=stats.entropy, margin=stats.margin,
+                               top=[pb.TopLogprob(token=t, logprob=lp) for t, lp in stats.top])
 
 
 def result_to_proto(result: GenerateResult, request_id: str, model: str) -> pb.GenerateResponse:

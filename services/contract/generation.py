@@ -43,6 +43,9 @@ class SamplingParams:
             raise InvalidRequest("top_k", f"must be >= 0 (0 = off), got {self.top_k}")
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequest("top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
+        if self.top_logprobs and not self.return_uncertainty:
+            raise InvalidRequest("top_logprobs", "alternatives come with the per-token statistics: "
+                                 "set return_uncertainty too")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise InvalidRequest("seed", f"must be in [0, 2^63 - 1] (unset = random), got {self.seed}")
         if len(self.stop) > MAX_STOP_STRINGS:
@@ -75,6 +78,9 @@ class GenerateRequest:
     # A JSON Schema the whole answer must follow (OpenAI's response_format; json_object is
     # {"type": "object"}); decoded through the JSON grammar, finish_reason "stop" when complete.
     response_schema: dict | None = None
+    # With tool_choice auto/required: after a call the model may open another in the same turn
+    # (OpenAI's parallel_tool_calls; the HTTP front's default is true, gRPC's false).
+    parallel_tool_calls: bool = False
 
     def validate(self) -> None:
         if not self.messages and not self.prompt:

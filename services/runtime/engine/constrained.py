@@ -8,9 +8,9 @@ Fixed text is forced (appended without sampling, one forward pass for the whole 
 where the grammar allows several continuations (the tool name, enum values, string and
 number contents, whether to add an optional argument) the model picks among the tokens that
 keep the output valid. Required properties come first in schema order, then the optional
-ones in order, each of which the model may include or end the object before. Values of
-types the grammar cannot enumerate (arrays, objects) are written as JSON strings, which the
-tool's schema check then rejects with a clear error.
+ones in order, each of which the model may include or end the object before. Arguments with
+arrays or nested objects go through the full JSON Schema grammar (json_grammar.py). With
+parallel calls allowed, the model then ends its turn or opens another call (`another_call`).
 """
 from __future__ import annotations
 
@@ -147,6 +147,26 @@ def json_value(d: Driver, schema: dict, field: str) -> None:
     while (allowed := decoding.allowed()) is not None:
         _check_budget(d)
         decoding.feed(d.pick(allowed))
+
+
+NEXT_CALL = "\n" + OPEN
+NEXT_CALL_RESERVE = 24  # tokens a further call needs at least (its fixed text and a short argument)
+
+
+def another_call(d: Driver, end_ids: tuple[int, ...]) -> bool:
+    """After a closed call: the model ends its turn (an end token) or opens one more call
+    (`\n<tool_call>`, which this spells out). True when it opened one. Parallel calls are
+    written as Qwen's and Hermes' templates write them, one block after the other."""
+    if d.remaining() <= NEXT_CALL_RESERVE or d.stopped():
+        return False
+    first = set(d.masks.prefix_tokens(NEXT_CALL.encode()))
+    token = d.pick(_mask(d.masks.size, first | set(end_ids)))
+    if token in end_ids:
+        return False
+    rest = NEXT_CALL.encode()[len(d.masks.token_bytes[token]):]
+    if rest:
+        choose(d, [rest.decode()])
+    return True
 
 
 def tool_call(d: Driver, tools: list[dict], only: str | None = None, opened: bool = False) -> None:

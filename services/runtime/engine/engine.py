@@ -240,13 +240,14 @@ class Engine:
             return self._constrained_answer(gen, req.response_schema)
         forced = req.tool_choice if req.tool_choice not in ("none", "auto") else None
         if forced and gen.masks is not None:
-            return self._constrained_call(gen, req.tools, None if forced == "required" else forced, opened=False)
+            return self._constrained_call(gen, req.tools, None if forced == "required" else forced, opened=False,
+                                          parallel=req.parallel_tool_calls)
         while True:
             token = gen.pick()
             if (token in self.eos_ids and not req.sampling.ignore_eos) or gen.stop_hit:
                 return "stop"
             if gen.masks is not None and OPEN in gen.text():
-                return self._constrained_call(gen, req.tools, None, opened=True)
+                return self._constrained_call(gen, req.tools, None, opened=True, parallel=req.parallel_tool_calls)
             if gen.remaining() <= 0:
                 return "length"
             if should_stop and should_stop():
@@ -261,9 +262,12 @@ class Engine:
             return "cancelled"
         return "stop"
 
-    def _constrained_call(self, gen: Generation, tools, only, opened) -> str:
+    def _constrained_call(self, gen: Generation, tools, only, opened, parallel: bool = False) -> str:
+        """One call (a named tool_choice, or parallel calls off), or as many as the model opens."""
         try:
             constrained.tool_call(gen, tools, only=only, opened=opened)
+            while parallel and only is None and constrained.another_call(gen, self.eos_ids):
+                constrained.tool_call(gen, tools, opened=True)
         except constrained.BudgetExhausted:
             return "length"
         except constrained.Stopped:

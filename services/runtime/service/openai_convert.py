@@ -70,7 +70,8 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerateReques
     req = GenerateRequest(messages=[_message(i, m) for i, m in enumerate(body.messages)],
                           sampling=_sampling(body, body.max_completion_tokens or body.max_tokens),
                           request_id=request_id, tools=tools, tool_choice=choice,
-                          response_schema=_response_schema(body))
+                          response_schema=_response_schema(body),
+                          parallel_tool_calls=body.parallel_tool_calls is not False)
     req.validate()
     return req
 

@@ -221,6 +221,11 @@ def test_the_bearer_token_guards_everything_but_health(tmp_path):
         proc.stop()
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
 @pytest.mark.slow
 def test_smollm2_through_the_sdk_equals_grpc_and_calls_a_tool(tmp_path):
     """The real model: greedy chat equals gRPC Generate, and a forced call comes back as tool_calls."""
@@ -238,5 +243,13 @@ def test_smollm2_through_the_sdk_equals_grpc_and_calls_a_tool(tmp_path):
             model=name, messages=[{"role": "user", "content": "Read the key named visits."}], tools=[KV],
             tool_choice="required", max_tokens=64, temperature=0).choices[0].message.tool_calls[0]
         assert call.function.name == "kv" and json.loads(call.function.arguments)["op"] in ("get", "put")
+        # parallel calls where the model writes them (OpenAI's default), one when asked for one
+        two = [{"role": "user", "content": "What is the weather in Paris and in London?"}]
+        calls = [api.client.chat.completions.create(
+            model=name, messages=two, tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0,
+            **extra).choices[0].message.tool_calls for extra in ({}, {"parallel_tool_calls": False})]
+        assert [json.loads(c.function.arguments)["city"] for c in calls[0]] == ["Paris", "London"]
+        assert [json.loads(c.function.arguments)["city"] for c in calls[1]] == ["Paris"]
+        assert len({c.id for c in calls[0]}) == 2
     finally:
         proc.stop()

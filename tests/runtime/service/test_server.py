@@ -251,3 +251,17 @@ def test_generate_follows_a_response_json_schema(server):
     with pytest.raises(grpc.RpcError) as err:
         stub_for(server).Generate(bad, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "response_format.json_schema" in err.value.details()
+
+
+def test_generate_returns_top_logprobs_over_grpc(server):
+    """OpenAI's top_logprobs on gRPC: per token the most likely alternatives, most likely
+    first; greedy, the chosen token is the first of them."""
+    resp = stub_for(server).Generate(chat(max_tokens=6, return_uncertainty=True, top_logprobs=3), timeout=20)
+    assert resp.token_uncertainty
+    for u in resp.token_uncertainty:
+        lps = [t.logprob for t in u.top]
+        assert len(u.top) == 3 and lps == sorted(lps, reverse=True)
+        assert u.logprob == pytest.approx(lps[0], abs=1e-5)
+    with pytest.raises(grpc.RpcError) as err:
+        stub_for(server).Generate(chat(max_tokens=2, top_logprobs=3), timeout=20)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sampling.top_logprobs" in err.value.details()
