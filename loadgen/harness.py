@@ -44,9 +44,10 @@ def add_harness_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="default",
                    help="model to serve when the loadgen starts the services itself ('default' = SmolLM2)")
     g.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "auto"), help="runtime backend (local)")
-    g.add_argument("--prefix-cache", action="store_true",
-                   help="start the runtime with automatic prefix caching (local only): the external "
-                        "route's session-less Generate calls then reuse earlier KV caches too")
+    g.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="start the runtime with automatic prefix caching on or off (local only; default: "
+                        "the runtime's own default). On, the external route's session-less Generate "
+                        "calls reuse earlier KV caches too")
     g.add_argument("--runtime", default="", help="an existing runtime's host:port (then nothing is started)")
     g.add_argument("--controller", default="", help="an existing controller's host:port")
     g.add_argument("--otlp-listen", default="",
@@ -56,6 +57,11 @@ def add_harness_args(p: argparse.ArgumentParser) -> None:
                    help="the OTLP receiver requires mTLS with the --tls-cert/--tls-key/--tls-ca files "
                         "(services then export to https://, presenting their own certificates)")
     add_client_security_options(p)
+
+
+def prefix_cache_args(on: bool | None) -> tuple[str, ...]:
+    """The runtime flag for prefix caching on/off; none for the runtime's default."""
+    return () if on is None else ("--prefix-cache",) if on else ("--no-prefix-cache",)
 
 
 def check_counts(args: argparse.Namespace) -> str:
@@ -93,7 +99,7 @@ def open_harness(args: argparse.Namespace, log_dir: Path):
             print(f"loadgen: starting runtime ({args.model}, {args.backend}), tools and controller on loopback; "
                   f"logs in {log_dir}", file=sys.stderr)
             stack = LocalStack(args.model, args.backend, log_dir, otlp_endpoint=receiver.endpoint,
-                               runtime_args=("--prefix-cache",) if args.prefix_cache else ()).start()
+                               runtime_args=prefix_cache_args(args.prefix_cache)).start()
             runtime, controller = stack.runtime, stack.controller
         else:
             print(f"loadgen: OTLP receiver on {receiver.address}; the services must export there", file=sys.stderr)
@@ -118,6 +124,7 @@ class TracedRun:
     records: list[dict]
     traces: dict[str, list[dict]]
     model: str
+    settings: dict[str, str] = None  # the runtime's serve settings in force (GetModelInfo)
 
     def report_extra(self) -> dict:
         """The artifact's hops/runs/traces sections."""
@@ -134,6 +141,7 @@ def run_traced(args: argparse.Namespace, out_dir: Path, total: int, desc: str, r
     from inloop.loadgen.trace_analysis import attach_breakdowns, sample_traces
 
     with open_harness(args, out_dir / "logs") as h:
+        settings = runtime_settings(h)
         runner = h.runner(args)
         try:
             with tqdm(total=total, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
@@ -145,5 +153,17 @@ def run_traced(args: argparse.Namespace, out_dir: Path, total: int, desc: str, r
             print(f"{desc}: collecting traces", file=sys.stderr)
             attach_breakdowns(records, h.store)
             traces = sample_traces(records, h.store)
-    return TracedRun(records, traces, h.model)
+    return TracedRun(records, traces, h.model, settings)
+
+
+def runtime_settings(h: Harness) -> dict[str, str]:
+    """The serve settings the runtime reports (prefix caching, queue, ...); {} from a runtime
+    too old to say."""
+    from inloop.services.common.grpc_client import make_channel
+    from inloop.v1 import runtime_pb2 as pb
+    from inloop.v1 import runtime_pb2_grpc
+
+    with make_channel(h.runtime, h.security) as channel:
+        info = runtime_pb2_grpc.RuntimeStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    return dict(info.settings)
 

@@ -6,33 +6,39 @@ and external first otherwise, so drift in the machine's speed hits both routes a
 warm-up tasks per profile run first and are not recorded. The profile reaches the services
 per request (route policy + fault spec in the TaskRequest); nothing restarts between them.
 
-Reported per profile, per task family and overall: the external/internal latency ratio of
-the means and of the p99s with bootstrap 95% confidence intervals (pairs resampled
-together), latency mean/p50/p99, success rate (the task answered and its checker passed),
-error rate (a typed error), retries per task; and, from the traces, where the time went
-(loadgen/hop_overhead.py). Writes a JSON artifact, a Markdown summary and an HTML report.
+Reported per profile, per task family, for the model-only and the tool families, and overall
+(loadgen/route_compare.py): the external/internal latency ratio of the means and of the p99s
+over all pairs and like for like (pairs where both routes succeeded; where both finished),
+each classified internal faster / external faster / parity within noise from its bootstrap
+95% CI (shown from 10 pairs up; a p99 from 100 samples up, else the max); the success and
+error-rate deltas; the cost per correct answer; latency, success, errors and retries per
+route; and, from the traces, where the time went, per task and per completion token
+(loadgen/hop_overhead.py). `--min-pairs`, `--ci-half-width` and `--budget-s` grow a run, one
+repetition of every case at a time per profile, until its like-for-like CI is that tight or
+the budget ends. Writes a JSON artifact, a Markdown summary and an HTML report.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from inloop.loadgen.stats import bootstrap_ci
+from inloop.loadgen.route_compare import ci_half_width, compare, p99_or_max, pairs_of
 from inloop.loadgen.task_runner import ROUTES
-
-N_BOOT = 2000
 
 
 def pair_order(i: int, rep: int) -> tuple[str, str]:
     return ROUTES if (i + rep) % 2 == 0 else ROUTES[::-1]
 
 
-def run_matrix(runner, profiles, cases, *, runs: int, warmups: int, run_id: str, progress=None) -> list[dict]:
+def run_matrix(runner, profiles, cases, *, runs: int, warmups: int, run_id: str, progress=None,
+               grow=None) -> list[dict]:
+    """Every profile's warm-ups, then `runs` repetitions of every case pair; then, while
+    `grow(profile, its records)` says so, one repetition more."""
     records = []
     for profile in profiles:
         for w in range(warmups):
@@ -41,27 +47,58 @@ def run_matrix(runner, profiles, cases, *, runs: int, warmups: int, run_id: str,
                 runner.run(case, route, run_id=f"{run_id}w", profile=profile, rep=w)
                 if progress:
                     progress.update(1)
-        for rep in range(runs):
+        mine: list[dict] = []
+        rep = 0
+        while rep < runs or (grow is not None and grow(profile, mine)):
+            if rep >= runs and progress is not None:
+                progress.total += 2 * len(cases)
             for i, case in enumerate(cases):
                 order = pair_order(i, rep)
                 for route in order:
                     rec = runner.run(case, route, run_id=run_id, profile=profile, rep=rep, first=route == order[0])
-                    records.append(rec)
+                    mine.append(rec)
                     if progress:
                         progress.update(1)
                         progress.set_postfix_str(f"{profile.name} {case.family} {route} "
                                                  f"{'ok' if rec['ok'] else rec['error_type']}", refresh=False)
+            rep += 1
+        records += mine
     return records
 
 
+class Growth:
+    """When a profile gets another repetition: until its like-for-like (both succeeded) pairs
+    reach `min_pairs` and the CI half-width of their mean ratio is at most `half_width`, within
+    `budget_s` shared out evenly over the profiles still to come."""
+
+    def __init__(self, n_profiles: int, min_pairs: int, half_width: float, budget_s: float, seed: int):
+        self.left, self.min_pairs, self.half_width, self.seed = n_profiles, min_pairs, half_width, seed
+        self.deadline = time.monotonic() + budget_s
+        self.current = None
+        self.until = 0.0
+
+    def __call__(self, profile, recs: list[dict]) -> bool:
+        if profile is not self.current:  # a new profile: its share of the budget left
+            self.current = profile
+            self.until = time.monotonic() + max(0.0, self.deadline - time.monotonic()) / max(self.left, 1)
+            self.left -= 1
+        if time.monotonic() >= self.until:
+            return False
+        like = compare(recs, self.seed)["like_for_like"]["both_succeeded"]
+        if like["pairs"] < self.min_pairs:
+            return True
+        return self.half_width > 0 and ci_half_width(like["ratio_mean"]) > self.half_width
+
+
 def route_summary(recs: list[dict]) -> dict:
-    lat = np.array([r["latency_ms"] for r in recs], dtype=float)
+    lat = [r["latency_ms"] for r in recs]
     n = len(recs)
     if n == 0:
-        return {"n": 0, "mean_ms": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "success_rate": 0.0, "error_rate": 0.0,
-                "retries_per_task": 0.0, "errors": {}}
-    return {"n": n, "mean_ms": float(lat.mean()), "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)),
+        return {"n": 0, "mean_ms": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "p99_label": "p99", "success_rate": 0.0,
+                "error_rate": 0.0, "retries_per_task": 0.0, "errors": {}}
+    p99, label = p99_or_max(lat)
+    return {"n": n, "mean_ms": float(np.mean(lat)), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": p99, "p99_label": label,
             "success_rate": sum(r["passed"] for r in recs) / n,
             "error_rate": sum(not r["ok"] for r in recs) / n,
             "retries_per_task": sum(r["retries"] for r in recs) / n,
@@ -69,18 +106,10 @@ def route_summary(recs: list[dict]) -> dict:
 
 
 def cell(recs: list[dict], seed: int) -> dict:
-    """One table cell: both routes' summaries and the paired external/internal ratios."""
-    by_key = defaultdict(dict)
-    for r in recs:
-        by_key[(r["case"], r["rep"])][r["route"]] = r["latency_ms"]
-    pairs = np.array([(v["internal"], v["external"]) for v in by_key.values() if len(v) == 2], dtype=float)
-    out = {"pairs": len(pairs)}
-    for name, stat in (("ratio_mean", "ratio_of_means"), ("ratio_p99", "ratio_of_p99")):
-        if len(pairs):
-            ci = bootstrap_ci(pairs, stat, n_boot=N_BOOT, seed=seed)
-            out[name] = {"value": ci.estimate, "ci95": [ci.low, ci.high]}
-        else:
-            out[name] = {"value": float("nan"), "ci95": [float("nan"), float("nan")]}
+    """One table cell: both routes' summaries and the paired comparisons (route_compare)."""
+    out = {"pairs": len(pairs_of(recs)), **compare(recs, seed)}
+    everything = out["like_for_like"]["all"]
+    out["ratio_mean"], out["ratio_p99"] = everything["ratio_mean"], everything["ratio_p99"]
     for route in ROUTES:
         out[route] = route_summary([r for r in recs if r["route"] == route])
     return out
@@ -91,25 +120,31 @@ def summarize(records: list[dict], profiles, seed: int) -> dict:
     for profile in profiles:
         recs = [r for r in records if r["profile"] == profile.name]
         families = sorted({r["family"] for r in recs})
+        # the results page's task-family parity split: no tool offered vs tool calls
+        split = {"model_only": [r for r in recs if not r.get("uses_tools")],
+                 "tools": [r for r in recs if r.get("uses_tools")]}
         rows.append({"name": profile.name, "description": profile.description, "overall": cell(recs, seed),
-                     "families": {f: cell([r for r in recs if r["family"] == f], seed) for f in families}})
+                     "families": {f: cell([r for r in recs if r["family"] == f], seed) for f in families},
+                     "split": {k: cell(v, seed) for k, v in split.items() if v}})
     return {"profiles": rows}
 
 
 def _print_table(summary: dict) -> None:
-    print(f"{'profile':8} {'pairs':>5} {'ext/int mean':>22} {'ext/int p99':>22} "
-          f"{'int ok':>7} {'ext ok':>7} {'ext retries':>11}")
+    from inloop.loadgen.report.fmt import ci_or_n, ratio_verdict
+
+    print(f"{'profile':8} {'pairs':>5} {'ext/int mean, all pairs':>30} {'both ok':>7} "
+          f"{'ext/int mean, both succeeded':>38} {'success Δ':>9} {'error Δ':>8} {'cost/correct':>12}")
     for p in summary["profiles"]:
         c = p["overall"]
-        rm, rp = c["ratio_mean"], c["ratio_p99"]
-        print(f"{p['name']:8} {c['pairs']:5d} {rm['value']:7.2f} [{rm['ci95'][0]:5.2f}, {rm['ci95'][1]:5.2f}]"
-              f" {rp['value']:7.2f} [{rp['ci95'][0]:5.2f}, {rp['ci95'][1]:5.2f}]"
-              f" {c['internal']['success_rate']:7.0%} {c['external']['success_rate']:7.0%}"
-              f" {c['external']['retries_per_task']:11.2f}")
+        like = c["like_for_like"]["both_succeeded"]
+        cost = c["cost_per_correct"]["ratio"]
+        print(f"{p['name']:8} {c['pairs']:5d} {ci_or_n(c['ratio_mean']):>30} {like['pairs']:7d} "
+              f"{ratio_verdict(like['ratio_mean']):>38} {c['success_delta']['value'] * 100:+8.1f}p "
+              f"{c['error_delta']['value'] * 100:+7.1f}p {cost if cost else float('nan'):12.2f}")
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from inloop.loadgen.harness import check_counts, run_traced
+    from inloop.loadgen.harness import check_counts
     from inloop.loadgen.profiles import ProfileError, load_profiles
     from inloop.loadgen.reporting import finish_report
     from inloop.loadgen.tasks import load_cases
@@ -133,20 +168,50 @@ def _cmd(args: argparse.Namespace) -> int:
     total = len(profiles) * 2 * (args.warmups + args.runs * len(cases))
     print(f"matrix: {len(profiles)} profiles x {len(cases)} cases x {args.runs} runs x 2 routes "
           f"(+{args.warmups} warm-up pairs per profile) = {total} tasks", file=sys.stderr)
+    if args.arm and args.runtime:
+        print("error: --arm restarts the runtime with other settings, so it needs the local stack "
+              "(no --runtime/--controller)", file=sys.stderr)
+        return 2
     started = time.monotonic()
-    done = run_traced(args, out_dir, total, "matrix", lambda runner, bar: run_matrix(
-        runner, profiles, cases, runs=args.runs, warmups=args.warmups, run_id=run_id, progress=bar))
+    done = _run(args, profiles, cases, out_dir, total, run_id)
     records = done.records
     section = summarize(records, profiles, args.seed)
+    section["settings"] = done.settings or {}
     section["breakdown_check"] = breakdown_check(records)
     section["wall_s"] = round(time.monotonic() - started, 1)
     _print_table(section)
+    section["arms"] = []
+    for arm in args.arm or ():
+        arm_started = time.monotonic()
+        arm_args = argparse.Namespace(**{**vars(args), **ARMS[arm]})
+        print(f"matrix: arm {arm}: the same run with the runtime restarted ({ARMS[arm]})", file=sys.stderr)
+        arm_done = _run(arm_args, profiles, cases, out_dir / arm, total, f"{run_id}{arm}", traced=False)
+        arm_section = summarize(arm_done.records, profiles, args.seed)
+        section["arms"].append({"name": arm, "settings": arm_done.settings or {}, "profiles": arm_section["profiles"],
+                                "wall_s": round(time.monotonic() - arm_started, 1)})
+        print(f"arm {arm}:")
+        _print_table(arm_section)
     check = section["breakdown_check"]
     print(f"hop overhead: {check['within_tolerance']}/{check['traced']} traced tasks add up within "
           f"{check['tolerance_pct']:.0f}% ({check['incomplete']} incomplete traces)")
     finish_report(args, "matrix", section, done.report_extra(), out_dir, model=done.model,
                   seeds=[args.seed], profiles={p.name: p.source for p in profiles})
     return 0
+
+
+# --arm NAME: the same run once more with the local runtime started with other settings
+ARMS = {"prefix-cache-off": {"prefix_cache": False}, "prefix-cache-on": {"prefix_cache": True}}
+
+
+def _run(args, profiles, cases, out_dir: Path, total: int, run_id: str, traced: bool = True):
+    from inloop.loadgen.harness import run_traced
+
+    grow = None
+    if args.min_pairs or args.ci_half_width:
+        grow = Growth(len(profiles), args.min_pairs, args.ci_half_width, args.budget_s, args.seed)
+    return run_traced(args, out_dir, total, "matrix", lambda runner, bar: run_matrix(
+        runner, profiles, cases, runs=args.runs, warmups=args.warmups, run_id=run_id, progress=bar, grow=grow),
+        traced=traced)
 
 
 def register(lsub) -> None:
@@ -165,6 +230,17 @@ def register(lsub) -> None:
     m.add_argument("--max-tokens", type=int, default=64, help="per model step (default 64)")
     m.add_argument("--deadline-ms", type=float, default=60000, help="per task (default 60000)")
     m.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    m.add_argument("--min-pairs", type=int, default=0,
+                   help="grow each profile, a repetition at a time, until this many pairs succeeded on "
+                        "both routes (default 0: run --runs repetitions only)")
+    m.add_argument("--ci-half-width", type=float, default=0.0,
+                   help="... and until the 95%% CI of its like-for-like mean ratio is at most this wide "
+                        "on each side, e.g. 0.05 (default 0: not asked)")
+    m.add_argument("--budget-s", type=float, default=600.0,
+                   help="seconds the growing may take in all, shared evenly over the profiles (default 600)")
+    m.add_argument("--arm", action="append", choices=sorted(ARMS),
+                   help="also run the whole matrix with the local runtime restarted so (repeatable); "
+                        "prefix-cache-off beside a default with it on")
     m.add_argument("--out", default="loadgen-out", help="directory for the JSON/Markdown/HTML report and logs")
     add_harness_args(m)
     m.set_defaults(func=_cmd)

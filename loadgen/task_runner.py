@@ -39,7 +39,8 @@ class TaskRunner:
         req = case_to_request(case, run_id=f"{run_id}-{tag}-r{rep}-{route}", max_tokens=self.max_tokens,
                               deadline_ms=self.deadline_ms, policy=profile.route_policy() if profile else None,
                               fault=profile.fault_spec(f"{run_id}-{tag}") if profile else None, gate=gate)
-        record = {"profile": tag, "case": case.id, "family": case.family, "route": route, "rep": rep,
+        record = {"profile": tag, "case": case.id, "family": case.family, "uses_tools": bool(case.tools),
+                  "completion_tokens": 0, "route": route, "rep": rep,
                   "first": first, "ok": False, "passed": False, "error_type": "", "latency_ms": 0.0,
                   "retries": 0, "steps": 0, "model_steps": 0, "gate_fired": False, "trace_id": ""}
         started = time.perf_counter()
@@ -56,7 +57,8 @@ class TaskRunner:
         record.update(ok=res.ok, passed=bool(res.ok and verdict.passed), error_type=res.error_type,
                       retries=res.retries, steps=len(res.steps), trace_id=res.trace_id,
                       model_steps=sum(1 for s in res.steps if s.kind == "model"),
-                      gate_fired=any(s.kind == "gate" for s in res.steps))
+                      gate_fired=any(s.kind == "gate" for s in res.steps),
+                      completion_tokens=sum(s.usage.completion_tokens for s in res.steps if s.kind == "model"))
         answers = [s for s in res.steps if s.kind == "model"]
         if res.ok and answers:  # the answer step's confidence: what the uncertainty gate reads
             u = answers[-1].uncertainty

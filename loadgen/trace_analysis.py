@@ -39,11 +39,22 @@ def hop_rows(records: list[dict]) -> list[dict]:
     for rec in records:
         if rec.get("hops"):
             groups[(rec["profile"], rec["route"])].append(rec["hops"])
+    tokens: dict[tuple, list[int]] = defaultdict(list)
+    for rec in records:
+        if rec.get("hops"):
+            tokens[(rec["profile"], rec["route"])].append(rec.get("completion_tokens", 0))
     rows = []
     for (profile, route), parts in groups.items():
         mean = mean_breakdown(parts)
-        rows.append({"profile": profile, "route": route, **{k: round(v, 3) if isinstance(v, float) else v
-                                                             for k, v in mean.items()}})
+        row = {"profile": profile, "route": route, **{k: round(v, 3) if isinstance(v, float) else v
+                                                      for k, v in mean.items()}}
+        # per completion token, so runs on models that write more or fewer tokens compare
+        per_token = sum(tokens[(profile, route)]) / len(tokens[(profile, route)])
+        row["completion_tokens_mean"] = round(per_token, 2)
+        if per_token > 0:
+            row.update({f"{k.removesuffix('_ms')}_ms_per_token": round(v / per_token, 4)
+                        for k, v in mean.items() if k.endswith("_ms") and isinstance(v, float)})
+        rows.append(row)
     return rows
 
 

@@ -85,3 +85,32 @@ def errors(counts: dict | None) -> str:
     """`timeout×3, unavailable×1`, most frequent first; an en dash when there were none."""
     items = sorted(((k, v) for k, v in (counts or {}).items() if v), key=lambda kv: (-kv[1], kv[0]))
     return ", ".join(f"{k}×{v}" for k, v in items) or MISSING
+
+
+def ci_or_n(entry: dict | None) -> str:
+    """A ratio entry ({"value", "ci95", "n"}): `1.23 [1.10, 1.37]` with a CI, `1.23 (n=7: no CI)`
+    below the threshold for one, an en dash with no value."""
+    if not entry or not _finite(entry.get("value")):
+        return MISSING if not entry or not entry.get("n") else f"{MISSING} (n={entry['n']}: too small)"
+    if has_ci(entry.get("ci95")):
+        return ci(entry["value"], entry["ci95"])
+    return f"{ratio(entry['value'])} (n={entry.get('n', 0)}: no CI)"
+
+
+def has_ci(bounds) -> bool:
+    """Whether `bounds` is a two-number interval of finite numbers (NaNs mean: no CI)."""
+    return bool(bounds) and len(bounds) == 2 and all(_finite(b) for b in bounds)
+
+
+def ratio_verdict(entry: dict | None) -> str:
+    """`ci_or_n` followed by what it means: internal faster / external faster / parity within
+    noise, or nothing when there is no CI."""
+    text = ci_or_n(entry)
+    if entry and has_ci(entry.get("ci95")) and entry.get("verdict"):
+        text += f" {entry['verdict']}"
+    return text
+
+
+def p99(value, label: str = "p99") -> str:
+    """A p99, or below 100 samples the max, said so."""
+    return ms(value) if label == "p99" else f"max {ms(value)}"

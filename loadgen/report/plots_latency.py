@@ -108,11 +108,21 @@ def ratio_forest(matrix: dict) -> str:
     profiles = matrix.get("profiles") or []
     if not profiles:
         return ""
-    series = (("mean", "ratio_mean", "#4477AA"), ("p99", "ratio_p99", "#AA3377"))
+    # all pairs, and like for like: the pairs in which both routes succeeded (artifacts from
+    # before that split carry the p99 ratio instead)
+    like = all("like_for_like" in p["overall"] for p in profiles)
+    series = ((("all pairs", "#4477AA"), ("both succeeded", "#AA3377")) if like
+              else (("mean", "#4477AA"), ("p99", "#AA3377")))
+
+    def estimate(p: dict, j: int) -> dict:
+        if like:
+            return p["overall"]["ratio_mean"] if j == 0 else p["overall"]["like_for_like"]["both_succeeded"]["ratio_mean"]
+        return p["overall"]["ratio_mean" if j == 0 else "ratio_p99"]
+
     values = [1.0]
     for p in profiles:
-        for _, key, _ in series:
-            values += [p["overall"][key]["value"], *p["overall"][key]["ci95"]]
+        for j in range(2):
+            values += [v for v in (estimate(p, j)["value"], *estimate(p, j)["ci95"]) if finite(v)]
     left = 24 + max(text_width(p["name"]) for p in profiles)
     width, row_h, top = 720.0, 34.0, 50.0
     height = top + row_h * len(profiles) + 16
@@ -123,18 +133,20 @@ def ratio_forest(matrix: dict) -> str:
     for i, p in enumerate(profiles):
         cy = top + row_h * (i + 0.5)
         body.append(f'<text class="label" x="{left - 6:.1f}" y="{cy + 4:.1f}" text-anchor="end">{esc(p["name"])}</text>')
-        for j, (label, key, colour) in enumerate(series):
-            est = p["overall"][key]
+        for j, (label, colour) in enumerate(series):
+            est = estimate(p, j)
             lo_ci, hi_ci = est["ci95"]
             if not all(finite(v) for v in (est["value"], lo_ci, hi_ci)):
-                continue  # too few pairs for an estimate: the table shows a dash
+                continue  # too few pairs for a CI: the table says so
             yy = cy + (j - 0.5) * 10
-            tip = _tip(f'{p["name"]}: {label} latency ratio (ext/int)', fmt.ci(est["value"], est["ci95"]),
+            tip = _tip(f'{p["name"]}: mean latency ratio (ext/int), {label}' if like
+                       else f'{p["name"]}: {label} latency ratio (ext/int)', fmt.ci(est["value"], est["ci95"]),
                        p.get("description", ""))
             body.append(f'<g class="ci" data-tip="{tip}"><line x1="{x(lo_ci):.1f}" x2="{x(hi_ci):.1f}" '
                         f'y1="{yy:.1f}" y2="{yy:.1f}" stroke="{colour}" stroke-width="2"/>'
                         f'<circle cx="{x(est["value"]):.1f}" cy="{yy:.1f}" r="4.5" fill="{colour}"/></g>')
-    body.append(legend([("mean ratio", series[0][2]), ("p99 ratio", series[1][2])], left, 18))
+    body.append(legend([(f"{series[0][0]}" if like else "mean ratio", series[0][1]),
+                        (f"{series[1][0]}" if like else "p99 ratio", series[1][1])], left, 18))
     body.append(f'<text class="note" x="{width - 12:.1f}" y="18" text-anchor="end">external / internal, 95% CI; '
                 f'1 = no overhead</text>')
     return figure("plot-ratios", width, height, "".join(body), "External/internal latency ratios",

@@ -44,33 +44,95 @@ def meta_rows(doc: dict) -> list[tuple[str, str]]:
             ("packages", packages or fmt.MISSING), ("args", args or fmt.MISSING)]
 
 
+def _like(cell: dict, subset: str) -> dict:
+    return (cell.get("like_for_like") or {}).get(subset) or {}
+
+
+def _delta(d: dict | None) -> str:
+    """A rate difference in percentage points, with its CI where there is one."""
+    d = d or {}
+    return fmt.ci(d.get("value"), d["ci95"], fmt.signed_pp) if fmt.has_ci(d.get("ci95")) else fmt.signed_pp(d.get("value"))
+
+
+def _comparison_row(cell: dict) -> list[str]:
+    """all pairs, both succeeded, both finished; success and error deltas; cost per correct."""
+    cost = cell.get("cost_per_correct") or {}
+    every = _like(cell, "all").get("ratio_mean") or cell.get("ratio_mean")
+    ok, done = _like(cell, "both_succeeded"), _like(cell, "both_finished")
+    return [fmt.count(cell["pairs"]), fmt.ratio_verdict(every),
+            fmt.count(ok.get("pairs")), fmt.ratio_verdict(ok.get("ratio_mean")),
+            fmt.count(done.get("pairs")), fmt.ratio_verdict(done.get("ratio_mean")),
+            _delta(cell.get("success_delta")), _delta(cell.get("error_delta")),
+            fmt.ms(cost.get("internal")), fmt.ms(cost.get("external")), fmt.ratio(cost.get("ratio"))]
+
+
+COMPARISON_COLUMNS = ["pairs", "ext/int mean, all pairs", "both ok", "ext/int mean, both succeeded",
+                      "both done", "ext/int mean, both finished", "success Δ pp", "error Δ pp",
+                      "cost/correct int", "cost/correct ext", "cost ratio"]
+COMPARISON_NOTE = ("Ratios above 1: the external route is slower. Like for like: only pairs in which both "
+                   "routes succeeded (answered, checker passed), or both finished without a typed error. "
+                   "A verdict (internal faster / external faster / parity within noise) comes from the "
+                   "bootstrap 95% CI, shown from 10 pairs up; deltas are external minus internal; cost per "
+                   "correct answer is a route's total task time, failures and retries included, over its "
+                   "passed tasks.")
+
+
 def matrix_tables(sec: dict) -> list[Table]:
-    overall = Table("Overall: external / internal latency", ["profile", "description", "pairs",
-                    "mean ratio [95% CI]", "p99 ratio [95% CI]"], "llrrr",
-                    note="Ratios above 1 mean the external route is slower than the internal one.")
+    overall = Table("Overall: external / internal", ["profile", "description"] + COMPARISON_COLUMNS,
+                    "ll" + "r" * len(COMPARISON_COLUMNS), note=COMPARISON_NOTE)
+    split = Table("Model-only vs tool families (the task-family parity split)", ["profile", "families"]
+                  + COMPARISON_COLUMNS, "ll" + "r" * len(COMPARISON_COLUMNS),
+                  note="Model-only: families that offer no tool, so the external route adds only its model hop.")
     routes = Table("Overall: per route", ["profile", "route", "n", "mean", "p50", "p99", "success",
-                   "errors", "retries/task", "error types"], "llrrrrrrrl")
-    families = Table("Per family", ["profile", "family", "pairs", "mean ratio [95% CI]",
-                     "p99 ratio [95% CI]", "p50 int", "p50 ext", "success int", "success ext"], "llrrrrrrr")
+                   "errors", "retries/task", "error types"], "llrrrrrrrl",
+                   note="A p99 from 100 tasks up; below that the column shows the max, so labelled.")
+    families = Table("Per family", ["profile", "family", "pairs", "ext/int mean", "both ok",
+                     "ext/int mean, both succeeded", "p50 int", "p50 ext", "success int", "success ext"],
+                     "llrrrrrrrr")
     for prof in sec.get("profiles", []):
         cell = prof["overall"]
-        overall.rows.append([prof["name"], prof.get("description", ""), fmt.count(cell["pairs"]),
-                             fmt.ci(cell["ratio_mean"]["value"], cell["ratio_mean"]["ci95"]),
-                             fmt.ci(cell["ratio_p99"]["value"], cell["ratio_p99"]["ci95"])])
+        overall.rows.append([prof["name"], prof.get("description", "")] + _comparison_row(cell))
+        for name, label in (("model_only", "model-only"), ("tools", "with tools")):
+            if name in (prof.get("split") or {}):
+                split.rows.append([prof["name"], label] + _comparison_row(prof["split"][name]))
         for route in ("internal", "external"):
             r = cell[route]
             routes.rows.append([prof["name"], route, fmt.count(r["n"]), fmt.ms(r["mean_ms"]),
-                                fmt.ms(r["p50_ms"]), fmt.ms(r["p99_ms"]), fmt.pct(r["success_rate"]),
-                                fmt.pct(r["error_rate"]), fmt.num(r["retries_per_task"]),
+                                fmt.ms(r["p50_ms"]), fmt.p99(r["p99_ms"], r.get("p99_label", "p99")),
+                                fmt.pct(r["success_rate"]), fmt.pct(r["error_rate"]), fmt.num(r["retries_per_task"]),
                                 fmt.errors(r.get("errors"))])
         for family, fc in sorted(prof.get("families", {}).items()):
-            families.rows.append([prof["name"], family, fmt.count(fc["pairs"]),
-                                  fmt.ci(fc["ratio_mean"]["value"], fc["ratio_mean"]["ci95"]),
-                                  fmt.ci(fc["ratio_p99"]["value"], fc["ratio_p99"]["ci95"]),
+            families.rows.append([prof["name"], family, fmt.count(fc["pairs"]), fmt.ci_or_n(fc["ratio_mean"]),
+                                  fmt.count(_like(fc, "both_succeeded").get("pairs")),
+                                  fmt.ci_or_n(_like(fc, "both_succeeded").get("ratio_mean")),
                                   fmt.ms(fc["internal"]["p50_ms"]), fmt.ms(fc["external"]["p50_ms"]),
                                   fmt.pct(fc["internal"]["success_rate"]),
                                   fmt.pct(fc["external"]["success_rate"])])
-    return [t for t in (overall, routes, families, *lab_tables(sec.get("lab"))) if t.rows]
+    tables = [overall, split, routes, families, *arms_tables(sec), settings_table(sec), *lab_tables(sec.get("lab"))]
+    return [t for t in tables if t.rows]
+
+
+def settings_table(sec: dict) -> Table:
+    """What the runtime ran with (GetModelInfo's settings): prefix caching above all, since it
+    changes what the external route's session-less calls prefill."""
+    t = Table("Runtime settings in force", ["setting", "value"], "ll",
+              note="As the runtime reported them at the start of the run.")
+    t.rows = [[k, v] for k, v in sorted((sec.get("settings") or {}).items())]
+    return t
+
+
+def arms_tables(sec: dict) -> list[Table]:
+    """Extra arms (--arm): the same matrix with the runtime restarted with other settings."""
+    out = []
+    for arm in sec.get("arms") or ():
+        changed = ", ".join(f"{k}={v}" for k, v in sorted(arm.get("settings", {}).items())
+                            if (sec.get("settings") or {}).get(k) != v)
+        t = Table(f"Arm {arm['name']}: external / internal", ["profile"] + COMPARISON_COLUMNS,
+                  "l" + "r" * len(COMPARISON_COLUMNS),
+                  note=f"Settings that differ from the main run: {changed or 'none'}.")
+        t.rows = [[prof["name"]] + _comparison_row(prof["overall"]) for prof in arm.get("profiles", [])]
+        out.append(t)
+    return out
 
 
 def lab_tables(lab: dict | None) -> list[Table]:
@@ -147,10 +209,18 @@ def hops_tables(sec: dict) -> list[Table]:
     t = Table("Mean time per hop", ["profile", "route", "n", "end to end"] + list(HOP_PARTS) + ["sum error"],
               "llrr" + "r" * len(HOP_PARTS) + "r",
               note="Sum error: how far the parts' sum is from the end-to-end mean.")
+    per_token = Table("Mean time per hop, per completion token", ["profile", "route", "tokens/task", "end to end"]
+                      + list(HOP_PARTS), "llrr" + "r" * len(HOP_PARTS),
+                      note="Each part over the task's completion tokens (all model steps): runs on models that "
+                           "write more or fewer tokens compare.")
     for r in sec.get("rows", []):
         t.rows.append([r["profile"], r["route"], fmt.count(r["n"]), fmt.ms(r["end_to_end_ms"])]
                       + [fmt.ms(r[f"{p}_ms"]) for p in HOP_PARTS] + [f"{fmt.num(r['sum_error_pct'], 2)}%"])
-    return [t] if t.rows else []
+        if r.get("end_to_end_ms_per_token") is not None:
+            per_token.rows.append([r["profile"], r["route"], fmt.num(r.get("completion_tokens_mean")),
+                                   fmt.ms(r["end_to_end_ms_per_token"])]
+                                  + [fmt.ms(r.get(f"{p}_ms_per_token")) for p in HOP_PARTS])
+    return [x for x in (t, per_token) if x.rows]
 
 
 def runs_tables(doc: dict) -> list[Table]:

@@ -25,6 +25,7 @@ CORPUS = Path(__file__).resolve().parents[2] / "services" / "tools" / "data" / "
 
 SYSTEM = {
     "general_short": "Answer the question in a few words.",
+    "reading_short": "Answer the question from the text in one short sentence.",
     "receipt_extract": "Call extract_receipt with the receipt text, then answer with the merchant, "
                        "the date (YYYY-MM-DD) and the total.",
     "search_grounded": "Use the search tool to find the answer, then answer in one short sentence.",
@@ -40,6 +41,7 @@ SYSTEM = {
 # family needs a tool, so even a 135M model starts right; "auto" where the choice is the test.
 SHAPE = {
     "general_short": ([], "none", 1),
+    "reading_short": ([], "none", 1),
     "receipt_extract": (["extract_receipt"], "extract_receipt", 3),
     "search_grounded": (["search"], "search", 3),
     "summarize_short": (["summarize"], "summarize", 3),
@@ -84,6 +86,18 @@ def _answer(answer: str, kind: str, accept: list[str], question: str, **extra) -
 def general_short() -> list[TaskCase]:
     return [_case("general_short", i, q, _answer(a, kind, acc, q, reference=a, reference_calls=[]))
             for i, (q, a, kind, acc) in enumerate(sources.GENERAL, 1)]
+
+
+def reading_short(corpus: dict) -> list[TaskCase]:
+    """search_grounded's questions with their document in the prompt and no tool: the same
+    facts, model-only (the second no-tool family of the matrix's model-only/tool split)."""
+    out = []
+    for i, (doc_id, q, a, kind, acc) in enumerate(sources.SEARCH_GROUNDED, 1):
+        doc = corpus[doc_id]
+        user = f"Read this text:\n\n{doc['title']}. {doc['text']}\n\nQuestion: {q}"
+        out.append(_case("reading_short", i, user, _answer(a, kind, acc, q, doc_id=doc_id, reference=a,
+                                                           reference_calls=[])))
+    return out
 
 
 def _search_cases(family: str, rows: list, corpus: dict, **extra) -> list[TaskCase]:
@@ -236,6 +250,7 @@ def build_all(corpus: dict | None = None) -> dict[str, list[TaskCase]]:
     corpus = corpus or load_corpus()
     built = {
         "general_short": general_short(),
+        "reading_short": reading_short(corpus),
         "receipt_extract": receipt_extract(),
         "search_grounded": _search_cases("search_grounded", sources.SEARCH_GROUNDED, corpus),
         "summarize_short": summarize_short(corpus),

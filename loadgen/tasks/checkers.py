@@ -7,7 +7,7 @@ are the same date; entities match case-insensitively on word boundaries ("Tallow
 that names a stale value after the new one has not adapted.
 
 `expected` keys, by family:
-  answer families (general_short, search_grounded, retrieval_correction,
+  answer families (general_short, reading_short, search_grounded, retrieval_correction,
   confidence_gated_branching, tool_state_adaptation):
     answer   the fact, as a string ("4,200 mAh", "Ines Calloway", "2026-04-18")
     kind     "text" | "number" | "date": how `answer` is compared

@@ -36,7 +36,7 @@ from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
-BASIC_FAMILIES = ("general_short", "receipt_extract", "search_grounded", "summarize_short")
+BASIC_FAMILIES = ("general_short", "reading_short", "receipt_extract", "search_grounded", "summarize_short")
 SCENARIOS = ("retrieval_correction", "tool_state_adaptation", "confidence_gated_branching")
 FAMILIES = BASIC_FAMILIES + SCENARIOS
 SPLITS = ("calibration", "eval")

@@ -109,8 +109,10 @@ def result_to_chunk(response: pb.GenerateResponse) -> pb.GenerateChunk:
     return pb.GenerateChunk(result=response)
 
 
-def info_to_proto(info: dict, max_tokens_limit: int, max_queue: int) -> pb.ModelInfo:
+def info_to_proto(info: dict, max_tokens_limit: int, max_queue: int,
+                  settings: dict[str, str] | None = None) -> pb.ModelInfo:
     return pb.ModelInfo(
+        settings=dict(settings or {}),
         name=str(info.get("name", "")),
         arch=str(info.get("arch", "")),
         backend=str(info.get("backend", "")),

@@ -53,7 +53,7 @@ RUNTIME = [
             choices=("cpu", "cuda", "auto")),
     Setting("prefix_cache", False, "keep the KV cache of session-less requests and reuse it for a later prompt "
                                    "that shares its prefix (automatic prefix caching, as vLLM's); off by default",
-            type=bool),
+            type=bool, negatable=True),
     Setting("max_queue", 16, "requests that may wait; more get RESOURCE_EXHAUSTED", type=int),
     Setting("http_port", 8000, "OpenAI-compatible HTTP API port (/v1/chat/completions, ...); 0 picks a free one "
                                "(printed); -1 = no HTTP API", type=int),

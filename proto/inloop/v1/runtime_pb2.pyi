@@ -162,7 +162,14 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "arch", "backend", "dtype", "vocab_size", "context_length", "num_parameters", "eos_token_ids", "max_tokens_limit", "max_queue")
+    __slots__ = ("name", "arch", "backend", "dtype", "vocab_size", "context_length", "num_parameters", "eos_token_ids", "max_tokens_limit", "max_queue", "settings")
+    class SettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +180,7 @@ class ModelInfo(_message.Message):
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     arch: str
     backend: str
@@ -183,7 +191,8 @@ class ModelInfo(_message.Message):
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     max_tokens_limit: int
     max_queue: int
-    def __init__(self, name: _Optional[str] = ..., arch: _Optional[str] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_length: _Optional[int] = ..., num_parameters: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_tokens_limit: _Optional[int] = ..., max_queue: _Optional[int] = ...) -> None: ...
+    settings: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., arch: _Optional[str] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., context_length: _Optional[int] = ..., num_parameters: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_tokens_limit: _Optional[int] = ..., max_queue: _Optional[int] = ..., settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RoutePolicy(_message.Message):
     __slots__ = ("per_try_timeout_ms", "attempts", "backoff_base_ms", "backoff_max_ms", "retry_on", "runtime_per_try_timeout_ms")

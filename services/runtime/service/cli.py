@@ -62,7 +62,9 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
                           args.max_queue).start()
     handle = create_server([SERVICE_NAME], host=args.host, port=args.port, interceptors=[RpcMetricsInterceptor()],
                            security=security)
-    runtime_pb2_grpc.add_RuntimeServicer_to_server(RuntimeServicer(scheduler), handle.server)
+    from inloop.services.common.serve_settings import RUNTIME
+    settings = {s.key: str(getattr(args, s.key)) for s in RUNTIME if hasattr(args, s.key)}
+    runtime_pb2_grpc.add_RuntimeServicer_to_server(RuntimeServicer(scheduler, settings=settings), handle.server)
     # Listen while the model loads: health answers NOT_SERVING, so probes and
     # wait_for_serving see "starting" rather than "connection refused".
     await handle.start()

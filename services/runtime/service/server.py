@@ -66,8 +66,9 @@ def _unless_expired(handle: RequestHandle, result):
 
 class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
     def __init__(self, scheduler: Scheduler, max_tokens_limit: int = MAX_TOKENS_LIMIT,
-                 tool_state: ToolState | None = None):
+                 tool_state: ToolState | None = None, settings: dict[str, str] | None = None):
         self.scheduler = scheduler
+        self.settings = dict(settings or {})  # the serve settings, reported by GetModelInfo
         self.max_tokens_limit = max_tokens_limit
         self.tool_state = tool_state or ToolState()
         metrics.track_queue_depth("runtime", lambda: self.scheduler.depth())
@@ -117,7 +118,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
             info = self.scheduler.engine.info
         except NotReady as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        return convert.info_to_proto(info, self.max_tokens_limit, self.scheduler.max_queue)
+        return convert.info_to_proto(info, self.max_tokens_limit, self.scheduler.max_queue, self.settings)
 
     # ---- helpers ------------------------------------------------------------------
     async def _accept(self, request: pb.GenerateRequest, context) -> GenerateRequest:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import random
 
+from inloop.loadgen.matrix import cell
 from inloop.loadgen.report.schema import SCHEMA
-from inloop.loadgen.report.stats import percentile
 
 FAMILIES = ("calculator", "kv", "search")
 PROFILES = (  # name, description, ext/int factor, fault rate
@@ -25,25 +25,9 @@ PROFILES = (  # name, description, ext/int factor, fault rate
 SERVICES = {"external": ("controller", "runtime", "tools"), "internal": ("loadgen", "runtime")}
 
 
-def _route_summary(runs: list[dict]) -> dict:
-    lat = [r["latency_ms"] for r in runs]
-    errors: dict[str, int] = {}
-    for r in runs:
-        if r["error_type"]:
-            errors[r["error_type"]] = errors.get(r["error_type"], 0) + 1
-    ok = sum(r["ok"] for r in runs) / len(runs)
-    return {"n": len(runs), "mean_ms": sum(lat) / len(lat), "p50_ms": percentile(lat, 50),
-            "p99_ms": percentile(lat, 99), "success_rate": sum(r["passed"] for r in runs) / len(runs),
-            "error_rate": 1 - ok, "retries_per_task": sum(r["retries"] for r in runs) / len(runs),
-            "errors": errors}
-
-
 def _cell(internal: list[dict], external: list[dict]) -> dict:
-    i, e = _route_summary(internal), _route_summary(external)
-    rm, rp = e["mean_ms"] / i["mean_ms"], e["p99_ms"] / i["p99_ms"]
-    return {"pairs": min(len(internal), len(external)),
-            "ratio_mean": {"value": rm, "ci95": [rm * 0.92, rm * 1.09]},
-            "ratio_p99": {"value": rp, "ci95": [rp * 0.8, rp * 1.3]}, "internal": i, "external": e}
+    """A matrix cell as the matrix computes it (paired comparisons, like for like, deltas)."""
+    return cell(internal + external, seed=0)
 
 
 def _trace(rng: random.Random, trace_id: str, route: str, n_spans: int, t0: int) -> list[dict]:
@@ -81,7 +65,7 @@ def _trace(rng: random.Random, trace_id: str, route: str, n_spans: int, t0: int)
     return spans[:n_spans]
 
 
-def make_artifact(n_profiles: int = 3, runs_per_cell: int = 7, spans_per_trace: int = 12,
+def make_artifact(n_profiles: int = 3, runs_per_cell: int = 12, spans_per_trace: int = 12,
                   seed: int = 7) -> dict:
     """An artifact of kind matrix that also carries loops, coldwarm, load and hops sections."""
     rng = random.Random(seed)

@@ -9,6 +9,8 @@ A full-page screenshot is kept in the test's tmp dir and copied to $INLOOP_TEST_
 """
 from __future__ import annotations
 
+import math
+
 import html as htmllib
 import json
 import os
@@ -163,8 +165,8 @@ def _degenerate_artifact() -> dict:
     """What an interrupted or tiny run leaves: NaN estimates, few runs, all of one latency,
     a zero-length hop row, an empty trace and a span that ends before it starts."""
     nan = float("nan")
-    doc = make_artifact(n_profiles=2, runs_per_cell=3)
-    doc["matrix"]["profiles"][1]["overall"]["ratio_p99"] = {"value": nan, "ci95": [nan, nan]}
+    doc = make_artifact(n_profiles=2, runs_per_cell=12)
+    doc["matrix"]["profiles"][1]["overall"]["ratio_mean"] = {"value": nan, "ci95": [nan, nan]}
     for run in doc["runs"]:
         run["latency_ms"] = 250.0
     doc["runs"][-1]["latency_ms"] = nan
@@ -190,6 +192,9 @@ def test_degenerate_numbers_render_without_errors(tmp_path):
     found, stderr = _probe(report)
     _check_clean(found, stderr)
     assert found["counts"]["circle.pt"] == len(doc["runs"]) - 1  # the NaN run has no dot
-    assert found["counts"]["g.ci"] == 3  # p01's p99 ratio has no estimate
+    drawn = [p["overall"]["ratio_mean"] for p in doc["matrix"]["profiles"]] + \
+        [p["overall"]["like_for_like"]["both_succeeded"]["ratio_mean"] for p in doc["matrix"]["profiles"]]
+    assert found["counts"]["g.ci"] == sum(all(math.isfinite(v) for v in (e["value"], *e["ci95"])) for e in drawn)
+    assert found["counts"]["g.ci"] >= 2  # p01's all-pairs ratio has no estimate; the others have CIs
     assert found["counts"]["circle.pct-pt"] == 12  # ITL measured nothing
     assert found["counts"]["rect.cw-bar"] == 3

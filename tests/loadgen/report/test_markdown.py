@@ -49,11 +49,14 @@ def test_metadata_comes_first(artifact):
 
 def test_matrix_tables_carry_each_profile_with_cis(artifact):
     md = render_markdown(artifact)
-    overall = _table_rows(md, "Overall: external / internal latency")
+    overall = _table_rows(md, "Overall: external / internal")
     assert [r[0] for r in overall] == [p["name"] for p in artifact["matrix"]["profiles"]]
     for row, prof in zip(overall, artifact["matrix"]["profiles"]):
         est = prof["overall"]["ratio_mean"]
-        assert row[3] == f"{est['value']:.2f} [{est['ci95'][0]:.2f}, {est['ci95'][1]:.2f}]"
+        assert row[3].startswith(f"{est['value']:.2f} [{est['ci95'][0]:.2f}, {est['ci95'][1]:.2f}]")
+        assert row[3].endswith(est["verdict"]) and est["verdict"] in ("internal faster", "parity within noise")
+        like = prof["overall"]["like_for_like"]["both_succeeded"]
+        assert row[4] == str(like["pairs"]) and like["pairs"] <= prof["overall"]["pairs"]
     per_route = _table_rows(md, "Overall: per route")
     assert len(per_route) == 2 * len(artifact["matrix"]["profiles"])
     p01_ext = next(r for r in per_route if r[:2] == ["p01", "external"])
