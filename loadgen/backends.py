@@ -211,7 +211,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
     rows = asyncio.run(run(args))
     print(format_table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": {k: getattr(args, k) for k in (
+        Path(args.json).write_text(json.dumps({"kind": "backends", "settings": {k: getattr(args, k) for k in (
             "model", "prompt", "prompts", "max_tokens", "warm_requests", "concurrency", "threads")}, "backends": rows},
             indent=2, default=str))
     return 0 if all("error" not in r for r in rows) else 1

@@ -13,6 +13,7 @@ SUBCOMMANDS = (
     ("inloop.loadgen.backends", "register_backends"),     # backends: the same against OpenAI-compatible servers
     ("inloop.loadgen.calibrate_gate", "register"),        # calibrate-gate: fit the gate's default threshold
     ("inloop.loadgen.report.cli", "register_report"),     # report: re-render an artifact
+    ("inloop.loadgen.report.summary", "register_summary"),  # summary: one page over a directory's results
 )
 
 
