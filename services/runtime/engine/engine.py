@@ -31,6 +31,7 @@ from inloop.services.runtime.engine.kv_sessions import KVSessionStore, Session, 
 from inloop.services.runtime.engine.sampler import Sampler
 from inloop.services.runtime.engine.step_runner import runner_for
 from inloop.services.runtime.engine.vocab_masks import VocabMasks
+from inloop.services.runtime.model.architectures import backend_for, build_model, read_config
 from inloop.services.runtime.model.config import ModelConfig
 from inloop.services.runtime.model.tokenizer import Tokenizer
 from inloop.services.runtime.model.transformer import Transformer
@@ -116,12 +117,11 @@ class Engine:
              kv_session_ttl_s: float = 600.0) -> "Engine":
         model_dir = Path(model_dir)
         t0 = time.perf_counter()
-        cfg = ModelConfig.from_dir(model_dir)
+        cfg = read_config(model_dir)
         tokenizer = Tokenizer(model_dir)
-        be = make_backend(backend) if isinstance(backend, str) else backend
+        be = make_backend(backend_for(cfg, backend)) if isinstance(backend, str) else backend
         weights = Weights(model_dir)
-        # a backend's own loader where it has one (CUDA: straight to the GPU)
-        model = be.load_model(cfg, weights) or Transformer(cfg, be, weights)
+        model = build_model(cfg, be, weights)
         engine = cls(model, tokenizer, _eos_ids(model_dir, cfg, tokenizer), model_dir.name, max_context,
                      kv_session_positions, kv_session_ttl_s)
         log.info("model_loaded", model=model_dir.name, arch=cfg.arch, backend=be.name,
