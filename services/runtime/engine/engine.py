@@ -99,10 +99,24 @@ class Engine:
         self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions, ttl_s=kv_session_ttl_s)
         # Automatic prefix caching for requests without a session (off by default: the routing
         # matrix measures what the internal route's own KV reuse is worth against stateless hops).
-        self.prefix_cache = False
+        self._prefix_cache = False
         self._anonymous = 0
         self.template_renders_tools = "tools" in (tokenizer.chat_template or "")
         self._masks: VocabMasks | None = None
+
+    @property
+    def prefix_cache(self) -> bool:
+        return self._prefix_cache
+
+    @prefix_cache.setter
+    def prefix_cache(self, on: bool) -> None:
+        # A hybrid model's linear-attention state holds every token it was fed: a cached entry
+        # serves only a prompt that continues all of it, so prefix caching stays off for them.
+        if on and not getattr(self.model, "prefix_cacheable", True):
+            log.info("prefix_cache_off", arch=self.model.cfg.arch,
+                     reason="linear-attention state cannot be cut back to a shared prefix")
+            on = False
+        self._prefix_cache = on
 
     @property
     def masks(self) -> VocabMasks:
@@ -187,8 +201,12 @@ class Engine:
         if session is None:
             return self.runner.new_cache(capacity)
         keep = min(common_prefix(session.ids, ids), len(ids) - 1)  # >= 1 token to prefill for logits
-        self.sessions.hits += keep
         cache = session.cache
+        if keep < cache.length and not cache.rewindable:
+            # linear-attention state covers all the session's tokens: it cannot be cut back
+            self.runner.free_cache(cache)
+            return self.runner.new_cache(capacity)
+        self.sessions.hits += keep
         if cache.capacity < capacity:
             cache = self.runner.grow_cache(cache, capacity, keep)
         cache.length = keep
