@@ -75,6 +75,9 @@ class GenerateRequest:
     # A JSON Schema the whole answer must follow (OpenAI's response_format; json_object is
     # {"type": "object"}); decoded through the JSON grammar, finish_reason "stop" when complete.
     response_schema: dict | None = None
+    # Passed to the chat template as `enable_thinking` (Qwen3, Qwen3.5, SmolLM3); None leaves
+    # the template's default. A thinking model's thought comes back in GenerateResult.reasoning.
+    enable_thinking: bool | None = None
 
     def validate(self) -> None:
         if not self.messages and not self.prompt:
@@ -140,8 +143,9 @@ class TokenStats:
 class TokenEvent:
     index: int
     token_id: int
-    text: str                     # the text this token adds (may be "" mid-codepoint)
+    text: str                     # the answer text this token adds (may be "" mid-codepoint)
     stats: TokenStats | None = None
+    reasoning: str = ""           # the thought text it adds (a thinking model, before </think>)
 
 
 @dataclass(frozen=True)
@@ -198,3 +202,5 @@ class GenerateResult:
     timings: Timings
     token_stats: list[TokenStats] = field(default_factory=list)
     uncertainty: UncertaintySummary | None = None
+    # A thinking model's thought (contract/reasoning.py); `text` is then the answer after it.
+    reasoning: str = ""
