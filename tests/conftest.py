@@ -27,3 +27,24 @@ def tiny_models(tmp_path_factory) -> dict[str, "object"]:
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_models):
     return tiny_models["llama"]
+
+
+@pytest.fixture
+def log_events():
+    """structlog's capture_logs with every level let through (a benchmark test may have set a
+    warning filter globally); the configuration is restored after."""
+    import contextlib
+
+    import structlog
+    from structlog.testing import capture_logs
+
+    @contextlib.contextmanager
+    def capture():
+        saved = structlog.get_config()
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0))
+        try:
+            with capture_logs() as logs:
+                yield logs
+        finally:
+            structlog.configure(**saved)
+    return capture

@@ -163,7 +163,7 @@ async def _run_loop(task: TaskSpec, model: ModelPort, tools: ToolPort, route: st
                                      uncertainty=reply.uncertainty))
         run.finish_reason = reply.finish_reason
         try:
-            call = parse_tool_call(reply.text) if choice != "none" else None
+            call = parse_tool_call(reply.text, task.tools) if choice != "none" else None
         except ToolCallParseError as exc:
             why = str(exc) if reply.finish_reason != "length" else \
                 f"the call was cut off at max_tokens ({reply.completion_tokens} tokens): {exc}"

@@ -50,6 +50,7 @@ def request_from_proto(msg: pb.GenerateRequest, request_id: str | None = None) -
         response_schema=validation.parse_json("response_json_schema", msg.response_json_schema)
         if msg.response_json_schema else None,
         parallel_tool_calls=msg.parallel_tool_calls,
+        enable_thinking=msg.enable_thinking if msg.HasField("enable_thinking") else None,
     )
 
 
@@ -84,6 +85,7 @@ def result_to_proto(result: GenerateResult, request_id: str, model: str) -> pb.G
         token_uncertainty=[uncertainty_to_proto(tok, st)
                            for tok, st in zip(result.token_ids, result.token_stats)],
         model=model,
+        reasoning_content=result.reasoning,
     )
     if result.uncertainty is not None:
         msg.uncertainty.CopyFrom(summary_to_proto(result.uncertainty))
@@ -99,7 +101,7 @@ def summary_from_proto(msg: pb.UncertaintySummary) -> UncertaintySummary:
 
 
 def event_to_chunk(event: TokenEvent) -> pb.GenerateChunk:
-    delta = pb.TokenDelta(index=event.index, token_id=event.token_id, text=event.text)
+    delta = pb.TokenDelta(index=event.index, token_id=event.token_id, text=event.text, reasoning=event.reasoning)
     if event.stats is not None:
         delta.uncertainty.CopyFrom(uncertainty_to_proto(event.token_id, event.stats))
     return pb.GenerateChunk(token=delta)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -43,6 +43,14 @@ class KVCache:
     v: Tensor
     capacity: int
     length: int = 0
+    # A KV cache can be cut back to any prefix (`length = keep`). A model with linear-attention
+    # layers keeps, beside it, a fixed-size state per sequence that describes exactly the
+    # `length` tokens fed: such a cache grows but is never cut back (the engine starts afresh).
+    rewindable: ClassVar[bool] = True
+
+    def carry_state(self, dst: "KVCache") -> None:
+        """Hand the state that is not stored per position to dst, a grown copy of this cache
+        (nothing for a plain KV cache)."""
 
 
 class Backend(ABC):

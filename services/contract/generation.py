@@ -81,6 +81,9 @@ class GenerateRequest:
     # With tool_choice auto/required: after a call the model may open another in the same turn
     # (OpenAI's parallel_tool_calls; the HTTP front's default is true, gRPC's false).
     parallel_tool_calls: bool = False
+    # Passed to the chat template as `enable_thinking` (Qwen3, Qwen3.5, SmolLM3); None leaves
+    # the template's default. A thinking model's thought comes back in GenerateResult.reasoning.
+    enable_thinking: bool | None = None
 
     def validate(self) -> None:
         if not self.messages and not self.prompt:
@@ -146,8 +149,9 @@ class TokenStats:
 class TokenEvent:
     index: int
     token_id: int
-    text: str                     # the text this token adds (may be "" mid-codepoint)
+    text: str                     # the answer text this token adds (may be "" mid-codepoint)
     stats: TokenStats | None = None
+    reasoning: str = ""           # the thought text it adds (a thinking model, before </think>)
 
 
 @dataclass(frozen=True)
@@ -204,3 +208,5 @@ class GenerateResult:
     timings: Timings
     token_stats: list[TokenStats] = field(default_factory=list)
     uncertainty: UncertaintySummary | None = None
+    # A thinking model's thought (contract/reasoning.py); `text` is then the answer after it.
+    reasoning: str = ""

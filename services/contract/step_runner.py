@@ -67,6 +67,7 @@ class StepRunner:
         """A cache of `capacity` positions holding cache's first `keep` ones (cache is freed)."""
         grown = self.new_cache(capacity)
         self.backend.copy_kv(cache, grown, keep)
+        cache.carry_state(grown)
         self.free_cache(cache)
         return grown
 

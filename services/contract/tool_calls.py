@@ -1,8 +1,21 @@
-"""The tool-call format shared by both routes: Hermes/Qwen `<tool_call>{...}</tool_call>`.
+"""The tool-call formats shared by both routes: Hermes/Qwen `<tool_call>{...}</tool_call>`,
+and the XML form of Qwen3.5's (and Qwen3-Coder's) chat templates.
 
 A model turn either answers in free text or emits one tool call:
 
     <tool_call>{"name": "search", "arguments": {"query": "renamed products"}}</tool_call>
+
+or, where the model's chat template asks for the XML form (it spells `<function=`):
+
+    <tool_call>
+    <function=search>
+    <parameter=query>
+    renamed products
+    </parameter>
+    </function>
+    </tool_call>
+
+The parser reads both; `ToolCall.to_text(form)` writes either.
 
 Tool definitions are OpenAI-style: {"type": "function", "function": {"name", "description",
 "parameters": <JSON Schema>}}. Models whose chat template has no tool support get the
@@ -16,6 +29,14 @@ from dataclasses import dataclass, field
 from inloop.services.contract.errors import ToolCallParseError
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+HERMES, XML = "hermes", "xml"          # the two tool-call forms
+FUNCTION_OPEN, FUNCTION_CLOSE = "<function=", "</function>"
+PARAMETER_OPEN, PARAMETER_CLOSE = "<parameter=", "</parameter>"
+
+
+def tool_call_form(chat_template: str | None) -> str:
+    """The form a chat template asks for: XML where it spells `<function=`, else Hermes JSON."""
+    return XML if chat_template and FUNCTION_OPEN in chat_template else HERMES
 
 
 @dataclass(frozen=True)
@@ -23,22 +44,76 @@ class ToolCall:
     name: str
     arguments: dict = field(default_factory=dict)
 
-    def to_text(self) -> str:
+    def to_text(self, form: str = HERMES) -> str:
         """The call as the model writes it (Hermes/Qwen: the JSON on its own line, which is
         also how the constrained decoder lays it out, so a call rendered back into a
-        conversation is the text the model produced)."""
+        conversation is the text the model produced); `form` XML: Qwen3.5's layout."""
+        if form == XML:
+            params = "".join(f"{PARAMETER_OPEN}{k}>\n{_xml_value(v)}\n{PARAMETER_CLOSE}\n"
+                             for k, v in self.arguments.items())
+            return f"{OPEN}\n{FUNCTION_OPEN}{self.name}>\n{params}{FUNCTION_CLOSE}\n{CLOSE}"
         body = json.dumps({"name": self.name, "arguments": self.arguments}, ensure_ascii=False)
         return f"{OPEN}\n{body}\n{CLOSE}"
 
 
-def parse_tool_call(text: str) -> ToolCall | None:
-    """The first tool call in `text`, None for a plain answer; raises on a malformed call."""
+def _xml_value(value) -> str:
+    """A parameter's text in the XML form: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _typed(value: str, schema: dict | None):
+    """An XML parameter's text as the value its schema asks for: a string stays text; other
+    types (and parameters without a schema) are read as JSON where they parse."""
+    kinds = (schema or {}).get("type")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds or ())
+    if kinds == ["string"]:
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _parse_xml(body: str, tools: list[dict] | None, closed: bool) -> ToolCall:
+    """`<function=NAME>` then `<parameter=KEY>\nVALUE\n</parameter>`s, then `</function>`;
+    a call closed by neither `</function>` nor `</tool_call>` was cut off: malformed."""
+    head_end = body.find(">")
+    if head_end == -1:
+        raise ToolCallParseError(f"tool call <function=...> is not closed with '>': {body[:200]!r}")
+    name = body[len(FUNCTION_OPEN):head_end].strip()
+    if not name:
+        raise ToolCallParseError(f"tool call needs a function name: {body[:200]!r}")
+    end = body.find(FUNCTION_CLOSE)
+    if end == -1 and not closed:
+        raise ToolCallParseError(f"tool call <function={name}> is not closed: {body[:200]!r}")
+    rest = body[head_end + 1: end if end != -1 else len(body)]
+    props = ((find_tool(tools or [], name) or {}).get("parameters") or {}).get("properties") or {}
+    args: dict = {}
+    while (start := rest.find(PARAMETER_OPEN)) != -1:
+        key_end = rest.find(">", start)
+        close = rest.find(PARAMETER_CLOSE, key_end)
+        if key_end == -1 or close == -1:
+            raise ToolCallParseError(f"tool call parameter is not closed: {rest[start:start + 200]!r}")
+        key = rest[start + len(PARAMETER_OPEN):key_end].strip()
+        value = rest[key_end + 1:close]
+        value = value[1:] if value.startswith("\n") else value
+        value = value[:-1] if value.endswith("\n") else value
+        args[key] = _typed(value, props.get(key))
+        rest = rest[close + len(PARAMETER_CLOSE):]
+    return ToolCall(name, args)
+
+
+def parse_tool_call(text: str, tools: list[dict] | None = None) -> ToolCall | None:
+    """The first tool call in `text` (either form), None for a plain answer; raises on a
+    malformed call. `tools` types the XML form's parameter values by their schemas."""
     start = text.find(OPEN)
     if start == -1:
         return None
     body = text[start + len(OPEN):]
     end = body.find(CLOSE)
     body = (body if end == -1 else body[:end]).strip()
+    if body.startswith(FUNCTION_OPEN):
+        return _parse_xml(body, tools, closed=end != -1)
     try:
         obj = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -56,12 +131,12 @@ def parse_tool_call(text: str) -> ToolCall | None:
     return ToolCall(obj["name"], args)
 
 
-def parse_tool_calls(text: str) -> list[ToolCall]:
+def parse_tool_calls(text: str, tools: list[dict] | None = None) -> list[ToolCall]:
     """Every tool call in `text`, in order (a model may emit several in one turn); [] for a
     plain answer; raises on a malformed one."""
     calls, rest = [], text
     while (start := rest.find(OPEN)) != -1:
-        call = parse_tool_call(rest[start:])
+        call = parse_tool_call(rest[start:], tools)
         calls.append(call)
         end = rest.find(CLOSE, start)
         if end == -1:
@@ -111,3 +186,17 @@ def tool_result_content(result: dict | str) -> str:
     if isinstance(result, str):
         return result
     return json.dumps(result, ensure_ascii=False, sort_keys=True)
+
+
+def in_form(text: str, form: str) -> str:
+    """`text` with its tool calls written in `form` (an assistant turn rendered back for a model
+    whose template uses the other form); text without calls, or not parseable, as it is."""
+    if OPEN not in text:
+        return text
+    try:
+        calls = parse_tool_calls(text)
+    except ToolCallParseError:
+        return text
+    if not calls:
+        return text
+    return text[:text.find(OPEN)] + "\n".join(c.to_text(form) for c in calls)

@@ -36,7 +36,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., return_uncertainty: _Optional[bool] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("messages", "prompt", "sampling", "request_id", "tools", "tool_choice", "session_id", "response_json_schema", "parallel_tool_calls")
+    __slots__ = ("messages", "prompt", "sampling", "request_id", "tools", "tool_choice", "session_id", "response_json_schema", "parallel_tool_calls", "enable_thinking")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class GenerateRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_THINKING_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     prompt: str
     sampling: SamplingParams
@@ -55,7 +56,8 @@ class GenerateRequest(_message.Message):
     session_id: str
     response_json_schema: str
     parallel_tool_calls: bool
-    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[_tools_pb2.ToolDefinition, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., session_id: _Optional[str] = ..., response_json_schema: _Optional[str] = ..., parallel_tool_calls: _Optional[bool] = ...) -> None: ...
+    enable_thinking: bool
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[_tools_pb2.ToolDefinition, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., session_id: _Optional[str] = ..., response_json_schema: _Optional[str] = ..., parallel_tool_calls: _Optional[bool] = ..., enable_thinking: _Optional[bool] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -116,7 +118,7 @@ class UncertaintySummary(_message.Message):
     def __init__(self, mean_logprob: _Optional[float] = ..., min_logprob: _Optional[float] = ..., mean_entropy: _Optional[float] = ..., max_entropy: _Optional[float] = ..., mean_margin: _Optional[float] = ..., min_margin: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "text", "token_ids", "finish_reason", "usage", "timings", "token_uncertainty", "uncertainty", "model")
+    __slots__ = ("request_id", "text", "token_ids", "finish_reason", "usage", "timings", "token_uncertainty", "uncertainty", "model", "reasoning_content")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class GenerateResponse(_message.Message):
     TOKEN_UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    REASONING_CONTENT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -135,19 +138,22 @@ class GenerateResponse(_message.Message):
     token_uncertainty: _containers.RepeatedCompositeFieldContainer[TokenUncertainty]
     uncertainty: UncertaintySummary
     model: str
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., token_uncertainty: _Optional[_Iterable[_Union[TokenUncertainty, _Mapping]]] = ..., uncertainty: _Optional[_Union[UncertaintySummary, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    reasoning_content: str
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., token_uncertainty: _Optional[_Iterable[_Union[TokenUncertainty, _Mapping]]] = ..., uncertainty: _Optional[_Union[UncertaintySummary, _Mapping]] = ..., model: _Optional[str] = ..., reasoning_content: _Optional[str] = ...) -> None: ...
 
 class TokenDelta(_message.Message):
-    __slots__ = ("index", "token_id", "text", "uncertainty")
+    __slots__ = ("index", "token_id", "text", "uncertainty", "reasoning")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FIELD_NUMBER: _ClassVar[int]
     index: int
     token_id: int
     text: str
     uncertainty: TokenUncertainty
-    def __init__(self, index: _Optional[int] = ..., token_id: _Optional[int] = ..., text: _Optional[str] = ..., uncertainty: _Optional[_Union[TokenUncertainty, _Mapping]] = ...) -> None: ...
+    reasoning: str
+    def __init__(self, index: _Optional[int] = ..., token_id: _Optional[int] = ..., text: _Optional[str] = ..., uncertainty: _Optional[_Union[TokenUncertainty, _Mapping]] = ..., reasoning: _Optional[str] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
     __slots__ = ("token", "result")

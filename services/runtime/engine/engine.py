@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,13 +25,15 @@ from inloop.services.contract.generation import (
     ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenEvent, UncertaintySummary,
 )
 from inloop.services.contract.step_runner import StepRunner
-from inloop.services.contract.tool_calls import OPEN, with_tools_prompt
-from inloop.services.runtime.engine import constrained
+from inloop.services.contract.reasoning import THINK_CLOSE, ReasoningSplit, opens_thought, template_thinks
+from inloop.services.contract.tool_calls import OPEN, XML, in_form, tool_call_form, with_tools_prompt
+from inloop.services.runtime.engine import constrained, constrained_xml
 from inloop.services.runtime.engine.generation import Generation
 from inloop.services.runtime.engine.kv_sessions import KVSessionStore, Session, common_prefix
 from inloop.services.runtime.engine.sampler import Sampler
 from inloop.services.runtime.engine.step_runner import runner_for
 from inloop.services.runtime.engine.vocab_masks import VocabMasks
+from inloop.services.runtime.model.architectures import backend_for, build_model, read_config
 from inloop.services.runtime.model.config import ModelConfig
 from inloop.services.runtime.model.tokenizer import Tokenizer
 from inloop.services.runtime.model.transformer import Transformer
@@ -98,10 +101,27 @@ class Engine:
         self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions, ttl_s=kv_session_ttl_s)
         # Automatic prefix caching for requests without a session (off by default: the routing
         # matrix measures what the internal route's own KV reuse is worth against stateless hops).
-        self.prefix_cache = False
+        self._prefix_cache = False
         self._anonymous = 0
         self.template_renders_tools = "tools" in (tokenizer.chat_template or "")
+        # what the chat template asks for: the tool-call form, and whether the output may think
+        self.tool_form = tool_call_form(tokenizer.chat_template) if self.template_renders_tools else "hermes"
+        self.thinks = template_thinks(tokenizer.chat_template)
         self._masks: VocabMasks | None = None
+
+    @property
+    def prefix_cache(self) -> bool:
+        return self._prefix_cache
+
+    @prefix_cache.setter
+    def prefix_cache(self, on: bool) -> None:
+        # A hybrid model's linear-attention state holds every token it was fed: a cached entry
+        # serves only a prompt that continues all of it, so prefix caching stays off for them.
+        if on and not getattr(self.model, "prefix_cacheable", True):
+            log.info("prefix_cache_off", arch=self.model.cfg.arch,
+                     reason="linear-attention state cannot be cut back to a shared prefix")
+            on = False
+        self._prefix_cache = on
 
     @property
     def masks(self) -> VocabMasks:
@@ -116,12 +136,11 @@ class Engine:
              kv_session_ttl_s: float = 600.0) -> "Engine":
         model_dir = Path(model_dir)
         t0 = time.perf_counter()
-        cfg = ModelConfig.from_dir(model_dir)
+        cfg = read_config(model_dir)
         tokenizer = Tokenizer(model_dir)
-        be = make_backend(backend) if isinstance(backend, str) else backend
+        be = make_backend(backend_for(cfg, backend)) if isinstance(backend, str) else backend
         weights = Weights(model_dir)
-        # a backend's own loader where it has one (CUDA: straight to the GPU)
-        model = be.load_model(cfg, weights) or Transformer(cfg, be, weights)
+        model = build_model(cfg, be, weights)
         engine = cls(model, tokenizer, _eos_ids(model_dir, cfg, tokenizer), model_dir.name, max_context,
                      kv_session_positions, kv_session_ttl_s)
         log.info("model_loaded", model=model_dir.name, arch=cfg.arch, backend=be.name,
@@ -145,17 +164,26 @@ class Engine:
 
     # ---- prompt -------------------------------------------------------------------
     def render(self, req: GenerateRequest) -> str:
-        """The prompt text of a chat request, with its tools: the one function both routes use."""
-        messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        """The prompt text of a chat request, with its tools: the one function both routes use.
+        Earlier assistant turns' tool calls are written in the form the template asks for."""
+        messages = [{"role": m.role, "content": in_form(m.content, self.tool_form) if m.role == "assistant"
+                     else m.content} for m in req.messages]
         tools = req.tools if req.tool_choice != "none" else []
+        variables = {} if req.enable_thinking is None else {"enable_thinking": req.enable_thinking}
         if tools and not self.template_renders_tools:
-            return self.tokenizer.render_chat(with_tools_prompt(messages, tools))
-        return self.tokenizer.render_chat(messages, tools=tools or None)
+            return self.tokenizer.render_chat(with_tools_prompt(messages, tools), **variables)
+        return self.tokenizer.render_chat(messages, tools=tools or None, **variables)
 
     def prompt_ids(self, req: GenerateRequest) -> list[int]:
+        return self._prompt(req)[1]
+
+    def _prompt(self, req: GenerateRequest) -> tuple[str, list[int]]:
+        """(the prompt text, its ids)."""
         if req.messages:
-            ids = self.tokenizer.encode(self.render(req))
+            text = self.render(req)
+            ids = self.tokenizer.encode(text)
         else:
+            text = req.prompt
             ids = self.tokenizer.encode(req.prompt, add_special_tokens=True)
         field = "messages" if req.messages else "prompt"
         if not ids:
@@ -163,7 +191,7 @@ class Engine:
         if len(ids) >= self.max_context:
             raise InvalidRequest(field, f"the prompt has {len(ids)} tokens; the context holds "
                                         f"{self.max_context} (prompt plus at least one new token)")
-        return ids
+        return text, ids
 
     # ---- the steps ----------------------------------------------------------------
     def extend(self, ids: list[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
@@ -187,8 +215,12 @@ class Engine:
         if session is None:
             return self.runner.new_cache(capacity)
         keep = min(common_prefix(session.ids, ids), len(ids) - 1)  # >= 1 token to prefill for logits
-        self.sessions.hits += keep
         cache = session.cache
+        if keep < cache.length and not cache.rewindable:
+            # linear-attention state covers all the session's tokens: it cannot be cut back
+            self.runner.free_cache(cache)
+            return self.runner.new_cache(capacity)
+        self.sessions.hits += keep
         if cache.capacity < capacity:
             cache = self.runner.grow_cache(cache, capacity, keep)
         cache.length = keep
@@ -209,7 +241,12 @@ class Engine:
     def generate(self, req: GenerateRequest, on_token: Callable[[TokenEvent], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> GenerateResult:
         req.validate()
-        ids = self.prompt_ids(req)
+        text, ids = self._prompt(req)
+        # a thinking model's output: the thought apart from the answer, in the stream as well
+        split = ReasoningSplit(opens_thought(text)) if self.thinks and req.messages else None
+        raw_on_token = on_token
+        if split is not None and on_token is not None:
+            on_token = _split_events(on_token, split)
         sp = req.sampling
         budget = min(sp.max_tokens, self.max_context - len(ids))
         cache = self._cache_for(ids, len(ids) + budget, req.session_id)
@@ -222,9 +259,9 @@ class Engine:
         try:
             if should_stop and should_stop():
                 gen.finish()
-                return self._result(gen, "cancelled")
+                return self._result(gen, "cancelled", split, raw_on_token)
             gen.prefill()
-            finish = self._decode(gen, req, should_stop)
+            finish = self._decode(gen, req, should_stop, split)
             keep_session = (bool(req.session_id) or self.prefix_cache) and finish != "cancelled"
         finally:
             if keep_session:
@@ -232,10 +269,16 @@ class Engine:
             else:
                 self.runner.free_cache(cache)
         gen.finish()
-        return self._result(gen, finish)
+        return self._result(gen, finish, split, raw_on_token)
 
-    def _decode(self, gen: Generation, req: GenerateRequest, should_stop) -> str:
-        """The decode loop: free sampling, or a forced tool call where tool_choice asks for one."""
+    def _decode(self, gen: Generation, req: GenerateRequest, should_stop, split: ReasoningSplit | None) -> str:
+        """The decode loop: free sampling, or a forced tool call where tool_choice asks for one.
+        A thinking model's call counts only in the answer; a forced call after a prompt that
+        opened a thought closes it (empty) first, so the call is the answer."""
+        in_thought = split is not None and split.in_thought
+        if in_thought and (req.response_schema is not None or req.tool_choice not in ("none", "auto")):
+            if not gen.force(THINK_CLOSE + "\n\n"):
+                return "length"
         if req.response_schema is not None:
             return self._constrained_answer(gen, req.response_schema)
         forced = req.tool_choice if req.tool_choice not in ("none", "auto") else None
@@ -246,7 +289,8 @@ class Engine:
             token = gen.pick()
             if (token in self.eos_ids and not req.sampling.ignore_eos) or gen.stop_hit:
                 return "stop"
-            if gen.masks is not None and OPEN in gen.text():
+            if gen.masks is not None and OPEN in gen.text() and (
+                    split is None or OPEN in ReasoningSplit.split(gen.text(), split.in_thought)[1]):
                 return self._constrained_call(gen, req.tools, None, opened=True, parallel=req.parallel_tool_calls)
             if gen.remaining() <= 0:
                 return "length"
@@ -263,10 +307,12 @@ class Engine:
         return "stop"
 
     def _constrained_call(self, gen: Generation, tools, only, opened, parallel: bool = False) -> str:
-        """One call (a named tool_choice, or parallel calls off), or as many as the model opens."""
+        """One call (a named tool_choice, or parallel calls off), or as many as the model opens
+        (Hermes form: the model ends its turn or opens another `<tool_call>`)."""
+        grammar = constrained_xml if self.tool_form == XML else constrained
         try:
-            constrained.tool_call(gen, tools, only=only, opened=opened)
-            while parallel and only is None and constrained.another_call(gen, self.eos_ids):
+            grammar.tool_call(gen, tools, only=only, opened=opened)
+            while parallel and only is None and grammar is constrained and constrained.another_call(gen, self.eos_ids):
                 constrained.tool_call(gen, tools, opened=True)
         except constrained.BudgetExhausted:
             return "length"
@@ -275,8 +321,24 @@ class Engine:
         return "tool_calls"
 
     @staticmethod
-    def _result(gen: Generation, finish: str) -> GenerateResult:
-        return GenerateResult(text=gen.text(), token_ids=gen.out_ids, finish_reason=finish,
+    def _result(gen: Generation, finish: str, split: ReasoningSplit | None = None,
+                on_token: Callable[[TokenEvent], None] | None = None) -> GenerateResult:
+        text, reasoning = gen.text(), ""
+        if split is not None:
+            r, a = split.flush()  # held back for a tag that never came: the stream's last piece
+            if (r or a) and on_token is not None and gen.out_ids:
+                on_token(TokenEvent(len(gen.out_ids) - 1, gen.out_ids[-1], a, None, r))
+            # the same split as the stream's (it does not depend on how the text was cut)
+            reasoning, text = ReasoningSplit.split(text, split.in_thought)
+        return GenerateResult(text=text, token_ids=gen.out_ids, finish_reason=finish,
                               prompt_tokens=len(gen.prompt_ids), completion_tokens=len(gen.out_ids),
                               timings=gen.timings, token_stats=gen.stats,
-                              uncertainty=UncertaintySummary.of(gen.stats))
+                              uncertainty=UncertaintySummary.of(gen.stats), reasoning=reasoning)
+
+
+def _split_events(on_token: Callable[[TokenEvent], None], split: ReasoningSplit) -> Callable[[TokenEvent], None]:
+    """on_token with each event's text split into its thought and answer parts."""
+    def emit(event: TokenEvent) -> None:
+        reasoning, answer = split.feed(event.text)
+        on_token(replace(event, text=answer, reasoning=reasoning))
+    return emit

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TINY_ARCHS = ("llama", "qwen2", "qwen3")
+TINY_ARCHS = ("llama", "qwen2", "qwen3", "qwen3_5")
 
 
 def cmd_pull_default(args: argparse.Namespace) -> int:
@@ -21,6 +21,10 @@ def cmd_pull_default(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
+    if args.arch == "qwen3_5":  # the hybrid model, in the layout users download (vision wrapper)
+        from inloop.services.runtime.model.tiny_qwen3_5 import make_tiny_qwen3_5
+        print(make_tiny_qwen3_5(Path(args.out), seed=args.seed))
+        return 0
     from inloop.services.runtime.model.tiny import make_tiny
 
     print(make_tiny(args.arch, Path(args.out), seed=args.seed))

@@ -66,13 +66,14 @@ class Tokenizer:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    tools: list[dict] | None = None) -> str:
-        """Messages [{role, content}] -> the prompt string, as HF's apply_chat_template renders it."""
+                    tools: list[dict] | None = None, **variables) -> str:
+        """Messages [{role, content}] -> the prompt string, as HF's apply_chat_template renders it;
+        `variables` reach the template as HF's chat-template kwargs do (enable_thinking=...)."""
         if self._template is None:
             # No template: a plain ChatML rendering, the common convention of these families.
             parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
             return "".join(parts) + ("<|im_start|>assistant\n" if add_generation_prompt else "")
         return self._template.render(
             messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
-            bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+            bos_token=self.bos_token or "", eos_token=self.eos_token or "", **variables,
         )

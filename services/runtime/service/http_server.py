@@ -183,7 +183,10 @@ def make_app(scheduler: Scheduler, served_name: str = "", token: str | None = No
                 if not getter.done():
                     getter.cancel()
                     continue
-                text = hold.feed(getter.result())
+                event = getter.result()
+                if event.reasoning:  # a thinking model's thought, apart from the answer (as vLLM)
+                    yield _sse(convert.chunk(kind, cid, model, {"reasoning_content": event.reasoning}))
+                text = hold.feed(event)
                 if text:
                     yield _sse(convert.chunk(kind, cid, model, {"content": text}, text=text))
             result = waiting.result()
@@ -201,7 +204,7 @@ def make_app(scheduler: Scheduler, served_name: str = "", token: str | None = No
             yield _sse(convert.chunk(kind, cid, model, {"content": tail}, text=tail))
         finish = result.finish_reason
         if hold.calling:
-            message, called = convert.reply_message(result.text, True)
+            message, called = convert.reply_message(result.text, req.tools)
             if called:
                 finish = "tool_calls"
                 calls = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]

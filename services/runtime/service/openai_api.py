@@ -105,6 +105,8 @@ class ChatCompletionRequest(_Sampling):
     response_format: ResponseFormat | None = None
     top_logprobs: int | None = None
     logprobs: bool | None = None
+    # vLLM's extension: variables for the chat template; `enable_thinking` is the one we pass
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Sampling):

@@ -60,6 +60,17 @@ def _response_schema(body: ChatCompletionRequest) -> dict | None:
     return fmt.json_schema.schema_
 
 
+def _enable_thinking(body: ChatCompletionRequest) -> bool | None:
+    kwargs = body.chat_template_kwargs or {}
+    unknown = sorted(set(kwargs) - {"enable_thinking"})
+    if unknown:
+        raise InvalidRequest(f"chat_template_kwargs.{unknown[0]}", "the one chat-template variable served is enable_thinking")
+    value = kwargs.get("enable_thinking")
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequest("chat_template_kwargs.enable_thinking", f"must be true or false, got {value!r}")
+    return value
+
+
 def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerateRequest:
     tools = [t.model_dump() for t in body.tools or ()]
     choice = body.tool_choice
@@ -71,7 +82,9 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerateReques
                           sampling=_sampling(body, body.max_completion_tokens or body.max_tokens),
                           request_id=request_id, tools=tools, tool_choice=choice,
                           response_schema=_response_schema(body),
-                          parallel_tool_calls=body.parallel_tool_calls is not False)
+                          parallel_tool_calls=body.parallel_tool_calls is not False,
+
+                          enable_thinking=_enable_thinking(body))
     req.validate()
     return req
 
@@ -95,19 +108,24 @@ def usage(result: GenerateResult) -> dict:
             "total_tokens": result.prompt_tokens + result.completion_tokens}
 
 
-def reply_message(text: str, offered_tools: bool) -> tuple[dict, bool]:
-    """(the assistant message, whether it holds tool calls) from the model's text."""
+def reply_message(text: str, offered_tools: list[dict] | bool, reasoning: str = "") -> tuple[dict, bool]:
+    """(the assistant message, whether it holds tool calls) from the model's text (either
+    tool-call form; `offered_tools` types the XML form's values) and its thought, if any."""
+    message: dict = {"role": "assistant", "content": text}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if offered_tools and OPEN in text:
         try:
-            calls = parse_tool_calls(text)
+            calls = parse_tool_calls(text, offered_tools if isinstance(offered_tools, list) else None)
         except ToolCallParseError:
             calls = []  # a malformed call is returned as the text it is
         if calls:
-            return {"role": "assistant", "content": None, "tool_calls": [
+            message.update(content=None, tool_calls=[
                 {"id": new_id("call")[:29], "type": "function",
                  "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
-                for c in calls]}, True
-    return {"role": "assistant", "content": text}, False
+                for c in calls])
+            return message, True
+    return message, False
 
 
 def _logprobs(result: GenerateResult, texts: list[str]) -> dict:
@@ -126,7 +144,8 @@ def extension(result: GenerateResult) -> dict | None:
 
 
 def chat_response(body: ChatCompletionRequest, result: GenerateResult, model: str, texts: list[str]) -> dict:
-    message, called = reply_message(result.text, bool(body.tools) and body.tool_choice != "none")
+    offered = [t.model_dump() for t in body.tools or ()] if body.tool_choice != "none" else []
+    message, called = reply_message(result.text, offered, result.reasoning)
     choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if called else result.finish_reason,
               "logprobs": _logprobs(result, texts) if body.logprobs else None}
     out = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
