@@ -1,5 +1,6 @@
 """`inloop model ...`: get model directories the runtime can load.
 
+    inloop model pull ORG/NAME[@REVISION]        download a Hub model into the HF cache
     inloop model convert FILE.gguf [--out DIR]   convert a GGUF into the cache (or DIR)
     inloop model pull-default [--force]          convert the bundled SmolLM2 GGUF into the cache
     inloop model make-tiny --arch qwen3 --out D  write a tiny random model (tests, benchmarks)
@@ -18,6 +19,20 @@ TINY_ARCHS = ("llama", "qwen2", "qwen3", "smollm3")
 def _fail(exc: Exception) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return 1
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from inloop.services.runtime.model.config import ModelLoadError
+    from inloop.services.runtime.model.hub import parse_hub_id, pull_hub
+
+    hub_id = parse_hub_id(args.model)
+    if hub_id is None:
+        return _fail(ValueError(f"{args.model!r} is not a Hub id: write ORG/NAME or ORG/NAME@REVISION"))
+    try:
+        print(pull_hub(*hub_id))
+    except ModelLoadError as exc:
+        return _fail(exc)
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -51,7 +66,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     model = subparsers.add_parser(
         "model",
-        help="prepare model directories (GGUF files, the default model, tiny test models)",
+        help="prepare model directories (Hub models, GGUF files, the default model, tiny test models)",
         description="Prepare HF-layout model directories that `inloop runtime serve --model` loads.",
     )
 
@@ -61,6 +76,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     model.set_defaults(func=show_help)
     sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+
+    hub = sub.add_parser(
+        "pull",
+        help="download a Hub model (ORG/NAME[@REVISION]) into the HF cache",
+        description=(
+            "Download the files a model directory needs (config, safetensors weights, tokenizer, chat "
+            "template) from the Hugging Face Hub into its standard cache (HF_HOME / HF_HUB_CACHE), "
+            "resuming a download that stopped. HF_TOKEN authorizes gated and private repos; HF_ENDPOINT "
+            "names another hub. Once pulled, `inloop runtime serve --model ORG/NAME` works offline "
+            "(HF_HUB_OFFLINE=1). Prints the snapshot directory."
+        ),
+    )
+    hub.add_argument("model", metavar="ORG/NAME[@REVISION]", help="the Hub id, optionally @branch, tag or commit")
+    hub.set_defaults(func=cmd_pull)
 
     conv = sub.add_parser(
         "convert",

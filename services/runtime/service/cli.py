@@ -40,7 +40,7 @@ def _load_engine(model: str, backend: str, prefix_cache: bool = False, kv_sessio
 
     model_dir = resolve_model(model)
     engine = Engine.load(model_dir, backend=backend, kv_session_ttl_s=kv_session_ttl_s)
-    engine.info["name"] = model_name(model, model_dir)  # a GGUF file's name, not its cache directory's
+    engine.info["name"] = model_name(model, model_dir)  # a Hub id, not its snapshot's commit hash
     metrics.track_state("runtime", "kv_sessions", lambda: len(engine.sessions))
     metrics.track_state("runtime", "kv_positions", engine.sessions.held_positions)
     # Before health says SERVING: the first real request should not pay for graph capture.
