@@ -48,7 +48,8 @@ def common(service: str) -> list[Setting]:
 
 
 RUNTIME = [
-    Setting("model", "default", "an HF-layout model directory, or 'default'"),
+    Setting("model", "default", "'default', an HF-layout model directory, a .gguf file, or a Hub id "
+            "ORG/NAME[@REVISION] (through the HF cache; HF_TOKEN, HF_HUB_OFFLINE)"),
     Setting("backend", "auto", "cuda needs a GPU; auto picks cuda where one answers, else cpu",
             choices=("cpu", "cuda", "auto")),
     Setting("prefix_cache", False, "keep the KV cache of session-less requests and reuse it for a later prompt "

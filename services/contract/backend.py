@@ -109,8 +109,12 @@ class Backend(ABC):
 
     @abstractmethod
     def rope(self, qkv: Tensor, positions: Tensor, num_heads: int, num_kv_heads: int,
-             head_dim: int, theta: float) -> None:
-        """In place: rotate the q and k heads of qkv [T, qkv_size] by positions [T]."""
+             head_dim: int, theta: float, inv_freq: np.ndarray | None = None,
+             attention_scaling: float = 1.0) -> None:
+        """In place: rotate the q and k heads of qkv [T, qkv_size] by positions [T].
+        With `inv_freq` (float32 [head_dim/2], a scaled RoPE: model/rope.py) the angles are
+        pos * inv_freq instead of pos * theta^(-2i/head_dim), and cos/sin are multiplied by
+        `attention_scaling` (yarn)."""
 
     @abstractmethod
     def attention(self, qkv: Tensor, cache: KVCache, layer: int, positions: Tensor,

@@ -1,5 +1,7 @@
 """`inloop model ...`: get model directories the runtime can load.
 
+    inloop model pull ORG/NAME[@REVISION]        download a Hub model into the HF cache
+    inloop model convert FILE.gguf [--out DIR]   convert a GGUF into the cache (or DIR)
     inloop model pull-default [--force]          convert the bundled SmolLM2 GGUF into the cache
     inloop model make-tiny --arch qwen3 --out D  write a tiny random model (tests, benchmarks)
 
@@ -8,9 +10,43 @@ Heavy imports (gguf, numpy, safetensors) happen inside the handlers, so `inloop 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-TINY_ARCHS = ("llama", "qwen2", "qwen3", "qwen3_5")
+TINY_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "qwen3_5")
+
+
+def _fail(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 1
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from inloop.services.runtime.model.config import ModelLoadError
+    from inloop.services.runtime.model.hub import parse_hub_id, pull_hub
+
+    hub_id = parse_hub_id(args.model)
+    if hub_id is None:
+        return _fail(ValueError(f"{args.model!r} is not a Hub id: write ORG/NAME or ORG/NAME@REVISION"))
+    try:
+        print(pull_hub(*hub_id))
+    except ModelLoadError as exc:
+        return _fail(exc)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from inloop.services.runtime.model.gguf_cache import convert_cached
+    from inloop.services.runtime.model.gguf_convert import GGUFConversionError
+
+    path = Path(args.gguf)
+    if not path.is_file():
+        return _fail(FileNotFoundError(f"GGUF file {args.gguf} not found"))
+    try:
+        print(convert_cached(path, force=args.force, out_dir=Path(args.out) if args.out else None))
+    except GGUFConversionError as exc:
+        return _fail(exc)
+    return 0
 
 
 def cmd_pull_default(args: argparse.Namespace) -> int:
@@ -34,7 +70,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     model = subparsers.add_parser(
         "model",
-        help="prepare model directories (default model, tiny test models)",
+        help="prepare model directories (Hub models, GGUF files, the default model, tiny test models)",
         description="Prepare HF-layout model directories that `inloop runtime serve --model` loads.",
     )
 
@@ -44,6 +80,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     model.set_defaults(func=show_help)
     sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+
+    hub = sub.add_parser(
+        "pull",
+        help="download a Hub model (ORG/NAME[@REVISION]) into the HF cache",
+        description=(
+            "Download the files a model directory needs (config, safetensors weights, tokenizer, chat "
+            "template) from the Hugging Face Hub into its standard cache (HF_HOME / HF_HUB_CACHE), "
+            "resuming a download that stopped. HF_TOKEN authorizes gated and private repos; HF_ENDPOINT "
+            "names another hub. Once pulled, `inloop runtime serve --model ORG/NAME` works offline "
+            "(HF_HUB_OFFLINE=1). Prints the snapshot directory."
+        ),
+    )
+    hub.add_argument("model", metavar="ORG/NAME[@REVISION]", help="the Hub id, optionally @branch, tag or commit")
+    hub.set_defaults(func=cmd_pull)
+
+    conv = sub.add_parser(
+        "convert",
+        help="convert a llama / qwen2 / qwen3 GGUF file into an HF-layout directory",
+        description=(
+            "Convert a GGUF file (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, ...) into an "
+            "HF-layout directory: F16/BF16 tensors kept, quantized ones as their exact float32 "
+            "dequantized values, the tokenizer and chat template from the metadata. Without --out it "
+            "goes into $INLOOP_CACHE/models/gguf/, where `--model FILE.gguf` finds it on the next "
+            "start. Prints the directory."
+        ),
+    )
+    conv.add_argument("gguf", metavar="FILE.gguf", help="the GGUF file")
+    conv.add_argument("--out", metavar="DIR", default=None, help="write here instead of the cache")
+    conv.add_argument("--force", action="store_true", help="convert again even if the cache has it")
+    conv.set_defaults(func=cmd_convert)
 
     pull = sub.add_parser(
         "pull-default",

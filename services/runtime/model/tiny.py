@@ -1,4 +1,4 @@
-"""Tiny random models in the HF layout, for tests: llama, qwen2 and qwen3.
+"""Tiny random models in the HF layout, for tests: llama, qwen2, qwen3 and smollm3.
 
 Each has a real byte-level BPE tokenizer (trained here in milliseconds on a short text)
 with the ChatML special tokens at ids 0/1/2 as in SmolLM2, a chat template, and random
@@ -34,6 +34,7 @@ _ARCH = {
     "llama": ("LlamaForCausalLM", False, False, None),
     "qwen2": ("Qwen2ForCausalLM", True, True, None),
     "qwen3": ("Qwen3ForCausalLM", False, False, 24),
+    "smollm3": ("SmolLM3ForCausalLM", True, False, None),
 }
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
@@ -87,9 +88,11 @@ def tiny_config(arch: str, vocab_size: int) -> dict:
     }
     if head_dim:
         cfg["head_dim"] = head_dim
-    if arch == "llama":
+    if arch in ("llama", "smollm3"):
         cfg["attention_bias"] = bias
         cfg["mlp_bias"] = False
+    if arch == "smollm3":  # four layers, so that the default interval leaves one without RoPE
+        cfg.update(num_hidden_layers=4, no_rope_layer_interval=4, use_sliding_window=False)
     if arch in ("qwen2", "qwen3"):
         cfg["use_sliding_window"] = False
         cfg["sliding_window"] = None
@@ -133,8 +136,9 @@ def random_weights(cfg: dict, seed: int) -> dict[str, np.ndarray]:
 
 
 def make_tiny(arch: str, out_dir: str | Path, seed: int = 0, dtype: str = "float32",
-              shards: int = 1) -> Path:
-    """Write a tiny random `arch` model to out_dir; `shards` > 1 writes an indexed, sharded checkpoint."""
+              shards: int = 1, config: dict | None = None) -> Path:
+    """Write a tiny random `arch` model to out_dir; `shards` > 1 writes an indexed, sharded checkpoint;
+    `config` overrides fields of config.json (e.g. rope_scaling)."""
     if arch not in _ARCH:
         raise ValueError(f"unknown arch {arch!r}: use one of {', '.join(_ARCH)}")
     out = Path(out_dir)
@@ -143,6 +147,7 @@ def make_tiny(arch: str, out_dir: str | Path, seed: int = 0, dtype: str = "float
     tok.save(str(out / "tokenizer.json"))
     cfg = tiny_config(arch, tok.get_vocab_size())
     cfg["torch_dtype"] = dtype
+    cfg.update(config or {})
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 2}))
     added = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,

@@ -28,6 +28,16 @@ def _token_text(value) -> str | None:
     return value
 
 
+def _template_file(model_dir: Path) -> str | None:
+    """Newer Hub repos keep the template beside tokenizer_config.json: chat_template.jinja, or
+    the older chat_template.json ({"chat_template": ...})."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    named = model_dir / "chat_template.json"
+    return json.loads(named.read_text()).get("chat_template") if named.is_file() else None
+
+
 class Tokenizer:
     def __init__(self, model_dir: str | Path):
         model_dir = Path(model_dir)
@@ -37,7 +47,7 @@ class Tokenizer:
         self._tok = HFTokenizer.from_file(str(tok_path))
         cfg_path = model_dir / "tokenizer_config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        self.chat_template: str | None = cfg.get("chat_template")
+        self.chat_template: str | None = cfg.get("chat_template") or _template_file(model_dir)
         if isinstance(self.chat_template, list):  # named templates: take "default"
             named = {t["name"]: t["template"] for t in self.chat_template}
             self.chat_template = named.get("default") or next(iter(named.values()))

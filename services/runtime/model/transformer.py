@@ -1,7 +1,7 @@
 """The decoder forward pass, written once against the backend interface.
 
-llama / qwen2 / qwen3 differ only in the q/k/v bias (qwen2) and the per-head q/k RMSNorm
-(qwen3); both are handled by optional weights. Per layer:
+llama / qwen2 / qwen3 / smollm3 differ only in the q/k/v bias (qwen2), the per-head q/k RMSNorm
+(qwen3; both handled by optional weights) and layers without RoPE (smollm3). Per layer:
 
     h = rmsnorm(x)                 # input_layernorm (fused with the residual add)
     qkv = h @ Wqkv^T (+ b)         # [T, (H + 2 KV) * hd], fused at load time
@@ -14,11 +14,13 @@ llama / qwen2 / qwen3 differ only in the q/k/v bias (qwen2) and the per-head q/k
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from inloop.services.contract.backend import Backend, KVCache, Tensor
 from inloop.services.runtime.model.config import ModelConfig
+from inloop.services.runtime.model.rope import Rotary
 from inloop.services.runtime.model.weights import Weights
 
 
@@ -84,6 +86,12 @@ class Transformer:
             self.lm_head = up(weights.float32("lm_head.weight", (cfg.vocab_size, cfg.hidden_size)), "lm_head")
         self.num_parameters = sum(int(np.prod(weights.raw(n).shape)) for n in weights.names())
 
+    @cached_property
+    def rotary(self) -> Rotary:
+        """Scaled-RoPE frequencies per call (None for plain RoPE: the backend uses theta). Built
+        on first use, since the CUDA loader makes this object without __init__."""
+        return Rotary(self.cfg.rope, self.cfg.head_dim)
+
     def new_cache(self, capacity: int) -> KVCache:
         c = self.cfg
         return self.backend.alloc_kv(c.num_layers, c.num_kv_heads, capacity, c.head_dim)
@@ -93,6 +101,8 @@ class Transformer:
         c, b = self.cfg, self.backend
         x = b.embedding(self.embed, ids)                                   # [T, D]
         residual = None
+        freqs = self.rotary.frequencies(lambda: b.to_host(positions))
+        rope_kw = {} if freqs is None else {"inv_freq": freqs[0], "attention_scaling": freqs[1]}
         for i, lw in enumerate(self.layers):
             if residual is None:
                 h, residual = b.rmsnorm(x, lw.input_norm, c.rms_norm_eps), x
@@ -101,7 +111,8 @@ class Transformer:
             qkv = b.linear(h, lw.qkv, lw.qkv_bias)                       # [T, qkv_size]
             if c.qk_norm:
                 b.qk_norm(qkv, lw.q_norm, lw.k_norm, c.rms_norm_eps, c.num_heads, c.num_kv_heads, c.head_dim)
-            b.rope(qkv, positions, c.num_heads, c.num_kv_heads, c.head_dim, c.rope_theta)
+            if c.use_rope[i]:  # smollm3 skips RoPE on some layers
+                b.rope(qkv, positions, c.num_heads, c.num_kv_heads, c.head_dim, c.rope_theta, **rope_kw)
             attn = b.attention(qkv, cache, i, positions, c.num_heads, c.num_kv_heads, c.head_dim)
             x = b.linear(attn, lw.o)                                       # [T, D]
             h, residual = b.add_rmsnorm(x, residual, lw.post_norm, c.rms_norm_eps)

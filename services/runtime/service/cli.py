@@ -31,13 +31,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _load_engine(model: str, backend: str, prefix_cache: bool = False, kv_session_ttl_s: float = 600.0):
-    """Runs on the scheduler's worker thread: resolving 'default' may convert the GGUF."""
+    """Runs on the scheduler's worker thread: resolving the model may convert a GGUF or download
+    from the Hub."""
     from inloop.services.common import metrics
     from inloop.services.common.logging import get_logger
     from inloop.services.runtime.engine.engine import Engine
-    from inloop.services.runtime.model.default_model import resolve_model
+    from inloop.services.runtime.model.resolve import model_name, resolve_model
 
-    engine = Engine.load(resolve_model(model), backend=backend, kv_session_ttl_s=kv_session_ttl_s)
+    model_dir = resolve_model(model)
+    engine = Engine.load(model_dir, backend=backend, kv_session_ttl_s=kv_session_ttl_s)
+    engine.info["name"] = model_name(model, model_dir)  # a Hub id, not its snapshot's commit hash
     metrics.track_state("runtime", "kv_sessions", lambda: len(engine.sessions))
     metrics.track_state("runtime", "kv_positions", engine.sessions.held_positions)
     # Before health says SERVING: the first real request should not pay for graph capture.

@@ -10,17 +10,22 @@ import numpy as np
 from inloop.services.contract.backend import Backend, KVCache
 
 
-def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float, inv_freq: np.ndarray | None = None,
+                 attention_scaling: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin [T, head_dim/2], computed in float32 the way HF does (so parity is tight).
 
     theta**e is taken in float64 and rounded once to float32: numpy's float32 power is off by
     an ulp for about a quarter of the frequencies, and at position 1000 one ulp of inv_freq
-    moves sin/cos by ~1e-4 (the CUDA kernels round the same way)."""
-    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-    power = (np.float64(np.float32(theta)) ** exponents.astype(np.float64)).astype(np.float32)
-    inv_freq = (np.float32(1.0) / power).astype(np.float32)
+    moves sin/cos by ~1e-4 (the CUDA kernels round the same way). A scaled RoPE passes its
+    own `inv_freq` (model/rope.py) and, for yarn, the factor HF multiplies cos/sin by."""
+    if inv_freq is None:
+        exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+        power = (np.float64(np.float32(theta)) ** exponents.astype(np.float64)).astype(np.float32)
+        inv_freq = (np.float32(1.0) / power).astype(np.float32)
     angles = positions.astype(np.float32)[:, None] * inv_freq[None, :]
-    return np.cos(angles), np.sin(angles)
+    if attention_scaling == 1.0:
+        return np.cos(angles), np.sin(angles)
+    return np.cos(angles) * np.float32(attention_scaling), np.sin(angles) * np.float32(attention_scaling)
 
 
 def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
@@ -83,9 +88,10 @@ class NumpyBackend(Backend):
         qkv[:, :q_end] = self.rmsnorm(q, q_weight, eps).reshape(t, q_end)
         qkv[:, q_end:k_end] = self.rmsnorm(k, k_weight, eps).reshape(t, k_end - q_end)
 
-    def rope(self, qkv, positions, num_heads, num_kv_heads, head_dim, theta) -> None:
+    def rope(self, qkv, positions, num_heads, num_kv_heads, head_dim, theta, inv_freq=None,
+             attention_scaling=1.0) -> None:
         t = qkv.shape[0]
-        cos, sin = rope_cos_sin(positions, head_dim, theta)
+        cos, sin = rope_cos_sin(positions, head_dim, theta, inv_freq, attention_scaling)
         qk = qkv[:, : (num_heads + num_kv_heads) * head_dim].reshape(t, num_heads + num_kv_heads, head_dim)
         _rotate(qk, cos, sin)  # a view of qkv, so this writes through
 

@@ -179,7 +179,10 @@ class CudaBackend(Backend):
         self.ops.rope_qknorm(qkv, None, num_heads, num_kv_heads, head_dim, 0.0, q_norm=q_weight,
                              k_norm=k_weight, eps=eps, rope=False)
 
-    def rope(self, qkv, positions, num_heads, num_kv_heads, head_dim, theta) -> None:
+    def rope(self, qkv, positions, num_heads, num_kv_heads, head_dim, theta, inv_freq=None,
+             attention_scaling=1.0) -> None:
+        if inv_freq is not None:  # load_model refuses these models; this op has no table input yet
+            raise NotImplementedError("scaled RoPE runs on the cpu backend only")
         self.ops.rope_qknorm(qkv, positions, num_heads, num_kv_heads, head_dim, theta)
 
     def attention(self, qkv, cache: KVCache, layer, positions, num_heads, num_kv_heads, head_dim):
@@ -251,8 +254,14 @@ class CudaBackend(Backend):
         """The Transformer with its weights loaded straight to the GPU (loader.py: raw stored
         bytes, converted on the device; no float32 copy on the host). An fp16 checkpoint keeps
         fp16 weights (and runs the fp16-weight build of the kernels); any other is bf16."""
+        from inloop.services.runtime.model.config import ModelLoadError
+
         from .loader import load_transformer
 
+        if cfg.rope.scaled or not all(cfg.use_rope):  # the kernels rotate by theta on every layer
+            what = f"RoPE scaling {cfg.rope.rope_type!r}" if cfg.rope.scaled else "layers without RoPE"
+            raise ModelLoadError(f"{cfg.arch} with {what} runs on --backend cpu for now (the CUDA kernels "
+                                 "rotate every layer by theta only)")
         stored = weights.storage_dtype()
         storage = "f16" if stored == "F16" else "bf16"
         model = load_transformer(self, cfg, weights, storage)
