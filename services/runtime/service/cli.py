@@ -12,11 +12,9 @@ stays fast.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 DEFAULT_PORT = 50051
-DEFAULT_TARGET = os.environ.get("INLOOP_RUNTIME_TARGET", f"127.0.0.1:{DEFAULT_PORT}")
 
 
 # ---- serve ------------------------------------------------------------------------
@@ -158,6 +156,7 @@ def _print_summary(final) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
 
+    from inloop.services.common.client_cli import rpc_failure_line, service_target
     from inloop.services.common.grpc_client import make_channel
     from inloop.services.common.security import SecurityError, client_security_from_args
     from inloop.v1 import runtime_pb2_grpc
@@ -171,7 +170,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     final = None
-    with make_channel(args.target, security) as channel:
+    target = service_target("runtime", args.target)
+    with make_channel(target, security) as channel:
         call = runtime_pb2_grpc.RuntimeStub(channel).GenerateStream(_build_request(args), timeout=args.timeout)
         try:
             for chunk in call:
@@ -181,7 +181,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 else:
                     final = chunk.result
         except grpc.RpcError as exc:
-            print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print("\n" + rpc_failure_line(exc, target, "runtime"), file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             call.cancel()  # the server stops generating at its next token
@@ -200,15 +200,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       serve_help="serve a model over gRPC (inloop.v1.Runtime, health, reflection)",
                       summary="Serve a model over gRPC.", command=cmd_serve)
 
-    gen = subparsers.add_parser("generate", help="stream a completion from a running runtime")
+    from inloop.services.common.client_cli import ShownDefaults, add_max_tokens, default_address
+
+    gen = subparsers.add_parser("generate", help="stream a completion from a running runtime",
+                                description="Stream one completion from a runtime (GenerateStream): the text on "
+                                            "stdout, a timing summary on stderr.", formatter_class=ShownDefaults)
     gen.add_argument("prompt", help="the user message (or the raw prompt with --raw)")
-    gen.add_argument("--target", default=DEFAULT_TARGET,
-                     help="runtime host:port (default $INLOOP_RUNTIME_TARGET or %(default)s)")
-    gen.add_argument("--max-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=None, help="in (0, 1]; default off")
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--target", default=None,
+                     help=f"runtime host:port (default: $INLOOP_RUNTIME, else {default_address('runtime')}; "
+                          f"$INLOOP_RUNTIME_TARGET is its deprecated old name)")
+    add_max_tokens(gen)
+    gen.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]; off by default")
+    gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: none, so not reproducible)")
     gen.add_argument("--stop", action="append", help="a stop string (repeatable)")
     gen.add_argument("--system", default=None, help="a system message before the prompt")
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
