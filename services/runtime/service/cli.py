@@ -68,7 +68,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     start_metrics(args)
     print(f"inloop runtime listening on {handle.address}", flush=True)
     try:
-        http = await _start_http(args, scheduler, security, log)
+        http = await _start_http(args, scheduler, security, log, handle.drain)
     except OSError as exc:
         log.error("http_bind_failed", host=args.host, port=args.http_port, error=str(exc))
         print(f"error: the HTTP API cannot listen on {args.host}:{args.http_port} ({exc}); choose another "
@@ -77,7 +77,10 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
         scheduler.close()
         return 1
 
-    serving = asyncio.ensure_future(serve_until_signal(handle, args.grace_s))
+    from inloop.services.runtime.service.http_server import begin_http_drain
+    # On SIGTERM both fronts drain at once, on one clock (--grace-s), not one after the other.
+    serving = asyncio.ensure_future(serve_until_signal(
+        handle, args.grace_s, on_drain=[lambda: begin_http_drain(http)] if http is not None else []))
     ready = asyncio.wrap_future(scheduler.ready)
     try:
         await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -104,15 +107,15 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     return 0
 
 
-async def _start_http(args: argparse.Namespace, scheduler, security, log):
+async def _start_http(args: argparse.Namespace, scheduler, security, log, drain=None):
     """The OpenAI-compatible API beside gRPC (same host rule, the same TLS files, the same token)."""
     if args.http_port < 0:
         return None
     from inloop.services.common.metrics import metrics_tls
     from inloop.services.runtime.service.http_server import make_app, start_http
 
-    app = make_app(scheduler, args.served_model_name, security.token if security is not None else None)
-    server, port = await start_http(app, args.host, args.http_port, metrics_tls(args))
+    app = make_app(scheduler, args.served_model_name, security.token if security is not None else None, drain)
+    server, port = await start_http(app, args.host, args.http_port, metrics_tls(args), args.grace_s)
     scheme = "https" if metrics_tls(args) else "http"
     log.info("http_listening", address=f"{args.host}:{port}", port=port, scheme=scheme)
     print(f"inloop runtime http listening on {scheme}://{args.host}:{port}/v1", flush=True)
