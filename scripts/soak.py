@@ -120,6 +120,7 @@ class Soak:
         return {"ok": ok, "wall_s": round(wall_s, 1), "minutes": args.minutes, "profile": self.profile.name,
                 "model": args.model, "concurrency": args.concurrency, "tasks": len(self.records),
                 "tasks_ok": sum(r["ok"] for r in self.records), "errors": dict(errors),
+                "hop_retries": sum(r.get("retries", 0) for r in self.records),  # the faults at work
                 "undocumented_errors": undocumented, "late_tasks": len(late),
                 "rss_mib": rss, "rss_growth_vs_start": growth, "rss_within_tolerance": rss_ok,
                 "rss_tolerance": args.rss_tolerance, "by_route": {f"{k[0]}:{k[1]}": v for k, v in by_route.items()},
