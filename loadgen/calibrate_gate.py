@@ -112,7 +112,8 @@ def register(lsub) -> None:
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tool", default="search", help="the gate's tool (default search)")
     p.add_argument("--offering-tool-only", action="store_true", help="fit only on cases that offer --tool")
-    p.add_argument("--max-tokens", type=int, default=64, help="per model step (default 64)")
+    from inloop.loadgen.task_runner import add_step_max_tokens
+    add_step_max_tokens(p)
     p.add_argument("--deadline-ms", type=float, default=120000)
     p.add_argument("--limit", type=int, default=0, help="use only the first N cases (0 = all)")
     p.add_argument("--write", nargs="?", const=str(CALIBRATION_FILE), default=None,

@@ -61,6 +61,7 @@ def register_compare(lsub) -> None:
     c.add_argument("--controller", default="127.0.0.1:50071", help="the controller (external route)")
     c.add_argument("--family", action="append", help="a task family (repeatable; default all)")
     c.add_argument("--per-family", type=int, default=2, help="eval cases per family")
-    c.add_argument("--max-tokens", type=int, default=96, help="per model step")
+    from inloop.loadgen.task_runner import add_step_max_tokens
+    add_step_max_tokens(c)
     c.add_argument("--json", help="write every row here")
     c.set_defaults(func=_cmd)

@@ -6,8 +6,9 @@ tracing, and the services (started here, or already running elsewhere).
 
 Local (no `--runtime`/`--controller`): the three services start on loopback as children,
 exporting to the receiver. Existing deployment (`--runtime A --controller B`): nothing is
-started; the receiver listens on `--otlp-listen` (default 0.0.0.0:4317, the OTLP port) and
-the services, or a collector fanning out, must export there.
+started; the receiver listens on `--otlp-listen` (default 0.0.0.0:14317: not OTLP's 4317, which
+a collector on the same host already holds) and the services, or a collector fanning out, must
+export there.
 """
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ from pathlib import Path
 from inloop.loadgen.otlp_receiver import OtlpReceiver, SpanStore, StoreProcessor, mtls_credentials
 from inloop.loadgen.stack import LocalStack
 from inloop.services.common.config import add_client_security_options
+
+# The receiver's port against an existing deployment. Not 4317: the loadgen runs on the CPU host
+# (deploy/README.md, the lab), where the OpenTelemetry Collector already listens on 4317.
+LOADGEN_OTLP_PORT = 14317
 
 
 @dataclass
@@ -52,7 +57,7 @@ def add_harness_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--controller", default="", help="an existing controller's host:port")
     g.add_argument("--otlp-listen", default="",
                    help="where the OTLP receiver listens (default: loopback, free port when local; "
-                        "0.0.0.0:4317 against an existing deployment)")
+                        f"0.0.0.0:{LOADGEN_OTLP_PORT} against an existing deployment, beside a collector's 4317)")
     g.add_argument("--otlp-tls", action="store_true",
                    help="the OTLP receiver requires mTLS with the --tls-cert/--tls-key/--tls-ca files "
                         "(services then export to https://, presenting their own certificates)")
@@ -82,7 +87,7 @@ def open_harness(args: argparse.Namespace, log_dir: Path):
     if bool(args.runtime) != bool(args.controller):
         raise SystemExit("error: give both --runtime and --controller (an existing deployment), or neither")
     local = not args.runtime
-    listen = args.otlp_listen or ("127.0.0.1:0" if local else "0.0.0.0:4317")
+    listen = args.otlp_listen or ("127.0.0.1:0" if local else f"0.0.0.0:{LOADGEN_OTLP_PORT}")
     host, _, port = listen.rpartition(":")
     credentials = None
     if args.otlp_tls:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from inloop.loadgen.stats import bootstrap_ci
-from inloop.loadgen.task_runner import ROUTES
+from inloop.loadgen.task_runner import ROUTES, add_step_max_tokens
 
 ARMS = tuple((route, gate) for route in ROUTES for gate in (False, True))
 
@@ -142,7 +142,7 @@ def register(lsub) -> None:
     p.add_argument("--gate-statistic", choices=("mean_logprob", "min_margin"), default=None,
                    help="default: the calibrated statistic")
     p.add_argument("--gate-threshold", type=float, default=None, help="default: the calibrated threshold")
-    p.add_argument("--max-tokens", type=int, default=64, help="per model step (default 64)")
+    add_step_max_tokens(p)
     p.add_argument("--deadline-ms", type=float, default=60000)
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--out", default="loadgen-out", help="directory for the reports and logs")

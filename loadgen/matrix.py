@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from inloop.loadgen.route_compare import ci_half_width, compare, p99_or_max, pairs_of
-from inloop.loadgen.task_runner import ROUTES
+from inloop.loadgen.task_runner import ROUTES, add_step_max_tokens
 
 
 def pair_order(i: int, rep: int) -> tuple[str, str]:
@@ -227,7 +227,7 @@ def register(lsub) -> None:
     m.add_argument("--per-family", type=int, default=1, help="eval cases per family (default 1)")
     m.add_argument("--runs", type=int, default=1, help="repetitions of every pair (default 1)")
     m.add_argument("--warmups", type=int, default=1, help="unrecorded warm-up pairs per profile (default 1)")
-    m.add_argument("--max-tokens", type=int, default=64, help="per model step (default 64)")
+    add_step_max_tokens(m)
     m.add_argument("--deadline-ms", type=float, default=60000, help="per task (default 60000)")
     m.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     m.add_argument("--min-pairs", type=int, default=0,

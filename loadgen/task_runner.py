@@ -16,10 +16,20 @@ from inloop.loadgen.tasks import check
 from inloop.loadgen.tasks.model import TaskCase
 
 ROUTES = ("internal", "external")
+# Tokens per model step for every task-running loadgen command (compare, matrix, loops,
+# calibrate-gate): short steps keep a run of many tasks short. The client commands
+# (`inloop task run`, `inloop generate`) default to 128 for one interactive answer.
+STEP_MAX_TOKENS = 64
+
+
+def add_step_max_tokens(parser) -> None:
+    parser.add_argument("--max-tokens", type=int, default=STEP_MAX_TOKENS,
+                        help=f"tokens per model step (default {STEP_MAX_TOKENS}, the loadgen's per-step default; "
+                             f"`inloop task run` and `inloop generate` default to 128)")
 
 
 class TaskRunner:
-    def __init__(self, runtime: str, controller: str, max_tokens: int = 64, deadline_ms: float = 60000,
+    def __init__(self, runtime: str, controller: str, max_tokens: int = STEP_MAX_TOKENS, deadline_ms: float = 60000,
                  security=None):
         """`security`: a services.common.security.ClientSecurity (mTLS, token) or None for plaintext."""
         from inloop.services.common.grpc_client import make_channel

@@ -36,6 +36,9 @@ class ServiceProcess:
             extra = ["--metrics-port", "-1"]  # tests run many services at once: no default-port clashes
         if service == "runtime" and self.args[:1] == ["serve"] and "--http-port" not in self.args:
             extra += ["--http-port", "-1"]  # nor on the HTTP API's 8000
+        if service == "tools" and self.args[:1] == ["serve"] and not {"--state-db", "--state-redis"} & set(self.args):
+            # Each test's tools keep their kv state in their own file, not in the user's default one.
+            extra += ["--state-db", str(self.log_path.with_suffix(".kv.sqlite3"))]
         cmd = [sys.executable, "-m", "inloop.services.cli", service, *self.args, *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
         self.target = self._read_address(start_timeout_s)

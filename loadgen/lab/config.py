@@ -66,7 +66,7 @@ SETTINGS = [
     _lab("runtime_port", 50051),
     _lab("tools_port", 50061),
     _lab("controller_port", 50071),
-    _lab("otlp_port", 4317),
+    _lab("otlp_port", 14317),
     _lab("relay_port", 50051),        # on cpu_addr: the runtime as the CPU host reaches it
     # [run]: the services' model and the matrix
     _run("model", "default", "the runtime's model: 'default' (SmolLM2) or an HF-layout directory"),

@@ -139,7 +139,9 @@ def service_argv(service: str, cfg: LabConfig, sec: Secrets, runtime_target: str
         where = ["--host", cfg.gpu_addr, "--port", str(cfg.runtime_port), "--model", cfg.model,
                  "--backend", cfg.backend]
     elif service == "tools":
-        where = ["--host", cfg.cpu_addr, "--port", str(cfg.tools_port)]
+        # The kv state survives a tools restart (the chaos script kills it) and stays in the lab.
+        where = ["--host", cfg.cpu_addr, "--port", str(cfg.tools_port),
+                 "--state-db", str(sec.root / "tools-kv.sqlite3")]
     else:
         where = ["--host", cfg.cpu_addr, "--port", str(cfg.controller_port),
                  "--runtime", runtime_target, "--tools", cfg.tools_target]

@@ -2,7 +2,8 @@
 
     inloop certs dev --out /etc/inloop/tls --san gpu-host --san 10.0.0.5
 
-writes DIR/ca.crt + DIR/ca.key and, for each of runtime, tools, controller and loadgen,
+writes DIR/ca.crt + DIR/ca.key and, for each of runtime, tools, controller, loadgen and
+collector (the OpenTelemetry Collector's OTLP receiver, so traces cross hosts over TLS too),
 DIR/<name>.crt + DIR/<name>.key signed by that CA. Every leaf certificate carries both
 serverAuth and clientAuth, so one file pair serves a service's listening port and its
 outgoing mTLS calls. SANs: localhost, 127.0.0.1, ::1, the name itself, and every --san
@@ -20,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-NAMES = ("runtime", "tools", "controller", "loadgen")
+NAMES = ("runtime", "tools", "controller", "loadgen", "collector")
 DEFAULT_SANS = ("localhost", "127.0.0.1", "::1")
 
 

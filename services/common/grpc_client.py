@@ -12,6 +12,7 @@ TLS (client certificate when given) and sends the bearer token on every call.
 """
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
@@ -22,9 +23,10 @@ from inloop.services.common.security import ClientSecurity, client_security_from
 from inloop.services.common.telemetry import aio_client_interceptors, intercept_channel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int | str]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -38,6 +40,10 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
         # but never answers must fail a call by its deadline, not as UNAVAILABLE.)
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        # Spread calls over every address the target resolves to (a Kubernetes headless service's
+        # pods, or "ipv4:10.0.0.5:50061,10.0.0.6:50061"): gRPC's default pick_first would pin a
+        # long-lived channel to one replica. One address behaves as before.
+        ("grpc.service_config", ROUND_ROBIN),
     ]
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from inloop.services.common.drain import Drain, DrainInterceptor
 from inloop.services.common.logging import get_logger
 from inloop.services.common.security import ServerSecurity
 from inloop.services.common.telemetry import server_interceptors, shutdown_tracing
@@ -60,6 +61,7 @@ class ServerHandle:
     host: str
     port: int
     tls: bool = False
+    drain: Drain = field(default_factory=Drain)  # ends calls still open at the grace's end, typed
 
     @property
     def address(self) -> str:
@@ -102,7 +104,10 @@ def create_server(
     # Tracing first, so the server span is open (and records the status) when the token
     # check or the service's own interceptors refuse a call; the service's interceptors
     # (metrics) before the token check, so refused calls are counted too.
-    server = grpc.aio.server(interceptors=[*server_interceptors(), *interceptors, *security.interceptors()],
+    # The drain last, nearest the handler: what it ends is still counted and traced.
+    drain = Drain()
+    server = grpc.aio.server(interceptors=[*server_interceptors(), *interceptors, *security.interceptors(),
+                                           DrainInterceptor(drain)],
                              options=server_options(max_message_bytes))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -120,14 +125,17 @@ def create_server(
         raise OSError(f"cannot bind {address}: {exc}") from None
     if bound == 0:  # grpc returns 0 instead of raising when the bind fails
         raise OSError(f"cannot bind {host}:{port} (in use, or not an address of this host)")
-    return ServerHandle(server, health_servicer, names, host, bound, tls=credentials is not None)
+    return ServerHandle(server, health_servicer, names, host, bound, tls=credentials is not None, drain=drain)
 
 
-async def serve_until_signal(handle: ServerHandle, grace_s: float = 5.0) -> str:
+async def serve_until_signal(handle: ServerHandle, grace_s: float = 5.0, on_drain=()) -> str:
     """Run until SIGTERM/SIGINT (or the server stops), then stop gracefully.
 
     On the signal: health goes NOT_SERVING, new RPCs are refused, running RPCs get
-    `grace_s` seconds to finish, and then they are cancelled. Returns what stopped it.
+    `grace_s` seconds to finish; those still open just before it ends get UNAVAILABLE
+    ("shutting down ... retry", services/common/drain.py), and gRPC cancels what is left.
+    `on_drain` callables run at the signal (the runtime's HTTP front starts its own drain
+    there, on the same clock). Returns what stopped it.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -147,6 +155,9 @@ async def serve_until_signal(handle: ServerHandle, grace_s: float = 5.0) -> str:
         await asyncio.wait({signalled, terminated}, return_when=asyncio.FIRST_COMPLETED)
         reason = received[0] if received else "server terminated"
         log.info("shutting_down", reason=reason, grace_s=grace_s)
+        handle.drain.begin(grace_s)
+        for begin in on_drain:
+            begin()
         await handle.set_not_serving()
         await handle.server.stop(grace_s)
         await terminated

@@ -75,6 +75,12 @@ TOOLS = [
             metavar="FILE"),
     Setting("corpus", None, "search corpus, JSON lines {id, title, text}"),
     Setting("max_sessions", 1024, "kv namespaces kept; the least recently used is evicted beyond this", type=int),
+    Setting("state_db", "", "SQLite file (WAL) holding the kv values and idempotency records, so a restart "
+                            "loses nothing (default: $STATE_DIRECTORY/kv.sqlite3 under systemd, else "
+                            "~/.local/state/inloop/tools/kv.sqlite3); ':memory:' keeps them in the process",
+            metavar="PATH"),
+    Setting("state_redis", "", "Redis URL (redis://HOST:6379/0, rediss:// for TLS) holding the kv state instead, "
+                               "shared by every tools replica that names it; overrides --state-db", metavar="URL"),
 ]
 
 CONTROLLER = [

@@ -15,7 +15,7 @@ from inloop.services.tools.functions.extract_receipt import extract_receipt
 from inloop.services.tools.functions.kv import kv
 from inloop.services.tools.functions.search import search
 from inloop.services.tools.functions.summarize import summarize
-from inloop.services.tools.state import ToolState, call_fingerprint
+from inloop.services.tools.state import StoreBase, call_fingerprint
 
 __all__ = ["TOOLS", "Tool", "ToolOutcome", "call_tool", "execute"]
 
@@ -47,27 +47,31 @@ class ToolOutcome:
     replayed: bool  # True when the idempotency log answered instead of the tool
 
 
-def execute(state: ToolState, name: str, args: dict, idempotency_key: str = "",
+def execute(state: StoreBase, name: str, args: dict, idempotency_key: str = "",
             session: str = "") -> ToolOutcome:
     """Validate and run one call in `session`; a keyed write runs at most once."""
     validate_arguments(name, args)
     spec = TOOLS[name]
-    sess = state.session(session)
-    if not (spec.schema.writes and idempotency_key):
-        return ToolOutcome(spec.fn(sess, **args), replayed=False)
-    fingerprint = call_fingerprint(name, args)
-    # Held across check, run and record: a retry racing its first attempt (the client
-    # gave up, the first attempt is still running) must wait, then see the stored result.
-    with state.lock:
-        stored = sess.replay(idempotency_key, fingerprint)
-        if stored is not None:
-            return ToolOutcome(stored, replayed=True)
+    keyed = bool(spec.schema.writes and idempotency_key)
+    fingerprint = call_fingerprint(name, args) if keyed else ""
+
+    def work(sess) -> ToolOutcome:
+        # One unit of work on every store: a retry racing its first attempt (the client gave
+        # up, the first attempt is still running, maybe on another replica) waits or re-runs,
+        # then sees the stored result.
+        if keyed:
+            stored = sess.replay(idempotency_key, fingerprint)
+            if stored is not None:
+                return ToolOutcome(stored, replayed=True)
         result = spec.fn(sess, **args)
-        sess.remember(idempotency_key, fingerprint, result)
+        if keyed:
+            sess.remember(idempotency_key, fingerprint, result)
         return ToolOutcome(result, replayed=False)
 
+    return state.run(session, work)
 
-def call_tool(state: ToolState, name: str, args: dict, idempotency_key: str = "",
+
+def call_tool(state: StoreBase, name: str, args: dict, idempotency_key: str = "",
               session: str = "") -> dict:
     """The result of one call (see `execute` for whether it was a replay)."""
     return execute(state, name, args, idempotency_key, session).result

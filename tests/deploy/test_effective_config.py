@@ -56,7 +56,8 @@ def test_systemd_env_file(name):
     from_env = {key for key, source in sources.items() if source.startswith("env ")}
     assert {v.removeprefix("INLOOP_").lower() for v in env if v.startswith("INLOOP_")} - {"cache"} <= from_env
     assert values["tls_cert"] == f"{TLS_DIR}/{name}.crt" and values["token_file"] == f"{ETC}/token"
-    assert values["otlp_endpoint"].startswith("http://") and values["otlp_endpoint"].endswith(":4317")
+    # Traces take mTLS like every other hop: the runtime's cross the VPC to the collector.
+    assert values["otlp_endpoint"] == "https://collector:4317"
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))

@@ -12,11 +12,9 @@ stays fast.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 DEFAULT_PORT = 50051
-DEFAULT_TARGET = os.environ.get("INLOOP_RUNTIME_TARGET", f"127.0.0.1:{DEFAULT_PORT}")
 
 
 # ---- serve ------------------------------------------------------------------------
@@ -75,7 +73,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     start_metrics(args)
     print(f"inloop runtime listening on {handle.address}", flush=True)
     try:
-        http = await _start_http(args, scheduler, security, log)
+        http = await _start_http(args, scheduler, security, log, handle.drain)
     except OSError as exc:
         log.error("http_bind_failed", host=args.host, port=args.http_port, error=str(exc))
         print(f"error: the HTTP API cannot listen on {args.host}:{args.http_port} ({exc}); choose another "
@@ -84,7 +82,10 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
         scheduler.close()
         return 1
 
-    serving = asyncio.ensure_future(serve_until_signal(handle, args.grace_s))
+    from inloop.services.runtime.service.http_server import begin_http_drain
+    # On SIGTERM both fronts drain at once, on one clock (--grace-s), not one after the other.
+    serving = asyncio.ensure_future(serve_until_signal(
+        handle, args.grace_s, on_drain=[lambda: begin_http_drain(http)] if http is not None else []))
     ready = asyncio.wrap_future(scheduler.ready)
     try:
         await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -111,15 +112,15 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     return 0
 
 
-async def _start_http(args: argparse.Namespace, scheduler, security, log):
+async def _start_http(args: argparse.Namespace, scheduler, security, log, drain=None):
     """The OpenAI-compatible API beside gRPC (same host rule, the same TLS files, the same token)."""
     if args.http_port < 0:
         return None
     from inloop.services.common.metrics import metrics_tls
     from inloop.services.runtime.service.http_server import make_app, start_http
 
-    app = make_app(scheduler, args.served_model_name, security.token if security is not None else None)
-    server, port = await start_http(app, args.host, args.http_port, metrics_tls(args))
+    app = make_app(scheduler, args.served_model_name, security.token if security is not None else None, drain)
+    server, port = await start_http(app, args.host, args.http_port, metrics_tls(args), args.grace_s)
     scheme = "https" if metrics_tls(args) else "http"
     log.info("http_listening", address=f"{args.host}:{port}", port=port, scheme=scheme)
     print(f"inloop runtime http listening on {scheme}://{args.host}:{port}/v1", flush=True)
@@ -163,6 +164,7 @@ def _print_summary(final) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
 
+    from inloop.services.common.client_cli import rpc_failure_line, service_target
     from inloop.services.common.grpc_client import make_channel
     from inloop.services.common.security import SecurityError, client_security_from_args
     from inloop.v1 import runtime_pb2_grpc
@@ -176,7 +178,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     final = None
-    with make_channel(args.target, security) as channel:
+    target = service_target("runtime", args.target)
+    with make_channel(target, security) as channel:
         call = runtime_pb2_grpc.RuntimeStub(channel).GenerateStream(_build_request(args), timeout=args.timeout)
         try:
             for chunk in call:
@@ -186,7 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 else:
                     final = chunk.result
         except grpc.RpcError as exc:
-            print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print("\n" + rpc_failure_line(exc, target, "runtime"), file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             call.cancel()  # the server stops generating at its next token
@@ -205,15 +208,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       serve_help="serve a model over gRPC (inloop.v1.Runtime, health, reflection)",
                       summary="Serve a model over gRPC.", command=cmd_serve)
 
-    gen = subparsers.add_parser("generate", help="stream a completion from a running runtime")
+    from inloop.services.common.client_cli import ShownDefaults, add_max_tokens, default_address
+
+    gen = subparsers.add_parser("generate", help="stream a completion from a running runtime",
+                                description="Stream one completion from a runtime (GenerateStream): the text on "
+                                            "stdout, a timing summary on stderr.", formatter_class=ShownDefaults)
     gen.add_argument("prompt", help="the user message (or the raw prompt with --raw)")
-    gen.add_argument("--target", default=DEFAULT_TARGET,
-                     help="runtime host:port (default $INLOOP_RUNTIME_TARGET or %(default)s)")
-    gen.add_argument("--max-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=None, help="in (0, 1]; default off")
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--target", default=None,
+                     help=f"runtime host:port (default: $INLOOP_RUNTIME, else {default_address('runtime')}; "
+                          f"$INLOOP_RUNTIME_TARGET is its deprecated old name)")
+    add_max_tokens(gen)
+    gen.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]; off by default")
+    gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: none, so not reproducible)")
     gen.add_argument("--stop", action="append", help="a stop string (repeatable)")
     gen.add_argument("--system", default=None, help="a system message before the prompt")
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")

@@ -82,9 +82,11 @@ class BodyLimit:
         await error(413, f"the request body is over {self.limit} bytes")(scope, receive, send)
 
 
-def make_app(scheduler: Scheduler, served_name: str = "", token: str | None = None) -> FastAPI:
+def make_app(scheduler: Scheduler, served_name: str = "", token: str | None = None, drain=None) -> FastAPI:
     """`served_name`: the model name clients use (default: the loaded model's, its directory's
-    name); a request naming another model gets 404."""
+    name); a request naming another model gets 404. `drain` (services/common/drain.py, the gRPC
+    server's): on SIGTERM, a request still open at the grace's end ends with 503 / an SSE error
+    event instead of a cut connection."""
     app = FastAPI(title="inloop runtime", docs_url=None, redoc_url=None, openapi_url=None)
 
     def model_name() -> str:
@@ -157,6 +159,8 @@ def make_app(scheduler: Scheduler, served_name: str = "", token: str | None = No
         try:
             while not waiting.done():  # a client that hangs up stops its generation
                 await asyncio.wait({waiting}, timeout=0.25)
+                if not waiting.done() and drain is not None and drain.expired:
+                    return error(503, drain.message())  # shutting down (finally stops the generation)
                 if not waiting.done() and await request.is_disconnected():
                     handle.cancel()
             result = waiting.result()
@@ -174,12 +178,20 @@ def make_app(scheduler: Scheduler, served_name: str = "", token: str | None = No
         cid = convert.new_id("chatcmpl" if kind == "chat" else "cmpl")
         hold = convert.ToolCallHold(kind == "chat" and bool(req.tools) and req.tool_choice != "none")
         waiting = asyncio.ensure_future(handle.wait())
+        # Shutting down: a stream still open at the grace's end gets an error event, not a cut.
+        stopping = asyncio.ensure_future(drain.expired_event.wait()) if drain is not None else None
         try:
             if kind == "chat":
                 yield _sse(convert.chunk(kind, cid, model, {"role": "assistant", "content": ""}))
             while not (waiting.done() and events.empty()):
                 getter = asyncio.ensure_future(events.get())
-                await asyncio.wait({getter, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({getter, waiting, *([stopping] if stopping else [])},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done() and stopping is not None and stopping.done() and not waiting.done():
+                    getter.cancel()
+                    handle.cancel()
+                    yield _sse({"error": json.loads(error(503, drain.message()).body)["error"]})
+                    return
                 if not getter.done():
                     getter.cancel()
                     continue
@@ -198,6 +210,8 @@ def make_app(scheduler: Scheduler, served_name: str = "", token: str | None = No
             return
         finally:
             handle.cancel()
+            if stopping is not None:
+                stopping.cancel()
         _observe(span, model, handle, result)
         tail = hold.rest()
         if tail:
@@ -256,15 +270,17 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def start_http(app: FastAPI, host: str, port: int, tls: tuple[str, str, str] | None = None):
+async def start_http(app: FastAPI, host: str, port: int, tls: tuple[str, str, str] | None = None,
+                     grace_s: float = 5.0):
     """Serve `app` in this event loop; returns (server, bound port). With the service's TLS
-    files it is HTTPS; client certificates are optional (SDKs do not send them)."""
+    files it is HTTPS; client certificates are optional (SDKs do not send them). On shutdown,
+    open requests get `grace_s` (the service's --grace-s) before uvicorn cuts them."""
     kw = {}
     if tls is not None:
         cert, key, ca = tls
         kw = {"ssl_certfile": cert, "ssl_keyfile": key, "ssl_ca_certs": ca, "ssl_cert_reqs": ssl.CERT_OPTIONAL}
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=5, **kw)
+                            timeout_graceful_shutdown=grace_s, **kw)
     server = _Server(config)
     server.task = asyncio.ensure_future(server.serve())
     while not server.started:
@@ -274,6 +290,11 @@ async def start_http(app: FastAPI, host: str, port: int, tls: tuple[str, str, st
         await asyncio.sleep(0.01)
     bound = server.servers[0].sockets[0].getsockname()[1]
     return server, bound
+
+
+def begin_http_drain(server) -> None:
+    """At SIGTERM: stop accepting, let open requests run (uvicorn waits up to its grace)."""
+    server.should_exit = True
 
 
 async def stop_http(server) -> None:

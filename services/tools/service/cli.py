@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from inloop.services.common.serve_setup import prepare_service, start_metrics
     from inloop.services.contract.errors import FaultSpecError
     from inloop.services.tools.service.server import serve
-    from inloop.services.tools.state import DEFAULT_CORPUS, ToolState
+    from inloop.services.tools.state import DEFAULT_CORPUS, Limits, open_store
 
     security = prepare_service(args, "tools")
     log = get_logger("services.tools.cli")
@@ -54,12 +54,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_concurrency < 1:
         print("error: --max-concurrency must be >= 1", file=sys.stderr)
         return 2
+    if args.max_sessions < 1:
+        print("error: --max-sessions must be >= 1", file=sys.stderr)
+        return 2
+    try:  # open the store first: an unreachable Redis or unwritable file fails the start, not a call
+        state = open_store(args.state_db, args.state_redis, args.corpus or DEFAULT_CORPUS,
+                           Limits(max_sessions=args.max_sessions))
+    except Exception as exc:  # sqlite3 / redis errors, a directory we may not create
+        where = f"--state-redis {args.state_redis}" if args.state_redis else f"--state-db {args.state_db or 'default'}"
+        log.error("state_failed", error=str(exc), where=where)
+        print(f"error: cannot open the kv state ({where}): {exc}", file=sys.stderr)
+        return 1
+    log.info("state_opened", state=state.describe(), **state.stats())
     try:  # index before binding: a broken corpus fails the start, not the first search
-        state = ToolState(args.corpus or DEFAULT_CORPUS, max_sessions=args.max_sessions)
         docs = state.load_corpus()
     except ValueError as exc:
         log.error("corpus_failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
+        state.close()
         return 1
     log.info("corpus_loaded", path=str(state.corpus_path), docs=docs)
     start_metrics(args)
@@ -70,6 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # the port is taken or not ours
         log.error("bind_failed", error=str(exc))
         return 1
+    finally:
+        state.close()
     return 0
 
 

@@ -31,7 +31,7 @@ from inloop.services.contract.faults import FaultSpec
 from inloop.services.contract.tool_schema import TOOL_SCHEMAS
 from inloop.services.tools.registry import TOOLS, execute
 from inloop.services.tools.service.faults import FaultDecision, FaultInjector
-from inloop.services.tools.state import ToolState
+from inloop.services.tools.state import StateUnavailable, StoreBase
 from inloop.v1 import tools_pb2 as pb
 from inloop.v1 import tools_pb2_grpc
 
@@ -75,7 +75,7 @@ def check_names(request: pb.ToolCallRequest) -> None:
 
 
 class ToolsServicer(tools_pb2_grpc.ToolsServicer):
-    def __init__(self, state: ToolState, default_faults: FaultSpec = FaultSpec(),
+    def __init__(self, state: StoreBase, default_faults: FaultSpec = FaultSpec(),
                  injector: FaultInjector | None = None, max_concurrency: int = 64):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
@@ -176,6 +176,9 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
             outcome = execute(self.state, request.name, args, request.idempotency_key, request.session)
         except ToolError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except StateUnavailable as exc:  # the store is down or contended: nothing was applied, retry
+            log.warning("state_unavailable", call_id=call_id, tool=request.name, error=str(exc))
+            raise Rejected(grpc.StatusCode.UNAVAILABLE, f"{exc}; the call was not applied, retry it") from None
         except Exception as exc:  # a bug in a tool: report it (the log has the traceback), keep serving
             log.error("tool_failed", call_id=call_id, tool=request.name, exc_info=exc)
             raise Rejected(grpc.StatusCode.INTERNAL, f"internal error in tool {request.name!r} "
@@ -193,7 +196,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
         log.info("tool_call", code=code.name, ms=ms, **fields, **extra)
 
 
-async def serve(state: ToolState, *, host: str = "127.0.0.1", port: int = 0,
+async def serve(state: StoreBase, *, host: str = "127.0.0.1", port: int = 0,
                 default_faults: FaultSpec = FaultSpec(), max_concurrency: int = 64,
                 grace_s: float = 5.0, max_message_bytes: int = MAX_MESSAGE_BYTES, security=None) -> str:
     """Serve until SIGTERM/SIGINT, then stop gracefully; returns what stopped it.
@@ -207,6 +210,7 @@ async def serve(state: ToolState, *, host: str = "127.0.0.1", port: int = 0,
     await handle.start()
     await handle.set_serving()  # nothing to load: the corpus was indexed before we bound
     log.info("serving", address=handle.address, tools=list(TOOLS), max_concurrency=max_concurrency,
+             state=state.describe(),
              default_faults=default_faults.to_dict(), max_message_bytes=max_message_bytes)
     print(f"inloop tools listening on {handle.address}", flush=True)
     reason = await serve_until_signal(handle, grace_s)

@@ -36,6 +36,8 @@ class ToolsServer:
     def __init__(self, log_path: Path, *extra: str):
         self.log_path = log_path
         self._log_file = open(log_path, "w")
+        if not {"--state-db", "--state-redis"} & set(extra):  # this test's kv state, in its own file
+            extra = (*extra, "--state-db", str(log_path.with_suffix(".kv.sqlite3")))
         cmd = [sys.executable, "-m", "inloop.services.cli", "tools", "serve", "--port", "0", *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
         lines: queue.Queue = queue.Queue()

@@ -1,8 +1,10 @@
-"""The tools' explicit state: kv namespaces, idempotency logs and the search index.
+"""The in-process store: kv namespaces and idempotency logs in this process's memory.
 
 Tool functions are pure functions over this state, so the internal route (the runtime
 calling tools in-process) and the external route (the tools service) share the code and
-differ only in transport. One `ToolState` lives per process.
+differ only in transport. The runtime's internal route keeps its tool state here; the tools
+service keeps it in SQLite or Redis (state/sqlite.py, state/redis_store.py) unless told
+`--state-db :memory:`.
 
     state = ToolState()                    # corpus read lazily on the first search
     sess = state.session("task-17")        # one namespace per task (created on first use)
@@ -16,39 +18,16 @@ writes in the same namespace would apply again; the caps are far above what one 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from inloop.services.contract.errors import ToolArgumentError
+from inloop.services.tools.state.base import (DEFAULT_CORPUS, DEFAULT_SESSION, KvEntry, Limits, StoreBase,
+                                              StoredResult, T, entry_size, key_reused)
 
 if TYPE_CHECKING:
     from inloop.services.tools.functions.search import Bm25Index
-
-DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "corpus.jsonl"
-DEFAULT_SESSION = "default"
-
-
-@dataclass
-class KvEntry:
-    value: Any
-    version: int  # 1 on the first write, +1 on each later write; 0 means "never written"
-
-
-@dataclass(frozen=True)
-class StoredResult:
-    fingerprint: str  # what the first call with this key asked for
-    result: dict
-
-
-def call_fingerprint(name: str, args: dict) -> str:
-    """A stable digest of a call, so one idempotency key cannot be reused for another call."""
-    canonical = json.dumps([name, args], sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 
 
 class Session:
@@ -72,18 +51,18 @@ class Session:
     def kv_set(self, key: str, value: Any) -> KvEntry:
         old = self.kv.pop(key, None)
         if old is not None:
-            self.owner.used_bytes -= _size(key, old.value)
+            self.owner.used_bytes -= entry_size(key, old.value)
         if old is None and len(self.kv) >= self.owner.max_keys:
             gone_key, gone = self.kv.popitem(last=False)  # the least recently written key goes
-            self.owner.used_bytes -= _size(gone_key, gone.value)
+            self.owner.used_bytes -= entry_size(gone_key, gone.value)
         entry = KvEntry(value, (old.version if old else 0) + 1)
         self.kv[key] = entry
-        self.owner.used_bytes += _size(key, value)
+        self.owner.used_bytes += entry_size(key, value)
         self.owner.trim(keep=self.name)
         return entry
 
     def size(self) -> int:
-        return sum(_size(k, e.value) for k, e in self.kv.items())
+        return sum(entry_size(k, e.value) for k, e in self.kv.items())
 
     # ---- idempotency (callers hold self.lock) ------------------------------------
     def replay(self, key: str, fingerprint: str) -> dict | None:
@@ -92,9 +71,7 @@ class Session:
         if stored is None:
             return None
         if stored.fingerprint != fingerprint:
-            raise ToolArgumentError(
-                f"idempotency key {key!r} was already used for a different call in session "
-                f"{self.name!r}; use a new key for a new write")
+            raise key_reused(key, self.name)
         return stored.result
 
     def remember(self, key: str, fingerprint: str, result: dict) -> None:
@@ -103,29 +80,24 @@ class Session:
             self.idempotency.popitem(last=False)
 
 
-def _size(key: str, value: Any) -> int:
-    """What a kv entry costs, roughly: its key and value as text."""
-    return len(key) + len(str(value))
+class ToolState(StoreBase):
+    """All state of one process, in memory. Thread-safe: every access goes through `lock`."""
 
-
-class ToolState:
-    """All state of one tools process. Thread-safe: every access goes through `lock`."""
+    kind = "memory"
 
     def __init__(self, corpus_path: Path | str = DEFAULT_CORPUS, *, max_sessions: int = 1024,
                  max_keys: int = 1024, max_idempotency: int = 4096, max_bytes: int = 64 << 20):
-        if min(max_sessions, max_keys, max_idempotency, max_bytes) < 1:
-            raise ValueError("max_sessions, max_keys, max_idempotency and max_bytes must be >= 1")
-        self.max_bytes = max_bytes  # kv keys and values over all sessions; LRU sessions go beyond it
-        self.used_bytes = 0
-        self.corpus_path = Path(corpus_path)
-        self.max_sessions = max_sessions
-        self.max_keys = max_keys
-        self.max_idempotency = max_idempotency
+        super().__init__(corpus_path, Limits(max_sessions, max_keys, max_idempotency, max_bytes))
+        self.used_bytes = 0  # kv keys and values over all sessions
         # Re-entrant: a tool holding the lock may look up its session or the corpus.
         self.lock = threading.RLock()
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._corpus: Bm25Index | None = None
         self.evicted_sessions = 0
+
+    def run(self, session: str, work: Callable[["Session"], T]) -> T:
+        """One tool call's work on its session, under the one lock (tools take microseconds)."""
+        with self.lock:
+            return work(self.session(session))
 
     def session(self, name: str = "") -> Session:
         """The namespace `name` ("" = the default one), created on first use, marked recent."""
@@ -162,23 +134,8 @@ class ToolState:
         self.used_bytes -= sess.size()
         self.evicted_sessions += 1
 
-    @property
-    def corpus(self) -> "Bm25Index":
-        """The search index, built from corpus_path on first use (or by load_corpus())."""
-        # Imported here: the index is built only when a search (or a server's start) needs it.
-        from inloop.services.tools.functions.search import Bm25Index, load_corpus
-
-        with self.lock:
-            if self._corpus is None:
-                self._corpus = Bm25Index(load_corpus(self.corpus_path))
-            return self._corpus
-
-    def load_corpus(self) -> int:
-        """Build the index now (a server does this at start, to fail before serving)."""
-        return len(self.corpus.docs)
-
     def stats(self) -> dict:
         with self.lock:
             return {"sessions": len(self._sessions), "evicted_sessions": self.evicted_sessions,
                     "kv_bytes": self.used_bytes,
-                    "corpus_docs": len(self._corpus.docs) if self._corpus else None}
+                    "corpus_docs": self.corpus_docs()}
