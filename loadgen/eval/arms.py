@@ -136,8 +136,8 @@ class OpenAIArms:
         choice = reply["choices"][0]
         lp = choice.get("logprobs") or {}
         margins, top2 = [], []
-        for alts in lp.get("top_logprobs") or []:
-            ranked = sorted((alts or {}).items(), key=lambda kv: -kv[1])[:2]
+        for alts in _top_logprobs(lp):
+            ranked = sorted(alts.items(), key=lambda kv: -kv[1])[:2]
             probs = [math.exp(v) for _, v in ranked] + [0.0, 0.0]
             margins.append(probs[0] - probs[1])
             top2.append([[t, round(v, 6)] for t, v in ranked])
@@ -148,6 +148,15 @@ class OpenAIArms:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _top_logprobs(lp: dict) -> list[dict[str, float]]:
+    """Per token {token: logprob} of the alternatives: the legacy completions form
+    ({"top_logprobs": [{tok: lp}]}) or the chat form some servers use here too, llama-server's
+    ({"content": [{"top_logprobs": [{"token", "logprob"}]}]})."""
+    if lp.get("top_logprobs"):
+        return [alts or {} for alts in lp["top_logprobs"]]
+    return [{a["token"]: a["logprob"] for a in (t.get("top_logprobs") or [])} for t in lp.get("content") or []]
 
 
 # ---- HF transformers -----------------------------------------------------------------------

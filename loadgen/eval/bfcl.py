@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -129,34 +130,29 @@ def cmd_bfcl(args) -> int:
     done = {(r["arm"], r["id"]) for r in load_records(records_path)}
     t_start = time.perf_counter()
     runtime, ours, hf = None, None, None
+    ids_equal = ids_checked = 0
     try:
         if CONSTRAINED in arms or UNCONSTRAINED in arms:
             if args.openai_url:
-                ours = OpenAIArms(args.openai_url, args.openai_model,
-                                  os.environ.get("OPENAI_API_KEY", ""))
+                ours = OpenAIArms(args.openai_url, args.openai_model, os.environ.get("OPENAI_API_KEY", ""))
             else:
                 target = args.runtime or (runtime := _start_runtime(args)).target
                 ours = GrpcArms(target)
         if HF in arms:
             hf = HFArm(model_dir, args.threads)
-        ids_equal = ids_checked = 0
+            ids_checked = len(items)
+            ids_equal = sum(hf.prompt_ids(it.prompt) == tok.encode(it.prompt, add_special_tokens=True) for it in items)
+        # --concurrent: HF answers in a thread of its own while our runtime answers (each side
+        # computes in its own threads, so they overlap); else one item's three arms in turn
+        lanes = [[a for a in arms if a != HF], [HF]] if args.concurrent and HF in arms else [arms]
+        lock = threading.Lock()
         with records_path.open("a") as f:
-            for item in interleave(items):
-                if args.budget_s and time.perf_counter() - t_start > args.budget_s:
-                    print(f"budget of {args.budget_s:.0f} s spent: stopping; rerun with the same --out to go on",
-                          file=sys.stderr)
-                    break
-                if hf is not None:
-                    ids_checked += 1
-                    ids_equal += hf.prompt_ids(item.prompt) == tok.encode(item.prompt, add_special_tokens=True)
-                for arm in arms:
-                    if (arm, item.id) in done:
-                        continue
-                    rec = _answer(arm, item, ours, hf)
-                    f.write(json.dumps(rec) + "\n")
-                    f.flush()
-                    print(f"{arm:20s} {item.id:18s} {rec['latency_ms']:8.0f} ms  {rec['finish_reason']:10s} "
-                          f"{str(rec['result'])[:70]!r}", file=sys.stderr)
+            threads = [threading.Thread(target=_lane, args=(lane, interleave(items), done, ours, hf, f, lock,
+                                                            t_start, args.budget_s)) for lane in lanes if lane]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
     finally:
         if ours is not None:
             ours.close()
@@ -173,11 +169,31 @@ def cmd_bfcl(args) -> int:
     meta = {"bfcl_eval_version": doc["bfcl_eval_version"], "model": model_dir.name,
             "backend": args.openai_url or f"inloop runtime gRPC ({args.backend})", "max_tokens": args.max_tokens, "max_tokens_parallel": args.max_tokens_parallel,
             "wall_s": wall_s, "schema_equal": schema_equal, "schema_items": len(items),
-            "prompt_ids_equal": ids_equal, "prompt_ids_checked": ids_checked, "limit": args.limit}
+            "prompt_ids_equal": ids_equal, "prompt_ids_checked": ids_checked, "limit": args.limit,
+            "concurrent": bool(args.concurrent), "threads": args.threads,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
     (out / "report.json").write_text(json.dumps({"meta": meta, **summary}, indent=1))
     (out / "report.md").write_text(markdown(summary, meta))
     print((out / "report.md").read_text())
     return 0
+
+
+def _lane(arms: list[str], items: list[Item], done: set, ours, hf, f, lock, t_start: float, budget_s: float) -> None:
+    """Answer every item with these arms in turn, appending each record as soon as it exists."""
+    for item in items:
+        if budget_s and time.perf_counter() - t_start > budget_s:
+            print(f"budget of {budget_s:.0f} s spent: stopping {', '.join(arms)}; rerun with the same --out to go on",
+                  file=sys.stderr)
+            return
+        for arm in arms:
+            if (arm, item.id) in done:
+                continue
+            rec = _answer(arm, item, ours, hf)
+            with lock:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+            print(f"{arm:20s} {item.id:18s} {rec['latency_ms']:8.0f} ms  {rec['finish_reason']:10s} "
+                  f"{str(rec['result'])[:70]!r}", file=sys.stderr, flush=True)
 
 
 def _answer(arm: str, item: Item, ours, hf) -> dict:
@@ -211,6 +227,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads for the HF arm (0 = torch's default)")
     p.add_argument("--budget-s", type=float, default=0.0, help="stop answering after this many seconds "
                                                                "(0 = none); a rerun with the same --out goes on")
+    p.add_argument("--concurrent", action="store_true",
+                   help="run the HF arm alongside ours (in a thread; our runtime is another process), so the "
+                        "two overlap; latencies are then measured side by side")
     p.add_argument("--near-tie", type=float, default=1e-4, help="top-2 margin under which a divergence is a near-tie")
     p.add_argument("--bfcl-venv", default=".venv-bfcl", help="the venv of scripts/bfcl_venv.sh")
     p.add_argument("--out", default="bfcl-out", help="output directory (records, verdicts, report)")

@@ -55,3 +55,14 @@ def test_valid_call_needs_an_offered_name_and_object_arguments():
     assert not is_valid_call([], TOOLS)
     assert not is_valid_call("text", TOOLS)
     assert is_valid_call([{"calc_area": "{}"}], TOOLS)
+
+
+def test_top_logprobs_in_the_legacy_and_the_chat_form():
+    from inloop.loadgen.eval.arms import _top_logprobs
+
+    legacy = {"top_logprobs": [{"a": -0.1, "b": -2.0}, None]}
+    chat = {"content": [{"token": "a", "logprob": -0.1, "top_logprobs": [{"token": "a", "logprob": -0.1},
+                                                                          {"token": "b", "logprob": -2.0}]}]}
+    assert _top_logprobs(legacy) == [{"a": -0.1, "b": -2.0}, {}]
+    assert _top_logprobs(chat) == [{"a": -0.1, "b": -2.0}]
+    assert _top_logprobs({}) == []
