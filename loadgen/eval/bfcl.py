@@ -159,6 +159,9 @@ def cmd_bfcl(args) -> int:
         if runtime is not None:
             runtime.stop()
     wall_s = time.perf_counter() - t_start
+    wall_path = out / "wall.json"   # summed over the invocations that built this directory
+    walls = (json.loads(wall_path.read_text()) if wall_path.exists() else []) + [round(wall_s, 1)]
+    wall_path.write_text(json.dumps(walls))
     records = load_records(records_path)
     results_path = out / "results.json"
     results_path.write_text(json.dumps([{"id": r["id"], "arm": r["arm"], "result": r["result"]} for r in records]))
@@ -168,7 +171,7 @@ def cmd_bfcl(args) -> int:
                         verdicts, eos_ids(model_dir, tok), args.near_tie)
     meta = {"bfcl_eval_version": doc["bfcl_eval_version"], "model": model_dir.name,
             "backend": args.openai_url or f"inloop runtime gRPC ({args.backend})", "max_tokens": args.max_tokens, "max_tokens_parallel": args.max_tokens_parallel,
-            "wall_s": wall_s, "schema_equal": schema_equal, "schema_items": len(items),
+            "wall_s": sum(walls), "invocations_wall_s": walls, "schema_equal": schema_equal, "schema_items": len(items),
             "prompt_ids_equal": ids_equal, "prompt_ids_checked": ids_checked, "limit": args.limit,
             "concurrent": bool(args.concurrent), "threads": args.threads,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from inloop.loadgen.eval.arms import ARMS, HF, UNCONSTRAINED
+from inloop.loadgen.eval.arms import ARMS, CONSTRAINED, HF, UNCONSTRAINED
 from inloop.loadgen.eval.bfcl_calls import is_valid_call
 from inloop.loadgen.eval.ci import wilson
 from inloop.loadgen.eval.equality import NEAR_TIE, first_divergence
@@ -25,6 +25,11 @@ def summarize(items: list[dict], records: list[dict], verdicts: list[dict], eos:
     tools = {it["id"]: it["tools"] for it in items}
     categories = list(dict.fromkeys(it["category"] for it in items))
     arms = [a for a in ARMS if any(r["arm"] == a for r in records)]
+    # the same items for every arm: a partial run (a budget, one side slower) scores only the
+    # items that every arm answered
+    common = set.intersection(*({r["id"] for r in records if r["arm"] == a} for a in arms)) if arms else set()
+    left_out = sum(r["id"] not in common for r in records)
+    records = [r for r in records if r["id"] in common]
     passed = {(v["arm"], v["id"]): v["valid"] for v in verdicts}
     by = {(r["arm"], r["id"]): r for r in records}
     acc, valid, latency = {}, {}, {}
@@ -56,9 +61,16 @@ def summarize(items: list[dict], records: list[dict], verdicts: list[dict], eos:
                     "same_answer_after_divergence": sum(by[(UNCONSTRAINED, d.id)]["result"] == by[(HF, d.id)]["result"]
                                                         for d in divs),
                     "divergences": [d.__dict__ for d in divs]}
+    # where the model opens no call the grammar never acts: the constrained arm must then write
+    # exactly the unconstrained arm's tokens (same prompt, greedy)
+    same_as_free = None
+    if CONSTRAINED in arms and UNCONSTRAINED in arms:
+        pairs = [(by[(CONSTRAINED, i)], by[(UNCONSTRAINED, i)]) for i in common]
+        same_as_free = {"compared": len(pairs), "same_text": sum(a["text"] == b["text"] for a, b in pairs),
+                        "constrained_opened_a_call": sum("<tool_call>" in a["text"] for a, _ in pairs)}
     errors = [{"arm": r["arm"], "id": r["id"], "error": r["error"]} for r in records if r.get("error")]
-    return {"categories": categories, "arms": arms, "accuracy": acc, "valid_call": valid, "latency": latency,
-            "equality": equality, "errors": errors}
+    return {"categories": categories, "arms": arms, "items_scored": len(common), "records_left_out": left_out, "accuracy": acc, "valid_call": valid, "latency": latency,
+            "equality": equality, "constrained_vs_free": same_as_free, "errors": errors}
 
 
 def _ci(cell: dict) -> str:
@@ -74,11 +86,16 @@ def markdown(s: dict, meta: dict) -> str:
     lines = [f"# BFCL ({meta.get('bfcl_eval_version', '?')}) on {meta.get('model', '?')}", "",
              (f"Backend for our arms: {meta.get('backend', '?')}; max_tokens {meta.get('max_tokens')} "
               f"({meta.get('max_tokens_parallel')} for parallel), the same for every arm, greedy; "
-              f"parallel_tool_calls on for the parallel category only; wall time {meta.get('wall_s', 0):.0f} s."),
+              f"parallel_tool_calls on for the parallel category only; wall time {meta.get('wall_s', 0):.0f} s"
+              + (f" over {len(meta['invocations_wall_s'])} invocations." if len(meta.get("invocations_wall_s", [])) > 1
+                 else ".")),
              (f"Tools: our conversion of BFCL's function docs equals bfcl-eval's `convert_to_tool` on "
               f"{meta.get('schema_equal', '?')} of {meta.get('schema_items', '?')} items; prompt token ids "
               f"equal between our tokenizer and HF's on {meta.get('prompt_ids_equal', '?')} of "
               f"{meta.get('prompt_ids_checked', '?')}."), "",
+             (f"Scored: the {s['items_scored']} items that every arm answered"
+              + (f" ({s['records_left_out']} answers to items not answered by every arm left out)."
+                 if s["records_left_out"] else ".")), "",
              "## Accuracy (BFCL AST checker pass rate, Wilson 95% CI, passed/n)", "", head]
     for cat in cats + ["all"]:
         lines.append(f"| {cat} | " + " | ".join(_ci(s["accuracy"].get(f"{a}|{cat}")) for a in arms) + " |")
@@ -92,6 +109,11 @@ def markdown(s: dict, meta: dict) -> str:
     for a, v in s["latency"].items():
         lines.append(f"| {a} | {v['n']} | {v['mean_ms']:.0f} | {v['p50_ms']:.0f} | {v['p90_ms']:.0f} | "
                      f"{v['mean_completion_tokens']:.1f} | {v['ms_per_token']:.1f} | {v['cut']} |")
+    cf = s.get("constrained_vs_free")
+    if cf:
+        lines += ["", (f"Ours constrained vs unconstrained: the constrained arm opened a call on "
+                       f"{cf['constrained_opened_a_call']} of {cf['compared']} items; the two wrote the same text on "
+                       f"{cf['same_text']} (where no call opens they must agree).")]
     eq = s["equality"]
     if eq:
         lines += ["", "## Ours unconstrained vs HF transformers, greedy, item by item", "",

@@ -14,7 +14,7 @@ EOS = {2}
 
 def rec(item_id, arm, ids, margins=None, result="text", category="simple_python", latency=100.0, error=None):
     r = {"id": item_id, "category": category, "arm": arm, "token_ids": ids, "margins": margins or [0.5] * len(ids),
-         "result": result, "latency_ms": latency, "completion_tokens": len(ids),
+         "result": result, "text": result if isinstance(result, str) else f"<tool_call>{result}", "latency_ms": latency, "completion_tokens": len(ids),
          "finish_reason": "length" if len(ids) > 1 else "stop"}
     if error:
         r["error"] = error
@@ -61,7 +61,9 @@ def test_summary_counts_accuracy_valid_calls_latency_and_equality():
     verdicts = [{"arm": CONSTRAINED, "id": "s0", "valid": True}, {"arm": CONSTRAINED, "id": "s1", "valid": False},
                 {"arm": CONSTRAINED, "id": "i0", "valid": True}, {"arm": UNCONSTRAINED, "id": "i0", "valid": True},
                 {"arm": UNCONSTRAINED, "id": "i1", "valid": True}]
+    records.append(rec("extra", HF, [1]))   # answered by one arm only: not scored
     s = summarize(items, records, verdicts, EOS)
+    assert (s["items_scored"], s["records_left_out"]) == (6, 1)
     assert s["accuracy"][f"{CONSTRAINED}|simple_python"]["passed"] == 1
     assert s["accuracy"][f"{CONSTRAINED}|simple_python"]["n"] == 4
     assert s["accuracy"][f"{CONSTRAINED}|all"]["passed"] == 2
@@ -73,6 +75,7 @@ def test_summary_counts_accuracy_valid_calls_latency_and_equality():
     eq = s["equality"]
     assert (eq["compared"], eq["equal"], eq["near_ties"], eq["real"]) == (6, 5, 1, 0)
     assert eq["divergences"][0]["id"] == "s1" and eq["divergences"][0]["step"] == 1
+    assert s["constrained_vs_free"] == {"compared": 6, "same_text": 3, "constrained_opened_a_call": 3}
     assert s["errors"] == [{"arm": CONSTRAINED, "id": "s3", "error": "boom"}]
     md = markdown(s, {"model": "m", "max_tokens": 8, "wall_s": 1.0})
     assert "| simple_python | 0.25 [" in md and "5 of 6 items generated the same tokens" in md
