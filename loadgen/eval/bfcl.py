@@ -29,7 +29,6 @@ from inloop.loadgen.eval.arms import (
     ARMS,
     CONSTRAINED,
     HF,
-    UNCONSTRAINED,
     GrpcArms,
     HFArm,
     Item,
@@ -86,11 +85,11 @@ def eos_ids(model_dir: Path, tok) -> set[int]:
     return ids | ({tok.token_id(tok.eos_token)} - {None})
 
 
-def _start_runtime(args):
+def _start_runtime(args, log_name: str):
     from inloop.loadgen.runtime_launcher import RuntimeLauncher
     from inloop.services.common.grpc_client import wait_for_serving
 
-    rt = RuntimeLauncher(args.model, backend=args.backend, log_path=Path(args.out) / "runtime.log").start()
+    rt = RuntimeLauncher(args.model, backend=args.backend, log_path=Path(args.out) / log_name).start()
     wait_for_serving(rt.target, timeout_s=300)
     return rt
 
@@ -129,22 +128,30 @@ def cmd_bfcl(args) -> int:
     settings_path.write_text(json.dumps(settings))
     done = {(r["arm"], r["id"]) for r in load_records(records_path)}
     t_start = time.perf_counter()
-    runtime, ours, hf = None, None, None
+    runtimes, clients, hf = [], [], None
     ids_equal = ids_checked = 0
+    # --concurrent: every arm in a thread of its own; started here, each of our arms gets a
+    # runtime of its own (the runtime serves one request at a time), so all of them overlap
+    lanes = [[a] for a in arms] if args.concurrent else [arms]
     try:
-        if CONSTRAINED in arms or UNCONSTRAINED in arms:
+        ours = {}
+        for lane in lanes:
+            mine = [a for a in lane if a != HF]
+            if not mine:
+                continue
             if args.openai_url:
-                ours = OpenAIArms(args.openai_url, args.openai_model, os.environ.get("OPENAI_API_KEY", ""))
+                client = OpenAIArms(args.openai_url, args.openai_model, os.environ.get("OPENAI_API_KEY", ""))
+            elif args.runtime:
+                client = GrpcArms(args.runtime)
             else:
-                target = args.runtime or (runtime := _start_runtime(args)).target
-                ours = GrpcArms(target)
+                runtimes.append(_start_runtime(args, f"runtime-{len(runtimes)}.log"))
+                client = GrpcArms(runtimes[-1].target)
+            clients.append(client)
+            ours.update({a: client for a in mine})
         if HF in arms:
             hf = HFArm(model_dir, args.threads)
             ids_checked = len(items)
             ids_equal = sum(hf.prompt_ids(it.prompt) == tok.encode(it.prompt, add_special_tokens=True) for it in items)
-        # --concurrent: HF answers in a thread of its own while our runtime answers (each side
-        # computes in its own threads, so they overlap); else one item's three arms in turn
-        lanes = [[a for a in arms if a != HF], [HF]] if args.concurrent and HF in arms else [arms]
         lock = threading.Lock()
         with records_path.open("a") as f:
             threads = [threading.Thread(target=_lane, args=(lane, interleave(items), done, ours, hf, f, lock,
@@ -154,10 +161,10 @@ def cmd_bfcl(args) -> int:
             for t in threads:
                 t.join()
     finally:
-        if ours is not None:
-            ours.close()
-        if runtime is not None:
-            runtime.stop()
+        for client in clients:
+            client.close()
+        for rt in runtimes:
+            rt.stop()
     wall_s = time.perf_counter() - t_start
     wall_path = out / "wall.json"   # summed over the invocations that built this directory
     walls = (json.loads(wall_path.read_text()) if wall_path.exists() else []) + [round(wall_s, 1)]
@@ -204,7 +211,7 @@ def _answer(arm: str, item: Item, ours, hf) -> dict:
     try:
         if arm == HF:
             return hf.unconstrained(item)
-        return ours.constrained(item) if arm == CONSTRAINED else ours.unconstrained(item)
+        return ours[arm].constrained(item) if arm == CONSTRAINED else ours[arm].unconstrained(item)
     except Exception as exc:  # noqa: BLE001 - one item's failure is reported, the run goes on
         return {"id": item.id, "category": item.category, "arm": arm, "result": "", "text": "", "token_ids": [],
                 "finish_reason": "error", "latency_ms": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
@@ -231,8 +238,8 @@ def register(sub) -> None:
     p.add_argument("--budget-s", type=float, default=0.0, help="stop answering after this many seconds "
                                                                "(0 = none); a rerun with the same --out goes on")
     p.add_argument("--concurrent", action="store_true",
-                   help="run the HF arm alongside ours (in a thread; our runtime is another process), so the "
-                        "two overlap; latencies are then measured side by side")
+                   help="every arm in a thread of its own (our arms each on a runtime of its own, HF in "
+                        "this process), so they overlap; latencies are then measured side by side")
     p.add_argument("--near-tie", type=float, default=1e-4, help="top-2 margin under which a divergence is a near-tie")
     p.add_argument("--bfcl-venv", default=".venv-bfcl", help="the venv of scripts/bfcl_venv.sh")
     p.add_argument("--out", default="bfcl-out", help="output directory (records, verdicts, report)")
