@@ -72,9 +72,15 @@ def interleave(items: list[Item]) -> list[Item]:
 
 
 def load_records(path: Path) -> list[dict]:
+    """The records of a run, the last one per (arm, item): a failed answer is asked again by a rerun."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    last = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            last[(r["arm"], r["id"])] = r
+    return list(last.values())
 
 
 def eos_ids(model_dir: Path, tok) -> set[int]:
@@ -126,7 +132,7 @@ def cmd_bfcl(args) -> int:
         raise SystemExit(f"{out} holds a run with other settings ({settings_path.read_text()}): "
                          "give another --out, or the same settings to go on with it")
     settings_path.write_text(json.dumps(settings))
-    done = {(r["arm"], r["id"]) for r in load_records(records_path)}
+    done = {(r["arm"], r["id"]) for r in load_records(records_path) if not r.get("error")}
     t_start = time.perf_counter()
     runtimes, clients, hf = [], [], None
     ids_equal = ids_checked = 0
@@ -152,14 +158,22 @@ def cmd_bfcl(args) -> int:
             hf = HFArm(model_dir, args.threads)
             ids_checked = len(items)
             ids_equal = sum(hf.prompt_ids(it.prompt) == tok.encode(it.prompt, add_special_tokens=True) for it in items)
-        lock = threading.Lock()
+        lock, stop = threading.Lock(), threading.Event()
         with records_path.open("a") as f:
             threads = [threading.Thread(target=_lane, args=(lane, interleave(items), done, ours, hf, f, lock,
-                                                            t_start, args.budget_s)) for lane in lanes if lane]
+                                                            t_start, args.budget_s, stop)) for lane in lanes if lane]
             for t in threads:
                 t.start()
-            for t in threads:
-                t.join()
+            try:
+                while any(t.is_alive() for t in threads):
+                    for t in threads:
+                        t.join(timeout=0.5)
+            except KeyboardInterrupt:  # Ctrl-C: let each arm finish the answer it is on, keep them all
+                print("interrupted: finishing the answers in progress; rerun with the same --out to go on",
+                      file=sys.stderr)
+                stop.set()
+                for t in threads:
+                    t.join()
     finally:
         for client in clients:
             client.close()
@@ -188,9 +202,12 @@ def cmd_bfcl(args) -> int:
     return 0
 
 
-def _lane(arms: list[str], items: list[Item], done: set, ours, hf, f, lock, t_start: float, budget_s: float) -> None:
+def _lane(arms: list[str], items: list[Item], done: set, ours, hf, f, lock, t_start: float, budget_s: float,
+          stop: threading.Event) -> None:
     """Answer every item with these arms in turn, appending each record as soon as it exists."""
     for item in items:
+        if stop.is_set():
+            return
         if budget_s and time.perf_counter() - t_start > budget_s:
             print(f"budget of {budget_s:.0f} s spent: stopping {', '.join(arms)}; rerun with the same --out to go on",
                   file=sys.stderr)
