@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "inloop.services.common.config_cli",          # inloop config show
     "inloop.loadgen.cli",                         # inloop loadgen compare|matrix|loops|coldwarm|load|report
     "inloop.loadgen.lab.cli",                     # inloop lab up|run|down|status (two hosts on network namespaces)
+    "inloop.loadgen.eval.cli",                    # inloop eval bfcl (function-calling accuracy)
 )
 # `inloop bench runtime` (ours vs HF transformers) lives in the checkout's bench/, not in the
 # installed package: an editable install finds it beside services/.

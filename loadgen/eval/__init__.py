@@ -1,0 +1,1 @@
+"""Quality evaluations run through the runtime and through other backends (`inloop eval ...`)."""
