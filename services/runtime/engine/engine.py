@@ -1,12 +1,17 @@
-"""The generation engine: prefill, decode_one_token, sample, one request at a time.
+"""The generation engine: a request's decode loop (prefill, pick, force), its KV cache.
 
-`generate` is blocking and runs on the caller's thread (the scheduler's worker). It checks
-`should_stop()` before every token, so a cancelled or expired request stops at the next
-token and its KV cache is released when the call returns.
+`generate` is blocking and runs on the caller's thread (a request thread of the scheduler,
+or the scheduler's worker). It checks `should_stop()` before every token, so a cancelled
+or expired request stops at the next token and its KV blocks are released when it returns.
 
-The model runs through a StepRunner the backend provides (engine/step_runner.py): the
-op-by-op forward pass on numpy, CUDA graphs with GPU sampling on the CUDA backend. The
-backend also loads the weights where it has its own loader (`backend.load_model`).
+Two ways to run the model:
+  * the batching core (engine/core.py), where the backend has a paged KV pool (numpy):
+    a request's model calls join the other running requests' in one step, its KV lives in
+    blocks of the pool, with prefix caching and pinned task sessions (kv_cache_manager.py);
+  * a StepRunner with a cache per sequence (engine/step_runner.py; CUDA graphs with GPU
+    sampling on the CUDA backend), one request at a time, with the longest-common-prefix
+    session store (kv_sessions.py) until that backend has its batched path.
+The backend also loads the weights where it has its own loader (`backend.load_model`).
 """
 from __future__ import annotations
 
