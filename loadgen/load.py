@@ -8,6 +8,10 @@ Two ways to offer load, as in vLLM's `bench serve`:
 
 - closed loop, `--concurrency N` (default 4): N clients, each sends its next request as
   soon as its previous one ended, so exactly N are in flight until the prompts run out;
+  `--concurrency 1,2,4,8,16,32` sweeps the levels against one runtime, in that order, each
+  with --num-prompts prompts of its own (drawn with seed + level index, so the prefix cache
+  does not serve one level the prompts of the last), and prints output tokens/s and TTFT /
+  TPOT p50 / p99 per level (the artifact's load section then carries the `sweep`);
 - open loop, `--request-rate R`: requests arrive as a Poisson process of R req/s (gaps
   drawn from a gamma distribution with shape --burstiness, 1 = exponential), seeded by
   --seed, whether or not earlier ones finished; the first request goes at t = 0.
@@ -134,6 +138,17 @@ async def _against(channel, args, prompts, launcher=None):
     except grpc.aio.AioRpcError as exc:
         raise ConnectionError(f"runtime at {args.target or launcher.target} did not answer GetModelInfo "
                               f"within {args.connect_timeout:.0f}s: {exc.code().name}: {exc.details()}") from None
+    if args.sweep:
+        from inloop.loadgen.prompt_set import chat_prompts
+
+        runs = []
+        for k, level in enumerate(args.sweep):
+            level_prompts = chat_prompts(args.num_prompts, args.seed + k)
+            runs.append(await run_load(
+                channel, level_prompts, args.max_tokens, concurrency=level, seed=args.seed + k,
+                timeout_s=args.timeout, warmup=args.warmup if k == 0 else 0,
+                progress=not args.disable_tqdm, run_id=f"load{int(time.time())}-c{level}"))
+        return info, runs, None
     results, duration = await run_load(
         channel, prompts, args.max_tokens, concurrency=args.concurrency, rate=args.request_rate,
         seed=args.seed, burstiness=args.burstiness, timeout_s=args.timeout, warmup=args.warmup,
@@ -150,7 +165,10 @@ def cmd_load(args: argparse.Namespace) -> int:
     from inloop.services.common.grpc_client import aio_insecure_channel
 
     if args.request_rate is None and args.concurrency is None:
-        args.concurrency = 4
+        args.concurrency = [4]
+    args.sweep = args.concurrency if args.concurrency is not None and len(args.concurrency) > 1 else None
+    if args.concurrency is not None:
+        args.concurrency = args.concurrency[0]
     try:
         slos = parse_goodput(args.goodput)
         if args.request_rate is not None:
@@ -183,6 +201,8 @@ def cmd_load(args: argparse.Namespace) -> int:
                       file=sys.stderr)
             else:
                 launcher.cleanup()
+    if args.sweep:
+        return _report_sweep(args, info, results, slos)
     mode = "concurrency" if args.concurrency is not None else "poisson"
     metrics = calculate_metrics(results, duration, slos or None)
     print(format_table(metrics, mode, args.concurrency, args.request_rate))
@@ -196,13 +216,47 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0 if metrics.completed else 1
 
 
+def _report_sweep(args, info, runs, slos) -> int:
+    """One table over the levels (and each level's vLLM block with --verbose-sweep); the
+    artifact's load section is the first level's, with every level under `sweep`."""
+    from inloop.loadgen.load_metrics import calculate_metrics, format_table, load_section, sweep_table
+    from inloop.loadgen.reporting import write_run
+    from inloop.loadgen.run_meta import resolve_model_dir, run_meta
+
+    metrics = [calculate_metrics(results, duration, slos or None) for results, duration in runs]
+    if args.verbose_sweep:
+        for level, m in zip(args.sweep, metrics):
+            print(format_table(m, "concurrency", level, None))
+    print(sweep_table(args.sweep, metrics))
+    if args.out:
+        meta = run_meta(args, info.backend, resolve_model_dir(args.model), seeds=[args.seed], profiles={},
+                        model_name=info.name)
+        section = load_section(metrics[0], "concurrency", args.sweep[0], None)
+        section["sweep"] = [load_section(m, "concurrency", level, None) for level, m in zip(args.sweep, metrics)]
+        for path in write_run(args.out, "load", meta, section).values():
+            print(f"wrote {path}", file=sys.stderr)
+    return 0 if all(m.completed for m in metrics) else 1
+
+
+def _levels(text: str) -> list[int]:
+    """--concurrency: one level, or a comma-separated sweep (1,2,4,8)."""
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer or a comma-separated list (1,2,4,8)") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: concurrency levels must be >= 1")
+    return levels
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", help="a running runtime, host:port")
     where.add_argument("--model", help="start a runtime here on this model (directory or 'default')")
     p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto", help="with --model: passed to runtime serve")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--concurrency", type=int, default=None, help="closed loop: requests in flight (default 4)")
+    how.add_argument("--concurrency", type=_levels, default=None,
+                     help="closed loop: requests in flight (default 4); 1,2,4,8 sweeps the levels in one run")
     how.add_argument("--request-rate", type=float, default=None, help="open loop: Poisson arrivals, requests/s")
     p.add_argument("--burstiness", type=float, default=1.0,
                    help="with --request-rate: gamma shape of the gaps (1 = Poisson, <1 burstier)")
@@ -218,6 +272,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-timeout", type=float, default=300.0, help="with --model: seconds to become healthy")
     p.add_argument("--runtime-log", default=None, help="with --model: the runtime's log file (default: temp)")
     p.add_argument("--disable-tqdm", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--verbose-sweep", action="store_true", help="with a sweep: each level's full result block too")
     p.add_argument("--out", default=None, help="write DIR/load-<timestamp>.json")
 
 

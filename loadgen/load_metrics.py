@@ -149,3 +149,18 @@ def format_table(m: LoadMetrics, mode: str, concurrency: int | None, rate: float
             row(f"{p.upper()} {short} (ms):", stats[p], "<10.2f")
     lines.append("=" * 50)
     return "\n".join(lines)
+
+
+def sweep_table(levels: list[int], metrics: list[LoadMetrics]) -> str:
+    """One row per concurrency level: output tokens/s (and its ratio to the first level's),
+    TTFT and TPOT p50/p99 in ms, completed/failed."""
+    head = (f"{'concurrency':>11} {'out tok/s':>10} {'x first':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
+            f"{'TPOT p50':>9} {'TPOT p99':>9} {'ok':>5} {'failed':>6}")
+    lines = ["{s:{c}^{n}}".format(s=" Concurrency sweep ", n=len(head), c="="), head]
+    base = metrics[0].output_throughput if metrics else 0.0
+    for level, m in zip(levels, metrics):
+        ratio = m.output_throughput / base if base else float("nan")
+        lines.append(f"{level:>11} {m.output_throughput:>10.2f} {ratio:>8.2f} {m.ttft_ms.get('median', float('nan')):>9.1f} "
+                     f"{m.ttft_ms.get('p99', float('nan')):>9.1f} {m.tpot_ms.get('median', float('nan')):>9.1f} {m.tpot_ms.get('p99', float('nan')):>9.1f} "
+                     f"{m.completed:>5} {m.failed:>6}")
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ the last one shows each plot element's `data-tip` as a hover tooltip.
 from __future__ import annotations
 
 from inloop.loadgen.report.plots_latency import latency_boxplot, ratio_forest
-from inloop.loadgen.report.plots_summary import coldwarm_bars, hop_bars, load_percentiles
+from inloop.loadgen.report.plots_summary import coldwarm_bars, hop_bars, load_percentiles, load_sweep_curves
 from inloop.loadgen.report.plots_trace import sample_traces, trace_waterfall
 from inloop.loadgen.report.stats import runs_by_cell
 from inloop.loadgen.report.svg import esc
@@ -148,7 +148,9 @@ def _sections(doc: dict) -> list[tuple[str, str, str]]:
     if "coldwarm" in tables:
         out.append(("coldwarm", SECTION_TITLES["coldwarm"], _figure(coldwarm_bars(doc["coldwarm"])) + html_tables["coldwarm"]))
     if "load" in tables:
-        out.append(("load", SECTION_TITLES["load"], _figure(load_percentiles(doc["load"]),
+        sweep = load_sweep_curves(doc["load"])
+        out.append(("load", SECTION_TITLES["load"], (_figure(sweep, "A concurrency sweep: throughput and "
+                    "latency per level.") if sweep else "") + _figure(load_percentiles(doc["load"]),
                     "Latency percentiles per metric (vLLM bench serve names).") + html_tables["load"]))
     return out
 

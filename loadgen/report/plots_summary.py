@@ -8,7 +8,8 @@ named in the tooltip.
 
 `load_percentiles`: vLLM bench-style latency percentiles, one line per metric (TTFT, TPOT,
 ITL, E2EL) across median → p90 → p95 → p99, on a log axis because per-token and per-request
-times differ by orders of magnitude. `coldwarm_bars`: one bar per measure, so the cost of a
+times differ by orders of magnitude. `load_sweep_curves`: a concurrency sweep as curves over
+the levels, output tokens/s on one chart and TTFT/TPOT p50/p99 on another. `coldwarm_bars`: one bar per measure, so the cost of a
 cold start reads directly against a warm request's mean and tail.
 """
 from __future__ import annotations
@@ -134,3 +135,46 @@ def coldwarm_bars(cw: dict) -> str:
                     f'<text class="value" x="{x(max(v, lo)) + 5:.1f}" y="{y0 + 12:.1f}">{esc(fmt.ms(v))}</text>')
     body.append(f'<text class="note" x="{width - 12:.1f}" y="14" text-anchor="end">{"log" if log else "linear"} scale</text>')
     return figure("plot-coldwarm", width, height, "".join(body), "Cold and warm start", bars=len(items))
+
+
+SWEEP_LATENCIES = (("ttft_ms", "median", "TTFT p50"), ("ttft_ms", "p99", "TTFT p99"),
+                   ("tpot_ms", "median", "TPOT p50"), ("tpot_ms", "p99", "TPOT p99"))
+
+
+def load_sweep_curves(load: dict) -> str:
+    """Two charts over the sweep's levels (x: concurrency, log2 spaced): output tokens/s, and
+    TTFT/TPOT p50/p99 in ms; '' without a sweep of at least two levels."""
+    sweep = [lv for lv in load.get("sweep") or [] if finite(lv.get("output_throughput"))]
+    if len(sweep) < 2:
+        return ""
+    levels = [lv["concurrency"] for lv in sweep]
+    width, height, left, right, top, bottom = 680.0, 300.0, 76.0, 90.0, 44.0, 40.0
+    x = Scale(min(levels), max(levels), left + 10, width - right, log=min(levels) > 0 and max(levels) > min(levels))
+    ticks = "".join(f'<text class="tick" x="{x(c):.1f}" y="{height - bottom + 18:.1f}" text-anchor="middle">{c}</text>'
+                    for c in levels)
+
+    def chart(plot_id, title, series, unit):
+        values = [v for _, _, pts in series for v in pts if finite(v)]
+        lo, hi, log = data_range(values, log_ratio=20)
+        y = Scale(lo, hi, height - bottom, top, log=log)
+        body = [y_axis(y, left, width - right + 10, unit), ticks]
+        for name, colour, pts in series:
+            xy = [(x(c), y(v)) for c, v in zip(levels, pts) if finite(v)]
+            body.append(f'<g class="sweep-series" data-metric="{esc(name)}"><polyline fill="none" stroke="{colour}" '
+                        f'stroke-width="2" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in xy)}"/>')
+            for (px, py), c, v in zip(xy, levels, pts):
+                tip = esc(f"{name} at concurrency {c}: {fmt.num(v)} {unit}")
+                body.append(f'<circle class="sweep-pt" cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{colour}" data-tip="{tip}"/>')
+            body.append("</g>")
+        body += _end_labels([(name, colour, y(pts[-1])) for name, colour, pts in series if finite(pts[-1])],
+                            x(levels[-1]) + 8)
+        body.append(f'<text class="note" x="{width - 12:.1f}" y="20" text-anchor="end">x: concurrency</text>')
+        body.append(legend([(name, colour) for name, colour, _ in series], left, 20))
+        return figure(plot_id, width, height, "".join(body), title, levels=len(levels))
+
+    throughput = chart("plot-sweep-throughput", "Output tokens/s per concurrency level",
+                       [("output tok/s", PALETTE[0], [lv["output_throughput"] for lv in sweep])], "tok/s")
+    latency = chart("plot-sweep-latency", "TTFT and TPOT per concurrency level",
+                    [(name, PALETTE[(i + 1) % len(PALETTE)], [lv[key].get(stat) for lv in sweep])
+                     for i, (key, stat, name) in enumerate(SWEEP_LATENCIES)], "ms")
+    return throughput + latency

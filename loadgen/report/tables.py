@@ -202,7 +202,24 @@ def load_tables(sec: dict) -> list[Table]:
     for key, label in LOAD_METRICS:
         s = sec[key]
         stats.rows.append([label] + [fmt.ms(s[k]) for k in ("mean", "median", "p90", "p95", "p99", "std")])
+    if sec.get("sweep"):
+        return [sweep_table(sec["sweep"]), summary, stats]
     return [summary, stats]
+
+
+def sweep_table(levels: list[dict]) -> Table:
+    """A concurrency sweep, one row per level (the summary and latency tables are the first's)."""
+    t = Table("Concurrency sweep", ["concurrency", "output tok/s", "× first level", "TTFT p50", "TTFT p99",
+                                    "TPOT p50", "TPOT p99", "completed", "failed"], "rrrrrrrrr",
+              note="Each level ran its own prompts against the same runtime; the tables below are the first level's.")
+    base = levels[0].get("output_throughput") or 0.0
+    for lv in levels:
+        out = lv["output_throughput"]
+        t.rows.append([str(lv["concurrency"]), fmt.per_s(out, "tok"), f"{fmt.num(out / base)}×" if base else "–",
+                       fmt.ms(lv["ttft_ms"].get("median")), fmt.ms(lv["ttft_ms"].get("p99")),
+                       fmt.ms(lv["tpot_ms"].get("median")), fmt.ms(lv["tpot_ms"].get("p99")),
+                       fmt.count(lv["completed"]), fmt.count(lv["failed"])])
+    return t
 
 
 def hops_tables(sec: dict) -> list[Table]:

@@ -155,6 +155,52 @@ def _guarded(depth: Callable[[], float]) -> Callable[[], float]:
     return read
 
 
+class BatchingCollector:
+    """The batching core's state, read at each scrape, under vLLM's metric names with our
+    prefix: num_requests_running/waiting, kv_cache_usage_perc, prefix_cache_queries/hits
+    (tokens), num_preemptions, and the KV blocks by state (used, free, pinned)."""
+
+    def __init__(self, counts: Callable[[], dict], queued: Callable[[], int]):
+        self.counts, self.queued = counts, queued
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        try:
+            c, queued = self.counts(), self.queued()
+        except Exception:  # noqa: BLE001 - a broken reader must not fail the whole scrape
+            return
+        total = c["blocks_used"] + c["blocks_free"]
+        yield GaugeMetricFamily("inloop_num_requests_running", "Sequences in the running batch",
+                                value=c["running"])
+        yield GaugeMetricFamily("inloop_num_requests_waiting", "Requests waiting to join the batch (queued, "
+                                "or admitted and waiting for KV blocks)", value=c["waiting"] + queued)
+        yield GaugeMetricFamily("inloop_kv_cache_usage_perc", "Fraction of KV blocks held (1 = full)",
+                                value=c["blocks_used"] / total if total else 0.0)
+        blocks = GaugeMetricFamily("inloop_kv_cache_blocks", "KV blocks by state", labels=("state",))
+        for state in ("used", "free", "pinned"):
+            blocks.add_metric((state,), c[f"blocks_{state}"] if state != "pinned" else c["pinned_blocks"])
+        yield blocks
+        yield CounterMetricFamily("inloop_prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                  value=c["prefix_cache_queries"])
+        yield CounterMetricFamily("inloop_prefix_cache_hits", "Prompt tokens found in the prefix cache "
+                                  "(their prefill skipped)", value=c["prefix_cache_hits"])
+        yield CounterMetricFamily("inloop_num_preemptions", "Sequences preempted for want of KV blocks "
+                                  "(recomputed later)", value=c["preemptions"])
+
+
+_batching: BatchingCollector | None = None
+
+
+@_safely
+def track_batching(counts: Callable[[], dict], queued: Callable[[], int]) -> None:
+    """Export the batching core's counts (engine/core.py EngineCore.counts); the last engine wins."""
+    global _batching
+    if _batching is not None:
+        REGISTRY.unregister(_batching)
+    _batching = BatchingCollector(counts, queued)
+    REGISTRY.register(_batching)
+
+
 @_safely
 def observe_generation(model: str, submitted_at: float, result: Any, now: float | None = None) -> None:
     """Per generation request: duration, TTFT, time per output token, tokens in and out.

@@ -52,10 +52,21 @@ RUNTIME = [
             "ORG/NAME[@REVISION] (through the HF cache; HF_TOKEN, HF_HUB_OFFLINE)"),
     Setting("backend", "auto", "cuda needs a GPU; auto picks cuda where one answers, else cpu",
             choices=("cpu", "cuda", "auto")),
-    Setting("prefix_cache", False, "keep the KV cache of session-less requests and reuse it for a later prompt "
-                                   "that shares its prefix (automatic prefix caching, as vLLM's); off by default",
-            type=bool, negatable=True),
-    Setting("max_queue", 16, "requests that may wait; more get RESOURCE_EXHAUSTED", type=int),
+    Setting("enable_prefix_caching", True, "automatic prefix caching (as vLLM v1's): a full KV block is kept "
+                                           "under the hash of its tokens, and a later prompt that starts with "
+                                           "the same tokens skips their prefill", type=bool, negatable=True),
+    Setting("prefix_cache", None, "the older name of --enable-prefix-caching (wins where given)", type=bool,
+            negatable=True),
+    Setting("max_queue", 16, "requests that may wait to join the running batch; more get RESOURCE_EXHAUSTED "
+                             "(HTTP 429)", type=int),
+    Setting("max_num_seqs", 32, "sequences in the running batch at once (continuous batching)", type=int),
+    Setting("max_num_batched_tokens", 512, "tokens one engine step runs, decode rows and prefill chunks "
+                                           "together; a longer prompt is prefilled in chunks", type=int),
+    Setting("block_size", 16, "positions per KV cache block (the unit of paging and of prefix caching)", type=int),
+    Setting("kv_cache_memory", "2GiB", "memory of the KV block pool, bytes or with a unit (512MiB, 2GiB, 1.5GB)",
+            metavar="SIZE"),
+    Setting("max_model_len", 8192, "the longest sequence (prompt plus output) served, in tokens; capped by the "
+                                   "model's own and by what the KV pool holds", type=int),
     Setting("http_port", 8000, "OpenAI-compatible HTTP API port (/v1/chat/completions, ...); 0 picks a free one "
                                "(printed); -1 = no HTTP API", type=int),
     Setting("served_model_name", "", "the model name the HTTP API answers to (default: the model directory's "
@@ -96,6 +107,25 @@ CONTROLLER = [
 ]
 
 OWN = {"runtime": RUNTIME, "tools": TOOLS, "controller": CONTROLLER}
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from "2GiB", "512MiB", "1.5GB", "1073741824" (k/m/g alone are binary, as vLLM's)."""
+    s = str(text).strip().lower().replace(" ", "")
+    number = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(number):]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"{text!r} is not a size: give bytes or a number with B, KB, MB, GB, KiB, MiB, GiB, "
+                         "TiB (e.g. 2GiB)") from None
+    if value < 1:
+        raise ValueError(f"{text!r}: a size must be at least one byte")
+    return int(value)
 
 
 def serve_settings(service: str) -> list[Setting]:

@@ -53,6 +53,33 @@ class KVCache:
         (nothing for a plain KV cache)."""
 
 
+@dataclass
+class PagedKV:
+    """One pool of KV blocks that every sequence's block table points into: k and v are
+    [num_layers, num_kv_heads, num_blocks * block_size, head_dim]; position p of a sequence
+    lives at slot blocks[p // block_size] * block_size + p % block_size."""
+
+    k: Tensor
+    v: Tensor
+    num_blocks: int
+    block_size: int
+
+
+@dataclass(frozen=True)
+class SeqSlots:
+    """Where one sequence's rows of a batched step read and write the pool.
+
+    Its `rows` rows are consecutive in the step's activations and are the last `rows`
+    positions of its `context` (positions context-rows .. context-1). `slots` [context]
+    is the pool slot of every position; `runs` the same as (first slot, positions) of each
+    stretch of consecutive slots, in order (one run: the keys are a view of the pool)."""
+
+    rows: int
+    context: int
+    slots: np.ndarray
+    runs: tuple[tuple[int, int], ...]
+
+
 class Backend(ABC):
     """Memory and ops for one device. Each op returns a new tensor unless it says in place."""
 
@@ -125,6 +152,25 @@ class Backend(ABC):
     @abstractmethod
     def swiglu(self, gate_up: Tensor) -> Tensor:
         """gate_up [T, 2F] -> silu(gate) * up, [T, F]."""
+
+    # ---- paged KV (continuous batching); a backend without them serves one sequence at a time
+    paged_kv = False
+
+    def alloc_paged_kv(self, num_layers: int, num_kv_heads: int, num_blocks: int, block_size: int,
+                       head_dim: int) -> PagedKV:
+        """A KV block pool (memory is committed as blocks are first written where the OS allows)."""
+        raise NotImplementedError(f"{self.name}: no paged KV cache")
+
+    def paged_attention(self, qkv: Tensor, kv: PagedKV, layer: int, seqs: list[SeqSlots],
+                        num_heads: int, num_kv_heads: int, head_dim: int) -> Tensor:
+        """The batched step's attention: qkv [T, qkv_size] holds the rows of `seqs` one
+        sequence after another; store each row's k and v at its slot, then causal GQA
+        attention of each sequence's rows over its own context only. [T, num_heads*head_dim]."""
+        raise NotImplementedError(f"{self.name}: no paged KV cache")
+
+    def take_rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """x [T, N], rows int32 [R] -> [R, N] (the rows whose logits a step needs)."""
+        raise NotImplementedError
 
     def last_row(self, x: Tensor) -> Tensor:
         """x [T, N] -> [1, N], the last token's row (prefill only needs its logits)."""

@@ -360,3 +360,19 @@ def test_state_gauges_read_at_each_scrape():
     held["bytes"] = 20
     assert 'inloop_state{service="tools",what="kv_bytes"} 20.0' in prometheus_client.generate_latest(
         metrics.REGISTRY).decode()
+
+
+def test_batching_gauges_and_counters_read_at_each_scrape():
+    counts = {"running": 3, "waiting": 1, "blocks_used": 30, "blocks_free": 90, "pinned_blocks": 4,
+              "preemptions": 2, "prefix_cache_queries": 500, "prefix_cache_hits": 320}
+    metrics.track_batching(lambda: counts, lambda: 5)
+    text = prometheus_client.generate_latest(metrics.REGISTRY).decode()
+    for line in ("inloop_num_requests_running 3.0", "inloop_num_requests_waiting 6.0",
+                 "inloop_kv_cache_usage_perc 0.25", 'inloop_kv_cache_blocks{state="pinned"} 4.0',
+                 "inloop_prefix_cache_queries_total 500.0", "inloop_prefix_cache_hits_total 320.0",
+                 "inloop_num_preemptions_total 2.0"):
+        assert line in text, line
+    counts["running"] = 7
+    metrics.track_batching(lambda: counts, lambda: 0)   # a second engine replaces the first
+    text = prometheus_client.generate_latest(metrics.REGISTRY).decode()
+    assert "inloop_num_requests_running 7.0" in text and text.count("# TYPE inloop_num_requests_running") == 1

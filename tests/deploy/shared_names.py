@@ -69,6 +69,14 @@ METRICS = {
     "inloop_task_duration_seconds": "histogram",
     "inloop_tasks_total": "counter",
     "inloop_gpu_memory_used_bytes": "gauge",
+    # the batching core (vLLM's names under our prefix)
+    "inloop_num_requests_running": "gauge",
+    "inloop_num_requests_waiting": "gauge",
+    "inloop_kv_cache_usage_perc": "gauge",
+    "inloop_kv_cache_blocks": "gauge",
+    "inloop_prefix_cache_queries_total": "counter",
+    "inloop_prefix_cache_hits_total": "counter",
+    "inloop_num_preemptions_total": "counter",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

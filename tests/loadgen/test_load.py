@@ -219,3 +219,28 @@ def test_registers_as_a_loadgen_subcommand(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(conflicting)
     capsys.readouterr()
+
+
+def test_cli_sweeps_concurrency_levels_against_one_runtime(runtime, tmp_path, capsys):
+    rc = main(["--target", runtime.target, "--num-prompts", "3", "--concurrency", "1,2", "--max-tokens",
+               str(MAX_TOKENS), "--disable-tqdm", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "Concurrency sweep" in out and "TTFT p99" in out
+    doc = json.loads(next(tmp_path.glob("load-*.json")).read_text())
+    validate(doc)
+    sweep = doc["load"]["sweep"]
+    assert [lv["concurrency"] for lv in sweep] == [1, 2] and all(lv["completed"] == 3 for lv in sweep)
+    assert doc["load"]["concurrency"] == 1 and doc["load"]["completed"] == 3   # the first level's
+    page = next(tmp_path.glob("load-*.html")).read_text()
+    assert "plot-sweep-throughput" in page and "plot-sweep-latency" in page and "Concurrency sweep" in page
+    assert "Concurrency sweep" in next(tmp_path.glob("load-*.md")).read_text()
+
+
+def test_concurrency_levels_parse_or_fail_clearly():
+    from inloop.loadgen.load import _levels
+
+    assert _levels("4") == [4] and _levels("1,2, 4,8") == [1, 2, 4, 8]
+    for bad in ("0", "1,x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _levels(bad)

@@ -1,18 +1,23 @@
-"""The generation engine: prefill, decode_one_token, sample, one request at a time.
+"""The generation engine: a request's decode loop (prefill, pick, force), its KV cache.
 
-`generate` is blocking and runs on the caller's thread (the scheduler's worker). It checks
-`should_stop()` before every token, so a cancelled or expired request stops at the next
-token and its KV cache is released when the call returns.
+`generate` is blocking and runs on the caller's thread (a request thread of the scheduler,
+or the scheduler's worker). It checks `should_stop()` before every token, so a cancelled
+or expired request stops at the next token and its KV blocks are released when it returns.
 
-The model runs through a StepRunner the backend provides (engine/step_runner.py): the
-op-by-op forward pass on numpy, CUDA graphs with GPU sampling on the CUDA backend. The
-backend also loads the weights where it has its own loader (`backend.load_model`).
+Two ways to run the model:
+  * the batching core (engine/core.py), where the backend has a paged KV pool (numpy):
+    a request's model calls join the other running requests' in one step, its KV lives in
+    blocks of the pool, with prefix caching and pinned task sessions (kv_cache_manager.py);
+  * a StepRunner with a cache per sequence (engine/step_runner.py; CUDA graphs with GPU
+    sampling on the CUDA backend), one request at a time, with the longest-common-prefix
+    session store (kv_sessions.py) until that backend has its batched path.
+The backend also loads the weights where it has its own loader (`backend.load_model`).
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +33,9 @@ from inloop.services.contract.step_runner import StepRunner
 from inloop.services.contract.reasoning import THINK_CLOSE, ReasoningSplit, opens_thought, template_thinks
 from inloop.services.contract.tool_calls import OPEN, XML, in_form, tool_call_form, with_tools_prompt
 from inloop.services.runtime.engine import constrained, constrained_xml
+from inloop.services.runtime.engine.block_pool import BlockPool
+from inloop.services.runtime.engine.core import EngineCore, Sequence
+from inloop.services.runtime.engine.kv_cache_manager import KVCacheManager
 from inloop.services.runtime.engine.generation import Generation
 from inloop.services.runtime.engine.kv_sessions import KVSessionStore, Session, common_prefix
 from inloop.services.runtime.engine.sampler import Sampler
@@ -46,6 +54,25 @@ _WARM_UP_TOOL = {"type": "function", "function": {"name": "ping", "description":
     "type": "object", "properties": {"mode": {"type": "string", "enum": ["a", "b"]}}, "required": ["mode"]}}}
 PREFIX_NAMESPACE = "prefix-cache:"   # store keys of anonymous (session-less) caches
 PREFIX_MIN_TOKENS = 16               # a shorter shared prefix is not worth reusing a cache for
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """The batching core's sizes, named as vLLM's flags."""
+
+    kv_cache_memory: int = 2 * GiB        # bytes of KV blocks (float32 on the numpy backend)
+    block_size: int = 16                  # positions per KV block
+    max_num_seqs: int = 32                # sequences in one step
+    max_num_batched_tokens: int = 512     # tokens in one step (prefill chunks + decode rows)
+    enable_prefix_caching: bool = True
+    max_blocks: int = 1 << 17             # a tiny model's 2 GiB would be millions of blocks
+    num_blocks_override: int | None = None  # exactly this many blocks (tests; vLLM's num_gpu_blocks_override)
+
+    def __post_init__(self):
+        for name in ("kv_cache_memory", "block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def make_backend(name: str) -> Backend:
@@ -84,7 +111,7 @@ class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, eos_ids: tuple[int, ...],
                  name: str, max_context: int = DEFAULT_MAX_CONTEXT, kv_session_positions: int = 65536,
                  kv_session_ttl_s: float = 600.0,
-                 runner: StepRunner | None = None):
+                 runner: StepRunner | None = None, batch: BatchConfig | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = frozenset(eos_ids)
@@ -98,10 +125,23 @@ class Engine:
             "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
             "eos_token_ids": sorted(self.eos_ids), "step_runner": self.runner.name,
         }
-        self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions, ttl_s=kv_session_ttl_s)
-        # Automatic prefix caching for requests without a session (off by default: the routing
-        # matrix measures what the internal route's own KV reuse is worth against stateless hops).
-        self._prefix_cache = False
+        batch = batch or BatchConfig()
+        # A backend with a paged KV pool (numpy) serves through the batching core; one whose
+        # runner keeps a cache per sequence (CUDA graphs, for now) serves one request at a time
+        # with the longest-common-prefix session store.
+        self.core: EngineCore | None = None
+        self.sessions: KVSessionStore | None = None
+        if model.backend.paged_kv and not self.runner.samples_on_device and self._pages(model):
+            self.core = self._make_core(batch, kv_session_positions, kv_session_ttl_s)
+            self.info["kv_cache"] = {"num_blocks": self.core.pool.num_blocks, "block_size": batch.block_size,
+                                     "max_num_seqs": batch.max_num_seqs,
+                                     "max_num_batched_tokens": batch.max_num_batched_tokens}
+        else:
+            self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions,
+                                           ttl_s=kv_session_ttl_s)
+        # the session store's prefix cache is turned on after warm-up (the CLI does), so the
+        # warm-up's requests leave nothing behind
+        self._prefix_cache = batch.enable_prefix_caching if self.core is not None else False
         self._anonymous = 0
         self.template_renders_tools = "tools" in (tokenizer.chat_template or "")
         # what the chat template asks for: the tool-call form, and whether the output may think
@@ -109,8 +149,24 @@ class Engine:
         self.thinks = template_thinks(tokenizer.chat_template)
         self._masks: VocabMasks | None = None
 
+    def _make_core(self, batch: BatchConfig, pinned_positions: int, pin_ttl_s: float) -> EngineCore:
+        c = self.model.cfg
+        per_block = 2 * c.num_layers * c.num_kv_heads * c.head_dim * batch.block_size * 4  # k and v, float32
+        num_blocks = batch.num_blocks_override or min(batch.kv_cache_memory // per_block, batch.max_blocks)
+        if num_blocks < 1:
+            raise ValueError(f"--kv-cache-memory {batch.kv_cache_memory} bytes holds no block of "
+                             f"{batch.block_size} positions ({per_block} bytes)")
+        self.max_context = min(self.max_context, num_blocks * batch.block_size)
+        self.info["context_length"] = self.max_context
+        pool = BlockPool(num_blocks, batch.block_size)
+        manager = KVCacheManager(pool, batch.enable_prefix_caching,
+                                 max_pinned_blocks=max(1, pinned_positions // batch.block_size), pin_ttl_s=pin_ttl_s)
+        kv = self.model.backend.alloc_paged_kv(c.num_layers, c.num_kv_heads, num_blocks, batch.block_size, c.head_dim)
+        return EngineCore(self.model, kv, manager, batch.max_num_seqs, batch.max_num_batched_tokens)
+
     @property
     def prefix_cache(self) -> bool:
+        """Automatic prefix caching for requests without a session (on by default, as vLLM v1's)."""
         return self._prefix_cache
 
     @prefix_cache.setter
@@ -121,7 +177,18 @@ class Engine:
             log.info("prefix_cache_off", arch=self.model.cfg.arch,
                      reason="linear-attention state cannot be cut back to a shared prefix")
             on = False
-        self._prefix_cache = on
+        self._prefix_cache = bool(on)
+        if self.core is not None:
+            with self.core.cond:
+                self.core.manager.enable_prefix_caching = self._prefix_cache
+
+    @staticmethod
+    def _pages(model) -> bool:
+        """Whether the model runs in the batching core's paged pool: not a hybrid model (its
+        linear layers carry a state per sequence, not KV blocks), and not dynamic RoPE (whose
+        frequencies follow the current length of the one sequence in a call)."""
+        rope = getattr(model.cfg, "rope", None)
+        return getattr(model, "prefix_cacheable", True) and getattr(rope, "rope_type", "default") != "dynamic"
 
     @property
     def masks(self) -> VocabMasks:
@@ -133,7 +200,7 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path, backend: str | Backend = "cpu",
              max_context: int = DEFAULT_MAX_CONTEXT, kv_session_positions: int = 65536,
-             kv_session_ttl_s: float = 600.0) -> "Engine":
+             kv_session_ttl_s: float = 600.0, batch: BatchConfig | None = None) -> "Engine":
         model_dir = Path(model_dir)
         t0 = time.perf_counter()
         cfg = read_config(model_dir)
@@ -142,7 +209,7 @@ class Engine:
         weights = Weights(model_dir)
         model = build_model(cfg, be, weights)
         engine = cls(model, tokenizer, _eos_ids(model_dir, cfg, tokenizer), model_dir.name, max_context,
-                     kv_session_positions, kv_session_ttl_s)
+                     kv_session_positions, kv_session_ttl_s, batch=batch)
         log.info("model_loaded", model=model_dir.name, arch=cfg.arch, backend=be.name,
                  step_runner=engine.runner.name, params=model.num_parameters,
                  load_ms=round((time.perf_counter() - t0) * 1e3, 1))
@@ -194,8 +261,11 @@ class Engine:
         return text, ids
 
     # ---- the steps ----------------------------------------------------------------
-    def extend(self, ids: list[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
-        """Run ids through the model at positions cache.length...; logits [len(ids) or 1, V]."""
+    def extend(self, ids: list[int], cache: KVCache | Sequence, all_logits: bool = False) -> np.ndarray:
+        """Run ids through the model at positions cache.length...; logits [len(ids) or 1, V].
+        A batched sequence's tokens go through the core, in a step with the others'."""
+        if isinstance(cache, Sequence):
+            return self.core.feed(cache, ids, all_logits)
         return self.runner.logits(ids, cache, all_logits)
 
     def prefill(self, ids: list[int], cache: KVCache) -> np.ndarray:
@@ -233,6 +303,9 @@ class Engine:
     def end_session(self, session_id: str) -> bool:
         """Free a task's kept cache (task ended, failed, expired or was cancelled); with the
         prefix cache on, hand it to the prefix cache instead, as a stateless caller's would be."""
+        if self.core is not None:  # unpinned blocks stay cached while prefix caching is on
+            with self.core.cond:
+                return self.core.manager.unpin(session_id)
         if self.prefix_cache:
             return self.sessions.rename(session_id, self._anonymous_key())
         return self.sessions.drop(session_id)
@@ -249,8 +322,10 @@ class Engine:
             on_token = _split_events(on_token, split)
         sp = req.sampling
         budget = min(sp.max_tokens, self.max_context - len(ids))
-        cache = self._cache_for(ids, len(ids) + budget, req.session_id)
         constrained = (bool(req.tools) and req.tool_choice != "none") or req.response_schema is not None
+        if self.core is not None:
+            return self._generate_batched(req, ids, budget, constrained, on_token, should_stop, split, raw_on_token)
+        cache = self._cache_for(ids, len(ids) + budget, req.session_id)
         gen = Generation(self, ids, cache, Sampler(sp), budget, sp.stop, on_token,
                          self.masks if constrained else None)
         gen.should_stop = should_stop
@@ -268,6 +343,24 @@ class Engine:
                 self.sessions.put(req.session_id or self._anonymous_key(), Session(cache, gen.fed_ids()))
             else:
                 self.runner.free_cache(cache)
+        gen.finish()
+        return self._result(gen, finish, split, raw_on_token)
+
+    def _generate_batched(self, req: GenerateRequest, ids: list[int], budget: int, constrained: bool,
+                          on_token, should_stop, split: ReasoningSplit | None, raw_on_token) -> GenerateResult:
+        """One sequence of the batching core: the same decode loop, its model calls batched
+        with the other sequences'; a task's blocks stay pinned under its session id."""
+        sp = req.sampling
+        seq = self.core.open(req.session_id, expected_len=len(ids) + budget)
+        gen = Generation(self, ids, seq, Sampler(sp), budget, sp.stop, on_token, self.masks if constrained else None)
+        gen.should_stop = should_stop
+        finish = "cancelled"
+        try:
+            if not (should_stop and should_stop()):
+                gen.prefill()
+                finish = self._decode(gen, req, should_stop, split)
+        finally:
+            self.core.close(seq, pin=bool(req.session_id) and finish != "cancelled")
         gen.finish()
         return self._result(gen, finish, split, raw_on_token)
 

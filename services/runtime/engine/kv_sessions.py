@@ -1,5 +1,8 @@
 """KV caches kept between the steps of a running task, reused for the longest common prefix.
 
+Used where the engine runs without the batching core (a runner with a cache per sequence:
+the CUDA backend for now); the batching core pins a task's blocks instead (kv_cache_manager).
+
 A task's next model step usually starts with the previous step's prompt and output, plus a
 tool result. Keeping the cache lets that step prefill only what is new. The memory held
 this way has a cap in cached positions (least recently used sessions are evicted first) and

@@ -18,7 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
-from inloop.services.contract.backend import Backend, KVCache, Tensor
+from inloop.services.contract.backend import Backend, KVCache, PagedKV, SeqSlots, Tensor
 from inloop.services.runtime.model.config import ModelConfig
 from inloop.services.runtime.model.rope import Rotary
 from inloop.services.runtime.model.weights import Weights
@@ -99,6 +99,24 @@ class Transformer:
     def forward(self, ids: Tensor, positions: Tensor, cache: KVCache, all_logits: bool = False) -> Tensor:
         """ids, positions: int32 [T]. Returns logits [T, V] (or [1, V] for the last token)."""
         c, b = self.cfg, self.backend
+        h = self._hidden(ids, positions, lambda qkv, i: b.attention(
+            qkv, cache, i, positions, c.num_heads, c.num_kv_heads, c.head_dim))
+        if not all_logits:
+            h = b.last_row(h)
+        return b.linear(h, self.lm_head)                                   # [T or 1, V]
+
+    def forward_paged(self, ids: Tensor, positions: Tensor, kv: PagedKV, seqs: list[SeqSlots],
+                      logit_rows: Tensor) -> Tensor:
+        """One batched step: the rows of several sequences (seqs, in order) through every
+        layer, each attending over its own blocks of the pool. Logits [R, V] of logit_rows."""
+        c, b = self.cfg, self.backend
+        h = self._hidden(ids, positions, lambda qkv, i: b.paged_attention(
+            qkv, kv, i, seqs, c.num_heads, c.num_kv_heads, c.head_dim))
+        return b.linear(b.take_rows(h, logit_rows), self.lm_head)         # [R, V]
+
+    def _hidden(self, ids: Tensor, positions: Tensor, attention) -> Tensor:
+        """The final-normed hidden states [T, D]; attention(qkv, layer) stores k, v and attends."""
+        c, b = self.cfg, self.backend
         x = b.embedding(self.embed, ids)                                   # [T, D]
         residual = None
         freqs = self.rotary.frequencies(lambda: b.to_host(positions))
@@ -113,11 +131,9 @@ class Transformer:
                 b.qk_norm(qkv, lw.q_norm, lw.k_norm, c.rms_norm_eps, c.num_heads, c.num_kv_heads, c.head_dim)
             if c.use_rope[i]:  # smollm3 skips RoPE on some layers
                 b.rope(qkv, positions, c.num_heads, c.num_kv_heads, c.head_dim, c.rope_theta, **rope_kw)
-            attn = b.attention(qkv, cache, i, positions, c.num_heads, c.num_kv_heads, c.head_dim)
+            attn = attention(qkv, i)                                       # [T, H * hd]
             x = b.linear(attn, lw.o)                                       # [T, D]
             h, residual = b.add_rmsnorm(x, residual, lw.post_norm, c.rms_norm_eps)
             x = b.linear(b.swiglu(b.linear(h, lw.gate_up)), lw.down)     # [T, D]
         h, _ = b.add_rmsnorm(x, residual, self.final_norm, c.rms_norm_eps)
-        if not all_logits:
-            h = b.last_row(h)
-        return b.linear(h, self.lm_head)                                   # [T or 1, V]
+        return h

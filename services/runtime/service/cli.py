@@ -28,7 +28,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args, security))
 
 
-def _load_engine(model: str, backend: str, prefix_cache: bool = False, kv_session_ttl_s: float = 600.0):
+def batch_config(args: argparse.Namespace):
+    """The batching core's sizes from the serve flags (a bad one fails before the model loads)."""
+    from inloop.services.common.serve_settings import parse_size
+    from inloop.services.runtime.engine.engine import BatchConfig
+
+    prefix = args.enable_prefix_caching if args.prefix_cache is None else args.prefix_cache
+    return BatchConfig(kv_cache_memory=parse_size(args.kv_cache_memory), block_size=args.block_size,
+                       max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                       enable_prefix_caching=bool(prefix))
+
+
+def _load_engine(model: str, backend: str, batch, max_model_len: int, kv_session_ttl_s: float = 600.0):
     """Runs on the scheduler's worker thread: resolving the model may convert a GGUF or download
     from the Hub."""
     from inloop.services.common import metrics
@@ -37,13 +48,15 @@ def _load_engine(model: str, backend: str, prefix_cache: bool = False, kv_sessio
     from inloop.services.runtime.model.resolve import model_name, resolve_model
 
     model_dir = resolve_model(model)
-    engine = Engine.load(model_dir, backend=backend, kv_session_ttl_s=kv_session_ttl_s)
+    engine = Engine.load(model_dir, backend=backend, max_context=max_model_len,
+                         kv_session_ttl_s=kv_session_ttl_s, batch=batch)
     engine.info["name"] = model_name(model, model_dir)  # a Hub id, not its snapshot's commit hash
-    metrics.track_state("runtime", "kv_sessions", lambda: len(engine.sessions))
-    metrics.track_state("runtime", "kv_positions", engine.sessions.held_positions)
+    if engine.sessions is not None:  # a runner without the batching core keeps per-task caches
+        metrics.track_state("runtime", "kv_sessions", lambda: len(engine.sessions))
+        metrics.track_state("runtime", "kv_positions", engine.sessions.held_positions)
     # Before health says SERVING: the first real request should not pay for graph capture.
     get_logger(__name__).info("warmed_up", seconds=round(engine.warm_up(), 3), step_runner=engine.runner.name)
-    engine.prefix_cache = prefix_cache
+    engine.prefix_cache = batch.enable_prefix_caching
     return engine
 
 
@@ -59,8 +72,9 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
     from inloop.v1 import runtime_pb2_grpc
 
     log = get_logger("services.runtime.cli")
-    scheduler = Scheduler(lambda: _load_engine(args.model, args.backend, args.prefix_cache, args.kv_session_ttl_s),
-                          args.max_queue).start()
+    batch = batch_config(args)
+    scheduler = Scheduler(lambda: _load_engine(args.model, args.backend, batch, args.max_model_len,
+                                               args.kv_session_ttl_s), args.max_queue).start()
     handle = create_server([SERVICE_NAME], host=args.host, port=args.port, interceptors=[RpcMetricsInterceptor()],
                            security=security)
     from inloop.services.common.serve_settings import RUNTIME

@@ -1,12 +1,19 @@
-"""One worker thread, one request at a time, behind a bounded queue.
+"""A bounded queue in front of the engine: continuous batching where the engine has a core.
 
-The numpy engine is compute bound and not thread safe, so exactly one thread ever calls
-the engine; it also LOADS the engine, because a CUDA context is current per thread and
-the thread that created it is the one that should launch on it. A batching scheduler
-replaces this class later; the servicer only uses `submit`, the handle and `ready`.
+One worker thread LOADS the engine (a CUDA context is current per thread, and the thread
+that created it is the one that should launch on it) and then serves:
+
+  * batched (an engine with a batching core: the numpy backend): each admitted request
+    runs its decode logic on a thread of its own, up to max_num_seqs at once, and the
+    worker runs the core's steps (engine/core.py), one forward pass for all of them;
+  * one at a time (an engine whose runner keeps a cache per sequence: CUDA graphs): the
+    worker calls engine.generate for one request after the other.
+
+The servicer and the HTTP front only use `submit`, the handle and `ready`.
 
 Queue rules (the ones a client can observe):
-  * at most `max_queue` requests wait; one more raises QueueFull (RESOURCE_EXHAUSTED);
+  * at most `max_queue` requests wait to be admitted; one more raises QueueFull
+    (RESOURCE_EXHAUSTED / 429);
   * a request cancelled or past its deadline while it waits is dropped without running;
   * a running request stops at the next token once cancelled or expired (should_stop);
   * queue time (accepted -> started) is measured here and fills Timings.queue_ms.
@@ -106,6 +113,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._running: RequestHandle | None = None
+        self._active: set[RequestHandle] = set()   # admitted into the batch (batched mode)
         self._thread = threading.Thread(target=self._work, name="runtime-worker", daemon=True)
 
     # ---- caller side --------------------------------------------------------------
@@ -127,7 +135,7 @@ class Scheduler:
     def depth(self) -> int:
         """Requests waiting plus the one running (the inloop_queue_depth gauge reads this)."""
         with self._cond:
-            return len(self._queue) + (self._running is not None)
+            return len(self._queue) + (self._running is not None) + len(self._active)
 
     def submit(self, req: GenerateRequest, on_token: Callable[[TokenEvent], None] | None = None,
                timeout_s: float | None = None) -> RequestHandle:
@@ -153,14 +161,15 @@ class Scheduler:
         """Fail the waiting requests, stop the running one, join the worker."""
         with self._cond:
             self._closed = True
-            waiting, running = list(self._queue), self._running
+            waiting, running = list(self._queue), [self._running, *self._active]
             self._queue.clear()
             self._cond.notify_all()
         for handle in waiting:
             handle._cancelled.set()
             handle._resolve(error=NotReady("the runtime is shutting down"))
-        if running is not None:
-            running.cancel()
+        for handle in running:
+            if handle is not None:
+                handle.cancel()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
@@ -182,6 +191,15 @@ class Scheduler:
         with self._cond:
             self._engine = engine
         metrics.observe_gpu_memory(engine)  # weights and graphs are resident now (cuda only)
+        core = getattr(engine, "core", None)
+        if core is not None:
+            with self._cond:  # one lock for the queue and the core, so a submit wakes the loop
+                core.cond = self._cond
+                core.loop_thread = threading.current_thread()
+            metrics.track_batching(core.counts, self.queued)
+            _settle(self.ready, result=engine)
+            self._serve_batched(engine, core)
+            return
         _settle(self.ready, result=engine)
         while (handle := self._next()) is not None:
             try:
@@ -189,6 +207,29 @@ class Scheduler:
             finally:
                 with self._cond:
                     self._running = None
+
+    def _serve_batched(self, engine, core) -> None:
+        """Admit queued requests while fewer than max_num_seqs run, and step the core.
+        After close, the admitted requests (cancelled) run to their next token and end."""
+        with self._cond:
+            while True:
+                while self._queue and len(self._active) < core.max_num_seqs and not self._closed:
+                    handle = self._queue.popleft()
+                    self._active.add(handle)
+                    threading.Thread(target=self._run_admitted, args=(engine, handle), daemon=True,
+                                     name=f"seq-{handle.request.request_id or id(handle)}").start()
+                if self._closed and not self._active:
+                    return
+                if not core.step():
+                    self._cond.wait(0.1)
+
+    def _run_admitted(self, engine, handle: RequestHandle) -> None:
+        try:
+            self._run(engine, handle)
+        finally:
+            with self._cond:
+                self._active.discard(handle)
+                self._cond.notify_all()
 
     def _next(self) -> RequestHandle | None:
         with self._cond:

@@ -98,4 +98,4 @@ def test_warm_up_builds_the_grammar_masks_and_keeps_nothing(tiny_llama):
     engine = Engine.load(tiny_llama)
     assert engine._masks is None
     assert engine.warm_up() > 0
-    assert engine._masks is not None and len(engine.sessions) == 0
+    assert engine._masks is not None and engine.core.pool.num_used == 0

@@ -89,75 +89,90 @@ def test_bad_tool_choice_and_bad_tool_definitions(engine):
         engine.generate(bad)
 
 
+def _hits(engine) -> int:
+    return engine.core.pool.hit_tokens
+
+
 def test_session_reuses_the_common_prefix_and_changes_nothing(engine):
     step1 = _req("search", session_id="task-1")
     first = engine.generate(step1)
     follow = [ChatMessage("user", "Find the receipt total"), ChatMessage("assistant", first.text),
               ChatMessage("tool", '{"hits": []}')]
-    fresh = engine.generate(GenerateRequest(messages=follow, tools=TOOLS, sampling=SamplingParams(max_tokens=12)))
-    hits_before = engine.sessions.hits
-    reused = engine.generate(GenerateRequest(messages=follow, tools=TOOLS, sampling=SamplingParams(max_tokens=12),
-                                             session_id="task-1"))
-    assert engine.sessions.hits - hits_before >= first.prompt_tokens  # the whole first prompt was reused
+    engine.prefix_cache = False   # a pinned session is reused with prefix caching off too
+    try:
+        fresh = engine.generate(GenerateRequest(messages=follow, tools=TOOLS, sampling=SamplingParams(max_tokens=12)))
+        hits_before = _hits(engine)
+        reused = engine.generate(GenerateRequest(messages=follow, tools=TOOLS,
+                                                 sampling=SamplingParams(max_tokens=12), session_id="task-1"))
+    finally:
+        engine.prefix_cache = True
+    # the whole first prompt was reused (but for the partly filled block at its end)
+    assert _hits(engine) - hits_before >= first.prompt_tokens - engine.core.pool.block_size
     assert reused.token_ids == fresh.token_ids
     assert engine.end_session("task-1") and not engine.end_session("task-1")
+    assert engine.core.pool.num_used == 0   # nothing held once the task ended
 
 
-def test_session_store_evicts_least_recently_used(tiny_llama):
+def test_pins_beyond_the_cap_evict_the_least_recently_used(tiny_llama):
     engine = Engine.load(tiny_llama, kv_session_positions=600)
     for i in range(4):
         engine.generate(_req("search", session_id=f"s{i}"))
-    assert engine.sessions.evictions >= 1
-    assert engine.sessions.held_positions() <= 600 or len(engine.sessions) == 1
-    assert engine.sessions.take("s3") is not None  # the newest is kept
+    manager = engine.core.manager
+    assert manager.pin_evictions >= 1
+    assert manager.pinned_blocks() * engine.core.pool.block_size <= 600 or len(manager.pins) == 1
+    assert "s3" in manager.pins   # the newest is kept
 
 
-def test_prefix_cache_reuses_session_less_caches_only_when_on(tiny_llama):
+def test_prefix_cache_reuses_session_less_blocks_only_when_on(tiny_llama):
     """Automatic prefix caching: a stateless follow-up request (the external route's next model
     step) prefills only what the previous request did not, and gets the same tokens."""
     engine = Engine.load(tiny_llama)
+    engine.prefix_cache = False
     first_req = _req("search")
     first = engine.generate(first_req)
     follow = [ChatMessage("user", "Find the receipt total"), ChatMessage("assistant", first.text),
               ChatMessage("tool", '{"hits": []}')]
     follow_req = GenerateRequest(messages=follow, tools=TOOLS, sampling=SamplingParams(max_tokens=12))
     fresh = engine.generate(follow_req)
-    assert engine.sessions.hits == 0 and len(engine.sessions) == 0  # off: nothing kept, nothing reused
+    assert _hits(engine) == 0 and not engine.core.pool.cached   # off: nothing kept, nothing reused
 
     engine.prefix_cache = True
     engine.generate(first_req)
-    assert len(engine.sessions) == 1
+    assert engine.core.pool.cached and engine.core.pool.num_used == 0   # cached in free blocks
     reused = engine.generate(follow_req)
-    assert engine.sessions.hits >= first.prompt_tokens   # the first prompt was not prefilled again
+    assert _hits(engine) >= first.prompt_tokens - engine.core.pool.block_size   # not prefilled again
     assert reused.token_ids == fresh.token_ids
-    # An unrelated prompt shares too little to take a cache (and leaves the kept one alone).
-    hits = engine.sessions.hits
+    # An unrelated prompt shares no block (and leaves the cached ones alone).
+    hits = _hits(engine)
     engine.generate(GenerateRequest(prompt="x", sampling=SamplingParams(max_tokens=2)))
-    assert engine.sessions.hits == hits
+    assert _hits(engine) == hits
 
 
 def test_prefix_cache_serves_a_tasks_first_step_from_an_ended_task(tiny_llama):
-    """With the prefix cache on, both routes cache alike: an ended task's cache is handed to the
-    prefix cache, and another task's first step (a session miss) starts from it."""
+    """With the prefix cache on, both routes cache alike: an ended task's blocks stay in the
+    prefix cache, and another task's first step (no pin of its own) starts from them."""
     engine = Engine.load(tiny_llama)
-    engine.prefix_cache = True
     engine.generate(_req("search", session_id="task-a"))
-    assert engine.end_session("task-a") and len(engine.sessions) == 1   # kept, not freed
-    before = engine.sessions.hits
+    assert engine.core.manager.pinned_blocks() > 0
+    assert engine.end_session("task-a") and engine.core.manager.pinned_blocks() == 0
+    before = _hits(engine)
     engine.generate(_req("search", session_id="task-b"))                 # same prompt, new task
-    assert engine.sessions.hits - before >= 16
+    assert _hits(engine) - before >= 16
 
 
 def test_sessions_nobody_touches_expire(tiny_llama):
-    """A session a client opened and left no longer holds its KV until the position cap forces
-    it out: after ttl_s unused it is freed."""
+    """A session a client opened and left no longer holds its KV until the cap forces it out:
+    after ttl_s unused its pin is dropped."""
     import time
 
     engine = Engine.load(tiny_llama, kv_session_ttl_s=0.2)
     engine.generate(_req("none", session_id="left"))
-    assert len(engine.sessions) == 1 and engine.sessions.held_positions() > 0
+    manager = engine.core.manager
+    assert len(manager.pins) == 1 and manager.pinned_blocks() > 0
     time.sleep(0.3)
-    assert engine.sessions.held_positions() == 0 and len(engine.sessions) == 0 and engine.sessions.expired == 1
+    manager.expire()
+    assert manager.pinned_blocks() == 0 and not manager.pins and manager.pins_expired == 1
+    assert engine.core.pool.num_used == 0
 
 
 NESTED = {"type": "function", "function": {"name": "plan", "description": "plan a trip", "parameters": {

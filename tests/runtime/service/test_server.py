@@ -55,7 +55,9 @@ def server(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def busy_server(long_dir, tmp_path_factory):
-    srv = ServerProcess(long_dir, tmp_path_factory.mktemp("logs") / "busy.jsonl", "--max-queue", "1")
+    # one sequence in the batch and one waiting: the queue's limits show with a few requests
+    srv = ServerProcess(long_dir, tmp_path_factory.mktemp("logs") / "busy.jsonl", "--max-queue", "1",
+                        "--max-num-seqs", "1")
     yield srv
     srv.stop()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inloop.services.contract.backend import Backend, KVCache
+from inloop.services.contract.backend import Backend, KVCache, PagedKV, SeqSlots
 
 
 def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float, inv_freq: np.ndarray | None = None,
@@ -38,9 +38,54 @@ def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
     x[..., half:] = x2 * c + x1 * s
 
 
+MAX_VIEW_RUNS = 4  # up to this many stretches of consecutive slots are read as views, more are gathered
+
+
+def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, head_dim: int) -> np.ndarray:
+    """q [T, KV, G, hd] at `positions` [T]; keys/values [KV, L, hd] of positions 0..L-1.
+    Causal GQA softmax attention -> [T, KV * G * hd]."""
+    t, num_kv, group, _ = q.shape
+    length = keys.shape[1]
+    qh = q.transpose(1, 2, 0, 3)                 # [KV, G, T, hd]
+    scores = qh @ keys[:, None].swapaxes(-1, -2)  # [KV, G, T, L]
+    scores *= np.float32(1.0 / np.sqrt(head_dim))
+    if t > 1 or positions[0] != length - 1:
+        masked = np.arange(length)[None, :] > positions[:, None]  # [T, L]: key after the query
+        scores[..., masked] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    out = probs @ values[:, None]                # [KV, G, T, hd]
+    return np.ascontiguousarray(out.transpose(2, 0, 1, 3)).reshape(t, num_kv * group * head_dim)
+
+
+def _attend_parts(q: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]], positions: np.ndarray,
+                  head_dim: int) -> np.ndarray:
+    """_attend over keys/values given as consecutive pieces [KV, n_i, hd] (views of a pool):
+    the scores of the pieces side by side, one softmax, the values' products summed."""
+    t, num_kv, group, _ = q.shape
+    qh = q.transpose(1, 2, 0, 3)                                          # [KV, G, T, hd]
+    scores = np.concatenate([qh @ keys[:, None].swapaxes(-1, -2) for keys, _ in parts], axis=-1)
+    scores *= np.float32(1.0 / np.sqrt(head_dim))
+    length = scores.shape[-1]
+    if t > 1 or positions[0] != length - 1:
+        scores[..., np.arange(length)[None, :] > positions[:, None]] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    out, at = None, 0
+    for _, values in parts:
+        n = values.shape[1]
+        piece = probs[..., at:at + n] @ values[:, None]                   # [KV, G, T, hd]
+        out = piece if out is None else out + piece
+        at += n
+    return np.ascontiguousarray(out.transpose(2, 0, 1, 3)).reshape(t, num_kv * group * head_dim)
+
+
 class NumpyBackend(Backend):
     name = "cpu"
     compute_dtype = "float32"
+    paged_kv = True
 
     # ---- memory -------------------------------------------------------------------
     def upload(self, array: np.ndarray, name: str = "") -> np.ndarray:
@@ -57,6 +102,11 @@ class NumpyBackend(Backend):
     def alloc_kv(self, num_layers: int, num_kv_heads: int, capacity: int, head_dim: int) -> KVCache:
         shape = (num_layers, num_kv_heads, capacity, head_dim)
         return KVCache(np.zeros(shape, np.float32), np.zeros(shape, np.float32), capacity)
+
+    def alloc_paged_kv(self, num_layers, num_kv_heads, num_blocks, block_size, head_dim) -> PagedKV:
+        # np.zeros maps untouched pages lazily: a 2 GiB pool costs what its written blocks hold
+        shape = (num_layers, num_kv_heads, num_blocks * block_size, head_dim)
+        return PagedKV(np.zeros(shape, np.float32), np.zeros(shape, np.float32), num_blocks, block_size)
 
     def copy_kv(self, src: KVCache, dst: KVCache, length: int) -> None:
         dst.k[:, :, :length] = src.k[:, :, :length]
@@ -105,18 +155,38 @@ class NumpyBackend(Backend):
         cache.k[layer][:, positions] = k.transpose(1, 0, 2)
         cache.v[layer][:, positions] = v.transpose(1, 0, 2)
         length = int(positions.max()) + 1
-        keys = cache.k[layer][:, :length]            # [KV, L, hd]
-        values = cache.v[layer][:, :length]          # [KV, L, hd]
-        qh = q.transpose(1, 2, 0, 3)                 # [KV, G, T, hd]
-        scores = qh @ keys[:, None].swapaxes(-1, -2)  # [KV, G, T, L]
-        scores *= np.float32(1.0 / np.sqrt(head_dim))
-        masked = np.arange(length)[None, :] > positions[:, None]  # [T, L]: key after the query
-        scores[..., masked] = -np.inf
-        scores -= scores.max(axis=-1, keepdims=True)
-        probs = np.exp(scores)
-        probs /= probs.sum(axis=-1, keepdims=True)
-        out = probs @ values[:, None]                # [KV, G, T, hd]
-        return np.ascontiguousarray(out.transpose(2, 0, 1, 3)).reshape(t, q_end)
+        return _attend(q, cache.k[layer][:, :length], cache.v[layer][:, :length], positions, head_dim)
+
+    def paged_attention(self, qkv, kv: PagedKV, layer, seqs: list[SeqSlots], num_heads, num_kv_heads, head_dim):
+        t = qkv.shape[0]
+        group = num_heads // num_kv_heads
+        q_end, k_end = num_heads * head_dim, (num_heads + num_kv_heads) * head_dim
+        q = qkv[:, :q_end].reshape(t, num_kv_heads, group, head_dim)
+        k = qkv[:, q_end:k_end].reshape(t, num_kv_heads, head_dim).transpose(1, 0, 2)  # [KV, T, hd]
+        v = qkv[:, k_end:].reshape(t, num_kv_heads, head_dim).transpose(1, 0, 2)
+        pool_k, pool_v = kv.k[layer], kv.v[layer]    # [KV, slots, hd]
+        out = np.empty((t, q_end), np.float32)
+        row = 0
+        for s in seqs:
+            end, first = row + s.rows, s.context - s.rows
+            positions = np.arange(first, s.context)
+            if len(s.runs) == 1:  # consecutive slots: store into and read a view of the pool
+                lo = s.runs[0][0]
+                pool_k[:, lo + first:lo + s.context] = k[:, row:end]
+                pool_v[:, lo + first:lo + s.context] = v[:, row:end]
+                out[row:end] = _attend(q[row:end], pool_k[:, lo:lo + s.context], pool_v[:, lo:lo + s.context],
+                                       positions, head_dim)
+            else:
+                new = s.slots[first:]
+                pool_k[:, new] = k[:, row:end]
+                pool_v[:, new] = v[:, row:end]
+                if len(s.runs) <= MAX_VIEW_RUNS:   # a few stretches (a prefix hit): views, no copy
+                    parts = [(pool_k[:, a:a + n], pool_v[:, a:a + n]) for a, n in s.runs]
+                    out[row:end] = _attend_parts(q[row:end], parts, positions, head_dim)
+                else:                              # scattered blocks: gather them
+                    out[row:end] = _attend(q[row:end], pool_k[:, s.slots], pool_v[:, s.slots], positions, head_dim)
+            row = end
+        return out
 
     def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
         f = gate_up.shape[-1] // 2
@@ -126,3 +196,6 @@ class NumpyBackend(Backend):
 
     def last_row(self, x: np.ndarray) -> np.ndarray:
         return x[-1:]
+
+    def take_rows(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return x[rows]
