@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 
-from inloop.services.contract.errors import ToolCallParseError
-from inloop.services.contract.tool_calls import OPEN, parse_tool_calls
+from inloop.services.contract.tool_calls import calls_in
 
 BfclResult = list[dict[str, str]] | str   # [{name: arguments-json}] or the reply's text
 
@@ -20,13 +19,8 @@ BfclResult = list[dict[str, str]] | str   # [{name: arguments-json}] or the repl
 def result_from_text(text: str) -> BfclResult:
     """Hermes tool calls in `text` -> BFCL's FC result; the text itself when there are none
     or a block does not parse (an unclosed block, bad JSON, arguments that are no object)."""
-    if OPEN not in text:
-        return text
-    try:
-        calls = parse_tool_calls(text)
-    except ToolCallParseError:
-        return text
-    if not calls:
+    calls = calls_in(text)
+    if calls is None:
         return text
     return [{c.name: json.dumps(c.arguments, ensure_ascii=False)} for c in calls]
 

@@ -188,15 +188,20 @@ def tool_result_content(result: dict | str) -> str:
     return json.dumps(result, ensure_ascii=False, sort_keys=True)
 
 
+def calls_in(text: str) -> list | None:
+    """The tool calls in `text`, or None when it has none or a block does not parse."""
+    if OPEN not in text:
+        return None
+    try:
+        return parse_tool_calls(text) or None
+    except ToolCallParseError:
+        return None
+
+
 def in_form(text: str, form: str) -> str:
     """`text` with its tool calls written in `form` (an assistant turn rendered back for a model
     whose template uses the other form); text without calls, or not parseable, as it is."""
-    if OPEN not in text:
-        return text
-    try:
-        calls = parse_tool_calls(text)
-    except ToolCallParseError:
-        return text
-    if not calls:
+    calls = calls_in(text)
+    if calls is None:
         return text
     return text[:text.find(OPEN)] + "\n".join(c.to_text(form) for c in calls)

@@ -75,13 +75,8 @@ class NumpyLinearAttention:
         q, k [T, k_heads, dk]; v [T, v_heads, dv]; g, beta [T, v_heads]; state [v_heads, dk, dv]
         (updated in place). Each q/k head serves v_heads/k_heads consecutive value heads.
         Returns [T, v_heads, dv]."""
-        t, k_heads, dk = k.shape
-        v_heads = v.shape[1]
-        if k_heads != v_heads:
-            q = np.repeat(q, v_heads // k_heads, axis=1)
-            k = np.repeat(k, v_heads // k_heads, axis=1)
-        q = l2norm(q) * np.float32(dk ** -0.5)
-        k = l2norm(k)
+        t, v_heads = k.shape[0], v.shape[1]
+        q, k = _heads_normed(q, k, v_heads)
         decay = np.exp(g)                                          # [T, Hv]
         out = np.empty_like(v)
         s = state
@@ -100,13 +95,8 @@ class NumpyLinearAttention:
         a unit-lower-triangular system (the UT transform) folds the chunk's delta updates into
         matmuls, then one sequential pass over the chunks carries the state. Same arguments
         and result as gated_delta_rule; state updated in place."""
-        t, k_heads, dk = k.shape
-        v_heads = v.shape[1]
-        if k_heads != v_heads:
-            q = np.repeat(q, v_heads // k_heads, axis=1)
-            k = np.repeat(k, v_heads // k_heads, axis=1)
-        q = l2norm(q) * np.float32(dk ** -0.5)
-        k = l2norm(k)
+        t, v_heads = k.shape[0], v.shape[1]
+        q, k = _heads_normed(q, k, v_heads)
         pad = (chunk - t % chunk) % chunk
         n = (t + pad) // chunk
 
@@ -175,3 +165,13 @@ def _solve_unit_lower(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for i in range(a.shape[-1]):
         x[..., i, :] = b[..., i, :] - np.einsum("...j,...jd->...d", a[..., i, :i], x[..., :i, :])
     return x
+
+
+def _heads_normed(q: np.ndarray, k: np.ndarray, v_heads: int) -> tuple[np.ndarray, np.ndarray]:
+    """q, k [T, k_heads, dk] repeated to the value heads, L2-normed, q scaled by dk^-1/2 (as
+    HF's torch delta-rule functions prepare them)."""
+    k_heads, dk = k.shape[1], k.shape[2]
+    if k_heads != v_heads:
+        q = np.repeat(q, v_heads // k_heads, axis=1)
+        k = np.repeat(k, v_heads // k_heads, axis=1)
+    return l2norm(q) * np.float32(dk ** -0.5), l2norm(k)
