@@ -121,7 +121,10 @@ def test_cancelling_or_expiring_one_stream_leaves_the_others_untouched(tiny_llam
     try:
         first_token = threading.Event()
         victim = sched.submit(long, on_token=lambda e: first_token.set())
-        expiring = sched.submit(_chat("Another long story", 400, ignore_eos=True), timeout_s=0.3)
+        # its reader takes 5 ms a token, so 400 tokens outlast the 0.3 s deadline on any machine
+        # (the tiny model alone can write them in less)
+        expiring = sched.submit(_chat("Another long story", 400, ignore_eos=True), timeout_s=0.3,
+                                on_token=lambda e: time.sleep(0.005))
         handles, _ = _submit_all(sched, keep)
         assert first_token.wait(30)
         victim.cancel()

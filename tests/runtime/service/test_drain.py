@@ -82,7 +82,7 @@ def test_streams_still_open_at_the_grace_end_end_typed(long_dir, tmp_path):  # n
         assert item[0] == "end", item  # the server ended the response; the connection was not cut
         error = json.loads(last)["error"]
         assert "shutting down" in error["message"] and http_ended <= grace + SLACK_S, (error, http_ended)
-        assert srv.proc.wait(timeout=15) == 0
+        assert srv.proc.wait(timeout=30) == 0  # a clean exit; its timing is asserted above
     finally:
         srv.stop()
     assert srv.logs("shutting_down")[0]["grace_s"] == grace
