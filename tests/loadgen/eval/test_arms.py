@@ -24,7 +24,7 @@ from inloop.services.runtime.model.tiny import make_tiny
 from inloop.services.runtime.model.tokenizer import Tokenizer
 
 from tests.conftest import requires_reference
-from tests.service_procs import runtime_process
+from tests.service_procs import ServiceProcess
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "bfcl_function_docs.json").read_text())["cases"]
 QUESTION = [{"role": "user", "content": "Find the area of a triangle with a base of 10 units and height of 5 units."}]
@@ -34,7 +34,9 @@ QUESTION = [{"role": "user", "content": "Find the area of a triangle with a base
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("bfcl")
     model = make_tiny("llama", root / "tiny")
-    proc = runtime_process(model, root / "runtime.jsonl", "--http-port", "0", "--served-model-name", "tiny")
+    # a generous start timeout: this runs beside long jobs on a shared 2-core machine
+    proc = ServiceProcess("runtime", ["serve", "--model", str(model), "--backend", "cpu", "--port", "0", "--http-port",
+                                      "0", "--served-model-name", "tiny"], root / "runtime.jsonl", start_timeout_s=180)
     port = proc.wait_log("http_listening", timeout_s=30)["port"]
     grpc_arms, http_arms = GrpcArms(proc.target), OpenAIArms(f"http://127.0.0.1:{port}/v1")
     yield model, grpc_arms, http_arms
