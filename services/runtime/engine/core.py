@@ -50,6 +50,7 @@ class Feed:
     rows: list[np.ndarray] = field(default_factory=list)
     done: bool = False
     error: BaseException | None = None
+    parked: bool = False            # its thread waits in feed() for the loop to run it
 
 
 @dataclass(eq=False)   # identity: two sequences with the same tokens are still two
@@ -123,11 +124,11 @@ class EngineCore:
                     if not self._step_locked() and not feed.done:
                         raise RuntimeError("the engine core could not schedule a lone sequence")
             else:
+                feed.parked = True
                 self.busy -= 1
                 self.cond.notify_all()
                 while not feed.done:
-                    self.cond.wait()
-                self.busy += 1
+                    self.cond.wait()   # _finish counted this thread busy again
             seq.feed = None
         if feed.error is not None:
             raise feed.error
@@ -228,7 +229,7 @@ class EngineCore:
             self.running.remove(seq)
         self.manager.free(seq)
         if seq.feed is not None:
-            seq.feed.error, seq.feed.done = error, True
+            self._finish(seq.feed, error)
 
     def _too_small(self, seq: Sequence) -> str:
         return (f"the KV cache holds {self.pool.num_blocks * self.pool.block_size} positions "
@@ -265,7 +266,7 @@ class EngineCore:
         for seq, n in plan:
             feed = seq.feed
             if error is not None:
-                feed.error, feed.done = error, True
+                self._finish(feed, error)
                 continue
             start = seq.num_computed
             wanted = len(self._rows_wanted(seq, start, start + n))
@@ -276,7 +277,16 @@ class EngineCore:
                 self.manager.commit(seq, n)
                 self.tokens_computed += n
             if seq.num_computed == len(seq.tokens):
-                feed.done = True
+                self._finish(feed)
+
+    def _finish(self, feed: Feed, error: BaseException | None = None) -> None:
+        """A feed is done: its thread is busy again from this moment (sampling, streaming), not
+        from when it gets the lock back, or the next step would start without its next feed and
+        the sequences would fall into alternate steps instead of one batch."""
+        feed.error, feed.done = error, True
+        if feed.parked:
+            feed.parked = False
+            self.busy += 1
 
     # ---- numbers ---------------------------------------------------------------------------
     def counts(self) -> dict:
