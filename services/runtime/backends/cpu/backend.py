@@ -9,6 +9,8 @@ import numpy as np
 
 from inloop.services.contract.backend import Backend, KVCache, PagedKV, SeqSlots
 
+SMALL_BATCH_ROWS = 64  # rows up to which linear() multiplies as W @ x^T
+
 
 def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float, inv_freq: np.ndarray | None = None,
                  attention_scaling: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +127,13 @@ class NumpyBackend(Backend):
         return self.rmsnorm(s, weight, eps), s
 
     def linear(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        y = x @ weight.T
+        # A few rows (a batched decode step): OpenBLAS multiplies W [out, in] by x^T 2-3x faster
+        # than x by W^T at 2-64 rows on these CPUs (measured: 0.21 vs 0.56 ms for 2 rows of a
+        # 3072x576 weight); one row stays a GEMV, many rows (a prompt) the usual GEMM.
+        if 1 < x.shape[0] <= SMALL_BATCH_ROWS:
+            y = np.ascontiguousarray((weight @ x.T).T)
+        else:
+            y = x @ weight.T
         if bias is not None:
             y += bias
         return y
