@@ -121,7 +121,8 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
         if http is not None:
             from inloop.services.runtime.service.http_server import stop_http
             await stop_http(http)
-        scheduler.close()
+        # off the event loop: close() joins the worker (up to 10 s) while the last streams end
+        await asyncio.to_thread(scheduler.close)
     log.info("stopped")
     return 0
 
