@@ -11,6 +11,7 @@ from bench.runtime_vs_hf import hf_forward
 from inloop.services.runtime.engine.engine import Engine
 from inloop.services.runtime.model.tiny_qwen3_5 import make_tiny_qwen3_5
 from tests.conftest import requires_reference
+from tests.runtime.model.parity import assert_greedy_matches_generate
 
 pytestmark = [requires_reference, pytest.mark.reference]
 ATOL, RTOL = 1e-5, 1e-4
@@ -98,16 +99,5 @@ def test_a_prompt_longer_than_hf_chunk_matches(qwen35_models):
 
 @pytest.mark.parametrize("case", ["3lin_1full_vision", "full_first_text"])
 def test_greedy_generation_matches_hf_generate(case, qwen35_models):
-    import torch
-
-    from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
-
     engine = Engine.load(qwen35_models[case])
-    hf = load_hf(qwen35_models[case], vision=CASES[case][1])
-    req = GenerateRequest(messages=[ChatMessage("user", "What is 17 * 23?")], sampling=SamplingParams(max_tokens=12))
-    result = engine.generate(req)
-    prompt = engine.prompt_ids(req)
-    with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                          eos_token_id=sorted(engine.eos_ids), pad_token_id=0)
-    assert result.token_ids == ref[0, len(prompt):].tolist()
+    assert_greedy_matches_generate(engine, load_hf(qwen35_models[case], vision=CASES[case][1]))
