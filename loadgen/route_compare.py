@@ -81,14 +81,14 @@ def ratio(pairs: list[tuple[dict, dict]], statistic: str, seed: int) -> dict:
     return out
 
 
-def rate_delta(pairs: list[tuple[dict, dict]], key: str, seed: int) -> dict:
-    """external minus internal rate of the boolean `key` over paired tasks, with a paired
+def rate_delta(pairs: list[tuple[dict, dict]], hit, seed: int) -> dict:
+    """external minus internal rate of `hit(record)` over paired tasks, with a paired
     bootstrap CI from MIN_PAIRS_FOR_CI pairs up."""
     n = len(pairs)
     out = {"n": n, "value": math.nan, "ci95": NO_CI}
     if n == 0:
         return out
-    diff = np.array([float(bool(e[key])) - float(bool(i[key])) for i, e in pairs])
+    diff = np.array([float(bool(hit(e))) - float(bool(hit(i))) for i, e in pairs])
     out["value"] = float(diff.mean())
     if n >= MIN_PAIRS_FOR_CI:
         ci = bootstrap_ci(diff, "mean", n_boot=N_BOOT, seed=seed)
@@ -127,9 +127,8 @@ def compare(recs: list[dict], seed: int) -> dict:
         like[name] = {"pairs": len(chosen), "ratio_mean": ratio(chosen, "ratio_of_means", seed),
                       "ratio_p99": ratio(chosen, "ratio_of_p99", seed)}
     return {"like_for_like": like,
-            "success_delta": rate_delta(pairs, "passed", seed),
-            "error_delta": rate_delta([({**i, "err": not i["ok"]}, {**e, "err": not e["ok"]}) for i, e in pairs],
-                                      "err", seed),
+            "success_delta": rate_delta(pairs, lambda r: r["passed"], seed),
+            "error_delta": rate_delta(pairs, lambda r: not r["ok"], seed),
             "cost_per_correct": cost_per_correct([r for pair in pairs for r in pair])}
 
 
