@@ -187,7 +187,9 @@ def make_app(scheduler: Scheduler, served_name: str = "", token: str | None = No
                 getter = asyncio.ensure_future(events.get())
                 await asyncio.wait({getter, waiting, *([stopping] if stopping else [])},
                                    return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done() and stopping is not None and stopping.done() and not waiting.done():
+                # The drain comes before any token still queued: while the engine outpaces this
+                # loop the queue is never empty, and a stream that served it first never ended.
+                if stopping is not None and stopping.done() and not waiting.done():
                     getter.cancel()
                     handle.cancel()
                     yield _sse({"error": json.loads(error(503, drain.message()).body)["error"]})
