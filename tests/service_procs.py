@@ -39,6 +39,9 @@ class ServiceProcess:
         if service == "tools" and self.args[:1] == ["serve"] and not {"--state-db", "--state-redis"} & set(self.args):
             # Each test's tools keep their kv state in their own file, not in the user's default one.
             extra += ["--state-db", str(self.log_path.with_suffix(".kv.sqlite3"))]
+        if service == "runtime" and self.args[:1] == ["serve"] and \
+                not {"--tool-state-db", "--tool-state-redis"} & set(self.args):
+            extra += ["--tool-state-db", str(self.log_path.with_suffix(".kv.sqlite3"))]  # the same, inside
         cmd = [sys.executable, "-m", "inloop.services.cli", service, *self.args, *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
         self.target = self._read_address(start_timeout_s)

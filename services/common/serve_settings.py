@@ -73,6 +73,14 @@ RUNTIME = [
                                      "name)"),
     Setting("kv_session_ttl_s", 600.0, "seconds a kept KV cache (a task's session, a prefix-cache entry) may "
                                        "sit unused before it is freed", type=float),
+    Setting("tool_state_db", "", "SQLite file (WAL) holding the internal route's kv values and idempotency "
+                                 "records, so a restart loses nothing (default: $STATE_DIRECTORY/kv.sqlite3 under "
+                                 "systemd, else ~/.local/state/inloop/runtime/kv.sqlite3); ':memory:' keeps them in "
+                                 "the process", metavar="PATH"),
+    Setting("tool_state_redis", "", "Redis URL holding the internal route's kv state instead, shared by every "
+                                    "runtime replica that names it (use another database than the tools "
+                                    "service's, e.g. /1, so the two routes' records stay apart); overrides "
+                                    "--tool-state-db", metavar="URL"),
 ]
 
 TOOLS = [

@@ -98,10 +98,14 @@ def test_kubernetes_grpc_backends_are_headless_and_clients_round_robin():
 
 
 def test_kubernetes_tools_share_a_durable_store_only_they_reach():
+    """The tools replicas share one Redis database; the runtime replicas (the internal route's
+    kv) another database of the same Redis; no other pod reaches it."""
     objects = k8s_objects()
     config = tomllib.loads(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["inloop.toml"])
     url = config["tools"]["state_redis"]
-    host, port = re.match(r"redis://([\w.-]+):(\d+)/\d+$", url).groups()
+    host, port, db = re.match(r"redis://([\w.-]+):(\d+)/(\d+)$", url).groups()
+    runtime_url = config["runtime"]["tool_state_redis"]
+    assert runtime_url.rsplit("/", 1)[0] == url.rsplit("/", 1)[0] and runtime_url.rsplit("/", 1)[1] != db
     redis_svc = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == host)
     assert [p["port"] for p in redis_svc["spec"]["ports"]] == [int(port)]
     deployment = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == host)
@@ -111,4 +115,4 @@ def test_kubernetes_tools_share_a_durable_store_only_they_reach():
     policy = next(o for o in objects if o["kind"] == "NetworkPolicy"
                   and o["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == host)
     peers = [peer["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for peer in rule["from"]]
-    assert peers == [{"app.kubernetes.io/name": "tools"}]
+    assert peers == [{"app.kubernetes.io/name": "tools"}, {"app.kubernetes.io/name": "runtime"}]

@@ -73,13 +73,17 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
 
     log = get_logger("services.runtime.cli")
     batch = batch_config(args)
+    tool_state = _open_tool_state(args, log)
+    if tool_state is None:
+        return 1
     scheduler = Scheduler(lambda: _load_engine(args.model, args.backend, batch, args.max_model_len,
                                                args.kv_session_ttl_s), args.max_queue).start()
     handle = create_server([SERVICE_NAME], host=args.host, port=args.port, interceptors=[RpcMetricsInterceptor()],
                            security=security)
     from inloop.services.common.serve_settings import RUNTIME
     settings = {s.key: str(getattr(args, s.key)) for s in RUNTIME if hasattr(args, s.key)}
-    runtime_pb2_grpc.add_RuntimeServicer_to_server(RuntimeServicer(scheduler, settings=settings), handle.server)
+    servicer = RuntimeServicer(scheduler, tool_state=tool_state, settings=settings)
+    runtime_pb2_grpc.add_RuntimeServicer_to_server(servicer, handle.server)
     # Listen while the model loads: health answers NOT_SERVING, so probes and
     # wait_for_serving see "starting" rather than "connection refused".
     await handle.start()
@@ -94,6 +98,7 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
               "--http-port, 0 for a free one, or -1 for none", file=sys.stderr)
         await handle.server.stop(0)
         scheduler.close()
+        tool_state.close()
         return 1
 
     from inloop.services.runtime.service.http_server import begin_http_drain
@@ -123,8 +128,27 @@ async def _serve(args: argparse.Namespace, security=None) -> int:
             await stop_http(http)
         # off the event loop: close() joins the worker (up to 10 s) while the last streams end
         await asyncio.to_thread(scheduler.close)
+        tool_state.close()
     log.info("stopped")
     return 0
+
+
+def _open_tool_state(args: argparse.Namespace, log):
+    """The internal route's kv store (the tools service's kinds: SQLite by default, Redis, memory),
+    opened before the model loads so a bad path or an unreachable Redis fails the start at once.
+    None after printing why it cannot open."""
+    from inloop.services.tools.state import open_store
+
+    try:
+        state = open_store(args.tool_state_db, args.tool_state_redis, service="runtime")
+    except Exception as exc:  # sqlite3 / redis errors, a directory we may not create
+        where = (f"--tool-state-redis {args.tool_state_redis}" if args.tool_state_redis else
+                 f"--tool-state-db {args.tool_state_db or 'default'}")
+        log.error("tool_state_failed", error=str(exc), where=where)
+        print(f"error: cannot open the internal route's kv state ({where}): {exc}", file=sys.stderr)
+        return None
+    log.info("tool_state_opened", state=state.describe(), **state.stats())
+    return state
 
 
 async def _start_http(args: argparse.Namespace, scheduler, security, log, drain=None):

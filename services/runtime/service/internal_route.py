@@ -2,11 +2,14 @@
 
 The model port submits each step to the same scheduler that serves Generate, with the task
 id as its KV session, so a step prefills only what the previous step did not already cache.
-The tool port calls the tools registry as plain functions over this process's ToolState:
-no network hop, no fault injection (faults live on the tools service of the external route).
+The tool port calls the tools registry as plain functions over this process's kv store (the
+runtime's --tool-state-db / --tool-state-redis: SQLite by default, as the tools service's), on a
+worker thread since a store write may wait on the disk or Redis: no network hop of ours, no
+fault injection (faults live on the tools service of the external route).
 """
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from inloop.services.common.agent_loop import run_agent
@@ -15,7 +18,7 @@ from inloop.services.contract.generation import ChatMessage, GenerateRequest
 from inloop.services.contract.task import ModelReply, TaskSpec, ToolReply
 from inloop.services.runtime.service.scheduler import NotReady, QueueFull, RequestCancelled, RequestExpired, Scheduler
 from inloop.services.tools.registry import execute
-from inloop.services.tools.state import ToolState
+from inloop.services.tools.state import StateUnavailable, StoreBase
 
 
 class EngineModelPort:
@@ -51,28 +54,31 @@ class EngineModelPort:
 
 
 class LocalToolPort:
-    def __init__(self, state: ToolState):
+    def __init__(self, state: StoreBase):
         self.state = state
 
     async def call(self, task: TaskSpec, name: str, arguments: dict, call_id: str) -> ToolReply:
         if task.remaining_s() <= 0:
             raise HopError(TaskError.TOOL_TIMEOUT, "the task's deadline passed before the tool call")
         try:
-            out = execute(self.state, name, arguments, idempotency_key=call_id, session=task.task_id)
+            out = await asyncio.to_thread(execute, self.state, name, arguments, idempotency_key=call_id,
+                                          session=task.task_id)
         except ToolError as exc:
             raise HopError(TaskError.TOOL_ERROR, str(exc)) from None
+        except StateUnavailable as exc:  # the store is down or contended: nothing was applied
+            raise HopError(TaskError.TOOL_HOP_FAILED, f"the kv store is unavailable: {exc}") from None
         return ToolReply(out.result)
 
     async def setup(self, task: TaskSpec, name: str, arguments: dict) -> None:
-        execute(self.state, name, arguments, session=task.task_id)
+        await asyncio.to_thread(execute, self.state, name, arguments, session=task.task_id)
 
 
-async def run_internal(task: TaskSpec, scheduler: Scheduler, state: ToolState):
+async def run_internal(task: TaskSpec, scheduler: Scheduler, state: StoreBase):
     """Run one task on the internal route; its KV session and tool state end with it."""
     try:
         return await run_agent(task, EngineModelPort(scheduler), LocalToolPort(state), route="internal")
     finally:
         # The session store is thread-safe; freeing a numpy cache from this thread is fine,
         # and the CUDA backend frees through the primary context, current on any thread.
-        # Tool state stays (LRU-capped in ToolState), as it does on the tools service.
+        # Tool state stays (LRU-capped by the store), as it does on the tools service.
         scheduler.engine.end_session(task.task_id)

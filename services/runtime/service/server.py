@@ -29,7 +29,7 @@ from inloop.services.runtime.service.internal_route import run_internal
 from inloop.services.runtime.service.scheduler import (
     NotReady, QueueFull, RequestCancelled, RequestExpired, RequestHandle, Scheduler,
 )
-from inloop.services.tools.state import ToolState
+from inloop.services.tools.state import StoreBase, ToolState
 from inloop.v1 import runtime_pb2 as pb
 from inloop.v1 import runtime_pb2_grpc
 
@@ -66,7 +66,7 @@ def _unless_expired(handle: RequestHandle, result):
 
 class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
     def __init__(self, scheduler: Scheduler, max_tokens_limit: int = MAX_TOKENS_LIMIT,
-                 tool_state: ToolState | None = None, settings: dict[str, str] | None = None):
+                 tool_state: StoreBase | None = None, settings: dict[str, str] | None = None):
         self.scheduler = scheduler
         self.settings = dict(settings or {})  # the serve settings, reported by GetModelInfo
         self.max_tokens_limit = max_tokens_limit

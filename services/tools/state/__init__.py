@@ -27,23 +27,24 @@ MEMORY = ":memory:"  # --state-db :memory: keeps kv state in the process (lost o
 STATE_DB_NAME = "kv.sqlite3"
 
 
-def default_state_dir() -> Path:
-    """The tools service's state directory: systemd's StateDirectory= ($STATE_DIRECTORY), else
-    $XDG_STATE_HOME/inloop/tools (~/.local/state/inloop/tools)."""
+def default_state_dir(service: str = "tools") -> Path:
+    """A service's state directory: systemd's StateDirectory= ($STATE_DIRECTORY), else
+    $XDG_STATE_HOME/inloop/SERVICE (~/.local/state/inloop/tools; the runtime's internal route
+    keeps its own under .../runtime)."""
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "inloop" / "tools"
+    return Path(base) / "inloop" / service
 
 
-def default_state_db() -> Path:
-    return default_state_dir() / STATE_DB_NAME
+def default_state_db(service: str = "tools") -> Path:
+    return default_state_dir(service) / STATE_DB_NAME
 
 
 def open_store(state_db: str = "", state_redis: str = "", corpus_path: Path | str = DEFAULT_CORPUS,
-               limits: Limits = Limits()) -> StoreBase:
+               limits: Limits = Limits(), service: str = "tools") -> StoreBase:
     """Redis when `state_redis` is a URL, memory for ':memory:', else the SQLite file `state_db`
-    (default: default_state_db())."""
+    (default: default_state_db(service))."""
     if state_redis:
         from inloop.services.tools.state.redis_store import RedisStore
 
@@ -55,4 +56,4 @@ def open_store(state_db: str = "", state_redis: str = "", corpus_path: Path | st
                          max_idempotency=limits.max_idempotency, max_bytes=limits.max_bytes)
     from inloop.services.tools.state.sqlite import SqliteStore
 
-    return SqliteStore(state_db or default_state_db(), corpus_path, limits)
+    return SqliteStore(state_db or default_state_db(service), corpus_path, limits)
