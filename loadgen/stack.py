@@ -115,7 +115,8 @@ class LocalStack:
         try:
             # Spawn runtime and tools together (the runtime's model load is the slow part).
             self._spawn("runtime", ["--model", self.model, "--backend", self.backend, "--host", self.host,
-                                    "--max-queue", str(self.max_queue), "--http-port", "0", *self.runtime_args])
+                                    "--max-queue", str(self.max_queue), "--http-port", "0",
+                                    "--tool-state-db", str(self.log_dir / "runtime-kv.sqlite3"), *self.runtime_args])
             # The run's kv state in its own file beside the logs, not in the user's default store.
             self._spawn("tools", ["--host", self.host, "--state-db", str(self.log_dir / "tools-kv.sqlite3")])
             for name in ("runtime", "tools"):
