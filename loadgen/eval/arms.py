@@ -1,9 +1,13 @@
-"""The three arms of `inloop eval bfcl`, each answering one BFCL item with a fixed max_tokens, greedy.
+"""The arms of `inloop eval bfcl`, each answering one BFCL item with a fixed max_tokens, greedy.
 
 - ours, constrained: the chat messages and the item's tools with tool_choice auto (parallel
   calls on for the parallel category): the model writes freely until it opens `<tool_call>`,
   then the grammar keeps the call valid. gRPC Generate on our runtime, or an OpenAI-compatible
   server's /chat/completions.
+- ours, required: the same with tool_choice required: the call is forced from the first token,
+  so it shows what the grammar does for a model that would otherwise answer in prose (it
+  cannot pass `irrelevance`, whose right answer is no call: it answers those items too, so
+  that every arm scores the same items).
 - ours, unconstrained: the same prompt text as the constrained arm renders it, sent raw (no
   template, no tools), decoded freely; tool calls are parsed from the text. gRPC Generate with
   `prompt`, or /completions.
@@ -23,8 +27,10 @@ from pathlib import Path
 
 from inloop.loadgen.eval.bfcl_calls import result_from_openai_message, result_from_text
 
-CONSTRAINED, UNCONSTRAINED, HF = "ours-constrained", "ours-unconstrained", "hf-unconstrained"
-ARMS = (CONSTRAINED, UNCONSTRAINED, HF)
+CONSTRAINED, REQUIRED = "ours-constrained", "ours-required"
+UNCONSTRAINED, HF = "ours-unconstrained", "hf-unconstrained"
+ARMS = (CONSTRAINED, REQUIRED, UNCONSTRAINED, HF)
+TOOL_CHOICE = {CONSTRAINED: "auto", REQUIRED: "required"}   # the arms that send the tools
 
 
 @dataclass(frozen=True)
@@ -61,19 +67,19 @@ class GrpcArms:
         self.stub = runtime_pb2_grpc.RuntimeStub(self.channel)
         self.timeout_s = timeout_s
 
-    def constrained(self, item: Item) -> dict:
+    def constrained(self, item: Item, arm: str = CONSTRAINED) -> dict:
         from inloop.services.common.generate_convert import tool_to_proto
         from inloop.v1 import runtime_pb2 as pb
 
         req = pb.GenerateRequest(messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in item.messages],
-                                 tools=[tool_to_proto(t) for t in item.tools], tool_choice="auto",
+                                 tools=[tool_to_proto(t) for t in item.tools], tool_choice=TOOL_CHOICE[arm],
                                  parallel_tool_calls=item.parallel,
                                  sampling=pb.SamplingParams(max_tokens=item.max_tokens, temperature=0.0),
-                                 request_id=f"bfcl-{item.id}-constrained")
+                                 request_id=f"bfcl-{item.id}-{arm}")
         t0 = time.perf_counter()
         r = self.stub.Generate(req, timeout=self.timeout_s)
         dt = time.perf_counter() - t0
-        return record(item, CONSTRAINED, result_from_text(r.text), r.text, list(r.token_ids), r.finish_reason, dt,
+        return record(item, arm, result_from_text(r.text), r.text, list(r.token_ids), r.finish_reason, dt,
                       r.usage.prompt_tokens)
 
     def unconstrained(self, item: Item) -> dict:
@@ -115,8 +121,8 @@ class OpenAIArms:
             raise RuntimeError(f"{path}: HTTP {r.status_code}: {r.text[:300]}")
         return r.json(), dt
 
-    def constrained(self, item: Item) -> dict:
-        body = {"model": self.model, "messages": item.messages, "tools": item.tools, "tool_choice": "auto",
+    def constrained(self, item: Item, arm: str = CONSTRAINED) -> dict:
+        body = {"model": self.model, "messages": item.messages, "tools": item.tools, "tool_choice": TOOL_CHOICE[arm],
                 "parallel_tool_calls": item.parallel, "max_tokens": item.max_tokens, "temperature": 0.0}
         reply, dt = self._post("/chat/completions", body)
         msg = reply["choices"][0]["message"]
@@ -125,7 +131,7 @@ class OpenAIArms:
             text += "".join(f"<tool_call>{json.dumps({'name': c['function']['name'], 'arguments': c['function']['arguments']})}"
                             "</tool_call>" for c in msg["tool_calls"])
         usage = reply.get("usage") or {}
-        return {**record(item, CONSTRAINED, result_from_openai_message(msg), text, [],
+        return {**record(item, arm, result_from_openai_message(msg), text, [],
                          reply["choices"][0].get("finish_reason") or "", dt, usage.get("prompt_tokens", 0)),
                 "completion_tokens": usage.get("completion_tokens", 0)}
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from inloop.loadgen.eval.arms import (
     ARMS,
-    CONSTRAINED,
     HF,
+    TOOL_CHOICE,
     GrpcArms,
     HFArm,
     Item,
@@ -228,7 +228,7 @@ def _answer(arm: str, item: Item, ours, hf) -> dict:
     try:
         if arm == HF:
             return hf.unconstrained(item)
-        return ours[arm].constrained(item) if arm == CONSTRAINED else ours[arm].unconstrained(item)
+        return ours[arm].constrained(item, arm) if arm in TOOL_CHOICE else ours[arm].unconstrained(item)
     except Exception as exc:  # noqa: BLE001 - one item's failure is reported, the run goes on
         return {"id": item.id, "category": item.category, "arm": arm, "result": "", "text": "", "token_ids": [],
                 "finish_reason": "error", "latency_ms": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
@@ -236,7 +236,7 @@ def _answer(arm: str, item: Item, ours, hf) -> dict:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bfcl", help="BFCL function-calling accuracy: ours constrained/unconstrained vs HF",
+    p = sub.add_parser("bfcl", help="BFCL function-calling accuracy: ours (tools auto or required, and free) vs HF",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default", help="model directory or 'default' (SmolLM2)")
     p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="cpu", help="our runtime's backend")
@@ -246,7 +246,7 @@ def register(sub) -> None:
                                                               "one call of SmolLM2's is ~40 tokens)")
     p.add_argument("--max-tokens-parallel", type=int, default=128,
                    help="the parallel category's (default %(default)s: 2-3 calls; its first 50 items ask 2.4 on average)")
-    p.add_argument("--arm", action="append", choices=ARMS, help="repeatable (default: all three)")
+    p.add_argument("--arm", action="append", choices=ARMS, help="repeatable (default: all four)")
     p.add_argument("--runtime", default="", help="HOST:PORT of a running runtime (default: start one)")
     p.add_argument("--openai-url", default="", help="a /v1 base URL: our two arms go to this OpenAI-compatible "
                                                     "server instead (key from OPENAI_API_KEY)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from inloop.loadgen.eval.arms import ARMS, CONSTRAINED, HF, UNCONSTRAINED
+from inloop.loadgen.eval.arms import ARMS, CONSTRAINED, HF, REQUIRED, UNCONSTRAINED
 from inloop.loadgen.eval.bfcl_calls import is_valid_call
 from inloop.loadgen.eval.ci import wilson
 from inloop.loadgen.eval.equality import NEAR_TIE, first_divergence
@@ -99,6 +99,10 @@ def markdown(s: dict, meta: dict) -> str:
              "## Accuracy (BFCL AST checker pass rate, Wilson 95% CI, passed/n)", "", head]
     for cat in cats + ["all"]:
         lines.append(f"| {cat} | " + " | ".join(_ci(s["accuracy"].get(f"{a}|{cat}")) for a in arms) + " |")
+    if REQUIRED in arms:
+        lines += ["", (f"{REQUIRED} forces a call (tool_choice required), so it cannot pass irrelevance, whose "
+                      "right answer is no call; its call-category scores show what the grammar does once a "
+                      "call is made.")]
     lines += ["", "## Valid-call rate (at least one well-formed call to an offered function; call categories)",
               "", head]
     for cat in [c for c in cats if "irrelevance" not in c] + ["all"]:

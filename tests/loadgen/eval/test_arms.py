@@ -10,12 +10,14 @@ import pytest
 from inloop.loadgen.eval.arms import (
     CONSTRAINED,
     HF,
+    REQUIRED,
     UNCONSTRAINED,
     GrpcArms,
     Item,
     OpenAIArms,
 )
 from inloop.loadgen.eval.bfcl import interleave, render_prompt
+from inloop.loadgen.eval.bfcl_calls import is_valid_call
 from inloop.loadgen.eval.bfcl_schema import to_openai_tools
 from inloop.loadgen.eval.equality import first_divergence
 from inloop.services.contract.generation import ChatMessage, GenerateRequest
@@ -86,6 +88,15 @@ def test_grpc_and_http_give_the_same_answers(stack):
         assert h["margins"] == [] or h["margins"] == pytest.approx(g["margins"], abs=1e-5)
         gc, hc = grpc_arms.constrained(it), http_arms.constrained(it)
         assert gc["result"] == hc["result"]
+
+
+def test_the_required_arm_always_makes_a_valid_call(stack):
+    """A random model never opens a call by itself; forced (tool_choice required), the grammar
+    makes every answer a well-formed call to an offered function, over gRPC and HTTP alike."""
+    model, grpc_arms, http_arms = stack
+    for it in items(model, max_tokens=96):
+        for answer in (grpc_arms.constrained(it, REQUIRED), http_arms.constrained(it, REQUIRED)):
+            assert answer["arm"] == REQUIRED and is_valid_call(answer["result"], it.tools), answer
 
 
 @requires_reference
