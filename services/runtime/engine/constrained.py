@@ -102,9 +102,12 @@ def _string(d: Driver) -> None:
 
 def _digits(d: Driver, first: np.ndarray) -> None:
     """One or more digit tokens; after the first, the model may end the run (its best
-    non-digit wish beats its best digit) and the caller forces what follows."""
+    non-digit wish beats its best digit) and the caller forces what follows. A lone minus
+    sign is not a number: a digit must follow it."""
     _check_budget(d)
-    d.pick(first)
+    if d.masks.token_bytes[d.pick(first)] == b"-":
+        _check_budget(d)
+        d.pick(d.masks.digits)
     for _ in range(MAX_DIGITS):
         best_digit = np.max(np.where(d.masks.digits, d.logits, -np.inf))
         if best_digit < np.max(np.where(d.masks.digits, -np.inf, d.logits)):

@@ -18,7 +18,7 @@ class Answers:
     def __init__(self, fail_on: str = ""):
         self.fail_on, self.asked = fail_on, []
 
-    def constrained(self, item):
+    def constrained(self, item, arm=CONSTRAINED):
         self.asked.append(item.id)
         if item.id == self.fail_on:
             raise RuntimeError("deadline exceeded")
