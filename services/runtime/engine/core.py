@@ -59,14 +59,14 @@ class Sequence(PagedSeq):
     preempted: bool = False
 
 
-def _slots(block_list: list[int], bs: int, rows: int, context: int) -> SeqSlots:
+def _slots(block_list: list[int], bs: int, rows: int, context: int, state: int = -1) -> SeqSlots:
     """Where a sequence's `context` positions live: every slot, and the runs of consecutive ones."""
     blocks = np.asarray(block_list[:-(-context // bs)], np.int64)
     slots = (blocks[:, None] * bs + np.arange(bs)).reshape(-1)[:context]
     cuts = np.flatnonzero(np.diff(blocks) != 1) + 1
     starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(blocks)]])
     runs = tuple((int(blocks[a]) * bs, int(min(e * bs, context) - a * bs)) for a, e in zip(starts, ends))
-    return SeqSlots(rows, context, slots, runs)
+    return SeqSlots(rows, context, slots, runs, state)
 
 
 class EngineCore:
@@ -244,7 +244,7 @@ class EngineCore:
             start, end = seq.num_computed, seq.num_computed + n
             ids.extend(seq.tokens[start:end])
             positions.append(np.arange(start, end, dtype=np.int32))
-            seqs.append(_slots(seq.blocks, bs, n, end))
+            seqs.append(_slots(seq.blocks, bs, n, end, seq.state))
             logit_rows.extend(row + i - start for i in self._rows_wanted(seq, start, end))
             row += n
         b = self.model.backend
@@ -294,4 +294,7 @@ class EngineCore:
             return {"running": len(self.running), "waiting": len(self.waiting),
                     "blocks_used": self.pool.num_used, "blocks_free": self.pool.num_free,
                     "pinned_blocks": self.manager.pinned_blocks(), "preemptions": self.preemptions,
-                    "prefix_cache_queries": self.pool.hit_queries, "prefix_cache_hits": self.pool.hit_tokens}
+                    "prefix_cache_queries": self.pool.hit_queries, "prefix_cache_hits": self.pool.hit_tokens,
+                    **({} if self.manager.states is None else {
+                        "state_slots_free": len(self.manager.states.free),
+                        "pinned_states": self.manager.pinned_states()})}

@@ -41,10 +41,22 @@ class NumpyLinearAttention:
 
     # ---- state --------------------------------------------------------------------------
     def alloc_state(self, num_layers: int, conv_dim: int, kernel: int, v_heads: int,
-                    k_dim: int, v_dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Zeroed conv and recurrent states for `num_layers` linear-attention layers."""
-        return (np.zeros((num_layers, conv_dim, kernel - 1), np.float32),
-                np.zeros((num_layers, v_heads, k_dim, v_dim), np.float32))
+                    k_dim: int, v_dim: int, num_seqs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Zeroed conv and recurrent states for `num_layers` linear-attention layers: one
+        sequence's [L, ...], or with num_seqs a pool of slots [num_seqs, L, ...] (np.zeros:
+        the OS commits a slot's pages when it is first written)."""
+        lead = (num_layers,) if num_seqs is None else (num_seqs, num_layers)
+        return (np.zeros((*lead, conv_dim, kernel - 1), np.float32),
+                np.zeros((*lead, v_heads, k_dim, v_dim), np.float32))
+
+    def zero_state(self, conv: np.ndarray, recurrent: np.ndarray, slot: int) -> None:
+        """Reset one slot of a state pool (a sequence starting at token 0)."""
+        conv[slot] = 0
+        recurrent[slot] = 0
+
+    def concat_rows(self, parts: list[np.ndarray]) -> np.ndarray:
+        """The sequences' row blocks of a step, one after another."""
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # ---- Gated DeltaNet -----------------------------------------------------------------
     def causal_conv1d(self, x: np.ndarray, state: np.ndarray, weight: np.ndarray) -> np.ndarray:
