@@ -13,8 +13,11 @@ sequence and runs them as ONE forward pass per step:
             the pool is short, the latest admitted running sequence is preempted (its blocks
             freed, its tokens recomputed when it is admitted again: its thread just waits
             longer). A new sequence first takes what the prefix cache holds of its tokens.
-  execute   one Transformer.forward_paged over all scheduled rows, logits only of the rows
-            some feed needs.
+            A hybrid model's sequence (Qwen3.5) also takes a linear-attention state slot at
+            admission and gives it back whenever its blocks are freed (kv_cache_manager.py).
+  execute   one model.forward_paged over all scheduled rows (Transformer's, or Qwen35Model's
+            with each sequence's state slot in its SeqSlots), logits only of the rows some
+            feed needs.
   update    commit the computed tokens (full blocks enter the prefix cache) and hand each
             finished feed its logits, waking its thread.
 

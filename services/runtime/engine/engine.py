@@ -8,6 +8,8 @@ Two ways to run the model:
   * the batching core (engine/core.py), where the backend has a paged KV pool (numpy):
     a request's model calls join the other running requests' in one step, its KV lives in
     blocks of the pool, with prefix caching and pinned task sessions (kv_cache_manager.py);
+    a hybrid model's (Qwen3.5) linear layers keep their state in a slot per sequence beside
+    it, and prefix caching is off for them;
   * a StepRunner with a cache per sequence (engine/step_runner.py; CUDA graphs with GPU
     sampling on the CUDA backend), one request at a time, with the longest-common-prefix
     session store (kv_sessions.py) until that backend has its batched path.
