@@ -163,7 +163,9 @@ class Engine:
         state_slots = 2 * batch.max_num_seqs if hybrid else 0
         memory = batch.kv_cache_memory - (state_slots * model.state_bytes() if hybrid else 0)
         per_block = 2 * kv_layers * c.num_kv_heads * c.head_dim * batch.block_size * 4  # k and v, float32
-        num_blocks = batch.num_blocks_override or min(max(memory, 0) // per_block, batch.max_blocks)
+        # (a model of linear layers only has no KV: its blocks are bookkeeping)
+        num_blocks = batch.num_blocks_override or min(max(memory, 0) // per_block if per_block else batch.max_blocks,
+                                                      batch.max_blocks)
         if num_blocks < 1:
             raise ValueError(f"--kv-cache-memory {batch.kv_cache_memory} bytes holds no block of "
                              f"{batch.block_size} positions ({per_block} bytes)"

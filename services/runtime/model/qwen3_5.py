@@ -227,9 +227,9 @@ class Qwen35Model:
     def forward(self, ids: Tensor, positions: Tensor, cache: HybridCache, all_logits: bool = False) -> Tensor:
         """ids, positions: int32 [T] (positions continue cache.length). Logits [T, V] or [1, V].
         The linear layers' state advances by these T tokens: feed each token once, in order."""
-        t = ids.shape[0]
+        spans = [(0, ids.shape[0], 0)]   # one sequence, its state the only slot
         h = self._hidden(ids, positions,
-                         lambda lw: [(t, cache.conv[lw.state], cache.recurrent[lw.state])],
+                         lambda lw: (cache.conv[lw.state][None], cache.recurrent[lw.state][None], spans),
                          lambda qkv, lw: self.backend.attention(qkv, cache, lw.state, positions, self.cfg.num_heads,
                                                                 self.cfg.num_kv_heads, self.cfg.head_dim))
         if not all_logits:
@@ -242,21 +242,23 @@ class Qwen35Model:
         several sequences, one after another; the full-attention layers attend over each
         one's blocks, the linear layers advance each one's state slot. Logits [R, V]."""
         c, b = self.cfg, self.backend
+        spans, row = [], 0
         for s in seqs:
             if s.state < 0:
                 raise ValueError("a hybrid model's sequence needs a state slot (SeqSlots.state)")
             if s.context == s.rows:   # its first chunk: no state carried from another sequence
                 self.ops.zero_state(kv.conv, kv.recurrent, s.state)
-        h = self._hidden(ids, positions,
-                         lambda lw: [(s.rows, kv.conv[s.state, lw.state], kv.recurrent[s.state, lw.state])
-                                     for s in seqs],
+            spans.append((row, s.rows, s.state))
+            row += s.rows
+        h = self._hidden(ids, positions, lambda lw: (kv.conv[:, lw.state], kv.recurrent[:, lw.state], spans),
                          lambda qkv, lw: b.paged_attention(qkv, kv, lw.state, seqs, c.num_heads,
                                                            c.num_kv_heads, c.head_dim))
         return b.linear(b.take_rows(h, logit_rows), self.lm_head)
 
     def _hidden(self, ids: Tensor, positions: Tensor, states, attention) -> Tensor:
-        """The final-normed hidden states [T, D]. states(layer): the (rows, conv state, recurrent
-        state) of each sequence of the rows, in order; attention(qkv, layer) stores k, v and attends."""
+        """The final-normed hidden states [T, D]. states(layer): that linear layer's conv and
+        recurrent state pools [S, ...] and the (first row, rows, slot) of each sequence of the
+        rows; attention(qkv, layer) stores k, v and attends."""
         c, b = self.cfg, self.backend
         x = b.embedding(self.embed, ids)                                   # [T, D]
         residual = None
@@ -274,26 +276,18 @@ class Qwen35Model:
         h, _ = b.add_rmsnorm(x, residual, self.final_norm, c.rms_norm_eps)
         return h
 
-    def _delta_net(self, h: Tensor, lw: LinearLayer, states: list[tuple[int, Tensor, Tensor]]) -> Tensor:
+    def _delta_net(self, h: Tensor, lw: LinearLayer, states: tuple[Tensor, Tensor, list]) -> Tensor:
         """The projections over all rows at once; the conv and the delta rule per sequence, on
-        its rows with its state (updated in place)."""
+        its rows with its state (updated in place): one token the recurrence, a prompt the
+        chunked form, as HF's decode and prefill do (the decode rows of several sequences in
+        one call)."""
         c, b, ops = self.cfg, self.backend, self.ops
         t = h.shape[0]
-        kd = c.linear_k_heads * c.linear_k_dim
+        conv_pool, recurrent_pool, spans = states
         mixed = b.linear(h, lw.in_qkv)                                                   # [T, conv_dim]
         g, beta = ops.decay_and_beta(b.linear(h, lw.in_a), b.linear(h, lw.in_b), lw.neg_a, lw.dt_bias)
-        parts, row = [], 0
-        for rows, conv, recurrent in states:
-            end = row + rows
-            qkv = ops.causal_conv1d(mixed[row:end], conv, lw.conv)
-            q = qkv[:, :kd].reshape(rows, c.linear_k_heads, c.linear_k_dim)
-            k = qkv[:, kd:2 * kd].reshape(rows, c.linear_k_heads, c.linear_k_dim)
-            v = qkv[:, 2 * kd:].reshape(rows, c.linear_v_heads, c.linear_v_dim)
-            # one token: the recurrence; a prompt: the chunked form, as HF's decode and prefill do
-            rule = ops.gated_delta_rule if rows == 1 else ops.chunked_gated_delta_rule
-            parts.append(rule(q, k, v, g[row:end], beta[row:end], recurrent))              # [rows, Hv, dv]
-            row = end
-        o = ops.concat_rows(parts)
+        o = ops.gated_delta_rows(mixed, g, beta, lw.conv, conv_pool, recurrent_pool, spans,
+                                 c.linear_k_heads, c.linear_k_dim, c.linear_v_dim)        # [T, Hv, dv]
         z = b.linear(h, lw.in_z).reshape(t, c.linear_v_heads, c.linear_v_dim)
         o = ops.gated_rmsnorm(o, z, lw.norm, c.rms_norm_eps).reshape(t, c.linear_v_heads * c.linear_v_dim)
         return b.linear(o, lw.out)

@@ -120,6 +120,7 @@ def test_sequences_stepped_together_match_each_alone(pattern, models):
     # the core did batch: several sequences in a step, a prompt's later chunk beside a decode row
     assert max(len(p) for p in plans) > 1
     assert any(any(r > 1 and c > r for r, c in p) and any(r == 1 for r, c in p) for p in plans), plans
+    assert any(sum(r == 1 for r, c in p) > 1 for p in plans), plans   # decode rows in one recurrence call
     for i, (prompt, (logits, tokens)) in enumerate(zip(prompts, out)):
         _assert_close(logits, _alone(engine.model, prompt, tokens[:-1]), f"sequence {i}")
     assert_nothing_held(engine)

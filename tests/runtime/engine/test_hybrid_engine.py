@@ -3,6 +3,7 @@ to end, a task's pinned linear-attention state continued (or started afresh when
 prompt does not continue it), prefix caching off for such models."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from inloop.services.contract.generation import GenerateRequest, SamplingParams
@@ -86,6 +87,22 @@ def test_pinned_states_give_way_to_running_sequences(qwen35_dir):
     assert engine.generate(_req(PROMPT + " and tea", "b")).token_ids == \
         engine.generate(_req(PROMPT + " and tea")).token_ids
     engine.end_session("b")
+    assert_nothing_held(engine)
+
+
+def test_a_model_of_linear_layers_only_runs_in_the_core(tmp_path):
+    model_dir = make_tiny_qwen3_5(tmp_path / "lin", ("linear_attention", "linear_attention"), vision=False)
+    engine = Engine.load(model_dir)
+    assert engine.core.kv.k.shape[0] == 0   # no KV at all: only the state slots
+    got = engine.generate(_req(PROMPT))
+    ids = engine.prompt_ids(_req(PROMPT))
+    model, cache = engine.model, engine.model.new_cache(len(ids) + 8)
+    logits = model.forward(np.asarray(ids, np.int32), np.arange(len(ids), dtype=np.int32), cache)
+    tokens = [int(logits[-1].argmax())]
+    for pos in range(len(ids), len(ids) + 5):
+        tokens.append(int(model.forward(np.asarray(tokens[-1:], np.int32), np.asarray([pos], np.int32),
+                                        cache)[-1].argmax()))
+    assert got.token_ids == tokens
     assert_nothing_held(engine)
 
 

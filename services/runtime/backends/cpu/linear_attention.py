@@ -54,10 +54,6 @@ class NumpyLinearAttention:
         conv[slot] = 0
         recurrent[slot] = 0
 
-    def concat_rows(self, parts: list[np.ndarray]) -> np.ndarray:
-        """The sequences' row blocks of a step, one after another."""
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
     # ---- Gated DeltaNet -----------------------------------------------------------------
     def causal_conv1d(self, x: np.ndarray, state: np.ndarray, weight: np.ndarray) -> np.ndarray:
         """silu(depthwise causal conv1d(x)) [T, C], as HF's causal_conv1d_fn/_update.
@@ -99,6 +95,59 @@ class NumpyLinearAttention:
             s += k[i][:, :, None] * delta[:, None, :]
             out[i] = np.einsum("hk,hkv->hv", q[i], s)
         return out
+
+    def gated_delta_rows(self, mixed: np.ndarray, g: np.ndarray, beta: np.ndarray, conv_weight: np.ndarray,
+                         conv_pool: np.ndarray, recurrent_pool: np.ndarray, spans: list[tuple[int, int, int]],
+                         k_heads: int, k_dim: int, v_dim: int) -> np.ndarray:
+        """The conv and the delta rule of a step's rows, several sequences one after another.
+
+        mixed [T, conv_dim] (the in_proj_qkv output); g, beta [T, v_heads]; spans: (first row,
+        rows, state slot) of each sequence; conv_pool [S, conv_dim, K-1] and recurrent_pool
+        [S, v_heads, dk, dv] hold every slot's state (views of the pool: updated in place).
+        The sequences with one row (decode) run as one batch of the recurrence; each longer one
+        runs the chunked form on its rows, from its slot's state. Returns [T, v_heads, dv]."""
+        t, v_heads, kd = mixed.shape[0], g.shape[1], k_heads * k_dim
+
+        def split(x):
+            n = x.shape[0]
+            return (x[:, :kd].reshape(n, k_heads, k_dim), x[:, kd:2 * kd].reshape(n, k_heads, k_dim),
+                    x[:, 2 * kd:].reshape(n, v_heads, v_dim))
+
+        out = np.empty((t, v_heads, v_dim), np.float32)
+        singles = [(row, slot) for row, n, slot in spans if n == 1]
+        if singles:
+            rows, slots = (np.array(x, np.int64) for x in zip(*singles))
+            conv, state = conv_pool[slots], recurrent_pool[slots]          # gathered copies
+            q, k, v = split(self.conv_step(mixed[rows], conv, conv_weight))
+            out[rows] = self.gated_delta_step(q, k, v, g[rows], beta[rows], state)
+            conv_pool[slots], recurrent_pool[slots] = conv, state
+        for row, n, slot in spans:
+            if n > 1:
+                end = row + n
+                q, k, v = split(self.causal_conv1d(mixed[row:end], conv_pool[slot], conv_weight))
+                out[row:end] = self.chunked_gated_delta_rule(q, k, v, g[row:end], beta[row:end], recurrent_pool[slot])
+        return out
+
+    def conv_step(self, x: np.ndarray, state: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """causal_conv1d for one token of each of n sequences: x [n, C], state [n, C, K-1]
+        (advanced in place), the same sums in the same order. Returns silu(conv) [n, C]."""
+        full = np.concatenate([state, x[:, :, None]], axis=2)            # [n, C, K]
+        out = full[..., 0] * weight[:, 0]
+        for j in range(1, weight.shape[1]):
+            out = out + full[..., j] * weight[:, j]
+        state[:] = full[..., 1:]
+        return silu(out)
+
+    def gated_delta_step(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray,
+                         beta: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """gated_delta_rule's step for one token of each of n sequences: q, k [n, k_heads, dk],
+        v [n, v_heads, dv], g, beta [n, v_heads], state [n, v_heads, dk, dv] (updated in place)."""
+        q, k = _heads_normed(q, k, v.shape[1])
+        state *= np.exp(g)[:, :, None, None]
+        kv_mem = np.einsum("nhk,nhkv->nhv", k, state)
+        delta = (v - kv_mem) * beta[:, :, None]
+        state += k[:, :, :, None] * delta[:, :, None, :]
+        return np.einsum("nhk,nhkv->nhv", q, state)
 
     def chunked_gated_delta_rule(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray,
                                  beta: np.ndarray, state: np.ndarray, chunk: int = 64) -> np.ndarray:
