@@ -139,13 +139,14 @@ def test_decode_rows_of_several_sequences_in_one_call_equal_each_alone():
 
     rng = np.random.default_rng(5)
     ops, conv_dim, kernel = NumpyLinearAttention(), 2 * 2 * 16 + 4 * 8, 4
-    spans = [(0, 1, 2), (1, 5, 0), (6, 1, 3)]        # (first row, rows, slot): slot 1 is not in the step
-    mixed = rng.standard_normal((7, conv_dim)).astype(np.float32)
-    g = -rng.uniform(0.01, 1.0, (7, 4)).astype(np.float32)
-    beta = rng.uniform(0, 1, (7, 4)).astype(np.float32)
+    # (first row, rows, slot): decode rows in slots 1 and 3-4 (two runs of slots), slots 2, 5 idle
+    spans = [(0, 1, 4), (1, 5, 0), (6, 1, 1), (7, 1, 3)]
+    mixed = rng.standard_normal((8, conv_dim)).astype(np.float32)
+    g = -rng.uniform(0.01, 1.0, (8, 4)).astype(np.float32)
+    beta = rng.uniform(0, 1, (8, 4)).astype(np.float32)
     weight = rng.standard_normal((conv_dim, kernel)).astype(np.float32)
-    conv_pool = rng.standard_normal((4, conv_dim, kernel - 1)).astype(np.float32)
-    rec_pool = rng.standard_normal((4, 4, 16, 8)).astype(np.float32)
+    conv_pool = rng.standard_normal((6, conv_dim, kernel - 1)).astype(np.float32)
+    rec_pool = rng.standard_normal((6, 4, 16, 8)).astype(np.float32)
     conv_after, rec_after = conv_pool.copy(), rec_pool.copy()
     out = ops.gated_delta_rows(mixed, g, beta, weight, conv_after, rec_after, spans, 2, 16, 8)
     for row, n, slot in spans:
@@ -156,7 +157,8 @@ def test_decode_rows_of_several_sequences_in_one_call_equal_each_alone():
         np.testing.assert_allclose(out[row:row + n], alone, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(conv_after[slot], conv, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(rec_after[slot], rec, rtol=1e-4, atol=1e-5)
-    assert (conv_after[1] == conv_pool[1]).all() and (rec_after[1] == rec_pool[1]).all()
+    for idle in (2, 5):
+        assert (conv_after[idle] == conv_pool[idle]).all() and (rec_after[idle] == rec_pool[idle]).all()
 
 
 def test_a_model_of_linear_layers_only_runs(tmp_path):

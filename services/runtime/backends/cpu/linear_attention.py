@@ -104,8 +104,10 @@ class NumpyLinearAttention:
         mixed [T, conv_dim] (the in_proj_qkv output); g, beta [T, v_heads]; spans: (first row,
         rows, state slot) of each sequence; conv_pool [S, conv_dim, K-1] and recurrent_pool
         [S, v_heads, dk, dv] hold every slot's state (views of the pool: updated in place).
-        The sequences with one row (decode) run as one batch of the recurrence; each longer one
-        runs the chunked form on its rows, from its slot's state. Returns [T, v_heads, dv]."""
+        The sequences with one row (decode) run as one batch of the recurrence, on views of
+        each stretch of consecutive slots (a recurrent state is large: 16 heads of 128 x 128 are
+        1 MB a layer, so it is updated where it lies, not gathered and scattered); each longer
+        one runs the chunked form on its rows, from its slot's state. Returns [T, v_heads, dv]."""
         t, v_heads, kd = mixed.shape[0], g.shape[1], k_heads * k_dim
 
         def split(x):
@@ -116,11 +118,16 @@ class NumpyLinearAttention:
         out = np.empty((t, v_heads, v_dim), np.float32)
         singles = [(row, slot) for row, n, slot in spans if n == 1]
         if singles:
+            singles.sort(key=lambda rs: rs[1])                              # by slot
             rows, slots = (np.array(x, np.int64) for x in zip(*singles))
-            conv, state = conv_pool[slots], recurrent_pool[slots]          # gathered copies
+            conv = conv_pool[slots]                                         # small: gathered
             q, k, v = split(self.conv_step(mixed[rows], conv, conv_weight))
-            out[rows] = self.gated_delta_step(q, k, v, g[rows], beta[rows], state)
-            conv_pool[slots], recurrent_pool[slots] = conv, state
+            conv_pool[slots] = conv
+            cuts = np.flatnonzero(np.diff(slots) != 1) + 1
+            for a, b in zip([0, *cuts], [*cuts, len(slots)]):               # runs of consecutive slots
+                first = int(slots[a])
+                out[rows[a:b]] = self.gated_delta_step(q[a:b], k[a:b], v[a:b], g[rows[a:b]], beta[rows[a:b]],
+                                                       recurrent_pool[first:first + b - a])
         for row, n, slot in spans:
             if n > 1:
                 end = row + n
@@ -141,13 +148,19 @@ class NumpyLinearAttention:
     def gated_delta_step(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray,
                          beta: np.ndarray, state: np.ndarray) -> np.ndarray:
         """gated_delta_rule's step for one token of each of n sequences: q, k [n, k_heads, dk],
-        v [n, v_heads, dv], g, beta [n, v_heads], state [n, v_heads, dk, dv] (updated in place)."""
+        v [n, v_heads, dv], g, beta [n, v_heads], state [n, v_heads, dk, dv] (updated in place).
+        The same rule, with the state read once before it is written (three passes over it,
+        not five): with d = exp(g), S' = d S + k (x) delta where delta = beta (v - d k.S), and
+        q.S' = d q.S + (q.k) delta."""
         q, k = _heads_normed(q, k, v.shape[1])
-        state *= np.exp(g)[:, :, None, None]
-        kv_mem = np.einsum("nhk,nhkv->nhv", k, state)
-        delta = (v - kv_mem) * beta[:, :, None]
+        d = np.exp(g)[:, :, None]                                          # [n, Hv, 1]
+        read = np.matmul(np.stack([q, k], axis=2), state)                # [n, Hv, 2, dv]: q.S, k.S
+        q_s, k_s = read[:, :, 0], read[:, :, 1]
+        delta = (v - d * k_s) * beta[:, :, None]
+        out = d * q_s + np.sum(q * k, axis=-1, keepdims=True) * delta
+        state *= d[..., None]
         state += k[:, :, :, None] * delta[:, :, None, :]
-        return np.einsum("nhk,nhkv->nhv", q, state)
+        return out
 
     def chunked_gated_delta_rule(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray,
                                  beta: np.ndarray, state: np.ndarray, chunk: int = 64) -> np.ndarray:
