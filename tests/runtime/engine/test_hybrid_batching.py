@@ -51,7 +51,8 @@ def _run_together(engine: Engine, prompts: list[list[int]], steps: int):
 
     def loop():
         with core.cond:
-            core.loop_thread = threading.current_thread()
+            while core.busy > 0 and not stop.is_set():   # every first feed is posted before the first step
+                core.cond.wait(0.01)
             while not stop.is_set():
                 if not core.step():
                     core.cond.wait(0.01)
@@ -71,16 +72,18 @@ def _run_together(engine: Engine, prompts: list[list[int]], steps: int):
 
     model.forward_paged = spy
     looper = threading.Thread(target=loop, daemon=True)
-    looper.start()
+    core.loop_thread = looper   # the request threads park their feeds for it
     try:
         threads = [threading.Thread(target=request, args=(i, core.open()), daemon=True) for i in range(len(prompts))]
         for t in threads:
             t.start()
+        looper.start()
         for t in threads:
             t.join(120)
     finally:
         stop.set()
-        looper.join(10)
+        if looper.is_alive():
+            looper.join(10)
         del model.forward_paged
         core.loop_thread = None
     assert all(o is not None for o in out), "a request thread failed"
@@ -217,13 +220,15 @@ def test_a_cancelled_request_gives_back_its_state_slot_and_blocks(models):
 
 
 def test_a_pool_too_small_preempts_and_every_request_still_gets_its_tokens(models):
-    # 24 blocks of 4 positions; the five requests need about 45 at once (the longest 19)
-    engine = Engine.load(models["3lin_1full"], batch=BatchConfig(block_size=4, num_blocks_override=24,
+    # 20 blocks of 4 positions; each request needs 11 to 13 of them (long enough that they
+    # overlap however late their threads start), so a second running one already preempts
+    engine = Engine.load(models["3lin_1full"], batch=BatchConfig(block_size=4, num_blocks_override=20,
                                                                  max_num_batched_tokens=16))
-    alone = [engine.generate(r) for r in REQUESTS]
+    reqs = [_req(TEXTS[0], 40), _req(TEXTS[2], 40), _req(TEXTS[3], 40), _req("A haiku about tea", 40)]
+    alone = [engine.generate(r) for r in reqs]
     sched = _serve(engine)
     try:
-        handles = [sched.submit(r) for r in REQUESTS]
+        handles = [sched.submit(r) for r in reqs]
         results = [h.future.result(timeout=120) for h in handles]
     finally:
         sched.close()
