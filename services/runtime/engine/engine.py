@@ -138,6 +138,8 @@ class Engine:
             self.info["kv_cache"] = {"num_blocks": self.core.pool.num_blocks, "block_size": batch.block_size,
                                      "max_num_seqs": batch.max_num_seqs,
                                      "max_num_batched_tokens": batch.max_num_batched_tokens}
+            if self.core.manager.states is not None:   # a hybrid model's linear-attention state slots
+                self.info["kv_cache"]["state_slots"] = self.core.manager.states.num_slots
         else:
             self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions,
                                            ttl_s=kv_session_ttl_s)

@@ -36,6 +36,7 @@ def test_generates_through_the_batching_core_on_auto_backend(qwen35_dir):
     assert engine.core is not None and engine.sessions is None
     # KV blocks for the one full-attention layer only; a state slot per running or pinned sequence
     assert engine.core.kv.k.shape[0] == 1 and engine.core.kv.recurrent.shape[:2] == (64, 3)
+    assert engine.info["kv_cache"]["state_slots"] == 2 * engine.info["kv_cache"]["max_num_seqs"] == 64
     first = engine.generate(_req(PROMPT))
     assert len(first.token_ids) == 6 and first.finish_reason == "length"
     assert engine.generate(_req(PROMPT)).token_ids == first.token_ids
