@@ -63,8 +63,9 @@ RUNTIME = [
     Setting("max_num_batched_tokens", 512, "tokens one engine step runs, decode rows and prefill chunks "
                                            "together; a longer prompt is prefilled in chunks", type=int),
     Setting("block_size", 16, "positions per KV cache block (the unit of paging and of prefix caching)", type=int),
-    Setting("kv_cache_memory", "2GiB", "memory of the KV block pool, bytes or with a unit (512MiB, 2GiB, 1.5GB)",
-            metavar="SIZE"),
+    Setting("kv_cache_memory", "2GiB", "memory of the KV block pool, bytes or with a unit (512MiB, 2GiB, 1.5GB); "
+                                       "a hybrid model's (Qwen3.5) linear-attention states, 2 per --max-num-seqs, "
+                                       "come out of it", metavar="SIZE"),
     Setting("max_model_len", 8192, "the longest sequence (prompt plus output) served, in tokens; capped by the "
                                    "model's own and by what the KV pool holds", type=int),
     Setting("http_port", 8000, "OpenAI-compatible HTTP API port (/v1/chat/completions, ...); 0 picks a free one "

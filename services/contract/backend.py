@@ -72,12 +72,15 @@ class SeqSlots:
     Its `rows` rows are consecutive in the step's activations and are the last `rows`
     positions of its `context` (positions context-rows .. context-1). `slots` [context]
     is the pool slot of every position; `runs` the same as (first slot, positions) of each
-    stretch of consecutive slots, in order (one run: the keys are a view of the pool)."""
+    stretch of consecutive slots, in order (one run: the keys are a view of the pool).
+    `state`: the sequence's slot in a model's per-sequence state pool (a hybrid model's
+    linear-attention state; -1 for a model without one)."""
 
     rows: int
     context: int
     slots: np.ndarray
     runs: tuple[tuple[int, int], ...]
+    state: int = -1
 
 
 class Backend(ABC):

@@ -13,8 +13,11 @@ sequence and runs them as ONE forward pass per step:
             the pool is short, the latest admitted running sequence is preempted (its blocks
             freed, its tokens recomputed when it is admitted again: its thread just waits
             longer). A new sequence first takes what the prefix cache holds of its tokens.
-  execute   one Transformer.forward_paged over all scheduled rows, logits only of the rows
-            some feed needs.
+            A hybrid model's sequence (Qwen3.5) also takes a linear-attention state slot at
+            admission and gives it back whenever its blocks are freed (kv_cache_manager.py).
+  execute   one model.forward_paged over all scheduled rows (Transformer's, or Qwen35Model's
+            with each sequence's state slot in its SeqSlots), logits only of the rows some
+            feed needs.
   update    commit the computed tokens (full blocks enter the prefix cache) and hand each
             finished feed its logits, waking its thread.
 
@@ -59,14 +62,14 @@ class Sequence(PagedSeq):
     preempted: bool = False
 
 
-def _slots(block_list: list[int], bs: int, rows: int, context: int) -> SeqSlots:
+def _slots(block_list: list[int], bs: int, rows: int, context: int, state: int = -1) -> SeqSlots:
     """Where a sequence's `context` positions live: every slot, and the runs of consecutive ones."""
     blocks = np.asarray(block_list[:-(-context // bs)], np.int64)
     slots = (blocks[:, None] * bs + np.arange(bs)).reshape(-1)[:context]
     cuts = np.flatnonzero(np.diff(blocks) != 1) + 1
     starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(blocks)]])
     runs = tuple((int(blocks[a]) * bs, int(min(e * bs, context) - a * bs)) for a, e in zip(starts, ends))
-    return SeqSlots(rows, context, slots, runs)
+    return SeqSlots(rows, context, slots, runs, state)
 
 
 class EngineCore:
@@ -244,7 +247,7 @@ class EngineCore:
             start, end = seq.num_computed, seq.num_computed + n
             ids.extend(seq.tokens[start:end])
             positions.append(np.arange(start, end, dtype=np.int32))
-            seqs.append(_slots(seq.blocks, bs, n, end))
+            seqs.append(_slots(seq.blocks, bs, n, end, seq.state))
             logit_rows.extend(row + i - start for i in self._rows_wanted(seq, start, end))
             row += n
         b = self.model.backend
@@ -294,4 +297,7 @@ class EngineCore:
             return {"running": len(self.running), "waiting": len(self.waiting),
                     "blocks_used": self.pool.num_used, "blocks_free": self.pool.num_free,
                     "pinned_blocks": self.manager.pinned_blocks(), "preemptions": self.preemptions,
-                    "prefix_cache_queries": self.pool.hit_queries, "prefix_cache_hits": self.pool.hit_tokens}
+                    "prefix_cache_queries": self.pool.hit_queries, "prefix_cache_hits": self.pool.hit_tokens,
+                    **({} if self.manager.states is None else {
+                        "state_slots_free": len(self.manager.states.free),
+                        "pinned_states": self.manager.pinned_states()})}

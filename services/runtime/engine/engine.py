@@ -8,6 +8,8 @@ Two ways to run the model:
   * the batching core (engine/core.py), where the backend has a paged KV pool (numpy):
     a request's model calls join the other running requests' in one step, its KV lives in
     blocks of the pool, with prefix caching and pinned task sessions (kv_cache_manager.py);
+    a hybrid model's (Qwen3.5) linear layers keep their state in a slot per sequence beside
+    it, and prefix caching is off for them;
   * a StepRunner with a cache per sequence (engine/step_runner.py; CUDA graphs with GPU
     sampling on the CUDA backend), one request at a time, with the longest-common-prefix
     session store (kv_sessions.py) until that backend has its batched path.
@@ -136,12 +138,16 @@ class Engine:
             self.info["kv_cache"] = {"num_blocks": self.core.pool.num_blocks, "block_size": batch.block_size,
                                      "max_num_seqs": batch.max_num_seqs,
                                      "max_num_batched_tokens": batch.max_num_batched_tokens}
+            if self.core.manager.states is not None:   # a hybrid model's linear-attention state slots
+                self.info["kv_cache"]["state_slots"] = self.core.manager.states.num_slots
         else:
             self.sessions = KVSessionStore(model.backend, max_positions=kv_session_positions,
                                            ttl_s=kv_session_ttl_s)
         # the session store's prefix cache is turned on after warm-up (the CLI does), so the
         # warm-up's requests leave nothing behind
-        self._prefix_cache = batch.enable_prefix_caching if self.core is not None else False
+        self._prefix_cache = False
+        if self.core is not None:
+            self.prefix_cache = batch.enable_prefix_caching   # off, and logged, for a hybrid model
         self._anonymous = 0
         self.template_renders_tools = "tools" in (tokenizer.chat_template or "")
         # what the chat template asks for: the tool-call form, and whether the output may think
@@ -150,19 +156,33 @@ class Engine:
         self._masks: VocabMasks | None = None
 
     def _make_core(self, batch: BatchConfig, pinned_positions: int, pin_ttl_s: float) -> EngineCore:
-        c = self.model.cfg
-        per_block = 2 * c.num_layers * c.num_kv_heads * c.head_dim * batch.block_size * 4  # k and v, float32
-        num_blocks = batch.num_blocks_override or min(batch.kv_cache_memory // per_block, batch.max_blocks)
+        c, model = self.model.cfg, self.model
+        # a hybrid model (Qwen3.5): KV blocks for its full-attention layers only, and a
+        # linear-attention state slot per running sequence plus as many for pinned task
+        # sessions (a task between two model steps), taken from the same memory budget
+        hybrid = hasattr(model, "alloc_paged_kv")
+        kv_layers = model.kv_layers if hybrid else c.num_layers
+        state_slots = 2 * batch.max_num_seqs if hybrid else 0
+        memory = batch.kv_cache_memory - (state_slots * model.state_bytes() if hybrid else 0)
+        per_block = 2 * kv_layers * c.num_kv_heads * c.head_dim * batch.block_size * 4  # k and v, float32
+        # (a model of linear layers only has no KV: its blocks are bookkeeping)
+        num_blocks = batch.num_blocks_override or min(max(memory, 0) // per_block if per_block else batch.max_blocks,
+                                                      batch.max_blocks)
         if num_blocks < 1:
             raise ValueError(f"--kv-cache-memory {batch.kv_cache_memory} bytes holds no block of "
-                             f"{batch.block_size} positions ({per_block} bytes)")
+                             f"{batch.block_size} positions ({per_block} bytes)"
+                             + (f" beside {state_slots} linear-attention states of {model.state_bytes()} bytes"
+                                if hybrid else ""))
         self.max_context = min(self.max_context, num_blocks * batch.block_size)
         self.info["context_length"] = self.max_context
         pool = BlockPool(num_blocks, batch.block_size)
-        manager = KVCacheManager(pool, batch.enable_prefix_caching,
+        manager = KVCacheManager(pool, batch.enable_prefix_caching, num_state_slots=state_slots,
                                  max_pinned_blocks=max(1, pinned_positions // batch.block_size), pin_ttl_s=pin_ttl_s)
-        kv = self.model.backend.alloc_paged_kv(c.num_layers, c.num_kv_heads, num_blocks, batch.block_size, c.head_dim)
-        return EngineCore(self.model, kv, manager, batch.max_num_seqs, batch.max_num_batched_tokens)
+        if hybrid:
+            kv = model.alloc_paged_kv(num_blocks, batch.block_size, state_slots)
+        else:
+            kv = model.backend.alloc_paged_kv(c.num_layers, c.num_kv_heads, num_blocks, batch.block_size, c.head_dim)
+        return EngineCore(model, kv, manager, batch.max_num_seqs, batch.max_num_batched_tokens)
 
     @property
     def prefix_cache(self) -> bool:
@@ -184,11 +204,11 @@ class Engine:
 
     @staticmethod
     def _pages(model) -> bool:
-        """Whether the model runs in the batching core's paged pool: not a hybrid model (its
-        linear layers carry a state per sequence, not KV blocks), and not dynamic RoPE (whose
-        frequencies follow the current length of the one sequence in a call)."""
+        """Whether the model runs in the batching core's paged pool: every model but one with
+        dynamic RoPE (whose frequencies follow the current length of the one sequence in a
+        call). A hybrid model's linear layers keep their state in the core's state slots."""
         rope = getattr(model.cfg, "rope", None)
-        return getattr(model, "prefix_cacheable", True) and getattr(rope, "rope_type", "default") != "dynamic"
+        return getattr(rope, "rope_type", "default") != "dynamic"
 
     @property
     def masks(self) -> VocabMasks:

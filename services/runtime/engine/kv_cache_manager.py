@@ -11,6 +11,15 @@ by hash and prefills only what is new, even with prefix caching off. A pin is dr
 its task ends (`unpin`), when nobody touched it for `pin_ttl_s`, when pins hold more than
 `max_pinned_blocks`, and, least recently used first, before a running sequence is preempted
 for want of blocks. With prefix caching on, an unpinned task's blocks stay in the cache.
+
+A hybrid model (Qwen3.5) also keeps a fixed-size linear-attention state per sequence, in a
+pool of state slots (`num_state_slots`; the model holds the memory, this class only says
+which slot is whose). A sequence takes a slot at admission and gives it back when freed;
+its state then describes exactly its computed tokens, so nothing of it is found by hash
+(prefix caching stays off) and a preempted sequence recomputes from token 0. A pin of such
+a sequence holds its slot and every block of its computed tokens (the last one partial),
+and the task's next step takes them over only when its prompt continues every one of
+those tokens; otherwise the pin is dropped and the step starts afresh.
 Not thread safe: the engine core calls it under its lock.
 """
 from __future__ import annotations
@@ -34,6 +43,7 @@ class PagedSeq:
     num_hashed: int = 0            # leading full blocks registered in the prefix cache
     last_hash: int | None = None   # the hash of block num_hashed-1 (the chain's parent)
     expected_len: int = 0          # the tokens it will most likely reach (prompt + budget)
+    state: int = -1                # its slot in the per-sequence state pool (hybrid models)
 
     @property
     def length(self) -> int:
@@ -44,14 +54,34 @@ class PagedSeq:
 class Pin:
     blocks: list[int]
     touched: float = field(default_factory=time.monotonic)
+    state: int = -1                # a hybrid sequence's state slot ...
+    tokens: list[int] = field(default_factory=list)   # ... and the tokens it describes
+
+
+class StateSlots:
+    """Which per-sequence state slots are free (lowest first)."""
+
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self.free = list(range(num_slots - 1, -1, -1))
+
+    def take(self) -> int | None:
+        return self.free.pop() if self.free else None
+
+    def give(self, slot: int) -> None:
+        if slot in self.free:
+            raise AssertionError(f"state slot {slot} given back twice")
+        self.free.append(slot)
+        self.free.sort(reverse=True)
 
 
 class KVCacheManager:
     def __init__(self, pool: BlockPool, enable_prefix_caching: bool = True,
-                 max_pinned_blocks: int | None = None, pin_ttl_s: float = 600.0):
+                 max_pinned_blocks: int | None = None, pin_ttl_s: float = 600.0, num_state_slots: int = 0):
         self.pool = pool
         self.block_size = pool.block_size
-        self._prefix_caching = enable_prefix_caching
+        self.states = StateSlots(num_state_slots) if num_state_slots else None
+        self._prefix_caching = enable_prefix_caching and self.states is None
         self.max_pinned_blocks = pool.num_blocks // 2 if max_pinned_blocks is None else max_pinned_blocks
         self.pin_ttl_s = pin_ttl_s
         self.pins: OrderedDict[str, Pin] = OrderedDict()   # least recently used first
@@ -64,7 +94,7 @@ class KVCacheManager:
 
     @enable_prefix_caching.setter
     def enable_prefix_caching(self, on: bool) -> None:
-        self._prefix_caching = on
+        self._prefix_caching = on and self.states is None   # a state is never shared by hash
         if not on:
             self.pool.forget_free_hashes()
 
@@ -75,6 +105,8 @@ class KVCacheManager:
         or when the sequence's task has a pin (its own previous step's blocks)."""
         self.expire()
         assert not seq.blocks, "admit a sequence once, before it holds blocks"
+        if self.states is not None:
+            return self._admit_with_state(seq, max_hit)
         if not (self._prefix_caching or seq.session_id in self.pins):
             return 0
         bs = self.block_size
@@ -91,6 +123,26 @@ class KVCacheManager:
             self.pins.move_to_end(seq.session_id)
             self.pins[seq.session_id].touched = time.monotonic()
         return seq.num_computed
+
+    def _admit_with_state(self, seq: PagedSeq, max_hit: int) -> int:
+        """A hybrid sequence: its task's pinned state and blocks when its tokens continue every
+        token the state describes (with at least one token left to run), else a fresh slot."""
+        pin = self.pins.pop(seq.session_id, None) if seq.session_id else None
+        self.pool.hit_queries += len(seq.tokens)
+        n = len(pin.tokens) if pin is not None else 0
+        if pin is not None and 0 < n <= max_hit and seq.tokens[:n] == pin.tokens:
+            seq.blocks, seq.state, seq.num_computed = pin.blocks, pin.state, n
+            self.pool.hit_tokens += n
+            return n
+        if pin is not None:
+            self._release_pin(pin)
+        while not self.states.free and self.pins:
+            self._drop_pin(next(iter(self.pins)))
+            self.pin_evictions += 1
+        seq.state = self.states.take()
+        if seq.state is None:
+            raise AssertionError("more sequences admitted than there are state slots")
+        return 0
 
     def grow(self, seq: PagedSeq, n: int) -> bool:
         """Make room for n more tokens of `seq` (dropping least recently used pins if the pool
@@ -111,6 +163,8 @@ class KVCacheManager:
     def commit(self, seq: PagedSeq, n: int) -> None:
         """n more tokens of `seq` have keys and values now: register the blocks that filled."""
         seq.num_computed += n
+        if self.states is not None:   # nothing of a hybrid sequence is found by hash
+            return
         full = seq.num_computed // self.block_size
         if full > seq.num_hashed:
             for i, h in enumerate(block_hashes(seq.tokens[:full * self.block_size], self.block_size,
@@ -125,16 +179,38 @@ class KVCacheManager:
         seq.blocks = []
         seq.num_computed = seq.num_hashed = 0
         seq.last_hash = None
+        if seq.state >= 0:
+            self.states.give(seq.state)
+            seq.state = -1
 
     # ---- pinned task sessions -----------------------------------------------------------
     def pin(self, session_id: str, seq: PagedSeq) -> None:
-        """Hold `seq`'s full blocks under `session_id` (replacing that task's previous pin)."""
+        """Hold `seq`'s full blocks under `session_id` (replacing that task's previous pin).
+        A hybrid sequence hands its state slot and the blocks of all its computed tokens over
+        to the pin (free() then releases only the rest)."""
+        if self.states is not None:
+            self._pin_state(session_id, seq)
+            return
         blocks = seq.blocks[:seq.num_hashed]
         self.pool.touch(blocks)          # before the old pin lets go: shared blocks never hit 0
         old = self.pins.pop(session_id, None)
         if old is not None:
             self.pool.release(old.blocks, keep_hashes=self._prefix_caching)
         self.pins[session_id] = Pin(blocks)
+        self.expire()
+        while self.pinned_blocks() > self.max_pinned_blocks and len(self.pins) > 1:
+            self._drop_pin(next(iter(self.pins)))
+            self.pin_evictions += 1
+
+    def _pin_state(self, session_id: str, seq: PagedSeq) -> None:
+        old = self.pins.pop(session_id, None)
+        if old is not None:
+            self._release_pin(old)
+        if seq.state < 0 or seq.num_computed == 0:
+            return
+        held = -(-seq.num_computed // self.block_size)
+        self.pins[session_id] = Pin(seq.blocks[:held], state=seq.state, tokens=seq.tokens[:seq.num_computed])
+        seq.blocks, seq.state = seq.blocks[held:], -1
         self.expire()
         while self.pinned_blocks() > self.max_pinned_blocks and len(self.pins) > 1:
             self._drop_pin(next(iter(self.pins)))
@@ -160,5 +236,13 @@ class KVCacheManager:
             self._drop_pin(sid)
             self.pins_expired += 1
 
+    def pinned_states(self) -> int:
+        return sum(p.state >= 0 for p in self.pins.values())
+
     def _drop_pin(self, session_id: str) -> None:
-        self.pool.release(self.pins.pop(session_id).blocks, keep_hashes=self._prefix_caching)
+        self._release_pin(self.pins.pop(session_id))
+
+    def _release_pin(self, pin: Pin) -> None:
+        self.pool.release(pin.blocks, keep_hashes=self._prefix_caching)
+        if pin.state >= 0:
+            self.states.give(pin.state)

@@ -14,10 +14,17 @@ Per layer (norms are HF's zero-centred RMSNorm, x / rms(x) * (1 + w): the 1 is a
     x = x + o @ Wo^T
     x = x + mlp(rmsnorm(x))                         # SwiGLU, as the dense models
 
-Instead of a KV cache for every layer a sequence has a HybridCache: keys/values for the
-full-attention layers only, and the linear layers' fixed-size conv and recurrent state.
-That state describes exactly the tokens fed so far, so the cache can grow but never be cut
-back to a shorter prefix (`rewindable` is False; the engine starts such a cache afresh).
+Instead of a KV cache for every layer a sequence has keys/values for the full-attention
+layers only, and the linear layers' fixed-size conv and recurrent state. That state
+describes exactly the tokens fed so far, so it can grow but never be cut back to a shorter
+prefix. Two forms:
+  * `forward` with a HybridCache: one sequence (`rewindable` is False: the engine starts such
+    a cache afresh), the reference the parity tests hold against HF;
+  * `forward_paged` with a HybridPagedKV: the batching core's step over several sequences,
+    keys/values in the block pool (as the dense models'), each sequence's state in its slot
+    of a state pool (SeqSlots.state). A chunk that starts at position 0 starts from a zeroed
+    state; any other continues the state its slot holds (the core runs a sequence's chunks
+    in order, each exactly where the last one stopped).
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 import structlog
 
-from inloop.services.contract.backend import Backend, KVCache, Tensor
+from inloop.services.contract.backend import Backend, KVCache, PagedKV, SeqSlots, Tensor
 from inloop.services.runtime.model.config import ModelLoadError
 from inloop.services.runtime.model.qwen3_5_config import LINEAR, Qwen35Config
 from inloop.services.runtime.model.weights import Weights
@@ -46,6 +53,17 @@ class HybridCache(KVCache):
 
     def carry_state(self, dst: "KVCache") -> None:
         dst.conv, dst.recurrent = self.conv, self.recurrent
+
+
+@dataclass
+class HybridPagedKV(PagedKV):
+    """k, v: the full-attention layers' block pool [len(full_layers), kv_heads, slots, head_dim];
+    conv [state_slots, len(linear_layers), conv_dim, kernel-1], recurrent [state_slots,
+    len(linear_layers), v_heads, k_dim, v_dim]: one linear-attention state per running
+    (or pinned) sequence."""
+
+    conv: Tensor = None
+    recurrent: Tensor = None
 
 
 @dataclass
@@ -186,10 +204,61 @@ class Qwen35Model:
                                                c.linear_v_heads, c.linear_k_dim, c.linear_v_dim)
         return HybridCache(kv.k, kv.v, capacity, 0, conv, recurrent)
 
+    # ---- the batching core's pools ----------------------------------------------------------
+    @property
+    def kv_layers(self) -> int:
+        """Layers with keys and values in the block pool (the full-attention ones)."""
+        return len(self.cfg.full_layers)
+
+    def state_bytes(self) -> int:
+        """One sequence's linear-attention state (conv and recurrent, float32)."""
+        c = self.cfg
+        return 4 * len(c.linear_layers) * (c.conv_dim * (c.conv_kernel - 1)
+                                           + c.linear_v_heads * c.linear_k_dim * c.linear_v_dim)
+
+    def alloc_paged_kv(self, num_blocks: int, block_size: int, state_slots: int) -> HybridPagedKV:
+        c = self.cfg
+        kv = self.backend.alloc_paged_kv(self.kv_layers, c.num_kv_heads, num_blocks, block_size, c.head_dim)
+        conv, recurrent = self.ops.alloc_state(len(c.linear_layers), c.conv_dim, c.conv_kernel, c.linear_v_heads,
+                                               c.linear_k_dim, c.linear_v_dim, num_seqs=state_slots)
+        return HybridPagedKV(kv.k, kv.v, num_blocks, block_size, conv, recurrent)
+
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, ids: Tensor, positions: Tensor, cache: HybridCache, all_logits: bool = False) -> Tensor:
         """ids, positions: int32 [T] (positions continue cache.length). Logits [T, V] or [1, V].
         The linear layers' state advances by these T tokens: feed each token once, in order."""
+        spans = [(0, ids.shape[0], 0)]   # one sequence, its state the only slot
+        h = self._hidden(ids, positions,
+                         lambda lw: (cache.conv[lw.state][None], cache.recurrent[lw.state][None], spans),
+                         lambda qkv, lw: self.backend.attention(qkv, cache, lw.state, positions, self.cfg.num_heads,
+                                                                self.cfg.num_kv_heads, self.cfg.head_dim))
+        if not all_logits:
+            h = self.backend.last_row(h)
+        return self.backend.linear(h, self.lm_head)
+
+    def forward_paged(self, ids: Tensor, positions: Tensor, kv: HybridPagedKV, seqs: list[SeqSlots],
+                      logit_rows: Tensor) -> Tensor:
+        """One batched step of the core (Transformer.forward_paged's signature): the rows of
+        several sequences, one after another; the full-attention layers attend over each
+        one's blocks, the linear layers advance each one's state slot. Logits [R, V]."""
+        c, b = self.cfg, self.backend
+        spans, row = [], 0
+        for s in seqs:
+            if s.state < 0:
+                raise ValueError("a hybrid model's sequence needs a state slot (SeqSlots.state)")
+            if s.context == s.rows:   # its first chunk: no state carried from another sequence
+                self.ops.zero_state(kv.conv, kv.recurrent, s.state)
+            spans.append((row, s.rows, s.state))
+            row += s.rows
+        h = self._hidden(ids, positions, lambda lw: (kv.conv[:, lw.state], kv.recurrent[:, lw.state], spans),
+                         lambda qkv, lw: b.paged_attention(qkv, kv, lw.state, seqs, c.num_heads,
+                                                           c.num_kv_heads, c.head_dim))
+        return b.linear(b.take_rows(h, logit_rows), self.lm_head)
+
+    def _hidden(self, ids: Tensor, positions: Tensor, states, attention) -> Tensor:
+        """The final-normed hidden states [T, D]. states(layer): that linear layer's conv and
+        recurrent state pools [S, ...] and the (first row, rows, slot) of each sequence of the
+        rows; attention(qkv, layer) stores k, v and attends."""
         c, b = self.cfg, self.backend
         x = b.embedding(self.embed, ids)                                   # [T, D]
         residual = None
@@ -199,36 +268,34 @@ class Qwen35Model:
             else:
                 h, residual = b.add_rmsnorm(x, residual, lw.input_norm, c.rms_norm_eps)
             if isinstance(lw, LinearLayer):
-                x = self._delta_net(h, lw, cache)
+                x = self._delta_net(h, lw, states(lw))
             else:
-                x = self._gated_attention(h, lw, cache, positions)
+                x = self._gated_attention(h, lw, positions, attention)
             h, residual = b.add_rmsnorm(x, residual, lw.post_norm, c.rms_norm_eps)
             x = b.linear(b.swiglu(b.linear(h, lw.gate_up)), lw.down)
         h, _ = b.add_rmsnorm(x, residual, self.final_norm, c.rms_norm_eps)
-        if not all_logits:
-            h = b.last_row(h)
-        return b.linear(h, self.lm_head)
+        return h
 
-    def _delta_net(self, h: Tensor, lw: LinearLayer, cache: HybridCache) -> Tensor:
+    def _delta_net(self, h: Tensor, lw: LinearLayer, states: tuple[Tensor, Tensor, list]) -> Tensor:
+        """The projections over all rows at once; the conv and the delta rule per sequence, on
+        its rows with its state (updated in place): one token the recurrence, a prompt the
+        chunked form, as HF's decode and prefill do (the decode rows of several sequences in
+        one call)."""
         c, b, ops = self.cfg, self.backend, self.ops
         t = h.shape[0]
-        kd = c.linear_k_heads * c.linear_k_dim
-        qkv = ops.causal_conv1d(b.linear(h, lw.in_qkv), cache.conv[lw.state], lw.conv)   # [T, conv_dim]
-        q = qkv[:, :kd].reshape(t, c.linear_k_heads, c.linear_k_dim)
-        k = qkv[:, kd:2 * kd].reshape(t, c.linear_k_heads, c.linear_k_dim)
-        v = qkv[:, 2 * kd:].reshape(t, c.linear_v_heads, c.linear_v_dim)
+        conv_pool, recurrent_pool, spans = states
+        mixed = b.linear(h, lw.in_qkv)                                                   # [T, conv_dim]
         g, beta = ops.decay_and_beta(b.linear(h, lw.in_a), b.linear(h, lw.in_b), lw.neg_a, lw.dt_bias)
-        # one token: the recurrence; a prompt: the chunked form, as HF's decode and prefill do
-        rule = ops.gated_delta_rule if t == 1 else ops.chunked_gated_delta_rule
-        o = rule(q, k, v, g, beta, cache.recurrent[lw.state])                            # [T, Hv, dv]
+        o = ops.gated_delta_rows(mixed, g, beta, lw.conv, conv_pool, recurrent_pool, spans,
+                                 c.linear_k_heads, c.linear_k_dim, c.linear_v_dim)        # [T, Hv, dv]
         z = b.linear(h, lw.in_z).reshape(t, c.linear_v_heads, c.linear_v_dim)
         o = ops.gated_rmsnorm(o, z, lw.norm, c.rms_norm_eps).reshape(t, c.linear_v_heads * c.linear_v_dim)
         return b.linear(o, lw.out)
 
-    def _gated_attention(self, h: Tensor, lw: FullLayer, cache: HybridCache, positions: Tensor) -> Tensor:
+    def _gated_attention(self, h: Tensor, lw: FullLayer, positions: Tensor, attention) -> Tensor:
         c, b = self.cfg, self.backend
         qkv = b.linear(h, lw.qkv)                                                       # [T, q + 2 kv]
         b.qk_norm(qkv, lw.q_norm, lw.k_norm, c.rms_norm_eps, c.num_heads, c.num_kv_heads, c.head_dim)
         self.ops.partial_rope(qkv, positions, c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim, c.rope_theta)
-        attn = b.attention(qkv, cache, lw.state, positions, c.num_heads, c.num_kv_heads, c.head_dim)
+        attn = attention(qkv, lw)
         return b.linear(self.ops.output_gate(attn, b.linear(h, lw.gate)), lw.o)

@@ -131,6 +131,36 @@ def test_the_chunked_delta_rule_equals_the_recurrence(t):
     np.testing.assert_allclose(s1, s2, rtol=1e-4, atol=1e-5)
 
 
+def test_decode_rows_of_several_sequences_in_one_call_equal_each_alone():
+    """The batching core's linear-layer step: single rows (decode) of several sequences run as
+    one batch of the recurrence, a longer span the chunked form; each equals its sequence run
+    alone from its own slot's state, and only the slots of the step's sequences change."""
+    from inloop.services.runtime.backends.cpu.linear_attention import NumpyLinearAttention
+
+    rng = np.random.default_rng(5)
+    ops, conv_dim, kernel = NumpyLinearAttention(), 2 * 2 * 16 + 4 * 8, 4
+    # (first row, rows, slot): decode rows in slots 1 and 3-4 (two runs of slots), slots 2, 5 idle
+    spans = [(0, 1, 4), (1, 5, 0), (6, 1, 1), (7, 1, 3)]
+    mixed = rng.standard_normal((8, conv_dim)).astype(np.float32)
+    g = -rng.uniform(0.01, 1.0, (8, 4)).astype(np.float32)
+    beta = rng.uniform(0, 1, (8, 4)).astype(np.float32)
+    weight = rng.standard_normal((conv_dim, kernel)).astype(np.float32)
+    conv_pool = rng.standard_normal((6, conv_dim, kernel - 1)).astype(np.float32)
+    rec_pool = rng.standard_normal((6, 4, 16, 8)).astype(np.float32)
+    conv_after, rec_after = conv_pool.copy(), rec_pool.copy()
+    out = ops.gated_delta_rows(mixed, g, beta, weight, conv_after, rec_after, spans, 2, 16, 8)
+    for row, n, slot in spans:
+        conv, rec = conv_pool[slot].copy(), rec_pool[slot].copy()
+        x = ops.causal_conv1d(mixed[row:row + n], conv, weight)
+        q, k, v = x[:, :32].reshape(n, 2, 16), x[:, 32:64].reshape(n, 2, 16), x[:, 64:].reshape(n, 4, 8)
+        alone = ops.gated_delta_rule(q, k, v, g[row:row + n], beta[row:row + n], rec)
+        np.testing.assert_allclose(out[row:row + n], alone, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(conv_after[slot], conv, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(rec_after[slot], rec, rtol=1e-4, atol=1e-5)
+    for idle in (2, 5):
+        assert (conv_after[idle] == conv_pool[idle]).all() and (rec_after[idle] == rec_pool[idle]).all()
+
+
 def test_a_model_of_linear_layers_only_runs(tmp_path):
     model = _load(make_tiny_qwen3_5(tmp_path / "m", (L, L), vision=False))
     ids = list(range(3, 30))

@@ -41,10 +41,18 @@ class NumpyLinearAttention:
 
     # ---- state --------------------------------------------------------------------------
     def alloc_state(self, num_layers: int, conv_dim: int, kernel: int, v_heads: int,
-                    k_dim: int, v_dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Zeroed conv and recurrent states for `num_layers` linear-attention layers."""
-        return (np.zeros((num_layers, conv_dim, kernel - 1), np.float32),
-                np.zeros((num_layers, v_heads, k_dim, v_dim), np.float32))
+                    k_dim: int, v_dim: int, num_seqs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Zeroed conv and recurrent states for `num_layers` linear-attention layers: one
+        sequence's [L, ...], or with num_seqs a pool of slots [num_seqs, L, ...] (np.zeros:
+        the OS commits a slot's pages when it is first written)."""
+        lead = (num_layers,) if num_seqs is None else (num_seqs, num_layers)
+        return (np.zeros((*lead, conv_dim, kernel - 1), np.float32),
+                np.zeros((*lead, v_heads, k_dim, v_dim), np.float32))
+
+    def zero_state(self, conv: np.ndarray, recurrent: np.ndarray, slot: int) -> None:
+        """Reset one slot of a state pool (a sequence starting at token 0)."""
+        conv[slot] = 0
+        recurrent[slot] = 0
 
     # ---- Gated DeltaNet -----------------------------------------------------------------
     def causal_conv1d(self, x: np.ndarray, state: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -86,6 +94,72 @@ class NumpyLinearAttention:
             delta = (v[i] - kv_mem) * beta[i][:, None]
             s += k[i][:, :, None] * delta[:, None, :]
             out[i] = np.einsum("hk,hkv->hv", q[i], s)
+        return out
+
+    def gated_delta_rows(self, mixed: np.ndarray, g: np.ndarray, beta: np.ndarray, conv_weight: np.ndarray,
+                         conv_pool: np.ndarray, recurrent_pool: np.ndarray, spans: list[tuple[int, int, int]],
+                         k_heads: int, k_dim: int, v_dim: int) -> np.ndarray:
+        """The conv and the delta rule of a step's rows, several sequences one after another.
+
+        mixed [T, conv_dim] (the in_proj_qkv output); g, beta [T, v_heads]; spans: (first row,
+        rows, state slot) of each sequence; conv_pool [S, conv_dim, K-1] and recurrent_pool
+        [S, v_heads, dk, dv] hold every slot's state (views of the pool: updated in place).
+        The sequences with one row (decode) run as one batch of the recurrence, on views of
+        each stretch of consecutive slots (a recurrent state is large: 16 heads of 128 x 128 are
+        1 MB a layer, so it is updated where it lies, not gathered and scattered); each longer
+        one runs the chunked form on its rows, from its slot's state. Returns [T, v_heads, dv]."""
+        t, v_heads, kd = mixed.shape[0], g.shape[1], k_heads * k_dim
+
+        def split(x):
+            n = x.shape[0]
+            return (x[:, :kd].reshape(n, k_heads, k_dim), x[:, kd:2 * kd].reshape(n, k_heads, k_dim),
+                    x[:, 2 * kd:].reshape(n, v_heads, v_dim))
+
+        out = np.empty((t, v_heads, v_dim), np.float32)
+        singles = [(row, slot) for row, n, slot in spans if n == 1]
+        if singles:
+            singles.sort(key=lambda rs: rs[1])                              # by slot
+            rows, slots = (np.array(x, np.int64) for x in zip(*singles))
+            conv = conv_pool[slots]                                         # small: gathered
+            q, k, v = split(self.conv_step(mixed[rows], conv, conv_weight))
+            conv_pool[slots] = conv
+            cuts = np.flatnonzero(np.diff(slots) != 1) + 1
+            for a, b in zip([0, *cuts], [*cuts, len(slots)]):               # runs of consecutive slots
+                first = int(slots[a])
+                out[rows[a:b]] = self.gated_delta_step(q[a:b], k[a:b], v[a:b], g[rows[a:b]], beta[rows[a:b]],
+                                                       recurrent_pool[first:first + b - a])
+        for row, n, slot in spans:
+            if n > 1:
+                end = row + n
+                q, k, v = split(self.causal_conv1d(mixed[row:end], conv_pool[slot], conv_weight))
+                out[row:end] = self.chunked_gated_delta_rule(q, k, v, g[row:end], beta[row:end], recurrent_pool[slot])
+        return out
+
+    def conv_step(self, x: np.ndarray, state: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """causal_conv1d for one token of each of n sequences: x [n, C], state [n, C, K-1]
+        (advanced in place), the same sums in the same order. Returns silu(conv) [n, C]."""
+        full = np.concatenate([state, x[:, :, None]], axis=2)            # [n, C, K]
+        out = full[..., 0] * weight[:, 0]
+        for j in range(1, weight.shape[1]):
+            out = out + full[..., j] * weight[:, j]
+        state[:] = full[..., 1:]
+        return silu(out)
+
+    def gated_delta_step(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray,
+                         beta: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """gated_delta_rule's step for one token of each of n sequences: q, k [n, k_heads, dk],
+        v [n, v_heads, dv], g, beta [n, v_heads], state [n, v_heads, dk, dv] (updated in place).
+        The same rule, with the state read once before it is written (three passes over it,
+        not five): with d = exp(g), S' = d S + k (x) delta where delta = beta (v - d k.S), and
+        q.S' = d q.S + (q.k) delta."""
+        q, k = _heads_normed(q, k, v.shape[1])
+        d = np.exp(g)[:, :, None]                                          # [n, Hv, 1]
+        read = np.matmul(np.stack([q, k], axis=2), state)                # [n, Hv, 2, dv]: q.S, k.S
+        q_s, k_s = read[:, :, 0], read[:, :, 1]
+        delta = (v - d * k_s) * beta[:, :, None]
+        out = d * q_s + np.sum(q * k, axis=-1, keepdims=True) * delta
+        state *= d[..., None]
+        state += k[:, :, :, None] * delta[:, :, None, :]
         return out
 
     def chunked_gated_delta_rule(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray,
