@@ -145,9 +145,12 @@ def test_cancelling_or_expiring_one_stream_leaves_the_others_untouched(tiny_llam
 
 
 def test_a_pool_too_small_for_the_load_preempts_and_still_finishes_every_request(tiny_llama):
-    # 24 blocks of 4 positions: each request needs several, six run at once
-    engine = _engine(tiny_llama, block_size=4, num_blocks_override=24, enable_prefix_caching=False)
-    reqs = [r for r in REQUESTS if r.sampling.temperature == 0 and len(r.messages) < 2]
+    # 20 blocks of 4 positions; each request needs more than half of them and runs 40 steps,
+    # so any two that meet preempt, and they meet however late their threads start
+    engine = _engine(tiny_llama, block_size=4, num_blocks_override=20, enable_prefix_caching=False)
+    reqs = [_chat(text, 40, ignore_eos=True) for text in ("Summarize the receipt", "What is 17 * 23?",
+                                                          "Name three fruits", "Translate hello")]
+    assert all(10 * 4 < len(engine.prompt_ids(r)) + 40 <= 20 * 4 for r in reqs)
     alone = [engine.generate(r) for r in reqs]
     sched = _serve(engine)
     try:
