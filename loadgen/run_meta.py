@@ -82,7 +82,10 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def model_sha256(model_dir: str | Path | None) -> str:
     """The weights' identity: sha256 of the one *.safetensors file (what `sha256sum` prints),
     or for a sharded checkpoint the sha256 of the `sha256sum`-style lines "HASH  NAME\\n" of
-    its shards in name order. "" when there is no directory or no safetensors file."""
+    its shards in name order; for a .gguf file, the file's own sha256 (what its publisher
+    lists), not that of its conversion. "" when there is no directory or no safetensors file."""
+    if model_dir is not None and Path(model_dir).suffix == ".gguf" and Path(model_dir).is_file():
+        return file_sha256(Path(model_dir))
     if model_dir is None or not Path(model_dir).is_dir():
         return ""
     files = sorted(Path(model_dir).glob("*.safetensors"))
@@ -95,15 +98,40 @@ def model_sha256(model_dir: str | Path | None) -> str:
 
 
 def resolve_model_dir(spec: str | None) -> Path | None:
-    """--model as given -> the directory it names, without pulling anything ('default' maps
-    to where `inloop model pull-default` converts to)."""
+    """--model as given -> what holds its weights, without pulling anything: 'default' maps
+    to where `inloop model pull-default` converts to, a .gguf file stays the file, a Hub id
+    ORG/NAME[@REVISION] maps to its snapshot in the local HF cache (None if not there)."""
     if not spec:
         return None
     if spec == "default":
         from inloop.services.runtime.model.default_model import default_model_dir
 
         return default_model_dir()
-    return Path(spec).expanduser()
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    from inloop.services.runtime.model.hub import parse_hub_id
+
+    hub_id = parse_hub_id(spec)
+    if hub_id is None:
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(hub_id[0], revision=hub_id[1], local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or no huggingface_hub): nothing to hash
+        return None
+
+
+def model_label(model_dir: str | Path | None) -> dict:
+    """How a report names the weights: a Hub snapshot as ORG/NAME with its commit, a .gguf
+    file by its stem, else the directory's name."""
+    if model_dir is None:
+        return {"name": ""}
+    path = Path(model_dir)
+    if len(path.parts) >= 3 and path.parent.name == "snapshots" and path.parts[-3].startswith("models--"):
+        return {"name": path.parts[-3][len("models--"):].replace("--", "/"), "revision": path.name}
+    return {"name": path.stem if path.suffix == ".gguf" else path.name}
 
 
 # ---- host and software ----------------------------------------------------------------
@@ -183,13 +211,15 @@ def run_meta(args, backend: str, model_dir: str | Path | None, seeds: list[int],
              profiles: dict | None = None, *, model_name: str | None = None) -> dict:
     """The artifact's `meta` block. `model_dir` may be None (a remote runtime whose weights
     we cannot see): the sha256 is then "" and `model_name` (e.g. ModelInfo.name) names it."""
-    name = model_name if model_name is not None else (Path(model_dir).name if model_dir else "")
+    label = model_label(model_dir)
+    if model_name is not None:
+        label["name"] = model_name
     return {
         "commit": git_commit(),
         "command": command_line(),
         "host": {"cpu": cpu_model(), "cores": os.cpu_count() or 0, "gpu": gpu_name()},
         "backend": backend,
-        "model": {"name": name, "sha256": model_sha256(model_dir)},
+        "model": {**label, "sha256": model_sha256(model_dir)},
         "seeds": [int(s) for s in seeds],
         "packages": package_versions(),
         "profiles": dict(profiles or {}),

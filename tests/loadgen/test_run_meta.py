@@ -129,3 +129,26 @@ def test_cache_forgets_files_that_are_gone(tmp_path):
     rm.file_sha256(new)
     cache = json.loads((tmp_path / "cache" / "sha256-cache.json").read_text())
     assert list(cache) == [str(new.resolve())]
+
+
+def test_a_gguf_file_is_named_by_its_stem_and_hashed_as_the_file(tmp_path):
+    gguf = tmp_path / "SmolLM2-135M-Q8_0.gguf"
+    gguf.write_bytes(b"GGUF weights")
+    assert rm.resolve_model_dir(str(gguf)) == gguf
+    meta = rm.run_meta(None, "cpu", rm.resolve_model_dir(str(gguf)), seeds=[])
+    assert meta["model"] == {"name": "SmolLM2-135M-Q8_0", "sha256": hashlib.sha256(b"GGUF weights").hexdigest()}
+
+
+def test_a_hub_id_is_its_cached_snapshot_named_with_its_commit(tmp_path, monkeypatch):
+    from tests.runtime.model.test_hub import COMMIT, lay_out_hub_cache
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    model = make_tiny("llama", tmp_path / "tiny")
+    lay_out_hub_cache(tmp_path / "hf", "tiny-org/tiny-llama", model)
+    snapshot = rm.resolve_model_dir("tiny-org/tiny-llama")
+    assert snapshot is not None and snapshot.name == COMMIT
+    meta = rm.run_meta(None, "cpu", snapshot, seeds=[])
+    expected = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
+    assert meta["model"] == {"name": "tiny-org/tiny-llama", "revision": COMMIT, "sha256": expected}
+    assert rm.resolve_model_dir("tiny-org/not-pulled") is None  # nothing cached: nothing to hash, no download
