@@ -161,6 +161,16 @@ def _serve(engine):
     return sched
 
 
+def _serve_all(engine, reqs):
+    """Submit every request at once to a scheduler over `engine`; their results."""
+    sched = _serve(engine)
+    try:
+        handles = [sched.submit(r) for r in reqs]
+        return [h.future.result(timeout=120) for h in handles]
+    finally:
+        sched.close()
+
+
 def _same_or_near_tie(alone, batched, label):
     """Greedy tokens equal, except after a step whose top-2 margin alone was under NEAR_TIE
     (a row alone and in a batch may differ in the last bits)."""
@@ -183,12 +193,7 @@ def test_concurrent_requests_get_the_tokens_they_get_alone(models):
     engine = Engine.load(models["3lin_1full"], batch=BatchConfig(max_num_batched_tokens=16))
     alone = [engine.generate(r) for r in REQUESTS]           # inline: a batch of one each
     steps = engine.core.steps
-    sched = _serve(engine)
-    try:
-        handles = [sched.submit(r) for r in REQUESTS]
-        batched = [h.future.result(timeout=120) for h in handles]
-    finally:
-        sched.close()
+    batched = _serve_all(engine, REQUESTS)
     # fewer steps than the requests alone took: they ran together
     assert engine.core.steps - steps < steps
     for k, (a, b) in enumerate(zip(alone, batched)):
@@ -226,12 +231,7 @@ def test_a_pool_too_small_preempts_and_every_request_still_gets_its_tokens(model
                                                                  max_num_batched_tokens=16))
     reqs = [_req(TEXTS[0], 40), _req(TEXTS[2], 40), _req(TEXTS[3], 40), _req("A haiku about tea", 40)]
     alone = [engine.generate(r) for r in reqs]
-    sched = _serve(engine)
-    try:
-        handles = [sched.submit(r) for r in reqs]
-        results = [h.future.result(timeout=120) for h in handles]
-    finally:
-        sched.close()
+    results = _serve_all(engine, reqs)
     assert engine.core.preemptions > 0
     for k, (a, b) in enumerate(zip(alone, results)):
         _same_or_near_tie(a, b, f"preempted {k}")
