@@ -22,10 +22,25 @@ import numpy as np
 from inloop.services.contract.backend import KVCache
 from inloop.services.contract.step_runner import DeviceSampling
 
+from inloop.services.runtime.model.rope import rope_inv_freq
+
 from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph
 from .state import DECODE_STATE, FLAG_ADVANCE, new_state, set_sampling
 from .step_graph import RESULT_BYTES, StepGraph
+
+
+def rope_frequencies(cfg) -> tuple[np.ndarray, float] | None:
+    """(inv_freq, attention_scaling) of a scaled RoPE for the graphs' cos/sin table, None for
+    plain RoPE (the table kernel computes it from theta). Linear, llama3 and yarn fix their
+    frequencies once; dynamic RoPE recomputes them from each call's length (a prefill chunk's
+    rows all rotate by the chunk's end), which no table indexed by position alone holds, so
+    CudaBackend.load_model refuses it."""
+    if not cfg.rope.scaled:
+        return None
+    if cfg.rope.rope_type == "dynamic":
+        raise ValueError("dynamic RoPE has no fixed cos/sin table: its frequencies follow each call's length")
+    return rope_inv_freq(cfg.rope, cfg.head_dim)
 
 
 class DecodeGraph(StepGraph):
@@ -35,7 +50,8 @@ class DecodeGraph(StepGraph):
         self.ops = backend.ops
         self.n_splits = self.ops.decode_splits(c.num_kv_heads, c.group_size, max_capacity, c.head_dim)
         # RoPE's cos/sin for every position this graph can see, read by the attention kernel
-        self.rope_table = self.ops.rope_table(c.head_dim, c.rope_theta, max_capacity)
+        # (and by the prefill graphs): the model's own frequencies, scaled or not
+        self.rope_table = self.ops.rope_table(c.head_dim, c.rope_theta, max_capacity, rope_frequencies(c))
         empty = backend._empty
         self.residual = empty((1, c.hidden_size))
         self.qkv = empty((1, c.qkv_size))
@@ -73,8 +89,10 @@ class DecodeGraph(StepGraph):
         ops.embedding(m.embed, self.state, self.residual)  # ids = &state.token
         for i, lw in enumerate(m.layers):
             ops.gemv(lw.qkv, self.residual, self.qkv, bias=lw.qkv_bias, norm_w=lw.input_norm, eps=eps)
+            # a layer without RoPE (smollm3) passes no table: the kernel's flags then skip the rotation
             ops.attention_decode(self.qkv, self.attn, H, KVH, hd, i, self.n_splits, state=self.state,
-                                 q_norm=lw.q_norm, k_norm=lw.k_norm, eps=eps, rope_table=self.rope_table)
+                                 q_norm=lw.q_norm, k_norm=lw.k_norm, eps=eps,
+                                 rope_table=self.rope_table if c.use_rope[i] else None)
             ops.gemv(lw.o, self.attn, self.residual, mode="residual")
             ops.gemv(lw.gate_up, self.residual, self.act, norm_w=lw.post_norm, eps=eps, mode="swiglu")
             ops.gemv(lw.down, self.act, self.residual, mode="residual")

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import math
 
-from .driver import Allocator, DeviceInfo, Stream, memset_d8
+import numpy as np
+
+from inloop.services.runtime.backends.cpu.backend import rope_cos_sin
+
+from .driver import Allocator, DeviceInfo, Stream, copy_htod, memset_d8
 from .gemv_tuning import choice_key
 from .kernels_registry import HEAD_DIM_VARIANTS, KernelSet, for_weights
 from .state import SAMPLE_STATS_BYTES
@@ -87,7 +91,8 @@ class Ops:
         self.sample_ws = Workspace(allocator, stream, "f32")
         self.sample_counter = Workspace(allocator, stream, "i32", zeroed=True)
         self.allocator = allocator
-        self.rope_tables: dict[tuple[int, float], tuple[Workspace, int]] = {}  # (hd, theta) -> (table, rows)
+        # (hd, theta[, inv_freq bytes, attention scaling]) -> (table, rows): see rope_table
+        self.rope_tables: dict[tuple, tuple[Workspace, int]] = {}
 
     def _launch(self, name: str, grid, block, args, smem: int = 0) -> None:
         kernel = self.k[name]
@@ -258,21 +263,45 @@ class Ops:
                      (qkv.ptr, positions.ptr, _ptr(kc), _ptr(vc), _ptr(state), out.ptr, T, H, KVH, hd, cap, layer,
                       1.0 / math.sqrt(hd), bq), smem)
 
-    def rope_table(self, hd: int, theta: float, rows: int) -> tuple[DeviceTensor, int]:
+    def rope_table(self, hd: int, theta: float, rows: int, freqs=None) -> tuple[DeviceTensor, int]:
         """(table, its rows): the (cos, sin) pairs of every position below `rows` (or more),
-        f32 [rows, hd/2, 2], for the decode attention kernel. Built once per rotation and
-        rebuilt larger when more rows are asked for; a graph captured with a smaller one keeps
-        it (the workspace retires it rather than freeing it). Not under capture."""
-        key = (hd, float(theta))
+        f32 [rows, hd/2, 2], for the decode attention kernel and the prefill graphs. Built once
+        per rotation and rebuilt larger when more rows are asked for; a graph captured with a
+        smaller one keeps it (the workspace retires it rather than freeing it). Not under capture.
+
+        `freqs` = (inv_freq [hd/2], attention_scaling) of a scaled RoPE (model/rope.py): the
+        table is then computed on the host by the numpy backend's own rope_cos_sin and copied
+        up, so linear, llama3 and yarn rotate by exactly the values the reference does and no
+        kernel needs to know the scaling. Plain RoPE (None) is built by the rope_table kernel,
+        the same sincosf the op path runs inline."""
+        if freqs is not None:
+            inv_freq = np.ascontiguousarray(freqs[0], np.float32)
+            assert inv_freq.shape == (hd // 2,), (inv_freq.shape, hd)
+            key = (hd, float(theta), inv_freq.tobytes(), float(freqs[1]))
+        else:
+            key = (hd, float(theta))
         ws, built = self.rope_tables.get(key, (None, 0))
         if ws is None:
             ws = Workspace(self.allocator, self.stream, "f32")
         if built < rows:
             t = ws.get(rows * hd)
             built = t.numel // hd
-            self._launch("rope_table", (built,), (64,), (t.ptr, built, hd, theta))
+            if freqs is None:
+                self._launch("rope_table", (built,), (64,), (t.ptr, built, hd, theta))
+            else:
+                self.fill_rope_table(t, built, hd, theta, inv_freq, float(freqs[1]))
         self.rope_tables[key] = (ws, built)
         return ws.tensor, built
+
+    def fill_rope_table(self, t: DeviceTensor, rows: int, hd: int, theta: float, inv_freq: np.ndarray,
+                        attention_scaling: float) -> None:
+        """Rows [0, rows) of table `t` from the host: rope_cos_sin's (cos, sin) of each position
+        times inv_freq, times attention_scaling (yarn). Stream-ordered after every launch
+        before it (a pageable copy: the host array is staged before this returns)."""
+        assert t.dtype == "f32" and t.numel >= rows * hd
+        cos, sin = rope_cos_sin(np.arange(rows), hd, theta, inv_freq, attention_scaling)
+        host = np.ascontiguousarray(np.stack([cos, sin], axis=-1), np.float32)
+        copy_htod(t.ptr, host.ctypes.data, host.nbytes, self.stream)
 
     def decode_splits(self, KVH: int, G: int, capacity: int, hd: int) -> int:
         """Blocks along the sequence: enough to fill the GPU at full context; the kernel uses

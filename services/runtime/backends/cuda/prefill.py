@@ -87,7 +87,8 @@ class PrefillGraph(StepGraph):
             else:  # normalized from the previous down projection's row sums
                 ops.gemm(self.r, lw.qkv, self.qkv, lw.qkv_bias, norm=(lw.input_norm, self.row_ss, eps))
             ops.rope_qknorm(self.qkv, self.positions, H, KVH, hd, c.rope_theta, q_norm=lw.q_norm, k_norm=lw.k_norm,
-                            eps=eps, store_layer=i, state=st, rope_table=self.rope_table)  # + k/v rows to the cache
+                            eps=eps, rope=c.use_rope[i], store_layer=i, state=st,  # + k/v rows to the cache
+                            rope_table=self.rope_table)
             ops.attention_prefill(self.qkv, self.positions, None, None, self.attn, H, KVH, hd, 0, i, state=st)
             ops.gemm(self.attn, lw.o, self.r, mode="residual", row_ss=self.row_ss)
             ops.gemm(self.r, lw.gate_up, self.gu, norm=(lw.post_norm, self.row_ss, eps))
