@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from inloop.services.contract.backend import Backend, KVCache
+from inloop.services.runtime.backends.cpu.backend import rope_cos_sin
 from inloop.services.contract.step_runner import DeviceSampling
 
 from . import compiler
@@ -202,9 +203,11 @@ class CudaBackend(Backend):
         decode steps refill it only as it grows."""
         key = (hd, float(theta), inv_freq.tobytes(), scaling)
         if self._op_rope_key != key or self._op_rope_rows < rows:
-            t = self._op_rope.get(max(rows, 2 * self._op_rope_rows, 256) * hd)
+            grown = self._op_rope_rows if rows <= self._op_rope_rows else max(rows, 2 * self._op_rope_rows, 256)
+            t = self._op_rope.get(grown * hd)
             self._op_rope_rows = t.numel // hd
-            self.ops.fill_rope_table(t, self._op_rope_rows, hd, theta, inv_freq, scaling)
+            cos, sin = rope_cos_sin(np.arange(self._op_rope_rows), hd, theta, inv_freq, scaling)
+            self.ops.write_rope_rows(t, 0, np.stack([cos, sin], axis=-1))
             self._op_rope_key = key
         return self._op_rope.tensor, self._op_rope_rows
 
@@ -277,14 +280,8 @@ class CudaBackend(Backend):
         """The Transformer with its weights loaded straight to the GPU (loader.py: raw stored
         bytes, converted on the device; no float32 copy on the host). An fp16 checkpoint keeps
         fp16 weights (and runs the fp16-weight build of the kernels); any other is bf16."""
-        from inloop.services.runtime.model.config import ModelLoadError
-
         from .loader import load_transformer
 
-        if cfg.rope.rope_type == "dynamic":  # linear, llama3, yarn: the graphs' cos/sin table holds them
-            raise ModelLoadError(f"{cfg.arch} with dynamic RoPE runs on --backend cpu for now: its frequencies "
-                                 "follow each call's length (a prefill chunk's rows rotate by the chunk's end), "
-                                 "which the CUDA graphs' cos/sin table, one row per position, cannot hold")
         stored = weights.storage_dtype()
         storage = "f16" if stored == "F16" else "bf16"
         model = load_transformer(self, cfg, weights, storage)

@@ -22,25 +22,17 @@ import numpy as np
 from inloop.services.contract.backend import KVCache
 from inloop.services.contract.step_runner import DeviceSampling
 
-from inloop.services.runtime.model.rope import rope_inv_freq
-
 from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph
+from .rope_rows import HostRope
 from .state import DECODE_STATE, FLAG_ADVANCE, new_state, set_sampling
 from .step_graph import RESULT_BYTES, StepGraph
 
 
-def rope_frequencies(cfg) -> tuple[np.ndarray, float] | None:
-    """(inv_freq, attention_scaling) of a scaled RoPE for the graphs' cos/sin table, None for
-    plain RoPE (the table kernel computes it from theta). Linear, llama3 and yarn fix their
-    frequencies once; dynamic RoPE recomputes them from each call's length (a prefill chunk's
-    rows all rotate by the chunk's end), which no table indexed by position alone holds, so
-    CudaBackend.load_model refuses it."""
-    if not cfg.rope.scaled:
-        return None
-    if cfg.rope.rope_type == "dynamic":
-        raise ValueError("dynamic RoPE has no fixed cos/sin table: its frequencies follow each call's length")
-    return rope_inv_freq(cfg.rope, cfg.head_dim)
+def host_rope(cfg) -> HostRope | None:
+    """How the graphs' cos/sin table is built: None for plain RoPE (on the device, from theta),
+    else the model's scaled RoPE computed on the host (rope_rows.py)."""
+    return HostRope(cfg.rope, cfg.head_dim) if cfg.rope.scaled else None
 
 
 class DecodeGraph(StepGraph):
@@ -51,7 +43,8 @@ class DecodeGraph(StepGraph):
         self.n_splits = self.ops.decode_splits(c.num_kv_heads, c.group_size, max_capacity, c.head_dim)
         # RoPE's cos/sin for every position this graph can see, read by the attention kernel
         # (and by the prefill graphs): the model's own frequencies, scaled or not
-        self.rope_table = self.ops.rope_table(c.head_dim, c.rope_theta, max_capacity, rope_frequencies(c))
+        self.host_rope = host_rope(c)
+        self.rope_table = self.ops.rope_table(c.head_dim, c.rope_theta, max_capacity, self.host_rope)
         empty = backend._empty
         self.residual = empty((1, c.hidden_size))
         self.qkv = empty((1, c.qkv_size))

@@ -9,8 +9,6 @@ import math
 
 import numpy as np
 
-from inloop.services.runtime.backends.cpu.backend import rope_cos_sin
-
 from .driver import Allocator, DeviceInfo, Stream, copy_htod, memset_d8
 from .gemv_tuning import choice_key
 from .kernels_registry import HEAD_DIM_VARIANTS, KernelSet, for_weights
@@ -91,7 +89,7 @@ class Ops:
         self.sample_ws = Workspace(allocator, stream, "f32")
         self.sample_counter = Workspace(allocator, stream, "i32", zeroed=True)
         self.allocator = allocator
-        # (hd, theta[, inv_freq bytes, attention scaling]) -> (table, rows): see rope_table
+        # (hd, theta) or a HostRope -> (table, rows): see rope_table
         self.rope_tables: dict[tuple, tuple[Workspace, int]] = {}
 
     def _launch(self, name: str, grid, block, args, smem: int = 0) -> None:
@@ -263,45 +261,40 @@ class Ops:
                      (qkv.ptr, positions.ptr, _ptr(kc), _ptr(vc), _ptr(state), out.ptr, T, H, KVH, hd, cap, layer,
                       1.0 / math.sqrt(hd), bq), smem)
 
-    def rope_table(self, hd: int, theta: float, rows: int, freqs=None) -> tuple[DeviceTensor, int]:
+    def rope_table(self, hd: int, theta: float, rows: int, host=None) -> tuple[DeviceTensor, int]:
         """(table, its rows): the (cos, sin) pairs of every position below `rows` (or more),
         f32 [rows, hd/2, 2], for the decode attention kernel and the prefill graphs. Built once
         per rotation and rebuilt larger when more rows are asked for; a graph captured with a
         smaller one keeps it (the workspace retires it rather than freeing it). Not under capture.
 
-        `freqs` = (inv_freq [hd/2], attention_scaling) of a scaled RoPE (model/rope.py): the
-        table is then computed on the host by the numpy backend's own rope_cos_sin and copied
-        up, so linear, llama3 and yarn rotate by exactly the values the reference does and no
-        kernel needs to know the scaling. Plain RoPE (None) is built by the rope_table kernel,
-        the same sincosf the op path runs inline."""
-        if freqs is not None:
-            inv_freq = np.ascontiguousarray(freqs[0], np.float32)
-            assert inv_freq.shape == (hd // 2,), (inv_freq.shape, hd)
-            key = (hd, float(theta), inv_freq.tobytes(), float(freqs[1]))
-        else:
-            key = (hd, float(theta))
+        Plain RoPE (`host` None) is built by the rope_table kernel from theta, the same sincosf
+        the op path runs inline. A scaled one (`host`, a rope_rows.HostRope: linear, llama3,
+        yarn, dynamic's decode rows) is computed on the host by the numpy backend's own
+        rope_cos_sin and copied up, so the kernels rotate by exactly the reference's values and
+        none of them needs to know the scaling."""
+        key = (hd, float(theta)) if host is None else host
+        assert host is None or host.head_dim == hd, (host, hd)
         ws, built = self.rope_tables.get(key, (None, 0))
         if ws is None:
             ws = Workspace(self.allocator, self.stream, "f32")
         if built < rows:
             t = ws.get(rows * hd)
             built = t.numel // hd
-            if freqs is None:
+            if host is None:
                 self._launch("rope_table", (built,), (64,), (t.ptr, built, hd, theta))
             else:
-                self.fill_rope_table(t, built, hd, theta, inv_freq, float(freqs[1]))
+                self.write_rope_rows(t, 0, host.rows(0, built))
         self.rope_tables[key] = (ws, built)
         return ws.tensor, built
 
-    def fill_rope_table(self, t: DeviceTensor, rows: int, hd: int, theta: float, inv_freq: np.ndarray,
-                        attention_scaling: float) -> None:
-        """Rows [0, rows) of table `t` from the host: rope_cos_sin's (cos, sin) of each position
-        times inv_freq, times attention_scaling (yarn). Stream-ordered after every launch
-        before it (a pageable copy: the host array is staged before this returns)."""
-        assert t.dtype == "f32" and t.numel >= rows * hd
-        cos, sin = rope_cos_sin(np.arange(rows), hd, theta, inv_freq, attention_scaling)
-        host = np.ascontiguousarray(np.stack([cos, sin], axis=-1), np.float32)
-        copy_htod(t.ptr, host.ctypes.data, host.nbytes, self.stream)
+    def write_rope_rows(self, table: DeviceTensor, first: int, rows: np.ndarray) -> None:
+        """Rows [first, first + len(rows)) of a rope table from the host (f32 [n, hd/2, 2]).
+        Stream-ordered after every launch before it, so those read the old rows; a pageable
+        copy, so the host array is staged before this returns."""
+        host = np.ascontiguousarray(rows, np.float32)
+        n, half = host.shape[:2]
+        assert host.shape == (n, half, 2) and table.dtype == "f32" and table.numel >= (first + n) * 2 * half
+        copy_htod(table.ptr + 4 * first * 2 * half, host.ctypes.data, host.nbytes, self.stream)
 
     def decode_splits(self, KVH: int, G: int, capacity: int, hd: int) -> int:
         """Blocks along the sequence: enough to fill the GPU at full context; the kernel uses
