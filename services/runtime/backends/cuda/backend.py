@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from inloop.services.contract.backend import Backend, KVCache
+from inloop.services.runtime.backends.cpu.backend import rope_cos_sin
 from inloop.services.contract.step_runner import DeviceSampling
 
 from . import compiler
@@ -26,7 +27,7 @@ from .driver import Allocator, Device, Stream, copy_dtod, copy_dtoh, copy_htod, 
 from .gemv_tuning import GemvTuner
 from .gemv_tuning import enabled_by_env as gemv_enabled_by_env
 from .kernels_registry import KernelSet
-from .ops import Ops
+from .ops import Ops, Workspace
 from .state import DECODE_STATE, new_state, set_sampling
 from .tensor import DTYPES, WEIGHT_DTYPES, DeviceTensor
 from .upload import Uploader, source_dtype
@@ -56,6 +57,8 @@ class CudaBackend(Backend):
         self.gemv_tuner = GemvTuner(self) if (gemv_enabled_by_env() if gemv_tune is None else gemv_tune) else None
         self.uploader = Uploader(self.allocator, self.stream, self.ops)
         self._sample_state = DeviceTensor.empty(self.allocator, (DECODE_STATE.itemsize // 4,), "i32")
+        # the op path's table for scaled RoPE (rope()): frequencies it holds, rows filled
+        self._op_rope, self._op_rope_key, self._op_rope_rows = Workspace(self.allocator, self.stream, "f32"), None, 0
         self.start_seconds = time.perf_counter() - t0
         log.info("cuda backend: %s sm_%d%d, %d SMs, arch %s, pdl=%s, start %.3fs", self.info.name,
                  *self.info.capability, self.info.sm_count, self.arch, self.pdl, self.start_seconds)
@@ -181,9 +184,32 @@ class CudaBackend(Backend):
 
     def rope(self, qkv, positions, num_heads, num_kv_heads, head_dim, theta, inv_freq=None,
              attention_scaling=1.0) -> None:
-        if inv_freq is not None:  # load_model refuses these models; this op has no table input yet
-            raise NotImplementedError("scaled RoPE runs on the cpu backend only")
-        self.ops.rope_qknorm(qkv, positions, num_heads, num_kv_heads, head_dim, theta)
+        if inv_freq is None:
+            self.ops.rope_qknorm(qkv, positions, num_heads, num_kv_heads, head_dim, theta)
+            return
+        # A scaled RoPE (model/rope.py's frequencies for this call) reads a cos/sin table, the
+        # same values the graphs' table holds. It must cover the call's last position, so the op
+        # path reads the positions back (the tests' and the fallback's path, not the graphs').
+        self.device.make_current()
+        rows = int(np.max(self.to_host(positions))) + 1
+        table = self._op_rope_table(head_dim, theta, rows, np.ascontiguousarray(inv_freq, np.float32),
+                                    float(attention_scaling))
+        self.ops.rope_qknorm(qkv, positions, num_heads, num_kv_heads, head_dim, theta, rope_table=table)
+
+    def _op_rope_table(self, hd, theta, rows, inv_freq, scaling) -> tuple[DeviceTensor, int]:
+        """One table, refilled when the frequencies change (dynamic RoPE past its original
+        length: every call) or more rows are needed; stream order keeps launches already
+        queued on the old values. Filled to the workspace's size, so a static scaling's
+        decode steps refill it only as it grows."""
+        key = (hd, float(theta), inv_freq.tobytes(), scaling)
+        if self._op_rope_key != key or self._op_rope_rows < rows:
+            grown = self._op_rope_rows if rows <= self._op_rope_rows else max(rows, 2 * self._op_rope_rows, 256)
+            t = self._op_rope.get(grown * hd)
+            self._op_rope_rows = t.numel // hd
+            cos, sin = rope_cos_sin(np.arange(self._op_rope_rows), hd, theta, inv_freq, scaling)
+            self.ops.write_rope_rows(t, 0, np.stack([cos, sin], axis=-1))
+            self._op_rope_key = key
+        return self._op_rope.tensor, self._op_rope_rows
 
     def attention(self, qkv, cache: KVCache, layer, positions, num_heads, num_kv_heads, head_dim):
         T = qkv.shape[0]
@@ -254,14 +280,8 @@ class CudaBackend(Backend):
         """The Transformer with its weights loaded straight to the GPU (loader.py: raw stored
         bytes, converted on the device; no float32 copy on the host). An fp16 checkpoint keeps
         fp16 weights (and runs the fp16-weight build of the kernels); any other is bf16."""
-        from inloop.services.runtime.model.config import ModelLoadError
-
         from .loader import load_transformer
 
-        if cfg.rope.scaled or not all(cfg.use_rope):  # the kernels rotate by theta on every layer
-            what = f"RoPE scaling {cfg.rope.rope_type!r}" if cfg.rope.scaled else "layers without RoPE"
-            raise ModelLoadError(f"{cfg.arch} with {what} runs on --backend cpu for now (the CUDA kernels "
-                                 "rotate every layer by theta only)")
         stored = weights.storage_dtype()
         storage = "f16" if stored == "F16" else "bf16"
         model = load_transformer(self, cfg, weights, storage)

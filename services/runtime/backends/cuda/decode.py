@@ -24,8 +24,15 @@ from inloop.services.contract.step_runner import DeviceSampling
 
 from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
 from .module import Graph
+from .rope_rows import HostRope
 from .state import DECODE_STATE, FLAG_ADVANCE, new_state, set_sampling
 from .step_graph import RESULT_BYTES, StepGraph
+
+
+def host_rope(cfg) -> HostRope | None:
+    """How the graphs' cos/sin table is built: None for plain RoPE (on the device, from theta),
+    else the model's scaled RoPE computed on the host (rope_rows.py)."""
+    return HostRope(cfg.rope, cfg.head_dim) if cfg.rope.scaled else None
 
 
 class DecodeGraph(StepGraph):
@@ -35,7 +42,9 @@ class DecodeGraph(StepGraph):
         self.ops = backend.ops
         self.n_splits = self.ops.decode_splits(c.num_kv_heads, c.group_size, max_capacity, c.head_dim)
         # RoPE's cos/sin for every position this graph can see, read by the attention kernel
-        self.rope_table = self.ops.rope_table(c.head_dim, c.rope_theta, max_capacity)
+        # (and by the prefill graphs): the model's own frequencies, scaled or not
+        self.host_rope = host_rope(c)
+        self.rope_table = self.ops.rope_table(c.head_dim, c.rope_theta, max_capacity, self.host_rope)
         empty = backend._empty
         self.residual = empty((1, c.hidden_size))
         self.qkv = empty((1, c.qkv_size))
@@ -73,8 +82,10 @@ class DecodeGraph(StepGraph):
         ops.embedding(m.embed, self.state, self.residual)  # ids = &state.token
         for i, lw in enumerate(m.layers):
             ops.gemv(lw.qkv, self.residual, self.qkv, bias=lw.qkv_bias, norm_w=lw.input_norm, eps=eps)
+            # a layer without RoPE (smollm3) passes no table: the kernel's flags then skip the rotation
             ops.attention_decode(self.qkv, self.attn, H, KVH, hd, i, self.n_splits, state=self.state,
-                                 q_norm=lw.q_norm, k_norm=lw.k_norm, eps=eps, rope_table=self.rope_table)
+                                 q_norm=lw.q_norm, k_norm=lw.k_norm, eps=eps,
+                                 rope_table=self.rope_table if c.use_rope[i] else None)
             ops.gemv(lw.o, self.attn, self.residual, mode="residual")
             ops.gemv(lw.gate_up, self.residual, self.act, norm_w=lw.post_norm, eps=eps, mode="swiglu")
             ops.gemv(lw.down, self.act, self.residual, mode="residual")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 
-from .driver import Allocator, DeviceInfo, Stream, memset_d8
+import numpy as np
+
+from .driver import Allocator, DeviceInfo, Stream, copy_htod, memset_d8
 from .gemv_tuning import choice_key
 from .kernels_registry import HEAD_DIM_VARIANTS, KernelSet, for_weights
 from .state import SAMPLE_STATS_BYTES
@@ -87,7 +89,8 @@ class Ops:
         self.sample_ws = Workspace(allocator, stream, "f32")
         self.sample_counter = Workspace(allocator, stream, "i32", zeroed=True)
         self.allocator = allocator
-        self.rope_tables: dict[tuple[int, float], tuple[Workspace, int]] = {}  # (hd, theta) -> (table, rows)
+        # (hd, theta) or a HostRope -> (table, rows): see rope_table
+        self.rope_tables: dict[tuple, tuple[Workspace, int]] = {}
 
     def _launch(self, name: str, grid, block, args, smem: int = 0) -> None:
         kernel = self.k[name]
@@ -258,21 +261,40 @@ class Ops:
                      (qkv.ptr, positions.ptr, _ptr(kc), _ptr(vc), _ptr(state), out.ptr, T, H, KVH, hd, cap, layer,
                       1.0 / math.sqrt(hd), bq), smem)
 
-    def rope_table(self, hd: int, theta: float, rows: int) -> tuple[DeviceTensor, int]:
+    def rope_table(self, hd: int, theta: float, rows: int, host=None) -> tuple[DeviceTensor, int]:
         """(table, its rows): the (cos, sin) pairs of every position below `rows` (or more),
-        f32 [rows, hd/2, 2], for the decode attention kernel. Built once per rotation and
-        rebuilt larger when more rows are asked for; a graph captured with a smaller one keeps
-        it (the workspace retires it rather than freeing it). Not under capture."""
-        key = (hd, float(theta))
+        f32 [rows, hd/2, 2], for the decode attention kernel and the prefill graphs. Built once
+        per rotation and rebuilt larger when more rows are asked for; a graph captured with a
+        smaller one keeps it (the workspace retires it rather than freeing it). Not under capture.
+
+        Plain RoPE (`host` None) is built by the rope_table kernel from theta, the same sincosf
+        the op path runs inline. A scaled one (`host`, a rope_rows.HostRope: linear, llama3,
+        yarn, dynamic's decode rows) is computed on the host by the numpy backend's own
+        rope_cos_sin and copied up, so the kernels rotate by exactly the reference's values and
+        none of them needs to know the scaling."""
+        key = (hd, float(theta)) if host is None else host
+        assert host is None or host.head_dim == hd, (host, hd)
         ws, built = self.rope_tables.get(key, (None, 0))
         if ws is None:
             ws = Workspace(self.allocator, self.stream, "f32")
         if built < rows:
             t = ws.get(rows * hd)
             built = t.numel // hd
-            self._launch("rope_table", (built,), (64,), (t.ptr, built, hd, theta))
+            if host is None:
+                self._launch("rope_table", (built,), (64,), (t.ptr, built, hd, theta))
+            else:
+                self.write_rope_rows(t, 0, host.rows(0, built))
         self.rope_tables[key] = (ws, built)
         return ws.tensor, built
+
+    def write_rope_rows(self, table: DeviceTensor, first: int, rows: np.ndarray) -> None:
+        """Rows [first, first + len(rows)) of a rope table from the host (f32 [n, hd/2, 2]).
+        Stream-ordered after every launch before it, so those read the old rows; a pageable
+        copy, so the host array is staged before this returns."""
+        host = np.ascontiguousarray(rows, np.float32)
+        n, half = host.shape[:2]
+        assert host.shape == (n, half, 2) and table.dtype == "f32" and table.numel >= (first + n) * 2 * half
+        copy_htod(table.ptr + 4 * first * 2 * half, host.ctypes.data, host.nbytes, self.stream)
 
     def decode_splits(self, KVH: int, G: int, capacity: int, hd: int) -> int:
         """Blocks along the sequence: enough to fill the GPU at full context; the kernel uses

@@ -25,9 +25,10 @@ from inloop.services.contract.backend import KVCache
 from inloop.services.contract.step_runner import DeviceSampling
 
 from .decode import DecodeGraph
-from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod
+from .driver import Event, PinnedBuffer, copy_dtoh, copy_htod, memset_d8
 from .module import Graph
 from .ops import GEMM_TILE
+from .rope_rows import HostRope
 from .state import DECODE_STATE, new_state, set_sampling
 from .step_graph import StepGraph
 from .tensor import DeviceTensor
@@ -39,9 +40,11 @@ ALL_ROWS_MAX = 64      # its largest chunk: [64, vocab] fp32 logits (12.6 MB for
 
 
 class PrefillGraph(StepGraph):
-    def __init__(self, backend, model, bucket: int, rope_table):
+    def __init__(self, backend, model, bucket: int, rope_table, call_rope: HostRope | None = None):
         self.be, self.model, self.cfg, self.bucket = backend, model, model.cfg, bucket
         self.rope_table = rope_table  # (table, rows) of Ops.rope_table, covering every position it sees
+        # dynamic RoPE: the table is the runner's own, and each call writes its rows first (rope_rows.py)
+        self.call_rope = call_rope
         c, empty = self.cfg, backend._empty
         # one device buffer [DecodeState | ids | positions], filled by one copy per prefill
         self.io = empty((STATE_BYTES // 4 + 2 * bucket,), "i32")
@@ -87,7 +90,8 @@ class PrefillGraph(StepGraph):
             else:  # normalized from the previous down projection's row sums
                 ops.gemm(self.r, lw.qkv, self.qkv, lw.qkv_bias, norm=(lw.input_norm, self.row_ss, eps))
             ops.rope_qknorm(self.qkv, self.positions, H, KVH, hd, c.rope_theta, q_norm=lw.q_norm, k_norm=lw.k_norm,
-                            eps=eps, store_layer=i, state=st, rope_table=self.rope_table)  # + k/v rows to the cache
+                            eps=eps, rope=c.use_rope[i], store_layer=i, state=st,  # + k/v rows to the cache
+                            rope_table=self.rope_table)
             ops.attention_prefill(self.qkv, self.positions, None, None, self.attn, H, KVH, hd, 0, i, state=st)
             ops.gemm(self.attn, lw.o, self.r, mode="residual", row_ss=self.row_ss)
             ops.gemm(self.r, lw.gate_up, self.gu, norm=(lw.post_norm, self.row_ss, eps))
@@ -111,6 +115,8 @@ class PrefillGraph(StepGraph):
             raise ValueError(f"positions {start}..{start + n - 1} exceed this prefill graph's "
                              f"{self.rope_table[1]} positions")
         self.be.device.make_current()
+        if self.call_rope is not None:  # this call's frequencies (its length) for its rows
+            self.be.ops.write_rope_rows(self.rope_table[0], start, self.call_rope.call_rows(start, n))
         h = self.host
         h["k_cache"], h["v_cache"], h["capacity"] = cache.k.ptr, cache.v.ptr, cache.capacity
         h["rows"], h["pos"], h["flags"] = n, start + n, 0
@@ -173,12 +179,22 @@ class GraphRunner:
         self.be, self.model = backend, model
         self.decode = DecodeGraph(backend, model, max_capacity)
         self.prefills: dict[int, PrefillGraph] = {}
+        # Dynamic RoPE rotates a prefill call's rows by the call's length, not as decode steps
+        # do: the prefill graphs get a table of their own, whose rows each call writes first.
+        hr = self.decode.host_rope
+        self._call_rope = hr if hr is not None and hr.dynamic else None
+        self._prefill_rope = self.decode.rope_table
+        if self._call_rope is not None:
+            rows = self.decode.rope_table[1]
+            table = backend._empty((rows * model.cfg.head_dim,))
+            memset_d8(table.ptr, 0, table.nbytes, backend.stream)  # finite rows for a padded row to read
+            self._prefill_rope = (table, rows)
         self._ahead: Lookahead | None = None  # see decode_sample
 
     def prefill_graph(self, n: int) -> PrefillGraph:
         bucket = next((b for b in BUCKETS if b >= n), BUCKETS[-1])
         if bucket not in self.prefills:
-            self.prefills[bucket] = PrefillGraph(self.be, self.model, bucket, self.decode.rope_table)
+            self.prefills[bucket] = PrefillGraph(self.be, self.model, bucket, self._prefill_rope, self._call_rope)
         return self.prefills[bucket]
 
     def _chunks(self, ids, start: int, step: int | None = None):
