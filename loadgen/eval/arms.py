@@ -6,8 +6,8 @@
   server's /chat/completions.
 - ours, required: the same with tool_choice required: the call is forced from the first token,
   so it shows what the grammar does for a model that would otherwise answer in prose (it
-  cannot pass `irrelevance`, whose right answer is no call: it answers those items too, so
-  that every arm scores the same items).
+  passes `irrelevance`, whose right answer is no call, only where max_tokens cuts its call
+  short; it answers those items too, so that every arm scores the same items).
 - ours, unconstrained: the same prompt text as the constrained arm renders it, sent raw (no
   template, no tools), decoded freely; tool calls are parsed from the text. gRPC Generate with
   `prompt`, or /completions.
