@@ -100,9 +100,9 @@ def markdown(s: dict, meta: dict) -> str:
     for cat in cats + ["all"]:
         lines.append(f"| {cat} | " + " | ".join(_ci(s["accuracy"].get(f"{a}|{cat}")) for a in arms) + " |")
     if REQUIRED in arms:
-        lines += ["", (f"{REQUIRED} forces a call (tool_choice required), so it cannot pass irrelevance, whose "
-                      "right answer is no call; its call-category scores show what the grammar does once a "
-                      "call is made.")]
+        lines += ["", (f"{REQUIRED} forces a call (tool_choice required), so it passes irrelevance (whose right "
+                      "answer is no call) only where max_tokens cut its call short; its call-category scores "
+                      "show what the grammar does once a call is made.")]
     lines += ["", "## Valid-call rate (at least one well-formed call to an offered function; call categories)",
               "", head]
     for cat in [c for c in cats if "irrelevance" not in c] + ["all"]:
