@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -16,6 +17,18 @@ def has_reference() -> bool:
 
 requires_reference = pytest.mark.skipif(
     not has_reference(), reason="HF transformers + torch not installed (pip install torch==2.13.0 '.[reference]')")
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Whatever a test sets in os.environ is gone after it: service processes started by later
+    tests inherit the environment (an OTLP endpoint left behind once made every later service
+    export spans to a host that does not exist, and stall at shutdown)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -49,10 +49,14 @@ def test_soak_verdict():
     runner = soak.Soak.__new__(soak.Soak)
     runner.args = args
     runner.profile = argparse.Namespace(name="p04")
-    record = {"route": "external", "ok": False, "error_type": "tool_hop_failed", "ended_s": 1.0}
+    record = {"route": "external", "ok": False, "error_type": "tool_hop_failed", "ended_s": 1.0, "retries": 1}
     runner.records = [record, {**record, "ok": True, "error_type": ""}]
     steady = {"start": {"tools": 100.0}, "middle": {"tools": 104.0}, "end": {"tools": 109.0}}
     assert runner.verdict(steady, [], 600.0)["ok"]
+    unfaulted = runner.records
+    runner.records = [{**r, "retries": 0} for r in unfaulted]   # the faults never fired: proves nothing
+    assert not runner.verdict(steady, [], 600.0)["faults_fired"] and not runner.verdict(steady, [], 600.0)["ok"]
+    runner.records = unfaulted
     growing = {**steady, "end": {"tools": 115.0}}
     assert not runner.verdict(growing, [], 600.0)["ok"]
     runner.records.append({**record, "error_type": "rpc_INTERNAL"})

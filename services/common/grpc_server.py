@@ -161,7 +161,10 @@ async def serve_until_signal(handle: ServerHandle, grace_s: float = 5.0, on_drai
         await handle.set_not_serving()
         await handle.server.stop(grace_s)
         await terminated
-        shutdown_tracing()  # send the last spans before the process exits
+        # send the last spans before the process exits; off the event loop, since an exporter
+        # whose collector does not answer retries for seconds, and the HTTP front's streams
+        # still need the loop to end typed
+        await asyncio.to_thread(shutdown_tracing)
         return reason
     finally:
         signalled.cancel()

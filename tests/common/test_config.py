@@ -195,6 +195,7 @@ def test_otlp_endpoint_reads_the_standard_variable_and_is_exported(clean_env):
         "http://collector:4317", "env OTEL_EXPORTER_OTLP_ENDPOINT")
     r = resolved([], {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "INLOOP_OTLP_ENDPOINT": "http://b:4317"})
     assert r.values["otlp_endpoint"] == "http://b:4317"
+    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")  # so that the teardown removes what is exported next
     export_otlp_endpoint(argparse.Namespace(otlp_endpoint="http://c:4317"))
     assert os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://c:4317"
 

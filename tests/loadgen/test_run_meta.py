@@ -142,8 +142,10 @@ def test_a_gguf_file_is_named_by_its_stem_and_hashed_as_the_file(tmp_path):
 def test_a_hub_id_is_its_cached_snapshot_named_with_its_commit(tmp_path, monkeypatch):
     from tests.runtime.model.test_hub import COMMIT, lay_out_hub_cache
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HOME once, at its import: point its cache constant here too
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     model = make_tiny("llama", tmp_path / "tiny")
     lay_out_hub_cache(tmp_path / "hf", "tiny-org/tiny-llama", model)
     snapshot = rm.resolve_model_dir("tiny-org/tiny-llama")

@@ -37,6 +37,11 @@ from inloop.services.runtime.service.scheduler import NotReady, QueueFull, Reque
 
 log = get_logger(__name__)
 MAX_BODY_BYTES = 4 << 20
+# uvicorn cancels a request still open at its graceful-shutdown timeout and closes the socket
+# mid-stream. Our drain (services/common/drain.py) ends SSE streams with an error event at the
+# grace's end minus a small margin; on a loaded event loop (a fast engine posting thousands of
+# tokens) that event can take longer than the margin to go out, so uvicorn's cut waits longer.
+CUT_AFTER_GRACE_S = 2.0
 _STATUS = {InvalidRequest: 400, QueueFull: 429, NotReady: 503, RequestExpired: 504}
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable", 504: "timeout",
@@ -276,13 +281,15 @@ async def start_http(app: FastAPI, host: str, port: int, tls: tuple[str, str, st
                      grace_s: float = 5.0):
     """Serve `app` in this event loop; returns (server, bound port). With the service's TLS
     files it is HTTPS; client certificates are optional (SDKs do not send them). On shutdown,
-    open requests get `grace_s` (the service's --grace-s) before uvicorn cuts them."""
+    open requests get `grace_s` (the service's --grace-s): the drain ends them typed just
+    before it runs out; uvicorn's own cut comes CUT_AFTER_GRACE_S later, only for a handler
+    that ignored the drain."""
     kw = {}
     if tls is not None:
         cert, key, ca = tls
         kw = {"ssl_certfile": cert, "ssl_keyfile": key, "ssl_ca_certs": ca, "ssl_cert_reqs": ssl.CERT_OPTIONAL}
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=grace_s, **kw)
+                            timeout_graceful_shutdown=grace_s + CUT_AFTER_GRACE_S, **kw)
     server = _Server(config)
     server.task = asyncio.ensure_future(server.serve())
     while not server.started:
