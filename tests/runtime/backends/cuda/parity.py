@@ -26,6 +26,55 @@ def assert_close(got, ref, rtol: float, atol: float, what: str = "") -> None:
                              f"got {got[i]:.6g} ref {ref[i]:.6g} (max abs err {err.max():.3g})")
 
 
+def margin_tolerance(logits: np.ndarray) -> float:
+    """How far apart two logits must be for bf16 weights/KV to keep their order: a few bf16 ulps
+    of the logit scale."""
+    return 3e-2 * max(1.0, float(np.abs(logits).max()))
+
+
+def top2_margin(logits: np.ndarray) -> float:
+    a = np.partition(logits, -2)[-2:]
+    return float(a[1] - a[0])
+
+
+def graph_greedy(runner, prompt, steps: int, cache) -> list[int]:
+    """Free-running greedy through a GraphRunner: the prefill graph samples the first token,
+    the decode graph the rest."""
+    out = [runner.prefill_sample(prompt, 0, cache)[0]]
+    for step in range(steps - 1):
+        out.append(runner.decode_sample(out[-1], len(prompt) + step, cache)[0])
+    return out
+
+
+def assert_greedy_agrees(got: list[int], tokens: list[int], ref_logits, label: str, note: dict) -> None:
+    """Greedy tokens equal numpy's, or they part first where numpy's top-2 margin is within
+    bf16's tolerance (then reported with `note`)."""
+    first = next((i for i, (a, b) in enumerate(zip(got, tokens)) if a != b), None)
+    if first is not None:
+        m, tol = top2_margin(ref_logits[first]), margin_tolerance(ref_logits[first])
+        assert m < tol, f"{label}: greedy token {first} differs ({got[first]} vs {tokens[first]}), numpy margin {m:.4g}"
+        report({**note, "step": first, "numpy_margin": m, "tol": tol})
+
+
+def last_logits(model, ids, start: int, cache) -> np.ndarray:
+    """Feed `ids` at positions start.. through `model` (any backend); the last row's logits."""
+    b = model.backend
+    logits = model.forward(b.ids(np.asarray(ids, np.int32)), b.ids(np.arange(start, start + len(ids), dtype=np.int32)),
+                           cache)
+    return np.asarray(b.to_host(logits))[-1]
+
+
+def numpy_greedy(cpu_model, prompt: np.ndarray, steps: int, capacity: int):
+    """Free-running greedy on numpy from `prompt`: the tokens and each step's logits."""
+    cache = cpu_model.new_cache(capacity)
+    logits = [last_logits(cpu_model, prompt, 0, cache)]
+    tokens = []
+    for step in range(steps):
+        tokens.append(int(np.argmax(logits[-1])))
+        logits.append(last_logits(cpu_model, [tokens[-1]], len(prompt) + step, cache))
+    return tokens, logits
+
+
 def report(record: dict) -> None:
     """Append a parity note (e.g. an allowed greedy divergence) to $INLOOP_PARITY_REPORT."""
     path = os.environ.get("INLOOP_PARITY_REPORT")

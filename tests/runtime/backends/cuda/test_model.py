@@ -9,43 +9,26 @@ import pytest
 
 from inloop.services.runtime.engine.sampler import log_softmax, token_stats
 
-from .parity import assert_close, report
+from .parity import (
+    assert_close,
+    assert_greedy_agrees,
+    graph_greedy,
+    last_logits,
+    margin_tolerance,
+    numpy_greedy,
+    report,
+    top2_margin,
+)
 
 PROMPT_LEN, STEPS, CAPACITY = 11, 24, 64
-
-
-def margin_tolerance(logits: np.ndarray) -> float:
-    """How far apart two logits must be for bf16 weights/KV to keep their order: a few bf16 ulps
-    of the logit scale."""
-    return 3e-2 * max(1.0, float(np.abs(logits).max()))
-
-
-def top2_margin(logits: np.ndarray) -> float:
-    a = np.partition(logits, -2)[-2:]
-    return float(a[1] - a[0])
 
 
 def _prompt(cfg) -> np.ndarray:
     return np.random.default_rng(0).integers(3, cfg.vocab_size, PROMPT_LEN).astype(np.int32)
 
 
-def _forward(model, ids, start, cache):
-    b = model.backend
-    logits = model.forward(b.ids(np.asarray(ids, np.int32)), b.ids(np.arange(start, start + len(ids), dtype=np.int32)),
-                           cache)
-    return np.asarray(b.to_host(logits))[-1]
-
-
 def _numpy_greedy(cpu_model, cfg):
-    """Free-running greedy on numpy: tokens and each step's logits."""
-    cache = cpu_model.new_cache(CAPACITY)
-    ids = _prompt(cfg)
-    logits = [_forward(cpu_model, ids, 0, cache)]
-    tokens = []
-    for step in range(STEPS):
-        tokens.append(int(np.argmax(logits[-1])))
-        logits.append(_forward(cpu_model, [tokens[-1]], PROMPT_LEN + step, cache))
-    return tokens, logits
+    return numpy_greedy(cpu_model, _prompt(cfg), STEPS, CAPACITY)
 
 
 def test_raw_loader_uploads_the_same_weights(models):
@@ -59,9 +42,9 @@ def test_forward_matches_numpy_teacher_forced(models):
     cfg, cpu_model, gpu_model, _ = models
     tokens, ref_logits = _numpy_greedy(cpu_model, cfg)
     cache = gpu_model.new_cache(CAPACITY)
-    got = [_forward(gpu_model, _prompt(cfg), 0, cache)]
+    got = [last_logits(gpu_model, _prompt(cfg), 0, cache)]
     for step, tok in enumerate(tokens):
-        got.append(_forward(gpu_model, [tok], PROMPT_LEN + step, cache))
+        got.append(last_logits(gpu_model, [tok], PROMPT_LEN + step, cache))
     for step, (g, r) in enumerate(zip(got, ref_logits)):
         tol = margin_tolerance(r)
         assert_close(g, r, 2e-2, tol, f"logits at step {step}")
@@ -73,7 +56,7 @@ def test_forward_matches_numpy_teacher_forced(models):
 def _graph_for(gpu_model, cfg):
     dg = gpu_model.backend.decode_graph(gpu_model, CAPACITY)
     cache = gpu_model.new_cache(CAPACITY)
-    logits = _forward(gpu_model, _prompt(cfg), 0, cache)
+    logits = last_logits(gpu_model, _prompt(cfg), 0, cache)
     dg.bind(cache)
     return dg, cache, logits
 
@@ -142,22 +125,15 @@ def test_prefill_graph_matches_numpy_and_chains_into_decode(models, monkeypatch)
     pg = runner.prefill_graph(PROMPT_LEN)
     eager = pg.logits_for(list(_prompt(cfg)), 0, cache, use_graph=False)
     assert np.array_equal(eager, pg.logits_for(list(_prompt(cfg)), 0, cache))
-    tok = runner.prefill_sample(_prompt(cfg), 0, cache)[0]
-    got = [tok]
-    for step in range(STEPS - 1):
-        got.append(runner.decode_sample(got[-1], PROMPT_LEN + step, cache)[0])
-    first_div = next((i for i, (a, b) in enumerate(zip(got, tokens)) if a != b), None)
-    if first_div is not None:
-        m, tol = top2_margin(ref_logits[first_div]), margin_tolerance(ref_logits[first_div])
-        assert m < tol, f"{cfg.arch}: runner greedy token {first_div} differs with numpy margin {m:.4g}"
-        report({"test": "runner", "arch": cfg.arch, "step": first_div, "numpy_margin": m, "tol": tol})
+    got = graph_greedy(runner, _prompt(cfg), STEPS, cache)
+    assert_greedy_agrees(got, tokens, ref_logits, f"{cfg.arch} runner", {"test": "runner", "arch": cfg.arch})
     # a prompt longer than the largest bucket runs in chunks through the cache
     monkeypatch.setattr(prefill, "BUCKETS", (16,))
     long_ids = np.random.default_rng(3).integers(3, cfg.vocab_size, 40).astype(np.int32)
     chunked = gpu_model.backend.graph_runner(gpu_model, CAPACITY)
     c2 = gpu_model.new_cache(CAPACITY)
     ref_cache = cpu_model.new_cache(CAPACITY)
-    ref = _forward(cpu_model, long_ids, 0, ref_cache)
+    ref = last_logits(cpu_model, long_ids, 0, ref_cache)
     assert_close(chunked.prefill_logits(long_ids, 0, c2), ref, 2e-2, margin_tolerance(ref), "chunked prefill")
 
 

@@ -20,9 +20,8 @@ from inloop.services.runtime.model.tiny import make_tiny
 from inloop.services.runtime.model.transformer import Transformer
 from inloop.services.runtime.model.weights import Weights
 
-from .parity import assert_close, report
+from .parity import assert_close, assert_greedy_agrees, graph_greedy, last_logits, margin_tolerance, numpy_greedy
 from .test_engine_on_cuda import _chat, assert_same_greedy
-from .test_model import margin_tolerance, top2_margin
 
 PROMPT_LEN, STEPS, CAPACITY = 11, 14, 64  # positions 0..24; every scaling's original length is 16 or less
 
@@ -61,27 +60,14 @@ def _prompt(cfg) -> np.ndarray:
     return np.random.default_rng(1).integers(3, cfg.vocab_size, PROMPT_LEN).astype(np.int32)
 
 
-def _forward(model, ids, start, cache) -> np.ndarray:
-    b = model.backend
-    logits = model.forward(b.ids(np.asarray(ids, np.int32)), b.ids(np.arange(start, start + len(ids), dtype=np.int32)),
-                           cache)
-    return np.asarray(b.to_host(logits))[-1]
-
-
 def _numpy_greedy(cpu_model, cfg):
-    cache = cpu_model.new_cache(CAPACITY)
-    logits = [_forward(cpu_model, _prompt(cfg), 0, cache)]
-    tokens = []
-    for step in range(STEPS):
-        tokens.append(int(np.argmax(logits[-1])))
-        logits.append(_forward(cpu_model, [tokens[-1]], PROMPT_LEN + step, cache))
-    return tokens, logits
+    return numpy_greedy(cpu_model, _prompt(cfg), STEPS, CAPACITY)
 
 
 def _teacher_forced(model, cfg, tokens):
     cache = model.new_cache(CAPACITY)
-    out = [_forward(model, _prompt(cfg), 0, cache)]
-    return out + [_forward(model, [t], PROMPT_LEN + s, cache) for s, t in enumerate(tokens)]
+    out = [last_logits(model, _prompt(cfg), 0, cache)]
+    return out + [last_logits(model, [t], PROMPT_LEN + s, cache) for s, t in enumerate(tokens)]
 
 
 def _assert_logits(got, ref, what):
@@ -117,14 +103,8 @@ def test_graphs_match_numpy_teacher_forced_and_greedy(model):
     _assert_logits(got, ref, f"{name} graphs")
     # free-running: the prefill graph samples the first token, the decode graph the rest
     cache = gpu_model.new_cache(CAPACITY)
-    out = [runner.prefill_sample(_prompt(cfg), 0, cache)[0]]
-    for step in range(STEPS - 1):
-        out.append(runner.decode_sample(out[-1], PROMPT_LEN + step, cache)[0])
-    first = next((i for i, (a, b) in enumerate(zip(out, tokens)) if a != b), None)
-    if first is not None:
-        m, tol = top2_margin(ref[first]), margin_tolerance(ref[first])
-        assert m < tol, f"{name}: greedy token {first} differs ({out[first]} vs {tokens[first]}), numpy margin {m:.4g}"
-        report({"test": "rope_scaling", "model": name, "step": first, "numpy_margin": m, "tol": tol})
+    out = graph_greedy(runner, _prompt(cfg), STEPS, cache)
+    assert_greedy_agrees(out, tokens, ref, name, {"test": "rope_scaling", "model": name})
 
 
 def test_a_prefill_in_chunks_matches_numpy(model, monkeypatch):
@@ -139,13 +119,13 @@ def test_a_prefill_in_chunks_matches_numpy(model, monkeypatch):
     ids = np.random.default_rng(2).integers(3, cfg.vocab_size, 30).astype(np.int32)
     runner = gpu_model.backend.graph_runner(gpu_model, CAPACITY)
     ref_cache = cpu_model.new_cache(CAPACITY)
-    ref = [_forward(cpu_model, ids[:16], 0, ref_cache), _forward(cpu_model, ids[16:], 16, ref_cache)]
+    ref = [last_logits(cpu_model, ids[:16], 0, ref_cache), last_logits(cpu_model, ids[16:], 16, ref_cache)]
     cache = gpu_model.new_cache(CAPACITY)
     got = [runner.prefill_logits(ids[:16], 0, cache), runner.prefill_logits(ids[16:], 16, cache)]
     _assert_logits(got, ref, f"{name}: chunked prefill")
     one_call = runner.prefill_logits(ids, 0, gpu_model.new_cache(CAPACITY))  # the runner's own chunks
     assert np.array_equal(one_call, got[1])
-    short = _forward(cpu_model, ids[:5], 0, cpu_model.new_cache(CAPACITY))
+    short = last_logits(cpu_model, ids[:5], 0, cpu_model.new_cache(CAPACITY))
     assert_close(runner.prefill_logits(ids[:5], 0, gpu_model.new_cache(CAPACITY)), short, 2e-2,
                  margin_tolerance(short), f"{name}: short prefill after a long one")
 
