@@ -36,12 +36,16 @@ def assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
                                f"exceeds {ATOL} + {RTOL} * {np.broadcast_to(scale, ref.shape)[worst]:.4f}")
 
 
-def assert_prefill_and_decode_match(engine: Engine, hf, prompt: str = PROMPT, steps: int = 8) -> list[int]:
+def assert_prefill_and_decode_match(engine: Engine, hf, prompt: str = PROMPT, steps: int = 8, *,
+                                    ids: list[int] | None = None, close=assert_close,
+                                    greedy_equal: bool = False) -> list[int]:
     """Our all-position prefill logits, then `steps` decode steps fed HF's greedy token, each
-    against HF with its own cache. Returns the prompt ids."""
+    against HF with its own cache (`close` compares; `ids` instead of the prompt's; with
+    `greedy_equal` the greedy token of the prefill's last row and of every step must be HF's
+    too). Returns the prompt ids."""
     import torch
 
-    ids = engine.tokenizer.encode(prompt)
+    ids = engine.tokenizer.encode(prompt) if ids is None else ids
     backend = engine.model.backend
     cache = engine.model.new_cache(len(ids) + steps + 8)
     ours = engine.model.forward(backend.ids(np.array(ids, np.int32)),
@@ -50,25 +54,30 @@ def assert_prefill_and_decode_match(engine: Engine, hf, prompt: str = PROMPT, st
     with torch.no_grad():
         out, past = hf_forward(hf, torch.tensor([ids]))
     ref = out.logits[0].numpy()
-    assert_close(backend.to_host(ours), ref, "prefill logits")
+    ours = backend.to_host(ours)
+    close(ours, ref, "prefill logits")
+    assert not greedy_equal or int(ours[-1].argmax()) == int(ref[-1].argmax()), "prefill: greedy tokens differ"
     token = int(ref[-1].argmax())
     for step in range(steps):
         ours = engine.decode_one_token(token, cache)
         with torch.no_grad():
             out, past = hf_forward(hf, torch.tensor([[token]]), past)
         ref = out.logits[0, -1].numpy()
-        assert_close(np.asarray(ours).reshape(ref.shape), ref, f"decode step {step}")
+        ours = np.asarray(ours).reshape(ref.shape)
+        close(ours, ref, f"decode step {step}")
+        assert not greedy_equal or int(ours.argmax()) == int(ref.argmax()), f"decode step {step}: greedy tokens differ"
         token = int(ref.argmax())
     return ids
 
 
-def assert_greedy_matches_generate(engine: Engine, hf, max_tokens: int = 12) -> list[int]:
-    """The engine's greedy chat completion equals HF generate() on the same prompt ids."""
+def assert_greedy_matches_generate(engine: Engine, hf, max_tokens: int = 12,
+                                   question: str = "What is 17 * 23? Add the receipt total.") -> list[int]:
+    """The engine's greedy chat completion of `question` equals HF generate() on the same prompt ids."""
     import torch
 
     from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
 
-    req = GenerateRequest(messages=[ChatMessage("user", "What is 17 * 23? Add the receipt total.")],
+    req = GenerateRequest(messages=[ChatMessage("user", question)],
                           sampling=SamplingParams(max_tokens=max_tokens))
     result = engine.generate(req)
     prompt = engine.prompt_ids(req)

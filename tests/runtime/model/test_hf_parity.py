@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.runtime_vs_hf import hf_forward
 from inloop.services.runtime.engine.engine import Engine
 from tests.conftest import ARCHS, requires_reference
+from tests.runtime.model.parity import assert_greedy_matches_generate, assert_prefill_and_decode_match, hf_model
 
 pytestmark = [requires_reference, pytest.mark.reference]
 REL_TOL = 1e-4
@@ -16,52 +16,22 @@ def _rel(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
+def _close_rel(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs {ref.shape}"
+    assert _rel(ours, ref) < REL_TOL, f"{what} differ: rel {_rel(ours, ref):.2e}"
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prefill_and_8_decode_steps_match_hf(arch, tiny_models):
-    import torch
-    from transformers import AutoModelForCausalLM
-
     engine = Engine.load(tiny_models[arch])
-    hf = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32).eval()
-    ids = engine.tokenizer.encode("The receipt from Corner Market lists bread and milk")
-    backend = engine.model.backend
-    cache = engine.model.new_cache(len(ids) + 16)
-    ours = engine.model.forward(backend.ids(np.array(ids, np.int32)),
-                                backend.ids(np.arange(len(ids), dtype=np.int32)), cache, all_logits=True)
-    cache.length = len(ids)
-    with torch.no_grad():
-        out, past = hf_forward(hf, torch.tensor([ids]))
-    ref = out.logits[0].numpy()
-    assert ours.shape == ref.shape
-    assert _rel(ours, ref) < REL_TOL, f"prefill logits differ: rel {_rel(ours, ref):.2e}"
-
-    token = int(ref[-1].argmax())
-    for step in range(8):
-        ours = engine.decode_one_token(token, cache)
-        with torch.no_grad():
-            out, past = hf_forward(hf, torch.tensor([[token]]), past)
-        ref = out.logits[0, -1].numpy()
-        assert _rel(ours, ref) < REL_TOL, f"decode step {step}: rel {_rel(ours, ref):.2e}"
-        token = int(ref.argmax())
+    assert_prefill_and_decode_match(engine, hf_model(tiny_models[arch]),
+                                    "The receipt from Corner Market lists bread and milk", close=_close_rel)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_generation_matches_hf_generate(arch, tiny_models):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
-
     engine = Engine.load(tiny_models[arch])
-    hf = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32).eval()
-    req = GenerateRequest(messages=[ChatMessage("user", "What is 17 * 23?")],
-                          sampling=SamplingParams(max_tokens=12))
-    result = engine.generate(req)
-    prompt = engine.prompt_ids(req)
-    with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                          eos_token_id=sorted(engine.eos_ids), pad_token_id=0)
-    assert result.token_ids == ref[0, len(prompt):].tolist()
+    assert_greedy_matches_generate(engine, hf_model(tiny_models[arch]), question="What is 17 * 23?")
 
 
 def test_bench_runs_hf_side_by_side_with_the_same_greedy_tokens(tiny_llama):

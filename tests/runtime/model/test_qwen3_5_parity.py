@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.runtime_vs_hf import hf_forward
 from inloop.services.runtime.engine.engine import Engine
 from inloop.services.runtime.model.tiny_qwen3_5 import make_tiny_qwen3_5
 from tests.conftest import requires_reference
-from tests.runtime.model.parity import assert_greedy_matches_generate
+from tests.runtime.model.parity import assert_greedy_matches_generate, assert_prefill_and_decode_match
 
 pytestmark = [requires_reference, pytest.mark.reference]
 ATOL, RTOL = 1e-5, 1e-4
@@ -55,30 +54,10 @@ def qwen35_models(tmp_path_factory):
             for i, (name, (layers, vision)) in enumerate(CASES.items())}
 
 
-def _prefill_then_decode(engine, hf, ids: list[int], steps: int = 8) -> list[int]:
-    """Prefill and `steps` greedy decode steps on both sides, logits compared at each."""
-    import torch
-
-    backend = engine.model.backend
-    cache = engine.model.new_cache(len(ids) + steps + 1)
-    ours = engine.model.forward(backend.ids(np.array(ids, np.int32)),
-                                backend.ids(np.arange(len(ids), dtype=np.int32)), cache, all_logits=True)
-    cache.length = len(ids)
-    with torch.no_grad():
-        out, past = hf_forward(hf, torch.tensor([ids]))
-    assert_close(ours, out.logits[0].numpy(), "prefill logits")
-    assert int(ours[-1].argmax()) == int(out.logits[0, -1].argmax())
-    token, tokens = int(out.logits[0, -1].argmax()), []
-    for step in range(steps):
-        tokens.append(token)
-        ours = engine.decode_one_token(token, cache)
-        with torch.no_grad():
-            out, past = hf_forward(hf, torch.tensor([[token]]), past)
-        ref = out.logits[0, -1].numpy()
-        assert_close(ours, ref, f"decode step {step}")
-        assert int(ours.argmax()) == int(ref.argmax()), f"decode step {step}: greedy tokens differ"
-        token = int(ref.argmax())
-    return tokens
+def _prefill_then_decode(engine, hf, ids: list[int], steps: int = 8) -> None:
+    """Prefill and `steps` greedy decode steps on both sides: logits compared element-wise at
+    each, greedy tokens equal."""
+    assert_prefill_and_decode_match(engine, hf, steps=steps, ids=ids, close=assert_close, greedy_equal=True)
 
 
 @pytest.mark.parametrize("case", list(CASES))
