@@ -14,6 +14,10 @@
   6. the engine's fast path (`inloop bench runtime --backend cuda`: Engine.load, Generation
      through the CUDA graphs with GPU sampling) side by side with HF, medians and ratios;
      the engine's GPU tests (test_engine_on_cuda.py) run with the others in step 2
+  7. the batching core on the GPU (bench/cuda/batched.py), SmolLM2-shaped: each batch-size
+     bucket's decode graph (replay and full step time, tokens/s, against the op path), batch
+     invariance across the buckets, and the engine with --batching on at 1-64 concurrent
+     requests
 
 `main` runs STAGES, a table of one function per step above, in one loop; results.json is
 written after each. Writes results.json and summary.txt (plus pytest.log / parity.jsonl) to --out. Needs only
@@ -48,6 +52,9 @@ from bench.cuda.benchmark import (  # noqa: E402
     engine_bench_lines,
     greedy_parity,
 )
+from bench.cuda.batched import engine_bench as batched_engine_bench  # noqa: E402
+from bench.cuda.batched import graph_bench  # noqa: E402
+from bench.cuda.batched import summary_lines as batched_lines  # noqa: E402
 from bench.cuda.models import SHAPES, make_random_model, prompt_ids  # noqa: E402
 from bench.cuda.probes import gemv_sweep, graph_node_cost, summary_lines  # noqa: E402
 from bench.runtime_vs_hf import hf_forward, load_hf  # noqa: E402
@@ -123,7 +130,7 @@ def compile_kernels(arch: str) -> dict:
 
 # ---- 2. the GPU tests ----------------------------------------------------------------------
 GPU_TEST_MODULES = ("test_compile.py", "test_ops.py", "test_sampling.py", "test_model.py", "test_probes.py",
-                    "test_engine_on_cuda.py", "test_rope_scaling.py", "test_rope_guard.py")
+                    "test_engine_on_cuda.py", "test_rope_scaling.py", "test_rope_guard.py", "test_paged.py")
 # the engine module adds ~20 s (a SmolLM2-shaped model on numpy as the reference); the RoPE
 # scaling module ~15 s (five tiny models, each through the op path, the graphs and the engine)
 PYTEST_BUDGET_S = 160
@@ -344,6 +351,10 @@ def summary_table(r: dict) -> str:
         lines.append("")
         lines.append("probes (where a decode step's time goes):")
         lines.extend(summary_lines(probes))
+    batched = r.get("batched") or {}
+    if batched:
+        lines.append("")
+        lines.extend(batched_lines("smollm2-135m", batched.get("graphs") or {}, batched.get("engine") or {}))
     lines.append("")
     lines.append("PERF.md row: " + perf_row(r))
     lines.append(f"total {r.get('total_seconds')} s")
@@ -440,6 +451,17 @@ def stage_bench(run: Run) -> None:
         run.save()
 
 
+def stage_batched(run: Run) -> None:
+    """The batching core's decode graphs and the engine with --batching on (SmolLM2-shaped)."""
+    name = "smollm2-135m"
+    b = run.results["batched"] = {}
+    step(b, "graphs", graph_bench, run.models[name], run.be)
+    if run.time_left(60):
+        step(b, "engine", batched_engine_bench, run.models[name], run.be)
+    for line in batched_lines(name, b.get("graphs") or {}, b.get("engine") or {}):
+        log(line)
+
+
 def stage_probes(run: Run) -> None:
     """Tuning data (optional, a few seconds): before the engine bench and the start-up
     children, which take longer and would otherwise leave it no time."""
@@ -482,7 +504,7 @@ def stage_start(run: Run) -> None:
 
 # In order; a stage that returns an exit code ends the run there (results saved).
 STAGES = (stage_environment, stage_compile, stage_pytest, stage_backend, stage_models, stage_parity,
-          stage_bench, stage_probes, stage_engine_bench, stage_start)
+          stage_bench, stage_batched, stage_probes, stage_engine_bench, stage_start)
 
 
 def main() -> int:

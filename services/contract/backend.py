@@ -158,6 +158,7 @@ class Backend(ABC):
 
     # ---- paged KV (continuous batching); a backend without them serves one sequence at a time
     paged_kv = False
+    kv_element_bytes = 4   # bytes per K/V element in the block pool (the core sizes it by them)
 
     def alloc_paged_kv(self, num_layers: int, num_kv_heads: int, num_blocks: int, block_size: int,
                        head_dim: int) -> PagedKV:
@@ -170,6 +171,12 @@ class Backend(ABC):
         sequence after another; store each row's k and v at its slot, then causal GQA
         attention of each sequence's rows over its own context only. [T, num_heads*head_dim]."""
         raise NotImplementedError(f"{self.name}: no paged KV cache")
+
+    def batched_linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """`linear` in a batched step of the core (forward_paged). A backend whose `linear`
+        picks its kernel by row count (CUDA: a GEMV for one row) keeps one here, so each row's
+        result is the same bits whatever else is in the batch (batch invariance)."""
+        return self.linear(x, weight, bias)
 
     def take_rows(self, x: Tensor, rows: Tensor) -> Tensor:
         """x [T, N], rows int32 [R] -> [R, N] (the rows whose logits a step needs)."""
@@ -190,6 +197,12 @@ class Backend(ABC):
     def load_model(self, cfg: Any, weights: Any) -> Any | None:
         """The model loaded this backend's own way (CUDA: straight to the GPU), or None for
         the generic Transformer over this backend's ops."""
+        return None
+
+    def batch_graphs(self, model: Any, kv: PagedKV, max_context: int) -> Any | None:
+        """Something that runs the batching core's all-decode steps faster than forward_paged
+        op by op (CUDA: a graph per batch-size bucket), with `fits(seqs)` and `run(ids, seqs)`
+        -> logits [len(seqs), V] on the host, bit for bit forward_paged's; or None."""
         return None
 
     def step_runner(self, model: Any, max_capacity: int) -> "StepRunner | None":

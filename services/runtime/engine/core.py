@@ -74,10 +74,11 @@ def _slots(block_list: list[int], bs: int, rows: int, context: int, state: int =
 
 class EngineCore:
     def __init__(self, model, kv: PagedKV, manager: KVCacheManager, max_num_seqs: int,
-                 max_num_batched_tokens: int):
+                 max_num_batched_tokens: int, graphs=None):
         self.model = model
         self.kv = kv
         self.manager = manager
+        self.graphs = graphs   # the backend's all-decode steps (Backend.batch_graphs), or None
         self.pool = manager.pool
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -250,6 +251,9 @@ class EngineCore:
             seqs.append(_slots(seq.blocks, bs, n, end, seq.state))
             logit_rows.extend(row + i - start for i in self._rows_wanted(seq, start, end))
             row += n
+        if (self.graphs is not None and len(logit_rows) == len(plan) == row
+                and self.graphs.fits(seqs)):   # one decode row per sequence, every logit wanted
+            return self.graphs.run(np.asarray(ids, np.int32), seqs)
         b = self.model.backend
         out = self.model.forward_paged(b.ids(np.asarray(ids, np.int32)), b.ids(np.concatenate(positions)),
                                        self.kv, seqs, b.ids(np.asarray(logit_rows, np.int32)))

@@ -41,7 +41,7 @@ from inloop.services.runtime.engine.kv_cache_manager import KVCacheManager
 from inloop.services.runtime.engine.generation import Generation
 from inloop.services.runtime.engine.kv_sessions import KVSessionStore, Session, common_prefix
 from inloop.services.runtime.engine.sampler import Sampler
-from inloop.services.runtime.engine.step_runner import runner_for
+from inloop.services.runtime.engine.step_runner import ForwardStepRunner, runner_for
 from inloop.services.runtime.engine.vocab_masks import VocabMasks
 from inloop.services.runtime.model.architectures import backend_for, build_model, read_config
 from inloop.services.runtime.model.config import ModelConfig
@@ -57,6 +57,7 @@ _WARM_UP_TOOL = {"type": "function", "function": {"name": "ping", "description":
 PREFIX_NAMESPACE = "prefix-cache:"   # store keys of anonymous (session-less) caches
 PREFIX_MIN_TOKENS = 16               # a shorter shared prefix is not worth reusing a cache for
 GiB = 1 << 30
+BATCHING = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,17 @@ class BatchConfig:
     enable_prefix_caching: bool = True
     max_blocks: int = 1 << 17             # a tiny model's 2 GiB would be millions of blocks
     num_blocks_override: int | None = None  # exactly this many blocks (tests; vLLM's num_gpu_blocks_override)
+    # auto: the core where the backend has no step runner of its own (numpy), one request at a
+    # time through CUDA's graphs on cuda; on: the core on any paging backend (cuda: op by op,
+    # batch invariant); off: one request at a time
+    batching: str = "auto"
 
     def __post_init__(self):
         for name in ("kv_cache_memory", "block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
 
 
 def make_backend(name: str) -> Backend:
@@ -118,7 +125,15 @@ class Engine:
         self.tokenizer = tokenizer
         self.eos_ids = frozenset(eos_ids)
         self.max_context = min(max_context, model.cfg.max_position)
-        self.runner = runner or runner_for(model, self.max_context)
+        batch = batch or BatchConfig()
+        if batch.batching == "on" and not (model.backend.paged_kv and self._pages(model)):
+            raise ValueError(f"--batching on: the {model.backend.name} backend has no paged KV pool"
+                             if not model.backend.paged_kv else
+                             "--batching on: a model with dynamic RoPE cannot share the paged pool (its "
+                             "frequencies follow one sequence's length)")
+        # --batching on: the core's forward_paged op by op, whatever step runner the backend has
+        self.runner = runner or (ForwardStepRunner(model) if batch.batching == "on"
+                                 else runner_for(model, self.max_context))
         cfg = model.cfg
         self.info = {
             "name": name, "arch": cfg.arch, "backend": model.backend.name,
@@ -127,13 +142,13 @@ class Engine:
             "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
             "eos_token_ids": sorted(self.eos_ids), "step_runner": self.runner.name,
         }
-        batch = batch or BatchConfig()
-        # A backend with a paged KV pool (numpy) serves through the batching core; one whose
-        # runner keeps a cache per sequence (CUDA graphs, for now) serves one request at a time
-        # with the longest-common-prefix session store.
+        # A backend with a paged KV pool serves through the batching core (numpy always, CUDA with
+        # --batching on); one whose runner keeps a cache per sequence (CUDA graphs) serves one
+        # request at a time with the longest-common-prefix session store.
         self.core: EngineCore | None = None
         self.sessions: KVSessionStore | None = None
-        if model.backend.paged_kv and not self.runner.samples_on_device and self._pages(model):
+        if (batch.batching != "off" and model.backend.paged_kv and not self.runner.samples_on_device
+                and self._pages(model)):
             self.core = self._make_core(batch, kv_session_positions, kv_session_ttl_s)
             self.info["kv_cache"] = {"num_blocks": self.core.pool.num_blocks, "block_size": batch.block_size,
                                      "max_num_seqs": batch.max_num_seqs,
@@ -164,7 +179,7 @@ class Engine:
         kv_layers = model.kv_layers if hybrid else c.num_layers
         state_slots = 2 * batch.max_num_seqs if hybrid else 0
         memory = batch.kv_cache_memory - (state_slots * model.state_bytes() if hybrid else 0)
-        per_block = 2 * kv_layers * c.num_kv_heads * c.head_dim * batch.block_size * 4  # k and v, float32
+        per_block = 2 * kv_layers * c.num_kv_heads * c.head_dim * batch.block_size * model.backend.kv_element_bytes
         # (a model of linear layers only has no KV: its blocks are bookkeeping)
         num_blocks = batch.num_blocks_override or min(max(memory, 0) // per_block if per_block else batch.max_blocks,
                                                       batch.max_blocks)
@@ -182,7 +197,8 @@ class Engine:
             kv = model.alloc_paged_kv(num_blocks, batch.block_size, state_slots)
         else:
             kv = model.backend.alloc_paged_kv(c.num_layers, c.num_kv_heads, num_blocks, batch.block_size, c.head_dim)
-        return EngineCore(model, kv, manager, batch.max_num_seqs, batch.max_num_batched_tokens)
+        return EngineCore(model, kv, manager, batch.max_num_seqs, batch.max_num_batched_tokens,
+                          graphs=model.backend.batch_graphs(model, kv, self.max_context))
 
     @property
     def prefix_cache(self) -> bool:

@@ -111,7 +111,8 @@ class Generation:
         """Sample the next token (among `allowed` if given), emit it, and queue it for the model."""
         want_stats = self.sampler.params.return_uncertainty
         # alternatives need the host's logits row: a request asking for them samples on the host
-        on_device = self.runner.samples_on_device and not self.sampler.params.top_logprobs
+        # (and a sequence of the batching core samples on the host: its step's logits come back)
+        on_device = self.runner.samples_on_device and not self.sampler.params.top_logprobs and self.engine.core is None
         if allowed is None and self._pending and on_device:
             token, st = self._sample_pending_on_device()  # stats from the same device pass
             st = st if want_stats else None

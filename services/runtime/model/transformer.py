@@ -111,12 +111,14 @@ class Transformer:
         layer, each attending over its own blocks of the pool. Logits [R, V] of logit_rows."""
         c, b = self.cfg, self.backend
         h = self._hidden(ids, positions, lambda qkv, i: b.paged_attention(
-            qkv, kv, i, seqs, c.num_heads, c.num_kv_heads, c.head_dim))
-        return b.linear(b.take_rows(h, logit_rows), self.lm_head)         # [R, V]
+            qkv, kv, i, seqs, c.num_heads, c.num_kv_heads, c.head_dim), b.batched_linear)
+        return b.batched_linear(b.take_rows(h, logit_rows), self.lm_head)  # [R, V]
 
-    def _hidden(self, ids: Tensor, positions: Tensor, attention) -> Tensor:
-        """The final-normed hidden states [T, D]; attention(qkv, layer) stores k, v and attends."""
+    def _hidden(self, ids: Tensor, positions: Tensor, attention, linear=None) -> Tensor:
+        """The final-normed hidden states [T, D]; attention(qkv, layer) stores k, v and attends;
+        `linear` the projections' op (the backend's, or its batched_linear in a core step)."""
         c, b = self.cfg, self.backend
+        linear = linear or b.linear
         x = b.embedding(self.embed, ids)                                   # [T, D]
         residual = None
         freqs = self.rotary.frequencies(lambda: b.to_host(positions))
@@ -126,14 +128,14 @@ class Transformer:
                 h, residual = b.rmsnorm(x, lw.input_norm, c.rms_norm_eps), x
             else:
                 h, residual = b.add_rmsnorm(x, residual, lw.input_norm, c.rms_norm_eps)
-            qkv = b.linear(h, lw.qkv, lw.qkv_bias)                       # [T, qkv_size]
+            qkv = linear(h, lw.qkv, lw.qkv_bias)                       # [T, qkv_size]
             if c.qk_norm:
                 b.qk_norm(qkv, lw.q_norm, lw.k_norm, c.rms_norm_eps, c.num_heads, c.num_kv_heads, c.head_dim)
             if c.use_rope[i]:  # smollm3 skips RoPE on some layers
                 b.rope(qkv, positions, c.num_heads, c.num_kv_heads, c.head_dim, c.rope_theta, **rope_kw)
             attn = attention(qkv, i)                                       # [T, H * hd]
-            x = b.linear(attn, lw.o)                                       # [T, D]
+            x = linear(attn, lw.o)                                       # [T, D]
             h, residual = b.add_rmsnorm(x, residual, lw.post_norm, c.rms_norm_eps)
-            x = b.linear(b.swiglu(b.linear(h, lw.gate_up)), lw.down)     # [T, D]
+            x = linear(b.swiglu(linear(h, lw.gate_up)), lw.down)     # [T, D]
         h, _ = b.add_rmsnorm(x, residual, self.final_norm, c.rms_norm_eps)
         return h

@@ -36,7 +36,7 @@ def batch_config(args: argparse.Namespace):
     prefix = args.enable_prefix_caching if args.prefix_cache is None else args.prefix_cache
     return BatchConfig(kv_cache_memory=parse_size(args.kv_cache_memory), block_size=args.block_size,
                        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                       enable_prefix_caching=bool(prefix))
+                       enable_prefix_caching=bool(prefix), batching=args.batching)
 
 
 def _load_engine(model: str, backend: str, batch, max_model_len: int, kv_session_ttl_s: float = 600.0):

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from inloop.services.contract.backend import Backend, KVCache
+from inloop.services.contract.backend import Backend, KVCache, PagedKV, SeqSlots
 from inloop.services.runtime.backends.cpu.backend import rope_cos_sin
 from inloop.services.contract.step_runner import DeviceSampling
 
@@ -28,6 +28,7 @@ from .gemv_tuning import GemvTuner
 from .gemv_tuning import enabled_by_env as gemv_enabled_by_env
 from .kernels_registry import KernelSet
 from .ops import Ops, Workspace
+from .paged import paged_plan
 from .state import DECODE_STATE, new_state, set_sampling
 from .tensor import DTYPES, WEIGHT_DTYPES, DeviceTensor
 from .upload import Uploader, source_dtype
@@ -38,6 +39,8 @@ log = logging.getLogger("inloop.cuda")
 class CudaBackend(Backend):
     name = "cuda"
     compute_dtype = "bfloat16"
+    paged_kv = True        # the batching core's block pool (alloc_paged_kv, paged_attention)
+    kv_element_bytes = 2   # bf16 K/V
 
     def __init__(self, device: int = 0, arch: str | None = None, pdl: bool | None = None,
                  gemv_tune: bool | None = None):
@@ -59,6 +62,7 @@ class CudaBackend(Backend):
         self._sample_state = DeviceTensor.empty(self.allocator, (DECODE_STATE.itemsize // 4,), "i32")
         # the op path's table for scaled RoPE (rope()): frequencies it holds, rows filled
         self._op_rope, self._op_rope_key, self._op_rope_rows = Workspace(self.allocator, self.stream, "f32"), None, 0
+        self._paged = None  # (seqs, plan, its device copy) of the batched step in progress
         self.start_seconds = time.perf_counter() - t0
         log.info("cuda backend: %s sm_%d%d, %d SMs, arch %s, pdl=%s, start %.3fs", self.info.name,
                  *self.info.capability, self.info.sm_count, self.arch, self.pdl, self.start_seconds)
@@ -136,6 +140,26 @@ class CudaBackend(Backend):
         memset_d8(v.ptr, 0, v.nbytes, self.stream)
         return KVCache(k, v, capacity)
 
+    def alloc_paged_kv(self, num_layers, num_kv_heads, num_blocks, block_size, head_dim) -> PagedKV:
+        self.device.make_current()
+        # one block more than the core hands out: the batched decode graphs' padding rows write
+        # there (batch_decode.py), so the slots are [layers, kv_heads, (num_blocks + 1) * bs, hd]
+        shape = (num_layers, num_kv_heads, (num_blocks + 1) * block_size, head_dim)
+        k, v = self._empty(shape, "bf16"), self._empty(shape, "bf16")
+        memset_d8(k.ptr, 0, k.nbytes, self.stream)
+        memset_d8(v.ptr, 0, v.nbytes, self.stream)
+        return PagedKV(k, v, num_blocks, block_size)
+
+    def batch_graphs(self, model, kv: PagedKV, max_context: int):
+        """The core's all-decode steps as a graph per batch-size bucket (batch_decode.py), for
+        a dense model; None for a hybrid one (its linear layers step op by op) or with
+        INLOOP_CUDA_BATCH_GRAPHS=0."""
+        if hasattr(model, "alloc_paged_kv") or os.environ.get("INLOOP_CUDA_BATCH_GRAPHS", "1") == "0":
+            return None
+        from .batch_decode import BatchDecodeGraphs
+
+        return BatchDecodeGraphs(self, model, kv, max_context)
+
     def free_kv(self, cache: KVCache) -> None:
         self.device.make_current()
         for t in (cache.k, cache.v):
@@ -176,6 +200,15 @@ class CudaBackend(Backend):
             self.ops.gemv(weight, x, out, bias=bias)
         else:
             self.ops.gemm(x, weight, out, bias)
+        return out
+
+    def batched_linear(self, x: DeviceTensor, weight: DeviceTensor, bias: DeviceTensor | None = None) -> DeviceTensor:
+        """The batching core's projections: the tensor-core GEMM for any row count (one row too,
+        where `linear` takes the GEMV), its K split fixed by the weight's shape, so a row's
+        result is the same bits alone, in any batch, beside any prefill chunk."""
+        out = self._empty((x.shape[0], weight.shape[0]))
+        if x.shape[0]:  # a step may want no row's logits
+            self.ops.gemm(x, weight, out, bias, batch_invariant=True)
         return out
 
     def qk_norm(self, qkv, q_weight, k_weight, eps, num_heads, num_kv_heads, head_dim) -> None:
@@ -223,6 +256,38 @@ class CudaBackend(Backend):
                               cache.capacity, layer)
             self.ops.attention_prefill(qkv, positions, cache.k, cache.v, out, num_heads, num_kv_heads,
                                        head_dim, cache.capacity, layer)
+        return out
+
+    def paged_attention(self, qkv, kv: PagedKV, layer, seqs: list[SeqSlots], num_heads, num_kv_heads, head_dim):
+        """Store the step's k/v rows at their pool slots, then attend each row over its own
+        sequence's blocks (paged.py: the step's layout, built once for all layers)."""
+        T = qkv.shape[0]
+        bq = max(1, 16 // (num_heads // num_kv_heads))
+        plan, packed = self._paged_layout(seqs, kv.block_size, bq)
+        assert plan.rows == T, (plan.rows, T)
+        n_slots = kv.k.shape[2]
+        slots = DeviceTensor(packed.ptr, (T,), "i32", packed.buffer)
+        positions = DeviceTensor(packed.ptr + 4 * plan.positions_at, (T,), "i32", packed.buffer)
+        tables = DeviceTensor(packed.ptr + 4 * plan.tables_at, (max(plan.n_tables, 1),), "i32", packed.buffer)
+        tiles = DeviceTensor(packed.ptr + 4 * plan.tiles_at, (plan.n_tiles, 3), "i32", packed.buffer)
+        self.ops.kv_store(qkv, slots, kv.k, kv.v, num_heads, num_kv_heads, head_dim, n_slots, layer)
+        out = self._empty((T, num_heads * head_dim))
+        self.ops.attention_paged(qkv, positions, tiles, plan.n_tiles, tables, kv.k, kv.v, out, num_heads, num_kv_heads,
+                                 head_dim, n_slots, layer, kv.block_size, bq)
+        return out
+
+    def _paged_layout(self, seqs: list[SeqSlots], block_size: int, bq: int):
+        """The step's PagedPlan and its device copy: every layer of a step passes the same `seqs`
+        list (held here, so its id is not reused while cached)."""
+        cached = self._paged
+        if cached is None or cached[0] is not seqs or cached[1] != (block_size, bq):
+            plan = paged_plan(seqs, block_size, bq)
+            self._paged = cached = (seqs, (block_size, bq), plan, self.ids(plan.packed))
+        return cached[2], cached[3]
+
+    def take_rows(self, x: DeviceTensor, rows: DeviceTensor) -> DeviceTensor:
+        out = self._empty((rows.numel, x.shape[1]))
+        self.ops.gather_rows(x, rows, out)
         return out
 
     def swiglu(self, gate_up: DeviceTensor) -> DeviceTensor:

@@ -21,6 +21,7 @@ GEMV_KERNELS = ("gemv_store", "gemv_norm_store", "gemv_residual", "gemv_swiglu",
 SIGNATURES: dict[str, tuple[str, str]] = {
     "embedding": ("embedding", "pppii"),
     "select_row": ("embedding", "pppii"),
+    "gather_rows": ("embedding", "pppii"),
     "rmsnorm": ("norm", "pppif"),
     "add_rmsnorm": ("norm", "pppppif"),
     "swiglu": ("activation", "ppii"),
@@ -37,6 +38,7 @@ SIGNATURES: dict[str, tuple[str, str]] = {
     "sample_truncated": ("sample", "pipp"),
     **{f"attention_prefill_d{d}": ("attention", "ppppppiiiiiifi") for d in HEAD_DIM_VARIANTS},
     **{f"attention_decode_d{d}": ("attention_decode", "pppppppppppiiiiiiffi") for d in HEAD_DIM_VARIANTS},
+    **{f"attention_paged_d{d}": ("attention", "pppppppiiiiiifi") for d in HEAD_DIM_VARIANTS},
     **{name: ("gemv", "pppppiiiif") for name in GEMV_KERNELS},
     "convert_f32_f16": ("convert", "ppq"),
     "convert_bf16_f16": ("convert", "ppq"),
@@ -45,7 +47,7 @@ SIGNATURES: dict[str, tuple[str, str]] = {
 # same parameters, suffix _f16.
 F16_SUFFIX = "_f16"
 F16_BUILD = {name + F16_SUFFIX: (stem, sig) for name, (stem, sig) in SIGNATURES.items()
-             if stem in compiler.WEIGHT_FILES and name not in ("select_row", "rope_table")}
+             if stem in compiler.WEIGHT_FILES and name not in ("select_row", "gather_rows", "rope_table")}
 SIGNATURES.update(F16_BUILD)
 
 

@@ -112,6 +112,14 @@ class Ops:
         assert dst.numel == D and src.dtype == dst.dtype == "f32"
         self._launch("select_row", (1,), (256,), (src.ptr, dst.ptr, state.ptr, D, rows))
 
+    def gather_rows(self, src: DeviceTensor, rows: DeviceTensor, dst: DeviceTensor) -> None:
+        """dst [R, D] = src[rows] (rows int32 [R], each < src's rows)."""
+        n, D = src.shape
+        R = dst.shape[0]
+        assert rows.dtype == "i32" and rows.numel >= R and dst.shape == (R, D) and src.dtype == dst.dtype == "f32"
+        if R:
+            self._launch("gather_rows", (R,), (256,), (src.ptr, rows.ptr, dst.ptr, D, n))
+
     def rmsnorm(self, x: DeviceTensor, w: DeviceTensor, out: DeviceTensor, eps: float) -> None:
         T, D = x.shape
         assert x.dtype == out.dtype == "f32" and w.numel == D and out.shape == (T, D)
@@ -179,8 +187,11 @@ class Ops:
 
     def gemm(self, x: DeviceTensor, W: DeviceTensor, y: DeviceTensor, bias: DeviceTensor | None = None,
              mode: str = "store", swiglu_input: bool = False, norm: tuple | None = None,
-             row_ss: DeviceTensor | None = None) -> None:
+             row_ss: DeviceTensor | None = None, batch_invariant: bool = False) -> None:
         """Several tokens on tensor cores: y (=|+=) x @ W^T (+b); K split when tiles are few.
+        `batch_invariant`: the K split follows the weight's shape only (as for one 64-row tile),
+        never the row count, so each row's sums run in the same order whatever M is (the
+        batching core's steps: a row's result must not depend on what else is in the batch).
         With `swiglu_input`, x is gate|up [M, 2K] and the product takes silu(gate) * up.
         With `row_ss` (f32, >= M * ceil(N/64)), also each row's sum of squares of y's new values
         per 64 columns (the residual GEMMs of a prefill). With `norm` = (norm weight, row_ss,
@@ -200,11 +211,12 @@ class Ops:
         assert norm is None or (norm_w.numel == K and ss_in.numel >= M * math.ceil(K / GEMM_TILE))
         k_steps = math.ceil(K / GEMM_BK)
         splits = 1
-        if tiles_n * tiles_m < self.sm_count and k_steps >= 4:
+        tiles = tiles_n * (1 if batch_invariant else tiles_m)  # what the split is chosen for
+        if tiles < self.sm_count and k_steps >= 4:
             # Each split's K steps and the last block's merge (two splits per round trip) are
             # both chains of memory round trips: k_steps/splits + splits/2 is least near
             # sqrt(2 k_steps). More splits than that (to fill the GPU) only lengthen the merge.
-            splits = min(k_steps // 2, math.ceil(2 * self.sm_count / (tiles_n * tiles_m)), 16,
+            splits = min(k_steps // 2, math.ceil(2 * self.sm_count / tiles), 16,
                          max(2, round(math.sqrt(2 * k_steps))))
         k_per_split = math.ceil(k_steps / splits) * GEMM_BK
         splits = math.ceil(K / k_per_split)
@@ -260,6 +272,22 @@ class Ops:
         self._launch(f"attention_prefill_d{d}", (math.ceil(T / bq), KVH), (128,),
                      (qkv.ptr, positions.ptr, _ptr(kc), _ptr(vc), _ptr(state), out.ptr, T, H, KVH, hd, cap, layer,
                       1.0 / math.sqrt(hd), bq), smem)
+
+    def attention_paged(self, qkv, positions, tiles, n_tiles: int, tables, kc, vc, out, H, KVH, hd,
+                        slots: int, layer: int, block_size: int, bq: int) -> None:
+        """Causal attention of a batched step's rows over the block pool kc/vc [layers, KVH,
+        slots, hd], their k/v already stored. `tiles` int32 [n_tiles, 3]: (first row, rows <= bq,
+        offset in `tables` of its sequence's block numbers), the rows of a tile one sequence's."""
+        T = qkv.shape[0]
+        G = H // KVH
+        assert bq * G <= 16, f"{G} query heads per kv head, {bq} rows a tile: the kernel holds 16 items"
+        assert out.shape == (T, H * hd) and out.dtype == "f32" and kc.dtype == vc.dtype == "bf16"
+        assert positions.numel >= T and tiles.numel >= 3 * n_tiles and slots > 0
+        d = head_dim_variant(hd)
+        smem = 128 * hd + 4 * (16 * 32 + 16 + 16) + 128 * (hd + 2)  # as attention_prefill's
+        self._launch(f"attention_paged_d{d}", (n_tiles, KVH), (128,),
+                     (qkv.ptr, positions.ptr, tiles.ptr, tables.ptr, kc.ptr, vc.ptr, out.ptr, H, KVH, hd, slots,
+                      layer, block_size, 1.0 / math.sqrt(hd), bq), smem)
 
     def rope_table(self, hd: int, theta: float, rows: int, host=None) -> tuple[DeviceTensor, int]:
         """(table, its rows): the (cos, sin) pairs of every position below `rows` (or more),

@@ -36,7 +36,7 @@ _WEIGHTS = ["bf16"]  # the build of the kernel now running: how it reads weights
 def run(name, mem, grid, block, smem, args):
     _WEIGHTS[0] = weight_format(name)
     name = base_kernel(name)
-    if name.startswith(("attention_prefill_d", "attention_decode_d")):
+    if name.startswith(("attention_prefill_d", "attention_decode_d", "attention_paged_d")):
         base, d = name.rsplit("_d", 1)
         return KERNELS[base](mem, grid, block, smem, int(d), *args)
     if name.startswith("gemv_"):
@@ -417,3 +417,39 @@ def _sample_truncated(mem, grid, block, smem, logits, V, st, final):
     p = np.exp(kept - kept.max())
     p /= p.sum()
     _finish(s, int(_rng(s[0]).choice(V, p=p)), lg, M, z)
+
+
+@kernel("gather_rows")
+def _gather_rows(mem, grid, block, smem, src, rows, dst, D, n_src):
+    R = grid[0]
+    for r, row in enumerate(i32(mem, rows, R)):
+        if 0 <= row < n_src:
+            f32(mem, dst + 4 * r * D, D)[:] = f32(mem, src + 4 * int(row) * D, D)
+
+
+@kernel("attention_paged")
+def _paged(mem, grid, block, smem, D, qkv, positions, tiles, tables, kc, vc, out, H, KVH, hd, slots, layer, bs,
+           scale, BQ):
+    G = H // KVH
+    assert hd <= D and hd % 8 == 0 and (D == 32 or hd > D // 2), f"head_dim {hd} in the d{D} variant"
+    assert BQ * G <= 16 and grid[1:] == (KVH, 1) and block[0] == 128
+    assert smem >= 128 * hd + 4 * (16 * 32 + 32) + 128 * (hd + 2)
+    tl = i32(mem, tiles, 3 * grid[0]).reshape(-1, 3)
+    assert (tl[:, 1] >= 1).all() and (tl[:, 1] <= BQ).all(), "a tile of no rows or more than BQ"
+    T = int((tl[:, 0] + tl[:, 1]).max())
+    stride = (H + 2 * KVH) * hd
+    m = f32(mem, qkv, T * stride).reshape(T, stride)
+    o = f32(mem, out, T * H * hd).reshape(T, H, hd)
+    pos = i32(mem, positions, T)
+    for t0, n, toff in tl:
+        for t in range(t0, t0 + n):
+            L = int(pos[t]) + 1
+            table = i32(mem, tables + 4 * int(toff), -(-L // bs)).astype(np.int64)
+            at = table[np.arange(L) // bs] * bs + np.arange(L) % bs
+            assert (at < slots).all(), "a block table entry past the pool"
+            for kvh in range(KVH):
+                rows = _cache_rows(mem, kc, layer, KVH, kvh, slots, hd, 0, slots)
+                keys = widen(rows[at])
+                vals = widen(_cache_rows(mem, vc, layer, KVH, kvh, slots, hd, 0, slots)[at])
+                q = m[t, kvh * G * hd:(kvh + 1) * G * hd].reshape(G, hd) * np.float32(scale)
+                o[t, kvh * G:(kvh + 1) * G] = _attend(q, keys, vals)

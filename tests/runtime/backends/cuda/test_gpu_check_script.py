@@ -139,3 +139,17 @@ def test_main_runs_every_step_on_the_double(gpu_check, cubin_cache, tmp_path, mo
     row = next(line for line in summary.splitlines() if line.startswith("PERF.md row: "))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert len(cells) == 8 and cells[1] == "Fake H100" and cells[3].count("(") == 1 and cells[6] == "-", cells
+
+
+def test_batched_bench_runs_and_reports(gpu_check, gpu, tmp_path):
+    """gpu_check's batched stage on a tiny model: every bucket timed, invariance checked, the
+    engine's core at two concurrencies with graph steps, and the lines of the summary."""
+    d = make_tiny("llama", tmp_path / "b", seed=4, dtype="bfloat16")
+    g = gpu_check.graph_bench(d, gpu, buckets=(1, 2, 4), prompt_len=5, steps=2)
+    assert set(g["buckets"]) == {1, 2, 4} and g["batch_invariant"] is True
+    assert all(r["replay_ms"] > 0 and r["step_tokens_per_s"] > 0 for r in g["buckets"].values())
+    e = gpu_check.batched_engine_bench(d, gpu, concurrencies=(1, 3), max_tokens=4)
+    assert e[1]["output_tokens"] == 4 and e[3]["output_tokens"] == 12 and e[3]["graph_steps"] > 0
+    table = gpu_check.summary_table({"environment": {"device": "Fake"}, "compile": {"all_ok": True},
+                                     "batched": {"graphs": g, "engine": e}})
+    assert "batched decode (graph replay per bucket" in table and "3 concurrent:" in table

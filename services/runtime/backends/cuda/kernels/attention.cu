@@ -4,7 +4,15 @@
 //   attention_prefill flash-style: a block owns (a few queries) x (the query heads of one kv
 //                     head), streams 32-key tiles of K/V through shared memory once for all of
 //                     them, and keeps an online softmax per (query, head) in registers
+//   attention_paged   the same over the batching core's block pool: each block's queries are
+//                     rows of ONE sequence (a host-built tile list), its keys found through
+//                     that sequence's block table (the k/v rows are stored by kv_store with
+//                     slots for positions)
 //   (decode: attention_decode.cu)
+//
+// Batch invariance: an item's (query row, head) result is the same sequence of 32-key tile
+// updates, tiles at multiples of 32 from position 0, whatever else shares its block or launch,
+// so a row's output does not depend on the batch it runs in or on how the rows are tiled.
 // Scores and softmax are fp32; q stays fp32 (it never touches memory as bf16).
 #include "attention.cuh"
 
@@ -29,22 +37,36 @@ extern "C" __global__ void kv_store(const float* __restrict__ qkv, const int* __
 }
 
 // ---- prefill ------------------------------------------------------------------------------
-// grid (ceil(T/BQ), KVH), block 128, BQ*G <= 16 items (a query row and head); warp w serves
-// items w, w+4, w+8, w+12. Dynamic smem: 128*hd + 128*(hd+2) + 4*(16*34) bytes (ops.py).
-// The cache may come from `st` (see kv_store).
+// Where key j of the block's sequence lives in the cache (in rows of hd elements): position j
+// of a per-sequence cache, or the slot its block table gives in the pool.
+struct ContiguousKeys {
+    __device__ __forceinline__ size_t row(int j) const { return (size_t)j; }
+};
+struct PagedKeys {
+    const int* table;  // the sequence's block numbers
+    int block_size;
+    __device__ __forceinline__ size_t row(int j) const {
+        const int b = j / block_size;
+        return (size_t)table[b] * block_size + (j - b * block_size);
+    }
+};
+
+// Rows [t0, t_end) of the block (at most BQ, one sequence's); `Keys` places that sequence's keys.
+// Block 128, BQ*G <= 16 items (a query row and head); warp w serves items w, w+4, w+8, w+12.
+// Dynamic smem: 128*hd + 128*(hd+2) + 4*(16*34) bytes (ops.py).
 //
 // Each item's running max, partial sums and accumulator live in shared memory, not registers,
 // so the loop over a warp's items is not unrolled: one copy of q.k and p.v in the code instead
 // of four (the code is fetched cold at each launch; see the cuda README).
-template <int DPL>
-__device__ __forceinline__ void attention_prefill_body(const float* __restrict__ qkv, const int* __restrict__ positions,
-                                                       bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st,
-                                                       float* __restrict__ out, int T, int H, int KVH, int hd,
-                                                       int cap, int layer, float scale, int BQ) {
+template <int DPL, typename Keys>
+__device__ __forceinline__ void attention_rows(const float* __restrict__ qkv, const int* __restrict__ positions,
+                                               const bf16_t* kc, const bf16_t* vc, float* __restrict__ out,
+                                               int t0, int t_end, int H, int KVH, int hd, int cap, int layer,
+                                               float scale, int BQ, Keys keys) {
     extern __shared__ float4 smem4[];
     __shared__ int s_maxpos;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int G = H / KVH, kvh = blockIdx.y, t0 = blockIdx.x * BQ, n_items = BQ * G;
+    const int G = H / KVH, kvh = blockIdx.y, n_items = BQ * G;
     const int stride = (H + 2 * KVH) * hd, ldk = hd + 2;  // padded bf16 rows: conflict-free lane-per-key reads
     float* Qs = reinterpret_cast<float*>(smem4);          // [16][hd], pre-scaled
     float* Acc = Qs + 16 * hd;                             // [16][hd] each item's p.v accumulator
@@ -54,23 +76,20 @@ __device__ __forceinline__ void attention_prefill_body(const float* __restrict__
     bf16_t* Ks = reinterpret_cast<bf16_t*>(Pos + 16);      // [KT][ldk]
     bf16_t* Vs = Ks + KT * ldk;                            // [KT][ldk]
 
-    pdl_launch_dependents();
-    pdl_wait();
-    cache_from_state(st, kc, vc, cap);
     for (int idx = threadIdx.x; idx < n_items * hd; idx += blockDim.x) {
         const int item = idx / hd, d = idx - item * hd, t = t0 + item / G, g = item % G;
-        Qs[idx] = t < T ? qkv[(size_t)t * stride + (size_t)(kvh * G + g) * hd + d] * scale : 0.f;
+        Qs[idx] = t < t_end ? qkv[(size_t)t * stride + (size_t)(kvh * G + g) * hd + d] * scale : 0.f;
         Acc[idx] = 0.f;
     }
     for (int idx = threadIdx.x; idx < 16 * 32; idx += blockDim.x) Lp[idx] = 0.f;
     if (threadIdx.x < 16) {
         const int item = threadIdx.x, t = t0 + item / G;
-        Pos[item] = item < n_items && t < T ? min(positions[t], cap - 1) : -1;
+        Pos[item] = item < n_items && t < t_end ? min(positions[t], cap - 1) : -1;
         Mx[item] = NEG_INF;
     }
     if (threadIdx.x == 0) {
         int mp = 0;
-        for (int q = 0; q < BQ && t0 + q < T; ++q) mp = max(mp, positions[t0 + q]);
+        for (int t = t0; t < t_end; ++t) mp = max(mp, positions[t]);
         s_maxpos = min(mp, cap - 1);
     }
     __syncthreads();
@@ -92,8 +111,9 @@ __device__ __forceinline__ void attention_prefill_body(const float* __restrict__
                 const int idx = i0 + b * blockDim.x, r = idx / cpr, c = idx - r * cpr, j = k0 + r;
                 kv[b] = vv[b] = make_uint4(0, 0, 0, 0);
                 if (idx < KT * cpr && j <= max_pos) {
-                    kv[b] = reinterpret_cast<const uint4*>(kbase + (size_t)j * hd)[c];
-                    vv[b] = reinterpret_cast<const uint4*>(vbase + (size_t)j * hd)[c];
+                    const size_t at = keys.row(j) * hd;
+                    kv[b] = reinterpret_cast<const uint4*>(kbase + at)[c];
+                    vv[b] = reinterpret_cast<const uint4*>(vbase + at)[c];
                 }
             }
 #pragma unroll
@@ -163,15 +183,40 @@ __device__ __forceinline__ void attention_prefill_body(const float* __restrict__
     }
 }
 
+// grid (ceil(T/BQ), KVH): one sequence's rows, the cache from `st` (see kv_store) or kc/vc/cap.
 #define PREFILL_KERNEL(D, DPL)                                                                               \
     extern "C" __global__ void __launch_bounds__(128) attention_prefill_d##D(                               \
         const float* __restrict__ qkv, const int* __restrict__ positions, bf16_t* kc, bf16_t* vc,             \
         const DecodeState* __restrict__ st, float* __restrict__ out, int T, int H, int KVH, int hd, int cap,  \
         int layer, float scale, int BQ) {                                                                    \
-        attention_prefill_body<DPL>(qkv, positions, kc, vc, st, out, T, H, KVH, hd, cap, layer, scale, BQ);   \
+        pdl_launch_dependents();                                                                             \
+        pdl_wait();                                                                                          \
+        cache_from_state(st, kc, vc, cap);                                                                   \
+        const int t0 = blockIdx.x * BQ;                                                                      \
+        attention_rows<DPL>(qkv, positions, kc, vc, out, t0, min(T, t0 + BQ), H, KVH, hd, cap, layer, scale,  \
+                            BQ, ContiguousKeys{});                                                           \
+    }
+
+// grid (tiles, KVH): tile i is (first row, rows <= BQ, offset of its sequence's block table in
+// `tables`), every row of a tile from the same sequence; the pool is [layers, KVH, slots, hd].
+#define PAGED_KERNEL(D, DPL)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128) attention_paged_d##D(                                 \
+        const float* __restrict__ qkv, const int* __restrict__ positions, const int* __restrict__ tiles,       \
+        const int* __restrict__ tables, const bf16_t* kc, const bf16_t* vc, float* __restrict__ out, int H,    \
+        int KVH, int hd, int slots, int layer, int block_size, float scale, int BQ) {                         \
+        pdl_launch_dependents();                                                                             \
+        pdl_wait();                                                                                          \
+        const int* tile = tiles + 3 * blockIdx.x;                                                            \
+        const int t0 = tile[0];                                                                              \
+        attention_rows<DPL>(qkv, positions, kc, vc, out, t0, t0 + tile[1], H, KVH, hd, slots, layer, scale,  \
+                            BQ, PagedKeys{tables + tile[2], block_size});                                    \
     }
 
 PREFILL_KERNEL(32, 1)
 PREFILL_KERNEL(64, 2)
 PREFILL_KERNEL(128, 4)
 PREFILL_KERNEL(256, 8)
+PAGED_KERNEL(32, 1)
+PAGED_KERNEL(64, 2)
+PAGED_KERNEL(128, 4)
+PAGED_KERNEL(256, 8)

@@ -37,4 +37,14 @@ extern "C" __global__ void select_row(const float* __restrict__ src, float* __re
     const int row = min(max(st->rows, 1), max_rows) - 1;
     for (int i = threadIdx.x; i < D; i += blockDim.x) dst[i] = src[(size_t)row * D + i];
 }
+
+// dst[r, :] = src[rows[r], :] (a batched step's rows whose logits are wanted). grid (R), block 256.
+extern "C" __global__ void gather_rows(const float* __restrict__ src, const int* __restrict__ rows,
+                                       float* __restrict__ dst, int D, int n_src) {
+    pdl_launch_dependents();
+    pdl_wait();
+    const int row = rows[blockIdx.x];
+    if (row < 0 || row >= n_src) return;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) dst[(size_t)blockIdx.x * D + i] = src[(size_t)row * D + i];
+}
 #endif

@@ -1,0 +1,150 @@
+"""The batching core's decode on the GPU, per batch-size bucket, two ways reported apart:
+
+  graph replay   BatchDecodeGraphs alone over a paged pool: `replay_ms` (GPU time per step,
+                 replays back to back, inputs uploaded once), `step_ms` (what the core pays
+                 per step: inputs up, replay, every row's logits back, synchronize), tokens/s
+                 of each, and the op path's step (forward_paged launched op by op) beside it
+  end to end     the engine with --batching on: `concurrency` requests at once, each
+                 max_tokens with ignore_eos, through the core's loop thread; output tokens/s
+
+plus batch invariance on the model: sequence 0's decode row gives the same bits in every
+bucket. Used by scripts/gpu_check.py (its "batched" stage); runs on the driver double too.
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BLOCK = 16
+
+
+def _slots(blocks: list[int], rows: int, context: int):
+    from inloop.services.runtime.engine.core import _slots as core_slots
+
+    return core_slots(blocks, BLOCK, rows, context)
+
+
+def graph_bench(model_dir: Path, be, buckets=(1, 2, 4, 8, 16, 32, 64), prompt_len: int = 128,
+                steps: int = 16) -> dict:
+    """Graph replay and op-path step times per bucket, and batch invariance (module docstring)."""
+    from inloop.services.runtime.backends.cuda.batch_decode import BatchDecodeGraphs
+    from inloop.services.runtime.backends.cuda.driver import Event
+    from inloop.services.runtime.backends.cuda.loader import load_transformer
+    from inloop.services.runtime.model.config import ModelConfig
+    from inloop.services.runtime.model.weights import Weights
+
+    cfg = ModelConfig.from_dir(model_dir)
+    model = load_transformer(be, cfg, Weights(model_dir))
+    n_seqs, context = max(buckets), prompt_len + steps + 1
+    per_seq = -(-context // BLOCK)
+    kv = be.alloc_paged_kv(cfg.num_layers, cfg.num_kv_heads, n_seqs * per_seq, BLOCK, cfg.head_dim)
+    blocks = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(n_seqs)]
+    rng = np.random.default_rng(6)
+    prompts = rng.integers(3, cfg.vocab_size, (n_seqs, prompt_len)).astype(np.int32)
+    for i in range(0, n_seqs, 4):   # prefill every sequence, 4 a step
+        group = range(i, min(i + 4, n_seqs))
+        seqs = [_slots(blocks[s], prompt_len, prompt_len) for s in group]
+        pos = np.tile(np.arange(prompt_len, dtype=np.int32), len(group))
+        model.forward_paged(be.ids(prompts[list(group)].reshape(-1)), be.ids(pos), kv, seqs, be.ids(np.zeros(1, np.int32)))
+    graphs = BatchDecodeGraphs(be, model, kv, context)
+    token = np.full(n_seqs, 7, np.int32)
+    out: dict = {"prompt_len": prompt_len, "steps": steps, "buckets": {}}
+    first_rows = {}
+    start, stop = Event(), Event()
+    for b in buckets:
+        seqs = [_slots(blocks[s], 1, prompt_len + 1) for s in range(b)]
+        first_rows[b] = graphs.run(token[:b], seqs)[0]          # captures this bucket's graph
+        g = graphs.graphs[b]
+        start.record(be.stream)
+        for _ in range(steps):
+            g.graph(False).launch(be.stream)
+        stop.record(be.stream)
+        stop.synchronize()
+        replay_ms = stop.elapsed_ms(start) / steps
+        walls = []
+        for s in range(steps):   # as the core runs it: positions advance, logits come back
+            seqs = [_slots(blocks[q], 1, prompt_len + 1 + s) for q in range(b)]
+            t = time.perf_counter()
+            graphs.run(token[:b], seqs)
+            walls.append((time.perf_counter() - t) * 1e3)
+        op = []
+        for s in range(3):
+            seqs = [_slots(blocks[q], 1, prompt_len + 1 + s) for q in range(b)]
+            pos = np.full(b, prompt_len + s, np.int32)
+            t = time.perf_counter()
+            be.to_host(model.forward_paged(be.ids(token[:b]), be.ids(pos), kv, seqs, be.ids(np.arange(b, dtype=np.int32))))
+            op.append((time.perf_counter() - t) * 1e3)
+        step_ms = statistics.median(walls)
+        out["buckets"][b] = {"replay_ms": round(replay_ms, 4), "replay_tokens_per_s": round(b / replay_ms * 1e3, 1),
+                             "step_ms": round(step_ms, 4), "step_tokens_per_s": round(b / step_ms * 1e3, 1),
+                             "op_path_step_ms": round(statistics.median(op), 3)}
+    one = out["buckets"].get(1, {}).get("replay_ms")
+    if one and 32 in out["buckets"]:
+        out["replay_ratio_32_over_1"] = round(out["buckets"][32]["replay_ms"] / one, 3)
+    ref = first_rows[buckets[0]]
+    out["batch_invariant"] = all(np.array_equal(r, ref) for r in first_rows.values())
+    out["invariance_max_abs_diff"] = float(max(np.abs(r - ref).max() for r in first_rows.values()))
+    return out
+
+
+def engine_bench(model_dir: Path, be, concurrencies=(1, 8, 32, 64), max_tokens: int = 64) -> dict:
+    """Output tokens/s through the engine's core at each concurrency (module docstring)."""
+    from inloop.services.contract.generation import GenerateRequest, SamplingParams
+    from inloop.services.runtime.engine.engine import BatchConfig, Engine
+
+    engine = Engine.load(model_dir, backend=be, batch=BatchConfig(batching="on", max_num_seqs=max(concurrencies),
+                                                                  kv_cache_memory=1 << 30))
+    core, out = engine.core, {}
+    stop = threading.Event()
+
+    def loop():  # the core's loop thread, as the Scheduler runs it
+        with core.cond:
+            while not stop.is_set():
+                if not core.step():
+                    core.cond.wait(0.005)
+
+    looper = threading.Thread(target=loop, daemon=True)
+    core.loop_thread = looper
+    looper.start()
+    try:
+        for c in concurrencies:
+            reqs = [GenerateRequest(prompt=f"request {i}: tell me a story about the number {i}",
+                                    sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
+                    for i in range(c)]
+            results: list = [None] * c
+            replays = core.graphs.replays if core.graphs else 0
+            t = time.perf_counter()
+            threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, engine.generate(reqs[i])))
+                       for i in range(c)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(600)
+            wall = time.perf_counter() - t
+            tokens = sum(len(r.token_ids) for r in results if r is not None)
+            out[c] = {"wall_s": round(wall, 3), "output_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
+                      "graph_steps": (core.graphs.replays if core.graphs else 0) - replays}
+    finally:
+        stop.set()
+        looper.join(10)
+        core.loop_thread = None
+    return out
+
+
+def summary_lines(name: str, g: dict, e: dict) -> list[str]:
+    lines = [f"{name} batched decode (graph replay per bucket; step = inputs up + replay + logits back):",
+             "  bucket  replay ms  replay tok/s  step ms  step tok/s  op-path step ms"]
+    for b, r in (g.get("buckets") or {}).items():
+        lines.append(f"  {b:>6}  {r['replay_ms']:>9}  {r['replay_tokens_per_s']:>12}  {r['step_ms']:>7}  "
+                     f"{r['step_tokens_per_s']:>10}  {r['op_path_step_ms']:>15}")
+    if g.get("replay_ratio_32_over_1") is not None:
+        lines.append(f"  replay step at 32 / at 1: {g['replay_ratio_32_over_1']} (target <= 1.6)")
+    lines.append(f"  batch invariant across buckets: {g.get('batch_invariant')}")
+    for c, r in (e or {}).items():
+        if isinstance(r, dict) and "tokens_per_s" in r:
+            lines.append(f"  end to end, {c} concurrent: {r['tokens_per_s']} output tok/s ({r['graph_steps']} graph steps)")
+    return lines
