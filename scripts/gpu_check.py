@@ -130,7 +130,8 @@ def compile_kernels(arch: str) -> dict:
 
 # ---- 2. the GPU tests ----------------------------------------------------------------------
 GPU_TEST_MODULES = ("test_compile.py", "test_ops.py", "test_sampling.py", "test_model.py", "test_probes.py",
-                    "test_engine_on_cuda.py", "test_rope_scaling.py", "test_rope_guard.py", "test_paged.py")
+                    "test_engine_on_cuda.py", "test_rope_scaling.py", "test_rope_guard.py", "test_paged.py",
+                    "test_engine_batched_on_cuda.py")
 # the engine module adds ~20 s (a SmolLM2-shaped model on numpy as the reference); the RoPE
 # scaling module ~15 s (five tiny models, each through the op path, the graphs and the engine)
 PYTEST_BUDGET_S = 160

@@ -5,7 +5,7 @@
                  per step: inputs up, replay, every row's logits back, synchronize), tokens/s
                  of each, and the op path's step (forward_paged launched op by op) beside it
   end to end     the engine with --batching on: `concurrency` requests at once, each
-                 max_tokens with ignore_eos, through the core's loop thread; output tokens/s
+                 max_tokens with ignore_eos, through the runtime's Scheduler; output tokens/s
 
 plus batch invariance on the model: sequence 0's decode row gives the same bits in every
 bucket. Used by scripts/gpu_check.py (its "batched" stage); runs on the driver double too.
@@ -13,7 +13,6 @@ bucket. Used by scripts/gpu_check.py (its "batched" stage); runs on the driver d
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -95,43 +94,27 @@ def engine_bench(model_dir: Path, be, concurrencies=(1, 8, 32, 64), max_tokens: 
     """Output tokens/s through the engine's core at each concurrency (module docstring)."""
     from inloop.services.contract.generation import GenerateRequest, SamplingParams
     from inloop.services.runtime.engine.engine import BatchConfig, Engine
+    from inloop.services.runtime.service.scheduler import Scheduler
 
     engine = Engine.load(model_dir, backend=be, batch=BatchConfig(batching="on", max_num_seqs=max(concurrencies),
                                                                   kv_cache_memory=1 << 30))
+    sched = Scheduler(lambda: engine, max(concurrencies)).start()
     core, out = engine.core, {}
-    stop = threading.Event()
-
-    def loop():  # the core's loop thread, as the Scheduler runs it
-        with core.cond:
-            while not stop.is_set():
-                if not core.step():
-                    core.cond.wait(0.005)
-
-    looper = threading.Thread(target=loop, daemon=True)
-    core.loop_thread = looper
-    looper.start()
     try:
+        sched.ready.result(timeout=120)
         for c in concurrencies:
             reqs = [GenerateRequest(prompt=f"request {i}: tell me a story about the number {i}",
                                     sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
                     for i in range(c)]
-            results: list = [None] * c
             replays = core.graphs.replays if core.graphs else 0
             t = time.perf_counter()
-            threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, engine.generate(reqs[i])))
-                       for i in range(c)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join(600)
+            results = [h.future.result(timeout=600) for h in [sched.submit(r) for r in reqs]]
             wall = time.perf_counter() - t
-            tokens = sum(len(r.token_ids) for r in results if r is not None)
+            tokens = sum(len(r.token_ids) for r in results)
             out[c] = {"wall_s": round(wall, 3), "output_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
                       "graph_steps": (core.graphs.replays if core.graphs else 0) - replays}
     finally:
-        stop.set()
-        looper.join(10)
-        core.loop_thread = None
+        sched.close()
     return out
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from inloop.services.contract.backend import PagedKV, SeqSlots
 
 from .driver import PinnedBuffer, copy_dtoh, copy_htod

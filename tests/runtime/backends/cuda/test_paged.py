@@ -1,27 +1,20 @@
 """The batching core's step on the CUDA backend, in each of conftest.py's modes: the paged KV
 pool and attention against the numpy backend's, batch invariance (a row's logits are the same
-bits alone and in every bucket 2..64, beside decode rows and prefill chunks), and the engine
-with --batching on serving concurrent requests with the tokens each gets alone, equal to the
-numpy engine's greedy tokens.
+bits alone and in every bucket 2..64, beside decode rows and prefill chunks), through the
+op path and the bucket graphs alike. The engine over this: test_engine_batched_on_cuda.py.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
-
 from inloop.services.contract.backend import SeqSlots
-from inloop.services.contract.generation import GenerateRequest, SamplingParams
 from inloop.services.runtime.engine.core import _slots
-from inloop.services.runtime.engine.engine import BatchConfig, Engine
 from inloop.services.runtime.model.config import ModelConfig
 from inloop.services.runtime.model.tiny import make_tiny
 from inloop.services.runtime.model.transformer import Transformer
 from inloop.services.runtime.model.weights import Weights
 
 from .parity import assert_close, bf16, margin_tolerance
-from .test_engine_on_cuda import assert_same_greedy
 
 RNG = np.random.default_rng(77)
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -155,48 +148,6 @@ def test_bucket_graphs_give_the_op_paths_bits(llama):
     written = sorted({int(s) for name in names for s in pool.seq(name, 1, len(prompts[name]) + 1).slots[-1:]})
     untouched = np.setdiff1d(np.arange(pool.kv.num_blocks * BS), written)
     assert np.array_equal(after[:, :, untouched], before[:, :, untouched]), "a padding row wrote into the pool"
-
-
-def test_engine_batches_on_cuda_with_each_requests_tokens(llama, gpu, cpu):
-    """--batching on: concurrent greedy requests through the core on CUDA get the tokens each
-    gets alone there, and those are the numpy engine's (same tiny model)."""
-    d = llama[0]
-    batch = BatchConfig(batching="on", block_size=BS, max_num_batched_tokens=24, kv_cache_memory=1 << 20)
-    engine = Engine.load(d, backend=gpu, batch=batch)
-    ref = Engine.load(d, backend=cpu)
-    assert engine.core is not None and engine.info["step_runner"] == "forward"
-    prompts = ["Hi there", "The receipt lists bread, milk and coffee, paid by card", "Name three fruits",
-               "Once upon a time"]
-    reqs = [GenerateRequest(prompt=p, sampling=SamplingParams(max_tokens=8, temperature=0.0)) for p in prompts]
-    alone = [engine.generate(r) for r in reqs]
-    together: list = [None] * len(reqs)
-    stop = threading.Event()
-    core = engine.core
-
-    def loop():  # the core's loop thread, as the Scheduler runs it
-        with core.cond:
-            while not stop.is_set():
-                if not core.step():
-                    core.cond.wait(0.01)
-
-    looper = threading.Thread(target=loop, daemon=True)
-    core.loop_thread = looper
-    looper.start()
-    try:
-        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, engine.generate(reqs[i])))
-                   for i in range(len(reqs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-    finally:
-        stop.set()
-        looper.join(10)
-        core.loop_thread = None
-    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
-    assert engine.core.graphs is not None and engine.core.graphs.replays > 0   # decode steps replayed graphs
-    for r, ours in zip(reqs, alone):
-        assert_same_greedy(ours, ref.generate(r), ref, ref.prompt_ids(r), r.prompt)
 
 
 def test_batched_linear_rows_are_the_same_bits_at_any_row_count(gpu, request):

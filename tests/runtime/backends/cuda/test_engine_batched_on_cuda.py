@@ -1,0 +1,126 @@
+"""The engine with --batching on over the CUDA backend, in each of conftest.py's modes: the
+batching core's steps on the GPU (paged pool, batch-invariant GEMMs, bucket graphs) behave as
+the numpy engine's core does: greedy tokens, text and uncertainty, stop strings, constrained
+tool calls, cancellation, a task's pinned blocks taken up by its next step, and concurrent
+requests through the runtime's Scheduler (with preemption in a small pool) getting the
+tokens each gets alone.
+"""
+from __future__ import annotations
+
+import pytest
+from inloop.services.contract.generation import (
+    ChatMessage,
+    GenerateRequest,
+    SamplingParams,
+)
+from inloop.services.contract.tool_calls import parse_tool_call
+from inloop.services.runtime.engine.engine import BatchConfig, Engine
+from inloop.services.runtime.service.scheduler import Scheduler
+
+from tests.conftest import ARCHS
+
+from .test_engine_on_cuda import KV_TOOL, assert_same_greedy, assert_stats_close
+
+BATCH = {"batching": "on", "block_size": 4, "max_num_batched_tokens": 16}
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def engines(request, tiny_dirs, gpu, cpu):
+    """(the batching core on the CUDA backend, the same on numpy) for one tiny model."""
+    d = tiny_dirs[request.param]
+    return Engine.load(d, backend=gpu, batch=BatchConfig(**BATCH)), Engine.load(d, backend=cpu)
+
+
+def _chat(text="Summarize the receipt", max_tokens=20, session_id="", **kw) -> GenerateRequest:
+    return GenerateRequest(messages=[ChatMessage("user", text)], sampling=SamplingParams(max_tokens=max_tokens, **kw),
+                           session_id=session_id)
+
+
+def test_the_core_runs_on_the_gpu(engines):
+    ours, _ = engines
+    assert ours.core is not None and ours.core.graphs is not None and ours.runner.name == "forward"
+    assert ours.info["backend"] == "cuda" and ours.info["kv_cache"]["block_size"] == 4
+
+
+def test_greedy_tokens_text_and_uncertainty_match_the_numpy_engine(engines):
+    ours, ref = engines
+    replays = ours.core.graphs.replays
+    req = _chat(max_tokens=24, return_uncertainty=True)
+    events = []
+    got = ours.generate(req, on_token=events.append)
+    want = ref.generate(req)
+    n = assert_same_greedy(got, want, ref, ref.prompt_ids(req), "chat")
+    assert_stats_close(got, want, n, "chat")
+    assert "".join(e.text for e in events) == got.text
+    assert ours.core.graphs.replays - replays >= len(got.token_ids) - 1   # decode steps replayed a graph
+
+
+def test_stop_string_truncates_the_text(engines):
+    ours, _ = engines
+    full = ours.generate(_chat(max_tokens=24))
+    assert len(full.text) > 4, full.text
+    stop = full.text[2:4]
+    cut = ours.generate(_chat(max_tokens=24, stop=(stop,)))
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
+
+
+def test_constrained_tool_call_matches_the_numpy_engine(engines):
+    jsonschema = pytest.importorskip("jsonschema")
+    ours, ref = engines
+    for uncertainty in (False, True):  # forced text: every row's logits from the core's op path
+        req = GenerateRequest(messages=[ChatMessage("user", "Increment the counter named visits")], tools=[KV_TOOL],
+                              tool_choice="kv", sampling=SamplingParams(max_tokens=96, return_uncertainty=uncertainty))
+        got, want = ours.generate(req), ref.generate(req)
+        assert got.finish_reason == "tool_calls", got.text
+        jsonschema.validate(parse_tool_call(got.text).arguments, KV_TOOL["function"]["parameters"])
+        n = assert_same_greedy(got, want, ref, ref.prompt_ids(req), f"tool call (uncertainty={uncertainty})")
+        if uncertainty:
+            assert_stats_close(got, want, n, "tool call")
+
+
+def test_cancellation_stops_at_the_next_token_and_frees_the_blocks(engines):
+    ours, _ = engines
+    before = ours.generate(_chat(max_tokens=8))
+    seen = []
+    cancelled = ours.generate(_chat(max_tokens=200), on_token=seen.append, should_stop=lambda: len(seen) >= 3)
+    assert cancelled.finish_reason == "cancelled" and cancelled.token_ids == before.token_ids[:3]
+    assert ours.generate(_chat(max_tokens=8)).token_ids == before.token_ids
+    assert not ours.core.open_seqs
+
+
+def test_a_tasks_next_step_takes_up_its_pinned_blocks(engines):
+    ours, ref = engines
+    first = ours.generate(_chat("Find the receipt total", max_tokens=10, session_id="task-1"))
+    assert ours.core.manager.pinned_blocks() > 0
+    follow = [ChatMessage("user", "Find the receipt total"), ChatMessage("assistant", first.text),
+              ChatMessage("tool", '{"hits": []}')]
+    step2 = {"messages": follow, "sampling": SamplingParams(max_tokens=12)}
+    fresh = ours.generate(GenerateRequest(**step2))
+    computed = ours.core.tokens_computed
+    reused = ours.generate(GenerateRequest(**step2, session_id="task-1"))
+    assert ours.core.tokens_computed - computed < reused.prompt_tokens   # the pinned prefix was not recomputed
+    assert reused.token_ids == fresh.token_ids
+    assert_same_greedy(reused, ref.generate(GenerateRequest(**step2)), ref,
+                       ref.prompt_ids(GenerateRequest(**step2)), "session step 2")
+    assert ours.end_session("task-1") and ours.core.manager.pinned_blocks() == 0
+
+
+def test_concurrent_requests_through_the_scheduler_get_their_alone_tokens(tiny_dirs, gpu):
+    """Six requests at once through the runtime's Scheduler, in a pool of 24 blocks of 4
+    positions that cannot hold them all: preempted ones are recomputed, and every request
+    gets the tokens it gets alone."""
+    d = tiny_dirs[ARCHS[0]]
+    engine = Engine.load(d, backend=gpu, batch=BatchConfig(**BATCH, num_blocks_override=24))
+    reqs = [_chat(t, max_tokens=12, ignore_eos=True) for t in
+            ("Hi", "The receipt lists bread, milk and coffee", "Name three fruits", "Once upon a time",
+             "Count to five", "What is the capital of France")]
+    alone = [engine.generate(r).token_ids for r in reqs]
+    sched = Scheduler(lambda: engine, 16).start()
+    try:
+        sched.ready.result(timeout=60)
+        handles = [sched.submit(r) for r in reqs]
+        together = [h.future.result(timeout=300).token_ids for h in handles]
+    finally:
+        sched.close()
+    assert together == alone
+    assert engine.core.preemptions > 0 and engine.core.graphs.replays > 0
