@@ -1,9 +1,10 @@
 """The batching core's decode on the GPU, per batch-size bucket, two ways reported apart:
 
-  graph replay   BatchDecodeGraphs alone over a paged pool: `replay_ms` (GPU time per step,
-                 replays back to back, inputs uploaded once), `step_ms` (what the core pays
-                 per step: inputs up, replay, every row's logits back, synchronize), tokens/s
-                 of each, and the op path's step (forward_paged launched op by op) beside it
+  graph replay   the CUDA backend's PagedStepper over a paged pool: `replay_ms` (GPU time per
+                 step of a bucket's graph, replays back to back, inputs uploaded once),
+                 `step_ms` (what the core pays per step: inputs up, replay, every row's logits
+                 back, synchronize), tokens/s of each, and the same step's launches made
+                 eagerly (`eager_step_ms`) beside it
   end to end     the engine with --batching on: `concurrency` requests at once, each
                  max_tokens with ignore_eos, through the runtime's Scheduler; output tokens/s
 
@@ -29,8 +30,7 @@ def _slots(blocks: list[int], rows: int, context: int):
 
 def graph_bench(model_dir: Path, be, buckets=(1, 2, 4, 8, 16, 32, 64), prompt_len: int = 128,
                 steps: int = 16) -> dict:
-    """Graph replay and op-path step times per bucket, and batch invariance (module docstring)."""
-    from inloop.services.runtime.backends.cuda.batch_decode import BatchDecodeGraphs
+    """Graph replay and eager step times per bucket, and batch invariance (module docstring)."""
     from inloop.services.runtime.backends.cuda.driver import Event
     from inloop.services.runtime.backends.cuda.loader import load_transformer
     from inloop.services.runtime.model.config import ModelConfig
@@ -44,20 +44,21 @@ def graph_bench(model_dir: Path, be, buckets=(1, 2, 4, 8, 16, 32, 64), prompt_le
     blocks = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(n_seqs)]
     rng = np.random.default_rng(6)
     prompts = rng.integers(3, cfg.vocab_size, (n_seqs, prompt_len)).astype(np.int32)
+    stepper = be.paged_stepper(model, kv, context)
     for i in range(0, n_seqs, 4):   # prefill every sequence, 4 a step
         group = range(i, min(i + 4, n_seqs))
         seqs = [_slots(blocks[s], prompt_len, prompt_len) for s in group]
         pos = np.tile(np.arange(prompt_len, dtype=np.int32), len(group))
-        model.forward_paged(be.ids(prompts[list(group)].reshape(-1)), be.ids(pos), kv, seqs, be.ids(np.zeros(1, np.int32)))
-    graphs = BatchDecodeGraphs(be, model, kv, context)
+        stepper.run(prompts[list(group)].reshape(-1), seqs, np.zeros(0, np.int32))
     token = np.full(n_seqs, 7, np.int32)
     out: dict = {"prompt_len": prompt_len, "steps": steps, "buckets": {}}
     first_rows = {}
     start, stop = Event(), Event()
     for b in buckets:
         seqs = [_slots(blocks[s], 1, prompt_len + 1) for s in range(b)]
-        first_rows[b] = graphs.run(token[:b], seqs)[0]          # captures this bucket's graph
-        g = graphs.graphs[b]
+        rows = np.arange(b, dtype=np.int32)
+        first_rows[b] = stepper.run(token[:b], seqs, rows)[0]          # captures this bucket's graph
+        g = stepper.graphs[b]
         start.record(be.stream)
         for _ in range(steps):
             g.graph(False).launch(be.stream)
@@ -68,19 +69,18 @@ def graph_bench(model_dir: Path, be, buckets=(1, 2, 4, 8, 16, 32, 64), prompt_le
         for s in range(steps):   # as the core runs it: positions advance, logits come back
             seqs = [_slots(blocks[q], 1, prompt_len + 1 + s) for q in range(b)]
             t = time.perf_counter()
-            graphs.run(token[:b], seqs)
+            stepper.run(token[:b], seqs, rows)
             walls.append((time.perf_counter() - t) * 1e3)
         op = []
         for s in range(3):
             seqs = [_slots(blocks[q], 1, prompt_len + 1 + s) for q in range(b)]
-            pos = np.full(b, prompt_len + s, np.int32)
             t = time.perf_counter()
-            be.to_host(model.forward_paged(be.ids(token[:b]), be.ids(pos), kv, seqs, be.ids(np.arange(b, dtype=np.int32))))
+            stepper._eager(token[:b], seqs, rows)
             op.append((time.perf_counter() - t) * 1e3)
         step_ms = statistics.median(walls)
         out["buckets"][b] = {"replay_ms": round(replay_ms, 4), "replay_tokens_per_s": round(b / replay_ms * 1e3, 1),
                              "step_ms": round(step_ms, 4), "step_tokens_per_s": round(b / step_ms * 1e3, 1),
-                             "op_path_step_ms": round(statistics.median(op), 3)}
+                             "eager_step_ms": round(statistics.median(op), 3)}
     one = out["buckets"].get(1, {}).get("replay_ms")
     if one and 32 in out["buckets"]:
         out["replay_ratio_32_over_1"] = round(out["buckets"][32]["replay_ms"] / one, 3)
@@ -106,13 +106,13 @@ def engine_bench(model_dir: Path, be, concurrencies=(1, 8, 32, 64), max_tokens: 
             reqs = [GenerateRequest(prompt=f"request {i}: tell me a story about the number {i}",
                                     sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
                     for i in range(c)]
-            replays = core.graphs.replays if core.graphs else 0
+            replays = core.stepper.replays if core.stepper else 0
             t = time.perf_counter()
             results = [h.future.result(timeout=600) for h in [sched.submit(r) for r in reqs]]
             wall = time.perf_counter() - t
             tokens = sum(len(r.token_ids) for r in results)
             out[c] = {"wall_s": round(wall, 3), "output_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
-                      "graph_steps": (core.graphs.replays if core.graphs else 0) - replays}
+                      "graph_steps": (core.stepper.replays if core.stepper else 0) - replays}
     finally:
         sched.close()
     return out
@@ -120,10 +120,10 @@ def engine_bench(model_dir: Path, be, concurrencies=(1, 8, 32, 64), max_tokens: 
 
 def summary_lines(name: str, g: dict, e: dict) -> list[str]:
     lines = [f"{name} batched decode (graph replay per bucket; step = inputs up + replay + logits back):",
-             "  bucket  replay ms  replay tok/s  step ms  step tok/s  op-path step ms"]
+             "  bucket  replay ms  replay tok/s  step ms  step tok/s  eager step ms"]
     for b, r in (g.get("buckets") or {}).items():
         lines.append(f"  {b:>6}  {r['replay_ms']:>9}  {r['replay_tokens_per_s']:>12}  {r['step_ms']:>7}  "
-                     f"{r['step_tokens_per_s']:>10}  {r['op_path_step_ms']:>15}")
+                     f"{r['step_tokens_per_s']:>10}  {r['eager_step_ms']:>13}")
     if g.get("replay_ratio_32_over_1") is not None:
         lines.append(f"  replay step at 32 / at 1: {g['replay_ratio_32_over_1']} (target <= 1.6)")
     lines.append(f"  batch invariant across buckets: {g.get('batch_invariant')}")

@@ -199,10 +199,10 @@ class Backend(ABC):
         the generic Transformer over this backend's ops."""
         return None
 
-    def batch_graphs(self, model: Any, kv: PagedKV, max_context: int) -> Any | None:
-        """Something that runs the batching core's all-decode steps faster than forward_paged
-        op by op (CUDA: a graph per batch-size bucket), with `fits(seqs)` and `run(ids, seqs)`
-        -> logits [len(seqs), V] on the host, bit for bit forward_paged's; or None."""
+    def paged_stepper(self, model: Any, kv: PagedKV, max_context: int) -> Any | None:
+        """The batching core's steps run this backend's own way (CUDA: fused launches, a graph
+        per batch-size bucket for decode-only steps): an object with `run(ids, seqs,
+        logit_rows)` -> logits [len(logit_rows), V] on the host; or None for forward_paged."""
         return None
 
     def step_runner(self, model: Any, max_capacity: int) -> "StepRunner | None":

@@ -16,8 +16,9 @@ sequence and runs them as ONE forward pass per step:
             A hybrid model's sequence (Qwen3.5) also takes a linear-attention state slot at
             admission and gives it back whenever its blocks are freed (kv_cache_manager.py).
   execute   one model.forward_paged over all scheduled rows (Transformer's, or Qwen35Model's
-            with each sequence's state slot in its SeqSlots), logits only of the rows some
-            feed needs.
+            with each sequence's state slot in its SeqSlots), or the backend's own stepper
+            (CUDA: fused launches, graphs for decode-only steps), logits only of the rows
+            some feed needs.
   update    commit the computed tokens (full blocks enter the prefix cache) and hand each
             finished feed its logits, waking its thread.
 
@@ -74,11 +75,11 @@ def _slots(block_list: list[int], bs: int, rows: int, context: int, state: int =
 
 class EngineCore:
     def __init__(self, model, kv: PagedKV, manager: KVCacheManager, max_num_seqs: int,
-                 max_num_batched_tokens: int, graphs=None):
+                 max_num_batched_tokens: int, stepper=None):
         self.model = model
         self.kv = kv
         self.manager = manager
-        self.graphs = graphs   # the backend's all-decode steps (Backend.batch_graphs), or None
+        self.stepper = stepper   # the backend's own way to run a step (Backend.paged_stepper), or None
         self.pool = manager.pool
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -251,9 +252,8 @@ class EngineCore:
             seqs.append(_slots(seq.blocks, bs, n, end, seq.state))
             logit_rows.extend(row + i - start for i in self._rows_wanted(seq, start, end))
             row += n
-        if (self.graphs is not None and len(logit_rows) == len(plan) == row
-                and self.graphs.fits(seqs)):   # one decode row per sequence, every logit wanted
-            return self.graphs.run(np.asarray(ids, np.int32), seqs)
+        if self.stepper is not None:
+            return self.stepper.run(np.asarray(ids, np.int32), seqs, np.asarray(logit_rows, np.int32))
         b = self.model.backend
         out = self.model.forward_paged(b.ids(np.asarray(ids, np.int32)), b.ids(np.concatenate(positions)),
                                        self.kv, seqs, b.ids(np.asarray(logit_rows, np.int32)))

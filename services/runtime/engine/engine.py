@@ -198,7 +198,7 @@ class Engine:
         else:
             kv = model.backend.alloc_paged_kv(c.num_layers, c.num_kv_heads, num_blocks, batch.block_size, c.head_dim)
         return EngineCore(model, kv, manager, batch.max_num_seqs, batch.max_num_batched_tokens,
-                          graphs=model.backend.batch_graphs(model, kv, self.max_context))
+                          stepper=model.backend.paged_stepper(model, kv, self.max_context))
 
     @property
     def prefix_cache(self) -> bool:

@@ -142,23 +142,23 @@ class CudaBackend(Backend):
 
     def alloc_paged_kv(self, num_layers, num_kv_heads, num_blocks, block_size, head_dim) -> PagedKV:
         self.device.make_current()
-        # one block more than the core hands out: the batched decode graphs' padding rows write
-        # there (batch_decode.py), so the slots are [layers, kv_heads, (num_blocks + 1) * bs, hd]
+        # one block more than the core hands out: the bucket graphs' padding rows write
+        # there (paged_step.py), so the slots are [layers, kv_heads, (num_blocks + 1) * bs, hd]
         shape = (num_layers, num_kv_heads, (num_blocks + 1) * block_size, head_dim)
         k, v = self._empty(shape, "bf16"), self._empty(shape, "bf16")
         memset_d8(k.ptr, 0, k.nbytes, self.stream)
         memset_d8(v.ptr, 0, v.nbytes, self.stream)
         return PagedKV(k, v, num_blocks, block_size)
 
-    def batch_graphs(self, model, kv: PagedKV, max_context: int):
-        """The core's all-decode steps as a graph per batch-size bucket (batch_decode.py), for
-        a dense model; None for a hybrid one (its linear layers step op by op) or with
-        INLOOP_CUDA_BATCH_GRAPHS=0."""
-        if hasattr(model, "alloc_paged_kv") or os.environ.get("INLOOP_CUDA_BATCH_GRAPHS", "1") == "0":
+    def paged_stepper(self, model, kv: PagedKV, max_context: int):
+        """The batching core's steps for a dense model (paged_step.py: one recording of the
+        launches, a CUDA graph per bucket for decode-only steps); None for a hybrid one (its
+        linear layers step through forward_paged) or with INLOOP_CUDA_PAGED_STEP=0."""
+        if hasattr(model, "alloc_paged_kv") or os.environ.get("INLOOP_CUDA_PAGED_STEP", "1") == "0":
             return None
-        from .batch_decode import BatchDecodeGraphs
+        from .paged_step import PagedStepper
 
-        return BatchDecodeGraphs(self, model, kv, max_context)
+        return PagedStepper(self, model, kv, max_context)
 
     def free_kv(self, cache: KVCache) -> None:
         self.device.make_current()

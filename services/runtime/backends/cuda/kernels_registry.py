@@ -28,7 +28,7 @@ SIGNATURES: dict[str, tuple[str, str]] = {
     "convert_f32_bf16": ("convert", "ppq"),
     "convert_f16_bf16": ("convert", "ppq"),
     "convert_bf16_f32": ("convert", "ppq"),
-    "rope_qknorm": ("rope", "ppppppppiiiiiiiffi"),
+    "rope_qknorm": ("rope", "pppppppppiiiiiiiffi"),
     "rope_table": ("rope", "piif"),
     "kv_store": ("attention", "pppppiiiii"),
     "gemm_bf16": ("gemm", "ppppppppiiiiif"),

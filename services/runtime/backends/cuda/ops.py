@@ -232,9 +232,11 @@ class Ops:
     def rope_qknorm(self, qkv: DeviceTensor, positions: DeviceTensor | None, H: int, KVH: int, hd: int,
                     theta: float, *, q_norm: DeviceTensor | None = None, k_norm: DeviceTensor | None = None,
                     eps: float = 0.0, rope: bool = True, store_layer: int | None = None, kc=None, vc=None,
-                    cap: int = 0, state: DeviceTensor | None = None, rope_table=None) -> None:
+                    cap: int = 0, state: DeviceTensor | None = None, rope_table=None,
+                    slots: DeviceTensor | None = None) -> None:
         """In place on qkv's q and k heads. With `store_layer`, also kv_store's job: k (roped)
-        and v rows to the cache at `positions`, from `state` (a DecodeState) or kc/vc/cap.
+        and v rows to the cache at `positions` (or at `slots`, int32 [T]: a paged pool's), from
+        `state` (a DecodeState) or kc/vc/cap.
         With `rope_table` (table, rows) from rope_table(), cos/sin come from it instead of
         being computed from `theta` (the same values: see rope.cu)."""
         T, stride = qkv.shape
@@ -244,13 +246,14 @@ class Ops:
                  | (ROPE_FLAG_STORE if store else 0))
         assert not (rope or store) or (positions is not None and positions.numel >= T)
         assert not store or state is not None or (kc is not None and vc is not None and cap > 0)
+        assert slots is None or (store and slots.dtype == "i32" and slots.numel >= T)
         assert (q_norm is None) == (k_norm is None)
         name = _for(q_norm, "rope_qknorm", k_norm) if q_norm is not None else "rope_qknorm"
         heads = H + (2 if store else 1) * KVH
         table, rows = rope_table if rope_table is not None else (None, 0)
         self._launch(name, (T, math.ceil(heads / 4)), (128,),
                      (qkv.ptr, _ptr(positions), _ptr(q_norm), _ptr(k_norm), _ptr(kc), _ptr(vc), _ptr(state),
-                      _ptr(table), H, KVH, hd, stride, cap, store_layer or 0, rows, theta, eps, flags))
+                      _ptr(table), _ptr(slots), H, KVH, hd, stride, cap, store_layer or 0, rows, theta, eps, flags))
 
     def kv_store(self, qkv, positions, kc, vc, H, KVH, hd, cap, layer, state=None) -> None:
         """Store k/v rows at positions; the cache comes from `state` (a DecodeState) when given."""

@@ -165,8 +165,8 @@ def _cvtb(mem, grid, block, smem, src, dst, n):
 
 
 @kernel("rope_qknorm")
-def _rope_qknorm(mem, grid, block, smem, qkv, positions, qw, kw, kc, vc, st, rope_cs, H, KVH, hd, stride, cap, layer,
-                 rope_rows, theta, eps, flags):
+def _rope_qknorm(mem, grid, block, smem, qkv, positions, qw, kw, kc, vc, st, rope_cs, slots, H, KVH, hd, stride, cap,
+                 layer, rope_rows, theta, eps, flags):
     T, store = grid[0], bool(flags & 4)
     assert grid[1] * 4 >= H + (2 if store else 1) * KVH and block[0] == 128
     m = f32(mem, qkv, T * stride).reshape(T, stride)
@@ -184,7 +184,7 @@ def _rope_qknorm(mem, grid, block, smem, qkv, positions, qw, kw, kc, vc, st, rop
         heads = rotate(heads.transpose(1, 0, 2), i32(mem, positions, T), theta).transpose(1, 0, 2)
     m[:, : (H + KVH) * hd] = heads.reshape(T, -1)
     if store:  # kv_store's contract, on the roped rows
-        _kv_store(mem, (T, 1, 1), (128, 1, 1), 0, qkv, positions, kc, vc, st, H, KVH, hd, cap, layer)
+        _kv_store(mem, (T, 1, 1), (128, 1, 1), 0, qkv, slots or positions, kc, vc, st, H, KVH, hd, cap, layer)
 
 
 def _cache_rows(mem, base, layer, KVH, kvh, cap, hd, start, n):

@@ -38,13 +38,13 @@ def _chat(text="Summarize the receipt", max_tokens=20, session_id="", **kw) -> G
 
 def test_the_core_runs_on_the_gpu(engines):
     ours, _ = engines
-    assert ours.core is not None and ours.core.graphs is not None and ours.runner.name == "forward"
+    assert ours.core is not None and ours.core.stepper is not None and ours.runner.name == "forward"
     assert ours.info["backend"] == "cuda" and ours.info["kv_cache"]["block_size"] == 4
 
 
 def test_greedy_tokens_text_and_uncertainty_match_the_numpy_engine(engines):
     ours, ref = engines
-    replays = ours.core.graphs.replays
+    replays = ours.core.stepper.replays
     req = _chat(max_tokens=24, return_uncertainty=True)
     events = []
     got = ours.generate(req, on_token=events.append)
@@ -52,7 +52,7 @@ def test_greedy_tokens_text_and_uncertainty_match_the_numpy_engine(engines):
     n = assert_same_greedy(got, want, ref, ref.prompt_ids(req), "chat")
     assert_stats_close(got, want, n, "chat")
     assert "".join(e.text for e in events) == got.text
-    assert ours.core.graphs.replays - replays >= len(got.token_ids) - 1   # decode steps replayed a graph
+    assert ours.core.stepper.replays - replays >= len(got.token_ids) - 1   # decode steps replayed a graph
 
 
 def test_stop_string_truncates_the_text(engines):
@@ -123,4 +123,4 @@ def test_concurrent_requests_through_the_scheduler_get_their_alone_tokens(tiny_d
     finally:
         sched.close()
     assert together == alone
-    assert engine.core.preemptions > 0 and engine.core.graphs.replays > 0
+    assert engine.core.preemptions > 0 and engine.core.stepper.replays > 0

@@ -1,7 +1,8 @@
 """The batching core's step on the CUDA backend, in each of conftest.py's modes: the paged KV
 pool and attention against the numpy backend's, batch invariance (a row's logits are the same
 bits alone and in every bucket 2..64, beside decode rows and prefill chunks), through the
-op path and the bucket graphs alike. The engine over this: test_engine_batched_on_cuda.py.
+eager steps and the bucket graphs alike, and prompts in chunks equal to numpy's. The engine
+over this: test_engine_batched_on_cuda.py.
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ class Pool:
         self.kv = model.backend.alloc_paged_kv(c.num_layers, c.num_kv_heads, num_blocks, BS, c.head_dim)
         self.free = list(RNG.permutation(num_blocks))
         self.blocks: dict[str, list[int]] = {}
+        self.stepper = None
 
     def seq(self, name: str, rows: int, context: int) -> SeqSlots:
         have = self.blocks.setdefault(name, [])
@@ -80,21 +82,35 @@ class Pool:
         return _seq(have, rows, context)
 
 
-def _step(model, pool: Pool, parts: list[tuple[str, list[int], int]]) -> np.ndarray:
-    """One forward_paged over `parts` (name, token ids, position of the first): every row's logits."""
+def _step(model, pool: Pool, parts: list[tuple[str, list[int], int]], how: str = "stepper") -> np.ndarray:
+    """One step over `parts` (name, token ids, position of the first): every row's logits,
+    through the CUDA backend's stepper as the core runs it (a bucket graph where the step is
+    decode rows only), its eager launches alone, or the generic forward_paged."""
     b = model.backend
     seqs = [pool.seq(name, len(ids), start + len(ids)) for name, ids, start in parts]
     ids = np.concatenate([np.asarray(i, np.int32) for _, i, _ in parts])
-    pos = np.concatenate([np.arange(s, s + len(i), dtype=np.int32) for _, i, s in parts])
     rows = np.arange(len(ids), dtype=np.int32)
-    return np.asarray(b.to_host(model.forward_paged(b.ids(ids), b.ids(pos), pool.kv, seqs, b.ids(rows))))
+    if how == "forward_paged":
+        pos = np.concatenate([np.arange(s, s + len(i), dtype=np.int32) for _, i, s in parts])
+        return np.asarray(b.to_host(model.forward_paged(b.ids(ids), b.ids(pos), pool.kv, seqs, b.ids(rows))))
+    if pool.stepper is None:
+        pool.stepper = b.paged_stepper(model, pool.kv, 128)
+    run = pool.stepper.run if how == "stepper" else pool.stepper._eager
+    return run(ids, seqs, rows)
+
+
+def _numpy_next(cpu_model, prompt: list[int], token: int) -> np.ndarray:
+    cache = cpu_model.new_cache(len(prompt) + 2)
+    cpu_model.forward(np.asarray(prompt, np.int32), np.arange(len(prompt), dtype=np.int32), cache)
+    return np.asarray(cpu_model.forward(np.asarray([token], np.int32), np.asarray([len(prompt)], np.int32), cache))[-1]
 
 
 def test_a_rows_logits_do_not_depend_on_its_batch(llama):
     """Sequence S's decode row gives the same bits alone and in buckets 2..64 (decode rows of
-    other sequences around it, at other positions in the step), and beside a prefill chunk long
-    enough that the step has more than one 64-row GEMM tile; and they are numpy's logits within
-    the bf16 tolerance."""
+    other sequences around it, at other positions in the step), eager or through the bucket
+    graphs, and beside a prefill chunk long enough that the step has more than one 64-row GEMM
+    tile; and they are numpy's logits within the bf16 tolerance, as are the generic
+    forward_paged's on this backend."""
     _, cfg, cpu_model, gpu_model = llama
     pool = Pool(gpu_model, num_blocks=600)
     rng = np.random.default_rng(3)
@@ -107,26 +123,47 @@ def test_a_rows_logits_do_not_depend_on_its_batch(llama):
         _step(gpu_model, pool, [(n, others[n], 0) for n in names[i:i + 16]])
     token = 7
     alone = _step(gpu_model, pool, [("S", [token], len(prompt))])[0]
-    seen = {}
+    seen = {"alone, eager": _step(gpu_model, pool, [("S", [token], len(prompt))], "eager")[0]}
     for bucket in BUCKETS[1:]:
         mates = [(n, [5 + j], len(others[n])) for j, n in enumerate(names[:bucket - 1])]
         at = bucket // 2  # S somewhere in the middle
         parts = mates[:at] + [("S", [token], len(prompt))] + mates[at:]
         seen[bucket] = _step(gpu_model, pool, parts)[at]
+        if bucket in (8, 64):
+            seen[f"{bucket}, eager"] = _step(gpu_model, pool, parts, "eager")[at]
     chunk = rng.integers(3, cfg.vocab_size, 70).tolist()   # 71 rows: two 64-row tiles
     seen["beside a 70-token prompt"] = _step(gpu_model, pool, [("long", chunk, 0), ("S", [token], len(prompt))])[-1]
     for where, logits in seen.items():
-        assert np.array_equal(logits, alone), f"bucket {where}: {np.abs(logits - alone).max():.3g} from alone"
-    # and the logits are right: numpy's, S's prompt then the token
-    cache = cpu_model.new_cache(32)
-    cpu_model.forward(np.asarray(prompt, np.int32), np.arange(len(prompt), dtype=np.int32), cache)
-    ref = np.asarray(cpu_model.forward(np.asarray([token], np.int32), np.asarray([len(prompt)], np.int32), cache))[-1]
+        assert np.array_equal(logits, alone), f"{where}: {np.abs(logits - alone).max():.3g} from alone"
+    assert sorted(pool.stepper.graphs) == list(BUCKETS)
+    ref = _numpy_next(cpu_model, prompt, token)
     assert_close(alone, ref, 2e-2, margin_tolerance(ref), "S's decode row against numpy")
+    generic = _step(gpu_model, pool, [("S", [token], len(prompt))], "forward_paged")[0]
+    assert_close(generic, ref, 2e-2, margin_tolerance(ref), "forward_paged's row against numpy")
 
 
-def test_bucket_graphs_give_the_op_paths_bits(llama):
+def test_prompts_in_chunks_give_numpys_logits(llama):
+    """Several prompts prefilled in chunks beside each other through the stepper: every row's
+    logits are numpy's within the bf16 tolerance."""
+    _, cfg, cpu_model, gpu_model = llama
+    pool = Pool(gpu_model, num_blocks=100)
+    rng = np.random.default_rng(8)
+    a, b = rng.integers(3, cfg.vocab_size, 20).tolist(), rng.integers(3, cfg.vocab_size, 9).tolist()
+    got_a = [_step(gpu_model, pool, [("a", a[:12], 0), ("b", b[:5], 0)])[:12]]
+    rest = _step(gpu_model, pool, [("b", b[5:], 5), ("a", a[12:], 12)])
+    got_a.append(rest[4:])
+    got_b = rest[:4]
+    for name, prompt, got in (("a", a, np.concatenate(got_a)), ("b", b[5:], got_b)):
+        full = a if name == "a" else b
+        cache = cpu_model.new_cache(len(full))
+        ref = np.asarray(cpu_model.forward(np.asarray(full, np.int32), np.arange(len(full), dtype=np.int32), cache,
+                                           all_logits=True))[len(full) - len(got):]
+        assert_close(got, ref, 2e-2, margin_tolerance(ref), f"prompt {name}")
+
+
+def test_bucket_graphs_give_the_eager_steps_bits(llama):
     """An all-decode step through a bucket's graph (padded to 1, 4, 8, 64 rows) gives every row
-    the bits forward_paged op by op gives it; the padding rows touch no sequence's blocks."""
+    the bits the same launches give eagerly; the padding rows touch no sequence's blocks."""
     _, cfg, _, gpu_model = llama
     pool = Pool(gpu_model, num_blocks=400)
     rng = np.random.default_rng(4)
@@ -134,16 +171,15 @@ def test_bucket_graphs_give_the_op_paths_bits(llama):
     prompts = {n: rng.integers(3, cfg.vocab_size, 2 + i % 9).tolist() for i, n in enumerate(names)}
     for i in range(0, 64, 16):
         _step(gpu_model, pool, [(n, prompts[n], 0) for n in names[i:i + 16]])
-    graphs = gpu_model.backend.batch_graphs(gpu_model, pool.kv, 64)
     before = gpu_model.backend.to_host(pool.kv.k)
     for n in (1, 3, 8, 64):
         parts = [(name, [11 + j], len(prompts[name])) for j, name in enumerate(names[:n])]
-        seqs = [pool.seq(name, 1, start + 1) for name, _, start in parts]
-        assert graphs.fits(seqs)
-        got = graphs.run(np.asarray([p[1][0] for p in parts], np.int32), seqs)
-        want = _step(gpu_model, pool, parts)
-        assert np.array_equal(got, want), f"{n} rows: {np.abs(got - want).max():.3g} from the op path"
-    assert sorted(graphs.graphs) == [1, 4, 8, 64]
+        replays = pool.stepper.replays
+        got = _step(gpu_model, pool, parts)
+        assert pool.stepper.replays == replays + 1
+        want = _step(gpu_model, pool, parts, "eager")
+        assert np.array_equal(got, want), f"{n} rows: {np.abs(got - want).max():.3g} from the eager step"
+    assert sorted(pool.stepper.graphs) == [1, 4, 8, 64]
     after = gpu_model.backend.to_host(pool.kv.k)
     written = sorted({int(s) for name in names for s in pool.seq(name, 1, len(prompts[name]) + 1).slots[-1:]})
     untouched = np.setdiff1d(np.arange(pool.kv.num_blocks * BS), written)

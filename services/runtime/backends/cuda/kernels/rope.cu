@@ -1,7 +1,8 @@
 // In-place RoPE and qwen3 q/k norm over the q and k heads of qkv [T, qkv_stride].
 // The k heads follow the q heads, so head hh < H+KVH starts at column hh*hd either way.
-// With ROPE_FLAG_STORE (the prefill graph) it is also the KV store: the k heads, once roped,
-// and the v heads (hh in [H+KVH, H+2KVH)) go to the bf16 cache at their positions, one
+// With ROPE_FLAG_STORE (the prefill graph, the batching core's steps) it is also the KV
+// store: the k heads, once roped, and the v heads (hh in [H+KVH, H+2KVH)) go to the bf16
+// cache at their positions, or at `slots` (the paged pool's slot of each row) when given, one
 // launch fewer per layer than rope_qknorm + kv_store.
 #include "rope.cuh"
 
@@ -12,7 +13,8 @@
 extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int* __restrict__ positions,
                                        const w16_t* __restrict__ q_norm_w, const w16_t* __restrict__ k_norm_w,
                                        bf16_t* kc, bf16_t* vc, const DecodeState* __restrict__ st,
-                                       const float2* __restrict__ rope_cs, int H, int KVH, int hd, int qkv_stride,
+                                       const float2* __restrict__ rope_cs, const int* __restrict__ slots,
+                                       int H, int KVH, int hd, int qkv_stride,
                                        int cap, int layer, int rope_rows, float theta, float eps, int flags) {
     float inv_freq[4] = {0.f, 0.f, 0.f, 0.f};  // hd <= 256
     if (!rope_cs) lane_inv_freqs(inv_freq, hd, theta, flags);
@@ -30,10 +32,11 @@ extern "C" __global__ void WNAME(rope_qknorm)(float* __restrict__ qkv, const int
     if (hh < H + KVH) warp_norm_rope_cs(head, head, hh < H ? q_norm_w : k_norm_w, hd, cs, eps, flags, 1.f);
     if (!store || hh < H) return;
     cache_from_state(st, kc, vc, cap);
-    if (pos < 0 || pos >= cap) return;  // a padded row
+    const int at = slots ? slots[t] : pos;
+    if (at < 0 || at >= cap) return;  // a padded row
     const bool is_k = hh < H + KVH;
     const int kvh = is_k ? hh - H : hh - H - KVH;
-    bf16_t* dst = (is_k ? kc : vc) + (((size_t)layer * KVH + kvh) * cap + pos) * hd;
+    bf16_t* dst = (is_k ? kc : vc) + (((size_t)layer * KVH + kvh) * cap + at) * hd;
     for (int d = lane; d < hd; d += 32) dst[d] = f32_to_bf16(head[d]);  // after warp_norm_rope_cs's __syncwarp
 }
 
