@@ -245,17 +245,22 @@ PROMPT_LEN, STEPS, CAPACITY = 9, 6, 32
 
 
 @pytest.fixture(scope="module")
-def qwen35(tmp_path_factory, cpu, gpu):
-    """(cfg, the model on numpy, the same weights on `gpu`) for a tiny bf16 Qwen3.5 with both
-    layer kinds (linear, linear, full, linear)."""
-    from inloop.services.runtime.model.architectures import build_model, read_config
+def qwen35_dir(tmp_path_factory):
+    """A tiny bf16 Qwen3.5 with both layer kinds (linear, linear, full, linear)."""
     from inloop.services.runtime.model.tiny_qwen3_5 import make_tiny_qwen3_5
-    from inloop.services.runtime.model.weights import Weights
 
     layers = ("linear_attention", "linear_attention", "full_attention", "linear_attention")
-    d = make_tiny_qwen3_5(tmp_path_factory.mktemp("qwen35"), layers, vision=False, seed=11, dtype="bfloat16")
-    cfg = read_config(d)
-    return cfg, build_model(cfg, cpu, Weights(d)), build_model(cfg, gpu, Weights(d))
+    return make_tiny_qwen3_5(tmp_path_factory.mktemp("qwen35"), layers, vision=False, seed=11, dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def qwen35(qwen35_dir, cpu, gpu):
+    """(cfg, the model on numpy, the same weights on `gpu`)."""
+    from inloop.services.runtime.model.architectures import build_model, read_config
+    from inloop.services.runtime.model.weights import Weights
+
+    cfg = read_config(qwen35_dir)
+    return cfg, build_model(cfg, cpu, Weights(qwen35_dir)), build_model(cfg, gpu, Weights(qwen35_dir))
 
 
 def _prompt(cfg):
@@ -294,3 +299,19 @@ def test_tiny_qwen3_5_greedy_agrees_with_numpy(qwen35):
         got.append(int(np.argmax(logits)))
         logits = last_logits(gpu_model, [got[-1]], PROMPT_LEN + step, cache)
     assert_greedy_agrees(got, tokens, ref_logits, "tiny qwen3.5", {"test": "qwen3_5_greedy"})
+
+
+def test_the_engine_serves_tiny_qwen3_5_on_cuda(qwen35_dir, gpu, cpu):
+    """Engine.load on CudaBackend: no graphs for a hybrid model, so the forward pass serves it
+    (one cache per sequence, the session store); greedy output equals the numpy engine's
+    (which runs it through the batching core), or parts where numpy's margin is within tolerance."""
+    from inloop.services.runtime.engine.engine import Engine
+
+    from .test_engine_on_cuda import _chat, assert_same_greedy
+
+    ours, ref = Engine.load(qwen35_dir, backend=gpu), Engine.load(qwen35_dir, backend=cpu)
+    assert ours.runner.name == "forward" and isinstance(ours.model.ops, CudaLinearAttention)
+    request = _chat(max_tokens=5)
+    a, b = ours.generate(request), ref.generate(request)
+    assert a.completion_tokens == b.completion_tokens == 5
+    assert_same_greedy(a, b, ref, ref.prompt_ids(request), "qwen3.5 engine")
