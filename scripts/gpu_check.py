@@ -15,9 +15,11 @@
      through the CUDA graphs with GPU sampling) side by side with HF, medians and ratios;
      the engine's GPU tests (test_engine_on_cuda.py) run with the others in step 2
   7. the batching core on the GPU (bench/cuda/batched.py), SmolLM2-shaped: each batch-size
-     bucket's decode graph (replay and full step time, tokens/s, against the op path), batch
-     invariance across the buckets, and the engine with --batching on at 1-64 concurrent
-     requests
+     bucket's decode graph (replay and full step time, tokens/s, against the eager step),
+     batch invariance across the buckets, and the engine with --batching on at 1-64
+     concurrent requests
+  8. greedy parity of a Qwen3.5-0.8B-shaped random model (the Gated DeltaNet kernels, op by op:
+     no Qwen3.5 graphs yet) with numpy, with time to spare or with --qwen35
 
 `main` runs STAGES, a table of one function per step above, in one loop; results.json is
 written after each. Writes results.json and summary.txt (plus pytest.log / parity.jsonl) to --out. Needs only
@@ -57,6 +59,7 @@ from bench.cuda.batched import graph_bench  # noqa: E402
 from bench.cuda.batched import summary_lines as batched_lines  # noqa: E402
 from bench.cuda.models import SHAPES, make_random_model, prompt_ids  # noqa: E402
 from bench.cuda.probes import gemv_sweep, graph_node_cost, summary_lines  # noqa: E402
+from bench.cuda.qwen35 import make_qwen35_model, qwen35_greedy_parity  # noqa: E402
 from bench.runtime_vs_hf import hf_forward, load_hf  # noqa: E402
 
 PROMPT_LEN, DECODE_TOKENS = 32, 128
@@ -131,7 +134,7 @@ def compile_kernels(arch: str) -> dict:
 # ---- 2. the GPU tests ----------------------------------------------------------------------
 GPU_TEST_MODULES = ("test_compile.py", "test_ops.py", "test_sampling.py", "test_model.py", "test_probes.py",
                     "test_engine_on_cuda.py", "test_rope_scaling.py", "test_rope_guard.py", "test_paged.py",
-                    "test_engine_batched_on_cuda.py")
+                    "test_engine_batched_on_cuda.py", "test_linear_attention.py")
 # the engine module adds ~20 s (a SmolLM2-shaped model on numpy as the reference); the RoPE
 # scaling module ~15 s (five tiny models, each through the op path, the graphs and the engine)
 PYTEST_BUDGET_S = 160
@@ -313,6 +316,12 @@ def summary_table(r: dict) -> str:
                          f"{len(p['teacher_forced_argmax_mismatches'])}, free-running {free}")
         else:
             lines.append(f"greedy parity {name}: {p.get('error') if isinstance(p, dict) else p}")
+    q35 = (r.get("parity") or {}).get("qwen3.5-0.8b") or {}
+    if "op_path_decode_ms_per_token" in q35:
+        lines.append(f"qwen3.5-0.8b op path (no graphs): decode {q35['op_path_decode_ms_per_token']} ms/token, "
+                     f"{q35['op_path_prefill_ms']} ms for a {q35.get('prompt_len', '?')}-token prompt")
+    elif r.get("qwen35"):
+        lines.append(f"qwen3.5-0.8b: {r['qwen35']}")
     lines.append("")
     lines.append(f"{'model':<14}{'':<6}{'decode ms/tok':>14}{'(gpu/step)':>12}{'TTFT ms':>10}{'start->1st s':>14}")
     for name in SHAPES:
@@ -435,6 +444,21 @@ def stage_parity(run: Run) -> None:
     log("parity done")
 
 
+def stage_qwen35(run: Run) -> None:
+    """Greedy parity of a Qwen3.5-0.8B-shaped random model (Gated DeltaNet kernels at their real
+    head sizes) with numpy, both op by op (no Qwen3.5 graphs yet). Last and optional: writing
+    the model (~1.5 GB) and the numpy reference take about a minute, so it runs with time to
+    spare, or when --qwen35 asks for it."""
+    if not (run.args.qwen35 or run.time_left(60)):
+        run.results["qwen35"] = {"skipped": "time budget (--qwen35 runs it anyway)"}
+        return
+    d = step(run.results, "make_qwen3.5-0.8b", make_qwen35_model, run.work / "qwen3.5-0.8b", 7)
+    if isinstance(d, dict):  # the step's error record
+        return
+    run.results["parity"]["qwen3.5-0.8b"] = step(run.results, "parity_qwen35", qwen35_greedy_parity, d, run.be)
+    log(f"qwen3.5-0.8b parity done: {run.results['parity']['qwen3.5-0.8b'].get('ok')}")
+
+
 def stage_bench(run: Run) -> None:
     run.results["bench"] = {}
     for name in SHAPES:
@@ -505,7 +529,7 @@ def stage_start(run: Run) -> None:
 
 # In order; a stage that returns an exit code ends the run there (results saved).
 STAGES = (stage_environment, stage_compile, stage_pytest, stage_backend, stage_models, stage_parity,
-          stage_bench, stage_batched, stage_probes, stage_engine_bench, stage_start)
+          stage_bench, stage_batched, stage_probes, stage_engine_bench, stage_start, stage_qwen35)
 
 
 def main() -> int:
@@ -514,6 +538,8 @@ def main() -> int:
     ap.add_argument("--work", default=os.environ.get("INLOOP_GPU_WORK", "/tmp/inloop-gpu-check"))
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--qwen35", action="store_true",
+                    help="run the Qwen3.5-0.8B-shaped greedy parity even past the time budget (about a minute)")
     ap.add_argument("--baseline", type=Path, metavar="TREE",
                     help="also bench this tree (scripts/gpu_baseline.py prepare REV) on the same card and models")
     ap.add_argument("--first-token", nargs=2, metavar=("KIND", "MODEL_DIR"), help=argparse.SUPPRESS)

@@ -36,9 +36,10 @@ def build_model(cfg: ModelConfig | Qwen35Config, backend: Backend, weights: Weig
 
 
 def backend_for(cfg: ModelConfig | Qwen35Config, requested: str) -> str:
-    """The backend name to make: 'auto' means cpu for Qwen3.5, whose layers have no CUDA
-    kernels yet (an explicit 'cuda' is left to fail with the model's own message)."""
+    """The backend name to make: 'auto' means cpu for Qwen3.5, whose CUDA path (kernels run op
+    by op, no graphs) has not yet run on a GPU; an explicit 'cuda' runs it."""
     if requested == "auto" and isinstance(cfg, Qwen35Config):
-        log.info("backend_auto_cpu", arch=cfg.arch, reason="the linear-attention layers run on the cpu backend only")
+        log.info("backend_auto_cpu", arch=cfg.arch,
+                 reason="Qwen3.5 on cuda runs op by op and is not yet checked on a GPU: ask for it with --backend cuda")
         return "cpu"
     return requested

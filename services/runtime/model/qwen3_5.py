@@ -1,6 +1,6 @@
 """Qwen3.5's forward pass (HF modeling_qwen3_5.py, text stack): Gated DeltaNet layers and
 gated full-attention layers, written against the backend interface plus the linear-attention
-ops of backends/cpu/linear_attention.py.
+ops (backends/cpu/linear_attention.py on numpy, backends/cuda/linear_attention.py on CUDA).
 
 Per layer (norms are HF's zero-centred RMSNorm, x / rms(x) * (1 + w): the 1 is added at load):
 
@@ -98,13 +98,20 @@ class FullLayer:
     state: int          # index into the cache's k/v arrays
 
 
+# A linear layer's small parameters: kept as the ops read them (float32, the host's values),
+# not as the backend stores projection weights (bf16 on CUDA).
+LINEAR_PARAMS = ("conv", "neg_a", "dt_bias", "norm")
+
+
 def linear_attention_ops(backend: Backend):
-    """The backend's linear-attention ops; only the numpy backend has them so far."""
+    """The backend's linear-attention ops: numpy's, or the CUDA kernels'."""
     if backend.name == "cpu":
         from inloop.services.runtime.backends.cpu.linear_attention import NumpyLinearAttention
         return NumpyLinearAttention()
-    raise ModelLoadError(f"Qwen3.5 (Gated DeltaNet layers) runs on the cpu backend only for now; "
-                         f"the {backend.name} kernels are not written yet: use --backend cpu")
+    if backend.name == "cuda":
+        from inloop.services.runtime.backends.cuda.linear_attention import CudaLinearAttention
+        return CudaLinearAttention(backend)
+    raise ModelLoadError(f"Qwen3.5 (Gated DeltaNet layers) has no {backend.name} kernels: use --backend cpu or cuda")
 
 
 def text_prefix(weights: Weights) -> str:
@@ -129,7 +136,8 @@ class Qwen35Model:
             host = self._host_linear(weights, i) if kind == LINEAR else self._host_full(weights, i)
             layer_cls, states = (LinearLayer, cfg.linear_layers) if kind == LINEAR else (FullLayer, cfg.full_layers)
             self.layers.append(layer_cls(state=states.index(i), **{
-                k: up(v, f"layers.{i}.{k}") for k, v in host.items()}))
+                k: self.ops.param(v) if kind == LINEAR and k in LINEAR_PARAMS else up(v, f"layers.{i}.{k}")
+                for k, v in host.items()}))
         self.final_norm = up(self._norm(weights, p + "norm.weight"), "norm")
         if cfg.tie_word_embeddings or "lm_head.weight" not in weights:
             self.lm_head = self.embed
@@ -229,7 +237,7 @@ class Qwen35Model:
         The linear layers' state advances by these T tokens: feed each token once, in order."""
         spans = [(0, ids.shape[0], 0)]   # one sequence, its state the only slot
         h = self._hidden(ids, positions,
-                         lambda lw: (cache.conv[lw.state][None], cache.recurrent[lw.state][None], spans),
+                         lambda lw: (*self.ops.sequence_state(cache.conv, cache.recurrent, lw.state), spans),
                          lambda qkv, lw: self.backend.attention(qkv, cache, lw.state, positions, self.cfg.num_heads,
                                                                 self.cfg.num_kv_heads, self.cfg.head_dim))
         if not all_logits:
@@ -250,7 +258,7 @@ class Qwen35Model:
                 self.ops.zero_state(kv.conv, kv.recurrent, s.state)
             spans.append((row, s.rows, s.state))
             row += s.rows
-        h = self._hidden(ids, positions, lambda lw: (kv.conv[:, lw.state], kv.recurrent[:, lw.state], spans),
+        h = self._hidden(ids, positions, lambda lw: (*self.ops.pool_state(kv.conv, kv.recurrent, lw.state), spans),
                          lambda qkv, lw: b.paged_attention(qkv, kv, lw.state, seqs, c.num_heads,
                                                            c.num_kv_heads, c.head_dim))
         return b.linear(b.take_rows(h, logit_rows), self.lm_head)

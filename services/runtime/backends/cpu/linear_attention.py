@@ -54,6 +54,18 @@ class NumpyLinearAttention:
         conv[slot] = 0
         recurrent[slot] = 0
 
+    def sequence_state(self, conv: np.ndarray, recurrent: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer `layer` of one sequence's states [L, ...], as a pool of one slot (views)."""
+        return conv[layer][None], recurrent[layer][None]
+
+    def pool_state(self, conv: np.ndarray, recurrent: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer `layer` of every slot of a pool [S, L, ...] (views)."""
+        return conv[:, layer], recurrent[:, layer]
+
+    def param(self, array: np.ndarray) -> np.ndarray:
+        """A linear layer's small parameter (conv taps, -exp(A_log), dt_bias, norm) as the ops read it."""
+        return np.ascontiguousarray(array, np.float32)
+
     # ---- Gated DeltaNet -----------------------------------------------------------------
     def causal_conv1d(self, x: np.ndarray, state: np.ndarray, weight: np.ndarray) -> np.ndarray:
         """silu(depthwise causal conv1d(x)) [T, C], as HF's causal_conv1d_fn/_update.

@@ -354,7 +354,13 @@ class CudaBackend(Backend):
         return model
 
     def step_runner(self, model, max_capacity: int):
-        """The engine's fast path: prefill and decode graphs, sampling on the GPU (step_runner.py)."""
+        """The engine's fast path: prefill and decode graphs, sampling on the GPU (step_runner.py).
+        None for a model the graphs do not describe (Qwen3.5's hybrid layers run op by op, through
+        its forward and CudaLinearAttention): the engine then uses the forward pass."""
+        from inloop.services.runtime.model.transformer import Transformer
+
         from .step_runner import CudaStepRunner
 
+        if not isinstance(model, Transformer):
+            return None
         return CudaStepRunner(self, model, max_capacity)

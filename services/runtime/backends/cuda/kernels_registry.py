@@ -42,6 +42,13 @@ SIGNATURES: dict[str, tuple[str, str]] = {
     **{name: ("gemv", "pppppiiiif") for name in GEMV_KERNELS},
     "convert_f32_f16": ("convert", "ppq"),
     "convert_bf16_f16": ("convert", "ppq"),
+    # Qwen3.5's Gated DeltaNet and gated attention (linear_attention_ops.py); fp32 parameters, one build
+    "gdn_conv": ("linear_attention", "pppppiiq"),
+    "gdn_decay_beta": ("linear_attention", "ppppppii"),
+    "gdn_recurrence": ("linear_attention", "ppppppiiiifq"),
+    "gdn_gated_rmsnorm": ("linear_attention", "ppppiif"),
+    "partial_rope": ("linear_attention", "ppiiiif"),
+    "output_gate": ("linear_attention", "pppi"),
 }
 # The fp16-weight build of each kernel that reads weights (compiler.WEIGHT_FILES): same file,
 # same parameters, suffix _f16.

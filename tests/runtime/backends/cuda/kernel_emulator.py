@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from inloop.services.runtime.backends.cpu.backend import rope_cos_sin
+from inloop.services.runtime.backends.cpu.linear_attention import NumpyLinearAttention
 from inloop.services.runtime.backends.cuda.kernels_registry import base_kernel, weight_format
 from inloop.services.runtime.backends.cuda.state import DECODE_STATE, SAMPLE_STATS_BYTES
 from inloop.services.runtime.engine.sampler import _filter_top_k_top_p
@@ -20,7 +21,8 @@ def static_smem(name: str) -> int:
     name = base_kernel(name)
     if name.startswith("gemm_"):
         return 2 * 2 * 64 * 40 * 2 + 2 * 64 * 4 + 4  # As, Bs, the row partials, the ticket
-    return {"sample_reduce": 32 * SAMPLE_STATS_BYTES + 4}.get(name, 256)
+    return {"sample_reduce": 32 * SAMPLE_STATS_BYTES + 4,
+            "gdn_recurrence": 4 * (2 * 8 * 32 + 2 * 2 * 8 * 32)}.get(name, 256)  # rows_qk, partial
 
 
 def kernel(name):
@@ -453,3 +455,75 @@ def _paged(mem, grid, block, smem, D, qkv, positions, tiles, tables, kc, vc, out
                 vals = widen(_cache_rows(mem, vc, layer, KVH, kvh, slots, hd, 0, slots)[at])
                 q = m[t, kvh * G * hd:(kvh + 1) * G * hd].reshape(G, hd) * np.float32(scale)
                 o[t, kvh * G:(kvh + 1) * G] = _attend(q, keys, vals)
+
+# ---- Qwen3.5's Gated DeltaNet and gated attention (kernels/linear_attention.cu) ---------------------
+LA = NumpyLinearAttention()
+
+
+def _spans_of(mem, spans, n):
+    sp = i32(mem, spans, 3 * n).reshape(n, 3).astype(np.int64)
+    assert (sp[:, 1] >= 1).all() and len(set(sp[:, 2].tolist())) == n, f"bad spans {sp.tolist()}"
+    return sp
+
+
+@kernel("gdn_conv")
+def _gdn_conv(mem, grid, block, smem, x, w, state, spans, out, C, K, slot_stride):
+    assert block == (128, 1, 1) and grid[0] * 128 >= C and 1 <= K <= 4
+    sp = _spans_of(mem, spans, grid[1])
+    assert grid[2] * 8 >= sp[:, 1].max(), "grid does not cover every span's rows"
+    T = int((sp[:, 0] + sp[:, 1]).max())
+    xs, o = f32(mem, x, T * C).reshape(T, C), f32(mem, out, T * C).reshape(T, C)
+    weight = f32(mem, w, C * K).reshape(C, K)
+    for row0, n, slot in sp:
+        st = f32(mem, state + 4 * int(slot) * slot_stride, C * (K - 1)).reshape(C, K - 1)
+        o[row0:row0 + n] = LA.causal_conv1d(xs[row0:row0 + n].copy(), st, weight)  # st advanced in place
+
+
+@kernel("gdn_decay_beta")
+def _gdn_decay_beta(mem, grid, block, smem, a, b, neg_a, dt_bias, g, beta, n, H):
+    assert n % H == 0
+    T = n // H
+    gv, bv = LA.decay_and_beta(f32(mem, a, n).reshape(T, H), f32(mem, b, n).reshape(T, H), f32(mem, neg_a, H),
+                               f32(mem, dt_bias, H))
+    f32(mem, g, n)[:] = gv.reshape(-1)
+    f32(mem, beta, n)[:] = bv.reshape(-1)
+
+
+@kernel("gdn_recurrence")
+def _gdn_recurrence(mem, grid, block, smem, qkv, g, beta, state, spans, out, k_heads, v_heads, dk, dv, scale,
+                    slot_stride):
+    assert grid[0] * 32 >= dv and grid[1] == v_heads and block == (32 * -(-dk // 32), 1, 1) and dk <= 256
+    assert abs(scale - dk ** -0.5) <= 1e-7 * dk ** -0.5 and v_heads % k_heads == 0
+    sp = _spans_of(mem, spans, grid[2])
+    T, kd = int((sp[:, 0] + sp[:, 1]).max()), k_heads * dk
+    stride = 2 * kd + v_heads * dv
+    x = f32(mem, qkv, T * stride).reshape(T, stride)
+    gv, bv = f32(mem, g, T * v_heads).reshape(T, v_heads), f32(mem, beta, T * v_heads).reshape(T, v_heads)
+    o = f32(mem, out, T * v_heads * dv).reshape(T, v_heads, dv)
+    for row0, n, slot in sp:
+        st = f32(mem, state + 4 * int(slot) * slot_stride, v_heads * dk * dv).reshape(1, v_heads, dk, dv)
+        for t in range(row0, row0 + n):  # the kernel's step, token by token (gated_delta_step)
+            q, k = x[t:t + 1, :kd].reshape(1, k_heads, dk), x[t:t + 1, kd:2 * kd].reshape(1, k_heads, dk)
+            v = x[t:t + 1, 2 * kd:].reshape(1, v_heads, dv)
+            o[t] = LA.gated_delta_step(q, k, v, gv[t:t + 1], bv[t:t + 1], st)[0]
+
+
+@kernel("gdn_gated_rmsnorm")
+def _gdn_gated_rmsnorm(mem, grid, block, smem, x, z, w, out, rows, D, eps):
+    assert block == (128, 1, 1) and grid[0] * 4 >= rows
+    n = rows * D
+    f32(mem, out, n)[:] = LA.gated_rmsnorm(f32(mem, x, n).reshape(rows, D), f32(mem, z, n).reshape(rows, D),
+                                           f32(mem, w, D), eps).reshape(-1)
+
+
+@kernel("partial_rope")
+def _partial_rope(mem, grid, block, smem, qkv, positions, H, KVH, hd, rd, theta):
+    T = grid[0]
+    assert block == (128, 1, 1) and grid[1] * 4 >= H + KVH and rd % 2 == 0 and 0 < rd <= hd
+    m = f32(mem, qkv, T * (H + 2 * KVH) * hd).reshape(T, (H + 2 * KVH) * hd)
+    LA.partial_rope(m, i32(mem, positions, T), H, KVH, hd, rd, theta)
+
+
+@kernel("output_gate")
+def _output_gate(mem, grid, block, smem, attn, gate, out, n):
+    f32(mem, out, n)[:] = LA.output_gate(f32(mem, attn, n), f32(mem, gate, n))

@@ -145,7 +145,8 @@ def test_cli_compile_prints_a_table(compiled, capsys):
 # size is latency: on an H100 the decode attention went from 21 us to 9 us per launch when its
 # code went from 136 KB to 53 KB. A kernel that grows past its budget needs a measurement.
 DECODE_CODE_BUDGETS = {"attention_decode_d": 40 << 10, "gemv_": 20 << 10, "embedding": 4 << 10,
-                       "sample_reduce": 16 << 10, "attention_prefill_d": 28 << 10, "gemm_bf16": 36 << 10}
+                       "sample_reduce": 16 << 10, "attention_prefill_d": 28 << 10, "gemm_bf16": 36 << 10,
+                       "gdn_recurrence": 32 << 10, "gdn_conv": 16 << 10}  # Qwen3.5's decode: not yet measured
 
 
 def test_decode_step_kernels_stay_within_their_code_budgets(compiled):
