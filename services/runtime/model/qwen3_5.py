@@ -260,14 +260,16 @@ class Qwen35Model:
             row += s.rows
         h = self._hidden(ids, positions, lambda lw: (*self.ops.pool_state(kv.conv, kv.recurrent, lw.state), spans),
                          lambda qkv, lw: b.paged_attention(qkv, kv, lw.state, seqs, c.num_heads,
-                                                           c.num_kv_heads, c.head_dim))
-        return b.linear(b.take_rows(h, logit_rows), self.lm_head)
+                                                           c.num_kv_heads, c.head_dim), b.batched_linear)
+        return b.batched_linear(b.take_rows(h, logit_rows), self.lm_head)
 
-    def _hidden(self, ids: Tensor, positions: Tensor, states, attention) -> Tensor:
+    def _hidden(self, ids: Tensor, positions: Tensor, states, attention, linear=None) -> Tensor:
         """The final-normed hidden states [T, D]. states(layer): that linear layer's conv and
         recurrent state pools [S, ...] and the (first row, rows, slot) of each sequence of the
-        rows; attention(qkv, layer) stores k, v and attends."""
+        rows; attention(qkv, layer) stores k, v and attends; `linear` the projections' op (the
+        backend's, or its batched_linear in a core step: batch invariance)."""
         c, b = self.cfg, self.backend
+        linear = linear or b.linear
         x = b.embedding(self.embed, ids)                                   # [T, D]
         residual = None
         for lw in self.layers:
@@ -276,15 +278,15 @@ class Qwen35Model:
             else:
                 h, residual = b.add_rmsnorm(x, residual, lw.input_norm, c.rms_norm_eps)
             if isinstance(lw, LinearLayer):
-                x = self._delta_net(h, lw, states(lw))
+                x = self._delta_net(h, lw, states(lw), linear)
             else:
-                x = self._gated_attention(h, lw, positions, attention)
+                x = self._gated_attention(h, lw, positions, attention, linear)
             h, residual = b.add_rmsnorm(x, residual, lw.post_norm, c.rms_norm_eps)
-            x = b.linear(b.swiglu(b.linear(h, lw.gate_up)), lw.down)
+            x = linear(b.swiglu(linear(h, lw.gate_up)), lw.down)
         h, _ = b.add_rmsnorm(x, residual, self.final_norm, c.rms_norm_eps)
         return h
 
-    def _delta_net(self, h: Tensor, lw: LinearLayer, states: tuple[Tensor, Tensor, list]) -> Tensor:
+    def _delta_net(self, h: Tensor, lw: LinearLayer, states: tuple[Tensor, Tensor, list], linear) -> Tensor:
         """The projections over all rows at once; the conv and the delta rule per sequence, on
         its rows with its state (updated in place): one token the recurrence, a prompt the
         chunked form, as HF's decode and prefill do (the decode rows of several sequences in
@@ -292,18 +294,18 @@ class Qwen35Model:
         c, b, ops = self.cfg, self.backend, self.ops
         t = h.shape[0]
         conv_pool, recurrent_pool, spans = states
-        mixed = b.linear(h, lw.in_qkv)                                                   # [T, conv_dim]
-        g, beta = ops.decay_and_beta(b.linear(h, lw.in_a), b.linear(h, lw.in_b), lw.neg_a, lw.dt_bias)
+        mixed = linear(h, lw.in_qkv)                                                   # [T, conv_dim]
+        g, beta = ops.decay_and_beta(linear(h, lw.in_a), linear(h, lw.in_b), lw.neg_a, lw.dt_bias)
         o = ops.gated_delta_rows(mixed, g, beta, lw.conv, conv_pool, recurrent_pool, spans,
                                  c.linear_k_heads, c.linear_k_dim, c.linear_v_dim)        # [T, Hv, dv]
-        z = b.linear(h, lw.in_z).reshape(t, c.linear_v_heads, c.linear_v_dim)
+        z = linear(h, lw.in_z).reshape(t, c.linear_v_heads, c.linear_v_dim)
         o = ops.gated_rmsnorm(o, z, lw.norm, c.rms_norm_eps).reshape(t, c.linear_v_heads * c.linear_v_dim)
-        return b.linear(o, lw.out)
+        return linear(o, lw.out)
 
-    def _gated_attention(self, h: Tensor, lw: FullLayer, positions: Tensor, attention) -> Tensor:
+    def _gated_attention(self, h: Tensor, lw: FullLayer, positions: Tensor, attention, linear) -> Tensor:
         c, b = self.cfg, self.backend
-        qkv = b.linear(h, lw.qkv)                                                       # [T, q + 2 kv]
+        qkv = linear(h, lw.qkv)                                                       # [T, q + 2 kv]
         b.qk_norm(qkv, lw.q_norm, lw.k_norm, c.rms_norm_eps, c.num_heads, c.num_kv_heads, c.head_dim)
         self.ops.partial_rope(qkv, positions, c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim, c.rope_theta)
         attn = attention(qkv, lw)
-        return b.linear(self.ops.output_gate(attn, b.linear(h, lw.gate)), lw.o)
+        return linear(self.ops.output_gate(attn, linear(h, lw.gate)), lw.o)

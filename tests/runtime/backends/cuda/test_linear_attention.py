@@ -302,16 +302,30 @@ def test_tiny_qwen3_5_greedy_agrees_with_numpy(qwen35):
 
 
 def test_the_engine_serves_tiny_qwen3_5_on_cuda(qwen35_dir, gpu, cpu):
-    """Engine.load on CudaBackend: no graphs for a hybrid model, so the forward pass serves it
-    (one cache per sequence, the session store); greedy output equals the numpy engine's
-    (which runs it through the batching core), or parts where numpy's margin is within tolerance."""
+    """Engine.load on CudaBackend: no graphs for a hybrid model, so the batching core serves it
+    through Qwen35Model.forward_paged (the paged pool for the full-attention layers, a state
+    slot per sequence); greedy output equals the numpy engine's, or parts where numpy's margin
+    is within tolerance; concurrent requests through the Scheduler get the tokens each gets
+    alone (batched_linear and per-sequence spans: a row's bits do not depend on the batch)."""
     from inloop.services.runtime.engine.engine import Engine
+    from inloop.services.runtime.service.scheduler import Scheduler
 
     from .test_engine_on_cuda import _chat, assert_same_greedy
 
     ours, ref = Engine.load(qwen35_dir, backend=gpu), Engine.load(qwen35_dir, backend=cpu)
     assert ours.runner.name == "forward" and isinstance(ours.model.ops, CudaLinearAttention)
+    assert ours.core is not None and ours.core.stepper is None and ours.info["kv_cache"]["state_slots"] > 0
     request = _chat(max_tokens=5)
     a, b = ours.generate(request), ref.generate(request)
     assert a.completion_tokens == b.completion_tokens == 5
     assert_same_greedy(a, b, ref, ref.prompt_ids(request), "qwen3.5 engine")
+    reqs = [_chat(t, max_tokens=6, ignore_eos=True) for t in ("Hi", "Name three fruits", "Once upon a time", "Count")]
+    alone = [ours.generate(r).token_ids for r in reqs]
+    sched = Scheduler(lambda: ours, 8).start()
+    try:
+        sched.ready.result(timeout=60)
+        together = [h.future.result(timeout=300).token_ids for h in [sched.submit(r) for r in reqs]]
+    finally:
+        sched.close()
+    assert together == alone
+    assert len(ours.core.manager.states.free) == ours.core.manager.states.num_slots   # every slot given back
