@@ -55,6 +55,8 @@ class Feed:
     done: bool = False
     error: BaseException | None = None
     parked: bool = False            # its thread waits in feed() for the loop to run it
+    sampling: object = None         # a DeviceSampling: sample the last row in the step (sample())
+    sample: tuple | None = None     # ... its (token, logprob, entropy, margin)
 
 
 @dataclass(eq=False)   # identity: two sequences with the same tokens are still two
@@ -116,9 +118,24 @@ class EngineCore:
             self.busy -= 1
             self.cond.notify_all()
 
+    @property
+    def samples_on_device(self) -> bool:
+        """Whether sample() draws in the step itself (a backend stepper that samples: CUDA)."""
+        return bool(getattr(self.stepper, "samples", False))
+
+    def sample(self, seq: Sequence, ids: list[int], sampling) -> tuple[int, float, float, float]:
+        """Append ids to seq, run them and sample the next token in the same step, with the
+        request's settings, seed and token index (a DeviceSampling): (token, logprob, entropy,
+        margin). Only where samples_on_device."""
+        feed = self._run_feed(seq, ids, Feed(len(seq.tokens), False, sampling=sampling))
+        return feed.sample
+
     def feed(self, seq: Sequence, ids: list[int], all_logits: bool = False) -> np.ndarray:
         """Append ids to seq and run them; logits [len(ids) or 1, V] of the fed tokens."""
-        feed = Feed(len(seq.tokens), all_logits)
+        feed = self._run_feed(seq, ids, Feed(len(seq.tokens), all_logits))
+        return np.concatenate(feed.rows) if feed.all_logits else feed.rows[-1]
+
+    def _run_feed(self, seq: Sequence, ids: list[int], feed: Feed) -> Feed:
         with self.cond:
             seq.tokens.extend(ids)
             seq.feed = feed
@@ -137,7 +154,7 @@ class EngineCore:
             seq.feed = None
         if feed.error is not None:
             raise feed.error
-        return np.concatenate(feed.rows) if feed.all_logits else feed.rows[-1]
+        return feed
 
     # ---- the loop thread ---------------------------------------------------------------
     def has_work(self) -> bool:
@@ -243,17 +260,20 @@ class EngineCore:
     # ---- execute ---------------------------------------------------------------------------
     def _execute(self, plan: list[tuple[Sequence, int]]) -> np.ndarray:
         bs = self.pool.block_size
-        ids, positions, seqs, logit_rows = [], [], [], []
+        ids, positions, seqs, logit_rows, samplings = [], [], [], [], []
         row = 0
         for seq, n in plan:
             start, end = seq.num_computed, seq.num_computed + n
             ids.extend(seq.tokens[start:end])
             positions.append(np.arange(start, end, dtype=np.int32))
             seqs.append(_slots(seq.blocks, bs, n, end, seq.state))
-            logit_rows.extend(row + i - start for i in self._rows_wanted(seq, start, end))
+            wanted = self._rows_wanted(seq, start, end)
+            logit_rows.extend(row + i - start for i in wanted)
+            samplings.extend([seq.feed.sampling] * len(wanted))
             row += n
         if self.stepper is not None:
-            return self.stepper.run(np.asarray(ids, np.int32), seqs, np.asarray(logit_rows, np.int32))
+            return self.stepper.run(np.asarray(ids, np.int32), seqs, np.asarray(logit_rows, np.int32),
+                                    samplings if any(x is not None for x in samplings) else None)
         b = self.model.backend
         out = self.model.forward_paged(b.ids(np.asarray(ids, np.int32)), b.ids(np.concatenate(positions)),
                                        self.kv, seqs, b.ids(np.asarray(logit_rows, np.int32)))
@@ -277,9 +297,12 @@ class EngineCore:
                 continue
             start = seq.num_computed
             wanted = len(self._rows_wanted(seq, start, start + n))
-            if wanted:
-                feed.rows.append(logits[at:at + wanted])
-                at += wanted
+            if wanted and feed.sampling is not None:   # one row, sampled in the step
+                feed.sample = logits[at]
+            elif wanted:   # the stepper's results may be a list of rows (some of them sampled)
+                rows = logits[at:at + wanted]
+                feed.rows.append(np.stack(rows) if isinstance(rows, list) else rows)
+            at += wanted
             if seq.blocks:  # not failed or preempted meanwhile
                 self.manager.commit(seq, n)
                 self.tokens_computed += n

@@ -259,7 +259,7 @@ class Engine:
         host-logits one by a forced tool call — and a small prefill bucket. Returns seconds."""
         t0 = time.perf_counter()
         self.masks  # noqa: B018 - built on first use
-        if self.runner.samples_on_device:  # the numpy runner has nothing to capture
+        if self.samples_on_device:  # the numpy runner has nothing to capture; CUDA's core its bucket graphs
             self.generate(GenerateRequest(prompt="Hello", sampling=SamplingParams(max_tokens=3)))
             self.generate(GenerateRequest(messages=[ChatMessage("user", "ping")], tools=[_WARM_UP_TOOL],
                                           tool_choice="required", sampling=SamplingParams(max_tokens=32)))
@@ -303,6 +303,18 @@ class Engine:
         if isinstance(cache, Sequence):
             return self.core.feed(cache, ids, all_logits)
         return self.runner.logits(ids, cache, all_logits)
+
+    @property
+    def samples_on_device(self) -> bool:
+        """Whether a free pick is drawn on the device (sample()): the CUDA graphs' runner, or
+        the batching core over a backend stepper that samples (CUDA)."""
+        return self.core.samples_on_device if self.core is not None else self.runner.samples_on_device
+
+    def sample(self, ids: list[int], cache, sampling) -> tuple[int, float, float, float]:
+        """Run ids and draw the next token on the device: (token, logprob, entropy, margin)."""
+        if isinstance(cache, Sequence):
+            return self.core.sample(cache, ids, sampling)
+        return self.runner.sample(ids, cache, sampling)
 
     def prefill(self, ids: list[int], cache: KVCache) -> np.ndarray:
         """Run the prompt (from cache.length on) through the model; logits of the last token [V]."""

@@ -90,7 +90,7 @@ class Generation:
         # unconstrained with budget left: the next pick is most likely free too, so the runner
         # may start it now (a grammar run alternates free and masked picks: no lookahead)
         sampling = replace(self._device, step=len(self.out_ids), lookahead=self.masks is None and self.remaining() > 1)
-        token, logprob, entropy, margin = self.runner.sample(ids, self.cache, sampling)
+        token, logprob, entropy, margin = self.engine.sample(ids, self.cache, sampling)
         self._logits = None  # this position's logits stayed on the device
         self._fed()
         return token, TokenStats(logprob=logprob, entropy=max(entropy, 0.0), margin=margin)
@@ -111,8 +111,7 @@ class Generation:
         """Sample the next token (among `allowed` if given), emit it, and queue it for the model."""
         want_stats = self.sampler.params.return_uncertainty
         # alternatives need the host's logits row: a request asking for them samples on the host
-        # (and a sequence of the batching core samples on the host: its step's logits come back)
-        on_device = self.runner.samples_on_device and not self.sampler.params.top_logprobs and self.engine.core is None
+        on_device = self.engine.samples_on_device and not self.sampler.params.top_logprobs
         if allowed is None and self._pending and on_device:
             token, st = self._sample_pending_on_device()  # stats from the same device pass
             st = st if want_stats else None

@@ -35,7 +35,7 @@ SIGNATURES: dict[str, tuple[str, str]] = {
     "gemm_swiglu_bf16": ("gemm", "ppppppppiiiiif"),
     "gemm_norm_bf16": ("gemm", "ppppppppiiiiif"),
     "sample_reduce": ("sample", "pippp"),
-    "sample_truncated": ("sample", "pipp"),
+    "sample_truncated": ("sample", "pippi"),
     **{f"attention_prefill_d{d}": ("attention", "ppppppiiiiiifi") for d in HEAD_DIM_VARIANTS},
     **{f"attention_decode_d{d}": ("attention_decode", "pppppppppppiiiiiiffi") for d in HEAD_DIM_VARIANTS},
     **{f"attention_paged_d{d}": ("attention", "pppppppiiiiiifi") for d in HEAD_DIM_VARIANTS},

@@ -360,11 +360,13 @@ class Ops:
 
     # ---- sampling ---------------------------------------------------------------------------
     def sample(self, logits: DeviceTensor, state: DeviceTensor) -> None:
-        """Sample into `state` (token, logprob, entropy, margin) with its parameters."""
-        V = logits.numel
-        assert logits.dtype == "f32" and state.nbytes >= 80
+        """Sample each row of logits [R, V] (or [V]) into its DecodeState of `state` (R of them,
+        one after another): token, logprob, entropy, margin, with that row's parameters."""
+        R, V = (1, logits.numel) if len(logits.shape) == 1 else (logits.shape[0], logits.numel // logits.shape[0])
+        assert logits.dtype == "f32" and state.nbytes >= 80 * R
         nb = max(1, min(256, math.ceil(V / (256 * 8))))
-        part = self.sample_ws.get((nb + 1) * SAMPLE_STATS_BYTES // 4)
-        counter = self.sample_counter.get(1)
-        self._launch("sample_reduce", (nb,), (256,), (logits.ptr, V, state.ptr, part.ptr, counter.ptr))
-        self._launch("sample_truncated", (1,), (1024,), (logits.ptr, V, state.ptr, part.ptr + nb * SAMPLE_STATS_BYTES))
+        part = self.sample_ws.get(R * (nb + 1) * SAMPLE_STATS_BYTES // 4)
+        counter = self.sample_counter.get(R)
+        self._launch("sample_reduce", (nb, R), (256,), (logits.ptr, V, state.ptr, part.ptr, counter.ptr))
+        self._launch("sample_truncated", (1, R), (1024,),
+                     (logits.ptr, V, state.ptr, part.ptr + nb * SAMPLE_STATS_BYTES, nb + 1))

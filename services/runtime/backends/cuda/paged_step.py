@@ -12,7 +12,10 @@ Per layer, as the prefill graphs run a prompt (prefill.py), six kernels:
     gemm_swiglu_bf16  r += Wdown · silu(gate) * up, leaving the row sums again
 
 then the rows whose logits are wanted are gathered (r and its row sums) and the LM head runs
-as gemm_norm_bf16 over them. Every GEMM is batch invariant (ops.gemm: the K split follows the
+as gemm_norm_bf16 over them. A row that asks to be sampled (a free pick: the request's
+temperature, top-k, top-p, seed and token index in its DecodeState) is sampled there by the
+sampler kernels, a row each (sample.cu), and only its token and statistics come back; the
+other wanted rows' logits come back to the host. Every GEMM is batch invariant (ops.gemm: the K split follows the
 weight alone) and every other kernel works row by row, so a row's logits are the same bits
 alone, in any bucket, beside any prefill chunk, eager or replayed (tested).
 
@@ -37,6 +40,7 @@ from .decode import host_rope
 from .driver import PinnedBuffer, copy_dtoh, copy_htod
 from .ops import GEMM_TILE
 from .paged import paged_plan
+from .state import DECODE_STATE, new_state, set_sampling
 from .step_graph import StepGraph
 from .tensor import DeviceTensor
 
@@ -60,6 +64,7 @@ class StepBuffers:
         self.gu = empty((rows, 2 * cfg.intermediate_size))
         self.sel_r, self.sel_ss = empty((max(logits, 1), cfg.hidden_size)), empty((max(logits, 1), self.tiles_d))
         self.logits = empty((max(logits, 1), cfg.vocab_size))
+        self.states = empty((max(logits, 1) * DECODE_STATE.itemsize // 4,), "i32")  # a DecodeState per row
 
     def view(self, at: int, n: int, shape=None) -> DeviceTensor:
         return DeviceTensor(self.inputs.ptr + 4 * at, shape or (n,), "i32", self.inputs.buffer)
@@ -83,6 +88,7 @@ class PagedStepper:
         self.graphs: dict[int, BucketGraph] = {}
         self.replays = self.eager_steps = 0
         self._logits_pinned: PinnedBuffer | None = None
+        self._states_pinned: PinnedBuffer | None = None
 
     # ---- the launches --------------------------------------------------------------------
     def record(self, b: StepBuffers, at: dict, T: int, R: int, n_tiles: int) -> None:
@@ -124,8 +130,12 @@ class PagedStepper:
         return (0 < len(seqs) <= BUCKETS[-1] and all(s.rows == 1 for s in seqs) and len(logit_rows) == len(seqs)
                 and all(s.context <= self.max_blocks * self.kv.block_size for s in seqs))
 
-    def run(self, ids: np.ndarray, seqs: list[SeqSlots], logit_rows: np.ndarray) -> np.ndarray:
-        """The step's logits [len(logit_rows), V] on the host (rows of the step, in order)."""
+    samples = True   # the core may ask for rows sampled here (run's `samplings`)
+
+    def run(self, ids: np.ndarray, seqs: list[SeqSlots], logit_rows: np.ndarray, samplings=None):
+        """The step's wanted rows (logit_rows: rows of the step, in order): their logits [R, V]
+        on the host; or, with `samplings` (a DeviceSampling or None per wanted row), a list of
+        each row's result: the sampled (token, logprob, entropy, margin) or its logits [V]."""
         self.be.device.make_current()
         logit_rows = np.asarray(logit_rows, np.int32)
         if self.fits_graph(seqs, logit_rows):
@@ -134,11 +144,11 @@ class PagedStepper:
             if g is None:
                 g = self.graphs[b] = BucketGraph(self, b)
             self.replays += 1
-            return g.step(ids, seqs)
+            return g.step(ids, seqs, samplings)
         self.eager_steps += 1
-        return self._eager(ids, seqs, logit_rows)
+        return self._eager(ids, seqs, logit_rows, samplings)
 
-    def _eager(self, ids: np.ndarray, seqs: list[SeqSlots], logit_rows: np.ndarray) -> np.ndarray:
+    def _eager(self, ids: np.ndarray, seqs: list[SeqSlots], logit_rows: np.ndarray, samplings=None):
         T, R = len(ids), len(logit_rows)
         plan = paged_plan(seqs, self.kv.block_size, self.bq)
         packed = np.concatenate([np.asarray(ids, np.int32), plan.packed, logit_rows])
@@ -147,19 +157,42 @@ class PagedStepper:
         b = StepBuffers(self.be, self.cfg, T, R, packed.size)
         copy_htod(b.inputs.ptr, packed.ctypes.data, packed.nbytes, self.be.stream)  # pageable: copied at once
         self.record(b, at, T, R, plan.n_tiles)
-        return self.read_logits(b, R)
+        if samplings is not None and any(x is not None for x in samplings):
+            host = sampling_states(samplings)
+            copy_htod(b.states.ptr, host.ctypes.data, host.nbytes, self.be.stream)  # pageable: copied at once
+            self.be.ops.sample(b.logits.rows(0, R), b.states)
+        return self.read(b, R, samplings)
 
-    def read_logits(self, b: StepBuffers, n: int) -> np.ndarray:
-        """Logits of the first n gathered rows, through one pinned buffer (every step's)."""
+    def read(self, b: StepBuffers, n: int, samplings=None):
+        """The first n wanted rows' results (see run), through pinned buffers (every step's)."""
         V = self.cfg.vocab_size
         if self._logits_pinned is None or self._logits_pinned.nbytes < 4 * n * V:
-            self.be.synchronize()  # nothing may still be copying into the old one
+            self.be.synchronize()  # nothing may still be copying into the old ones
             self._logits_pinned = PinnedBuffer(4 * max(n, BUCKETS[-1]) * V)
-        out = self._logits_pinned.view(np.float32, n * V).reshape(n, V)
-        if n:
-            copy_dtoh(out.ctypes.data, b.logits.ptr, out.nbytes, self.be.stream)
+            self._states_pinned = PinnedBuffer(DECODE_STATE.itemsize * max(n, BUCKETS[-1]))
+        sampled = [x is not None for x in samplings] if samplings is not None else [False] * n
+        logits = self._logits_pinned.view(np.float32, n * V).reshape(n, V)
+        if n and not all(sampled):
+            copy_dtoh(logits.ctypes.data, b.logits.ptr, logits.nbytes, self.be.stream)
+        states = self._states_pinned.view(DECODE_STATE, n)
+        if any(sampled):
+            copy_dtoh(states.ctypes.data, b.states.ptr, states.nbytes, self.be.stream)
         self.be.synchronize()
-        return out.copy()
+        if samplings is None:
+            return logits.copy()
+        return [(int(states[i]["token"]), float(states[i]["logprob"]), float(states[i]["entropy"]),
+                 float(states[i]["margin"])) if sampled[i] else logits[i].copy() for i in range(n)]
+
+
+def sampling_states(samplings) -> np.ndarray:
+    """A DecodeState per wanted row with its sampling settings (greedy where None: sampled but
+    not read)."""
+    states = np.zeros(len(samplings), DECODE_STATE)
+    for i, sp in enumerate(samplings):
+        states[i] = new_state()[0]
+        if sp is not None:
+            set_sampling(states[i:i + 1], sp)
+    return states
 
 
 class BucketGraph(StepGraph):
@@ -178,10 +211,16 @@ class BucketGraph(StepGraph):
         self._put("tiles", np.stack([np.arange(B), np.ones(B, np.int64), np.arange(B) * MB], 1))
         self._put("rows", np.arange(B))
         self._pad(0)
+        self._pinned_states = PinnedBuffer(DECODE_STATE.itemsize * B)
+        self.host_states = self._pinned_states.view(DECODE_STATE, B)
+        self.host_states[:] = new_state()[0]
         self.graphs = {}
-        # eager once: grows the GEMM workspaces, raises smem limits, loads every kernel
+        # eager once, both variants: grows the GEMM and sampler workspaces, raises smem
+        # limits, loads every kernel
         self._upload()
+        copy_htod(self.bufs.states.ptr, self._pinned_states.ptr, self.host_states.nbytes, self.be.stream)
         self.record(False)
+        self.record(True)
         self.be.synchronize()
 
     def _put(self, name: str, values) -> None:
@@ -199,9 +238,12 @@ class BucketGraph(StepGraph):
         copy_htod(self.bufs.inputs.ptr, self._pinned.ptr, self.host_inputs.nbytes, self.be.stream)
 
     def record(self, sample) -> None:
+        """The step's launches; with `sample`, the sampler over every row after the LM head."""
         self.owner.record(self.bufs, self.at, self.rows, self.rows, self.rows)
+        if sample:
+            self.be.ops.sample(self.bufs.logits, self.bufs.states)
 
-    def step(self, ids: np.ndarray, seqs: list[SeqSlots]) -> np.ndarray:
+    def step(self, ids: np.ndarray, seqs: list[SeqSlots], samplings=None):
         n, MB, bs = len(seqs), self.owner.max_blocks, self.owner.kv.block_size
         tables = self.host_inputs[self.at["tables"]:self.at["tables"] + n * MB].reshape(n, MB)
         for r, s in enumerate(seqs):
@@ -212,5 +254,9 @@ class BucketGraph(StepGraph):
         self._put("slots", [s.slots[s.context - 1] for s in seqs])
         self._pad(n)
         self._upload()
-        self.graph(False).launch(self.be.stream)
-        return self.owner.read_logits(self.bufs, n)
+        sample = samplings is not None and any(x is not None for x in samplings)
+        if sample:
+            self.host_states[:n] = sampling_states(samplings)
+            copy_htod(self.bufs.states.ptr, self._pinned_states.ptr, self.host_states.nbytes, self.be.stream)
+        self.graph(sample).launch(self.be.stream)
+        return self.owner.read(self.bufs, n, samplings)

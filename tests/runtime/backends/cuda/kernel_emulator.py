@@ -383,10 +383,16 @@ def _rng(s):
 
 @kernel("sample_reduce")
 def _sample_reduce(mem, grid, block, smem, logits, V, st, part, counter):
-    nb = grid[0]
+    nb, rows = grid[0], grid[1]
     assert block[0] == 256 and nb <= 256
-    mem.check(part, (nb + 1) * SAMPLE_STATS_BYTES)
-    assert i32(mem, counter, 1)[0] == 0, "sampler counter not at rest"
+    mem.check(part, rows * (nb + 1) * SAMPLE_STATS_BYTES)
+    assert (i32(mem, counter, rows) == 0).all(), "sampler counters not at rest"
+    for r in range(rows):
+        _sample_reduce_row(mem, nb, logits + 4 * r * V, V, st + DECODE_STATE.itemsize * r,
+                           part + r * (nb + 1) * SAMPLE_STATS_BYTES)
+
+
+def _sample_reduce_row(mem, nb, logits, V, st, part):
     s = state_view(mem, st)[0:1]
     lg = f32(mem, logits, V).astype(np.float64)
     M = lg.max()
@@ -404,8 +410,14 @@ def _sample_reduce(mem, grid, block, smem, logits, V, st, part, counter):
 
 
 @kernel("sample_truncated")
-def _sample_truncated(mem, grid, block, smem, logits, V, st, final):
-    assert grid == (1, 1, 1) and block[0] == 1024
+def _sample_truncated(mem, grid, block, smem, logits, V, st, final, stats_stride):
+    assert grid[0] == 1 and grid[2] == 1 and block[0] == 1024
+    for r in range(grid[1]):
+        _sample_truncated_row(mem, logits + 4 * r * V, V, st + DECODE_STATE.itemsize * r,
+                              final + r * stats_stride * SAMPLE_STATS_BYTES)
+
+
+def _sample_truncated_row(mem, logits, V, st, final):
     s = state_view(mem, st)[0:1]
     if not _truncating(s[0], V):
         return

@@ -124,3 +124,29 @@ def test_concurrent_requests_through_the_scheduler_get_their_alone_tokens(tiny_d
         sched.close()
     assert together == alone
     assert engine.core.preemptions > 0 and engine.core.stepper.replays > 0
+
+
+def test_seeded_sampling_draws_on_the_device_the_same_alone_and_in_a_batch(tiny_dirs, gpu):
+    """Free picks are drawn in the step on the GPU (each row with its own temperature, top-k,
+    seed and token index): a seeded request gets the same tokens and statistics alone and
+    beside others through the Scheduler, and different seeds differ."""
+    d = tiny_dirs[ARCHS[0]]
+    engine = Engine.load(d, backend=gpu, batch=BatchConfig(**BATCH))
+    assert engine.samples_on_device and engine.core.samples_on_device
+    reqs = [_chat(t, max_tokens=10, temperature=1.5, top_k=k, seed=seed, return_uncertainty=True, ignore_eos=True)
+            for t, k, seed in (("Hi", 0, 1), ("Name three fruits", 40, 2), ("Once upon a time", 5, 3))]
+    alone = [engine.generate(r) for r in reqs]
+    assert alone[0].token_ids == engine.generate(reqs[0]).token_ids   # a seed repeats
+    if max(s.entropy for s in alone[0].token_stats) > 1.0:   # flat enough somewhere: the seed matters
+        others = {tuple(engine.generate(_chat("Hi", max_tokens=10, temperature=1.5, seed=s, ignore_eos=True)).token_ids)
+                  for s in range(4, 8)}
+        assert len(others) > 1
+    sched = Scheduler(lambda: engine, 16).start()
+    try:
+        sched.ready.result(timeout=60)
+        together = [h.future.result(timeout=300) for h in [sched.submit(r) for r in reqs]]
+    finally:
+        sched.close()
+    for a, t in zip(alone, together):
+        assert t.token_ids == a.token_ids and t.token_stats == a.token_stats
+        assert all(s.logprob <= 1e-6 and s.entropy >= 0 and 0 <= s.margin <= 1 for s in a.token_stats)

@@ -186,6 +186,36 @@ def test_bucket_graphs_give_the_eager_steps_bits(llama):
     assert np.array_equal(after[:, :, untouched], before[:, :, untouched]), "a padding row wrote into the pool"
 
 
+def test_rows_sampled_in_the_step_and_rows_of_logits_side_by_side(llama):
+    """A step whose wanted rows are sampled on the device (greedy, seeded temperature) or come
+    back as logits: greedy draws the argmax of the row's logits, a seeded draw repeats, the
+    statistics are the logits' own, and graph and eager give the same results."""
+    from inloop.services.contract.step_runner import DeviceSampling
+    from inloop.services.runtime.engine.sampler import log_softmax, token_stats
+
+    _, cfg, _, gpu_model = llama
+    pool = Pool(gpu_model, num_blocks=100)
+    rng = np.random.default_rng(12)
+    names = ["a", "b", "c"]
+    prompts = {n: rng.integers(3, cfg.vocab_size, 5 + i).tolist() for i, n in enumerate(names)}
+    _step(gpu_model, pool, [(n, prompts[n], 0) for n in names])
+    parts = [(n, [9], len(prompts[n])) for n in names]
+    seqs = [pool.seq(n, 1, len(prompts[n]) + 1) for n in names]
+    ids, rows = np.full(3, 9, np.int32), np.arange(3, dtype=np.int32)
+    logits = _step(gpu_model, pool, parts)
+    samplings = [DeviceSampling(), None, DeviceSampling(temperature=1.2, top_k=8, seed=5, step=3)]
+    graph = pool.stepper.run(ids, seqs, rows, samplings)
+    eager = pool.stepper._eager(ids, seqs, rows, samplings)
+    again = pool.stepper.run(ids, seqs, rows, samplings)
+    assert graph[0] == eager[0] == again[0] and graph[2] == eager[2] == again[2]
+    assert np.array_equal(graph[1], logits[1]) and np.array_equal(eager[1], logits[1])
+    token, logprob, entropy, margin = graph[0]
+    assert token == int(np.argmax(logits[0]))
+    ref = token_stats(log_softmax(logits[0]), token)
+    assert abs(logprob - ref.logprob) < 1e-4 and abs(entropy - ref.entropy) < 1e-4 and abs(margin - ref.margin) < 1e-4
+    assert graph[2][0] in np.argsort(logits[2])[-8:]   # top-k 8
+
+
 def test_batched_linear_rows_are_the_same_bits_at_any_row_count(gpu, request):
     """The K split of batched_linear follows the weight alone: with a card this small (4 SMs)
     the plain GEMM picks fewer splits once the rows fill more tiles, and its row 0 changes;

@@ -10,6 +10,8 @@
 //                     significant, histograms in shared memory), then Gumbel-max over the rest.
 // Parameters and the RNG counter are read from DecodeState in device memory; the RNG is a
 // counter-based hash of (seed, step, token id), so a step is reproducible and graph-safe.
+// Several rows at once (the batching core's step): blockIdx.y is the row, with its own
+// logits row, DecodeState, partial records and ticket, so each row's pass is the one-row pass.
 #include "common.cuh"
 
 #define SAMPLE_BATCH 8  // logits loaded per thread before sample_reduce uses the first
@@ -131,11 +133,16 @@ __device__ __forceinline__ void finish(DecodeState* st, int token, float logit, 
     if (st->flags & 1) { st->pos += 1; st->rng_step += 1; }
 }
 
-// grid (NB <= 256), block 256. part: NB + 1 records (the last one receives the merged stats).
+// grid (NB <= 256, rows), block 256. part: NB + 1 records per row (the last one receives the
+// merged stats); st, counter: one per row.
 extern "C" __global__ void __launch_bounds__(256) sample_reduce(const float* __restrict__ logits, int V,
                                                                 DecodeState* st, SampleStats* part, int* counter) {
     __shared__ SampleStats sh[32];
     __shared__ int s_last;
+    logits += (size_t)blockIdx.y * V;
+    st += blockIdx.y;
+    part += (size_t)blockIdx.y * (gridDim.x + 1);
+    counter += blockIdx.y;
     pdl_launch_dependents();
     pdl_wait();
     const float T = st->temperature;
@@ -252,9 +259,11 @@ __device__ __attribute__((noinline)) u32 radix_cut(const float* __restrict__ log
     return prefix;
 }
 
-// grid (1), block 1024. final: the merged record written by sample_reduce.
+// grid (1, rows), block 1024. final_stats: row 0's merged record written by sample_reduce, the
+// next row's `stats_stride` records on.
 extern "C" __global__ void __launch_bounds__(1024) sample_truncated(const float* __restrict__ logits, int V,
-                                                                   DecodeState* st, const SampleStats* final_stats) {
+                                                                   DecodeState* st, const SampleStats* final_stats,
+                                                                   int stats_stride) {
     __shared__ unsigned hist[256];
     __shared__ float hmass[256];
     __shared__ u32 s_prefix;
@@ -262,6 +271,9 @@ extern "C" __global__ void __launch_bounds__(1024) sample_truncated(const float*
     __shared__ int s_k;
     __shared__ float s_best[32];
     __shared__ int s_best_i[32];
+    logits += (size_t)blockIdx.y * V;
+    st += blockIdx.y;
+    final_stats += (size_t)blockIdx.y * stats_stride;
     pdl_launch_dependents();
     pdl_wait();
     if (!truncating(st, V)) return;
