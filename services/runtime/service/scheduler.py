@@ -198,7 +198,11 @@ class Scheduler:
                 core.loop_thread = threading.current_thread()
             metrics.track_batching(core.counts, self.queued)
             _settle(self.ready, result=engine)
-            self._serve_batched(engine, core)
+            try:
+                self._serve_batched(engine, core)
+            finally:  # no loop any more: the core runs a caller's feeds on its own thread again
+                with self._cond:
+                    core.loop_thread = None
             return
         _settle(self.ready, result=engine)
         while (handle := self._next()) is not None:

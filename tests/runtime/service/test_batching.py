@@ -93,6 +93,10 @@ def test_concurrent_streams_get_the_tokens_they_get_alone(tiny_llama):
         assert b.finish_reason == a.finish_reason or ties
     print("near ties:", ties)
     _no_leak(engine)
+    # the scheduler is gone: the core runs a caller's feeds inline again instead of parking
+    # them for a loop thread that has ended
+    assert engine.core.loop_thread is None
+    assert engine.generate(REQUESTS[0]).completion_tokens == alone[0].completion_tokens
 
 
 def test_chunked_prefill_under_a_small_token_budget_changes_nothing(tiny_llama):
