@@ -14,6 +14,51 @@ import numpy as np
 from bench.cuda.models import prompt_ids
 
 
+def last_row_logits(model, toks, start: int, cache) -> np.ndarray:
+    """Feed toks at positions start.. through model.forward (any backend): the last row's logits."""
+    b = model.backend
+    positions = np.arange(start, start + len(toks), dtype=np.int32)
+    lg = model.forward(b.ids(np.asarray(toks, np.int32)), b.ids(positions), cache)
+    return np.asarray(b.to_host(lg))[-1]
+
+
+def numpy_greedy_reference(ref, ids, steps: int, cap: int) -> tuple[list[int], list[np.ndarray]]:
+    """Free-running greedy on the reference model: its tokens and every step's logits."""
+    cache = ref.new_cache(cap)
+    ref_logits = [last_row_logits(ref, ids, 0, cache)]
+    tokens = []
+    for s in range(steps):
+        tokens.append(int(np.argmax(ref_logits[-1])))
+        ref_logits.append(last_row_logits(ref, [tokens[-1]], len(ids) + s, cache))
+    return tokens, ref_logits
+
+
+def parity_report(got_logits, ref_logits, free: list[int], tokens: list[int], tol_scale: float) -> dict:
+    """Teacher-forced logits (got vs numpy's, step by step) and a free-running greedy run against
+    numpy's tokens: a differing argmax or token is allowed only where numpy's top-2 margin is
+    below tol_scale x the logit scale."""
+    def margin(lg):
+        a = np.partition(lg, -2)[-2:]
+        return float(a[1] - a[0])
+
+    def tol(lg):
+        return tol_scale * max(1.0, float(np.abs(lg).max()))
+
+    max_rel, mismatches = 0.0, []
+    for s, (g, r) in enumerate(zip(got_logits, ref_logits)):
+        max_rel = max(max_rel, float(np.abs(g - r).max() / max(1.0, np.abs(r).max())))
+        if int(np.argmax(g)) != int(np.argmax(r)):
+            mismatches.append({"step": s, "numpy_margin": margin(r), "tol": tol(r), "allowed": margin(r) < tol(r)})
+    first_div = next((s for s, (a, b) in enumerate(zip(free, tokens)) if a != b), None)
+    div = None
+    if first_div is not None:
+        m, t = margin(ref_logits[first_div]), tol(ref_logits[first_div])
+        div = {"step": first_div, "numpy_margin": m, "tol": t, "allowed": m < t}
+    ok = all(x["allowed"] for x in mismatches) and (div is None or div["allowed"])
+    return {"teacher_forced_argmax_mismatches": mismatches, "max_logit_err_rel_to_max": max_rel,
+            "free_running_equal_tokens": first_div is None, "free_running_first_divergence": div, "ok": ok}
+
+
 def greedy_parity(model_dir: Path, be, prompt_len: int, steps: int, tol_scale: float = 3e-2) -> dict:
     """numpy vs the decode graph: teacher-forced logits and argmax at every step, then
     free-running greedy; a differing token is allowed only where numpy's top-2 margin < tol."""
@@ -28,60 +73,34 @@ def greedy_parity(model_dir: Path, be, prompt_len: int, steps: int, tol_scale: f
     ours = load_transformer(be, cfg, Weights(model_dir))
     ids = prompt_ids(cfg.vocab_size, prompt_len, seed=1)
     cap = prompt_len + steps + 8
-
-    def fwd(model, toks, start, cache):
-        b = model.backend
-        positions = np.arange(start, start + len(toks), dtype=np.int32)
-        lg = model.forward(b.ids(np.asarray(toks, np.int32)), b.ids(positions), cache)
-        return np.asarray(b.to_host(lg))[-1]
-
-    cache = ref.new_cache(cap)
-    ref_logits = [fwd(ref, ids, 0, cache)]
-    tokens = []
-    for s in range(steps):
-        tokens.append(int(np.argmax(ref_logits[-1])))
-        ref_logits.append(fwd(ref, [tokens[-1]], prompt_len + s, cache))
-
-    def margin(lg):
-        a = np.partition(lg, -2)[-2:]
-        return float(a[1] - a[0])
-
-    def tol(lg):
-        return tol_scale * max(1.0, float(np.abs(lg).max()))
-
+    tokens, ref_logits = numpy_greedy_reference(ref, ids, steps, cap)
     gcache = ours.new_cache(cap)
-    first_logits = fwd(ours, ids, 0, gcache)
+    first_logits = last_row_logits(ours, ids, 0, gcache)
     dg = be.decode_graph(ours, cap)
     dg.bind(gcache)
-    max_rel, mismatches = 0.0, []
     got_logits = [first_logits] + [dg.step_logits(t, prompt_len + s) for s, t in enumerate(tokens)]
-    for s, (g, r) in enumerate(zip(got_logits, ref_logits)):
-        max_rel = max(max_rel, float(np.abs(g - r).max() / max(1.0, np.abs(r).max())))
-        if int(np.argmax(g)) != int(np.argmax(r)):
-            mismatches.append({"step": s, "numpy_margin": margin(r), "tol": tol(r), "allowed": margin(r) < tol(r)})
     free = [int(np.argmax(first_logits))]
     res = dg.step(free[0], prompt_len)
     free.append(res[0])
     for _ in range(steps - 2):
         free.append(dg.step()[0])
-    first_div = next((s for s, (a, b) in enumerate(zip(free, tokens)) if a != b), None)
-    div = None
-    if first_div is not None:
-        m, t = margin(ref_logits[first_div]), tol(ref_logits[first_div])
-        div = {"step": first_div, "numpy_margin": m, "tol": t, "allowed": m < t}
-    ok = all(x["allowed"] for x in mismatches) and (div is None or div["allowed"])
-    return {"arch": cfg.arch, "steps": steps, "teacher_forced_argmax_mismatches": mismatches,
-            "max_logit_err_rel_to_max": max_rel, "free_running_equal_tokens": first_div is None,
-            "free_running_first_divergence": div, "ok": ok, "tokens_numpy": tokens[:16], "tokens_cuda": free[:16]}
+    return {"arch": cfg.arch, "steps": steps, **parity_report(got_logits, ref_logits, free, tokens, tol_scale),
+            "tokens_numpy": tokens[:16], "tokens_cuda": free[:16]}
 
 
 def bench_cuda(model_dir: Path, be, prompt_len: int = 32, decode_tokens: int = 128) -> dict:
     """TTFT (prefill graph and eager), decode ms/token (graph, per-token sync; pipelined;
     GPU-only), the op path per token, and a per-kernel breakdown of one decode step."""
-    from bench.cuda.probes import decode_ab, decode_at_lengths, decode_kinds, decode_step_gpu_ms
     from inloop.services.runtime.backends.cuda.loader import load_transformer
     from inloop.services.runtime.model.config import ModelConfig
     from inloop.services.runtime.model.weights import Weights
+
+    from bench.cuda.probes import (
+        decode_ab,
+        decode_at_lengths,
+        decode_kinds,
+        decode_step_gpu_ms,
+    )
 
     cfg = ModelConfig.from_dir(model_dir)
     t = time.perf_counter()
@@ -159,8 +178,9 @@ def tuning_summary(be) -> dict:
 def step_breakdown(be, dg) -> dict:
     """GPU time per kernel kind over one decode step, launched one by one with events between
     (no graph, no PDL: an upper bound on each kernel's share)."""
-    from bench.cuda.probes import kernel_kind, launches_through
     from inloop.services.runtime.backends.cuda.driver import Event
+
+    from bench.cuda.probes import kernel_kind, launches_through
 
     marks = []
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cuda.benchmark import last_row_logits, numpy_greedy_reference, parity_report
 from bench.cuda.models import prompt_ids
 
 # Qwen3.5-0.8B's text config (HF, qwen3_5_text): 24 layers, three Gated DeltaNet layers to one
@@ -64,52 +65,18 @@ def qwen35_greedy_parity(model_dir: Path, be, prompt_len: int = 16, steps: int =
     load_s = time.perf_counter() - t
     ids = prompt_ids(cfg.vocab_size, prompt_len, seed=3)
     cap = prompt_len + steps + 8
-
-    def fwd(model, toks, start, cache):
-        b = model.backend
-        positions = np.arange(start, start + len(toks), dtype=np.int32)
-        lg = model.forward(b.ids(np.asarray(toks, np.int32)), b.ids(positions), cache)
-        return np.asarray(b.to_host(lg))[-1]
-
-    def margin(lg):
-        a = np.partition(lg, -2)[-2:]
-        return float(a[1] - a[0])
-
-    def tol(lg):
-        return tol_scale * max(1.0, float(np.abs(lg).max()))
-
-    cache = ref.new_cache(cap)
-    ref_logits = [fwd(ref, ids, 0, cache)]
-    tokens = []
-    for s in range(steps):
-        tokens.append(int(np.argmax(ref_logits[-1])))
-        ref_logits.append(fwd(ref, [tokens[-1]], prompt_len + s, cache))
-
+    tokens, ref_logits = numpy_greedy_reference(ref, ids, steps, cap)
     gcache = ours.new_cache(cap)
     t = time.perf_counter()
-    got_logits = [fwd(ours, ids, 0, gcache)]
+    got_logits = [last_row_logits(ours, ids, 0, gcache)]
     prefill_ms = (time.perf_counter() - t) * 1e3
     t = time.perf_counter()
-    got_logits += [fwd(ours, [tok], prompt_len + s, gcache) for s, tok in enumerate(tokens)]
+    got_logits += [last_row_logits(ours, [tok], prompt_len + s, gcache) for s, tok in enumerate(tokens)]
     decode_ms = (time.perf_counter() - t) * 1e3 / max(1, len(tokens))
-    max_rel, mismatches = 0.0, []
-    for s, (g, r) in enumerate(zip(got_logits, ref_logits)):
-        max_rel = max(max_rel, float(np.abs(g - r).max() / max(1.0, np.abs(r).max())))
-        if int(np.argmax(g)) != int(np.argmax(r)):
-            mismatches.append({"step": s, "numpy_margin": margin(r), "tol": tol(r), "allowed": margin(r) < tol(r)})
-
     gcache = ours.new_cache(cap)
-    free = [int(np.argmax(fwd(ours, ids, 0, gcache)))]
+    free = [int(np.argmax(last_row_logits(ours, ids, 0, gcache)))]
     for s in range(steps - 1):
-        free.append(int(np.argmax(fwd(ours, [free[-1]], prompt_len + s, gcache))))
-    first_div = next((s for s, (a, b) in enumerate(zip(free, tokens)) if a != b), None)
-    div = None
-    if first_div is not None:
-        m, tl = margin(ref_logits[first_div]), tol(ref_logits[first_div])
-        div = {"step": first_div, "numpy_margin": m, "tol": tl, "allowed": m < tl}
-    ok = all(x["allowed"] for x in mismatches) and (div is None or div["allowed"])
-    return {"arch": cfg.arch, "steps": steps, "teacher_forced_argmax_mismatches": mismatches,
-            "max_logit_err_rel_to_max": max_rel, "free_running_equal_tokens": first_div is None,
-            "free_running_first_divergence": div, "ok": ok, "tokens_numpy": tokens, "tokens_cuda": free,
-            "load_s": round(load_s, 2), "prompt_len": prompt_len, "op_path_prefill_ms": round(prefill_ms, 2),
-            "op_path_decode_ms_per_token": round(decode_ms, 3)}
+        free.append(int(np.argmax(last_row_logits(ours, [free[-1]], prompt_len + s, gcache))))
+    return {"arch": cfg.arch, "steps": steps, **parity_report(got_logits, ref_logits, free, tokens, tol_scale),
+            "tokens_numpy": tokens, "tokens_cuda": free, "load_s": round(load_s, 2), "prompt_len": prompt_len,
+            "op_path_prefill_ms": round(prefill_ms, 2), "op_path_decode_ms_per_token": round(decode_ms, 3)}

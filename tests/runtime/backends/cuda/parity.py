@@ -82,3 +82,19 @@ def report(record: dict) -> None:
     if path:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def assert_teacher_forced(gpu_model, prompt, tokens: list[int], ref_logits, capacity: int, test: str, note: dict) -> None:
+    """Feed the prompt, then numpy's greedy tokens one by one, through `gpu_model`: every step's
+    logits within the CUDA tolerance of numpy's, the argmax equal wherever numpy's top-2 margin
+    is clear (a differing argmax inside the margin is reported with `note`)."""
+    cache = gpu_model.new_cache(capacity)
+    got = [last_logits(gpu_model, prompt, 0, cache)]
+    for step, tok in enumerate(tokens):
+        got.append(last_logits(gpu_model, [tok], len(prompt) + step, cache))
+    for step, (g, r) in enumerate(zip(got, ref_logits)):
+        tol = margin_tolerance(r)
+        assert_close(g, r, 2e-2, tol, f"{test}: logits at step {step}")
+        if int(np.argmax(g)) != int(np.argmax(r)):
+            assert top2_margin(r) < tol, f"{test} step {step}: argmax differs with numpy margin {top2_margin(r)}"
+            report({"test": test, **note, "step": step, "numpy_margin": top2_margin(r), "tol": tol})

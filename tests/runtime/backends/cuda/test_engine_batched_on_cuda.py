@@ -8,18 +8,23 @@ tokens each gets alone.
 from __future__ import annotations
 
 import pytest
+
 from inloop.services.contract.generation import (
     ChatMessage,
     GenerateRequest,
     SamplingParams,
 )
-from inloop.services.contract.tool_calls import parse_tool_call
 from inloop.services.runtime.engine.engine import BatchConfig, Engine
 from inloop.services.runtime.service.scheduler import Scheduler
 
 from tests.conftest import ARCHS
 
-from .test_engine_on_cuda import KV_TOOL, assert_same_greedy, assert_stats_close
+from .test_engine_on_cuda import (
+    assert_cancellation_stops_at_the_next_token,
+    assert_same_greedy,
+    assert_stats_close,
+    assert_tool_calls_match_numpy,
+)
 
 BATCH = {"batching": "on", "block_size": 4, "max_num_batched_tokens": 16}
 
@@ -65,26 +70,12 @@ def test_stop_string_truncates_the_text(engines):
 
 
 def test_constrained_tool_call_matches_the_numpy_engine(engines):
-    jsonschema = pytest.importorskip("jsonschema")
-    ours, ref = engines
-    for uncertainty in (False, True):  # forced text: every row's logits from the core's op path
-        req = GenerateRequest(messages=[ChatMessage("user", "Increment the counter named visits")], tools=[KV_TOOL],
-                              tool_choice="kv", sampling=SamplingParams(max_tokens=96, return_uncertainty=uncertainty))
-        got, want = ours.generate(req), ref.generate(req)
-        assert got.finish_reason == "tool_calls", got.text
-        jsonschema.validate(parse_tool_call(got.text).arguments, KV_TOOL["function"]["parameters"])
-        n = assert_same_greedy(got, want, ref, ref.prompt_ids(req), f"tool call (uncertainty={uncertainty})")
-        if uncertainty:
-            assert_stats_close(got, want, n, "tool call")
+    assert_tool_calls_match_numpy(*engines)   # forced text: every row's logits from an eager step
 
 
 def test_cancellation_stops_at_the_next_token_and_frees_the_blocks(engines):
     ours, _ = engines
-    before = ours.generate(_chat(max_tokens=8))
-    seen = []
-    cancelled = ours.generate(_chat(max_tokens=200), on_token=seen.append, should_stop=lambda: len(seen) >= 3)
-    assert cancelled.finish_reason == "cancelled" and cancelled.token_ids == before.token_ids[:3]
-    assert ours.generate(_chat(max_tokens=8)).token_ids == before.token_ids
+    assert_cancellation_stops_at_the_next_token(ours)
     assert not ours.core.open_seqs
 
 

@@ -15,10 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inloop.services.contract.generation import ChatMessage, GenerateRequest, SamplingParams
+from inloop.services.contract.generation import (
+    ChatMessage,
+    GenerateRequest,
+    SamplingParams,
+)
 from inloop.services.contract.tool_calls import parse_tool_call
 from inloop.services.runtime.engine.engine import Engine
 from inloop.services.runtime.model.tiny import make_tiny
+
 from tests.conftest import ARCHS
 
 from .parity import report
@@ -152,10 +157,11 @@ def test_stop_string_truncates_the_text_and_the_stream(engines):
         assert ref.generate(_chat(max_tokens=24, stop=(stop,))).text == cut.text
 
 
-def test_constrained_tool_call_matches_the_numpy_engine(engines):
+def assert_tool_calls_match_numpy(ours, ref) -> None:
+    """A forced call of the kv tool, without and with per-token uncertainty (the last row's
+    logits / every row's): a valid call, numpy's greedy tokens, numpy's statistics."""
     jsonschema = pytest.importorskip("jsonschema")
-    ours, ref = engines
-    for uncertainty in (False, True):  # forced text: the last row's logits / every row's (ALL_ROWS graphs)
+    for uncertainty in (False, True):
         req = GenerateRequest(messages=[ChatMessage("user", "Increment the counter named visits")], tools=[KV_TOOL],
                               tool_choice="kv", sampling=SamplingParams(max_tokens=96, return_uncertainty=uncertainty))
         got = ours.generate(req)
@@ -169,14 +175,24 @@ def test_constrained_tool_call_matches_the_numpy_engine(engines):
             assert_stats_close(got, want, n, "tool call")
 
 
-def test_cancellation_stops_at_the_next_token_and_leaves_the_engine_usable(engines):
-    ours, _ = engines
+def assert_cancellation_stops_at_the_next_token(ours) -> None:
+    """A request stopped after 3 tokens ends 'cancelled' with the first 3 of its free run, and
+    the engine serves the same request as before afterwards."""
     before = ours.generate(_chat(max_tokens=8))
     seen = []
     cancelled = ours.generate(_chat(max_tokens=200), on_token=seen.append, should_stop=lambda: len(seen) >= 3)
     assert cancelled.finish_reason == "cancelled" and cancelled.completion_tokens == 3
     assert cancelled.token_ids == before.token_ids[:3]
     assert ours.generate(_chat(max_tokens=8)).token_ids == before.token_ids
+
+
+def test_constrained_tool_call_matches_the_numpy_engine(engines):
+    assert_tool_calls_match_numpy(*engines)   # graphs: the last row's logits / every row's (ALL_ROWS)
+
+
+def test_cancellation_stops_at_the_next_token_and_leaves_the_engine_usable(engines):
+    ours, _ = engines
+    assert_cancellation_stops_at_the_next_token(ours)
     stopped_early = ours.generate(_chat(max_tokens=8), should_stop=lambda: True)
     assert stopped_early.finish_reason == "cancelled" and stopped_early.completion_tokens == 0
 
@@ -252,8 +268,9 @@ def test_smollm2_shaped_engine_greedy_matches_numpy(gpu, cpu, smollm2_dir):
 def test_engine_fast_path_beats_the_op_path(gpu, smollm2_dir):
     """The engine bench's own loop (bench/runtime_vs_hf.py run_engine): graphs + GPU sampling
     against the same engine on the op-by-op forward pass, same GPU, same weights."""
-    from bench.runtime_vs_hf import prompt_ids, run_engine
     from inloop.services.runtime.engine.step_runner import ForwardStepRunner
+
+    from bench.runtime_vs_hf import prompt_ids, run_engine
 
     _real_gpu_only(gpu)
     engine = Engine.load(smollm2_dir, backend=gpu)

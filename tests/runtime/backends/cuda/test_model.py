@@ -12,6 +12,7 @@ from inloop.services.runtime.engine.sampler import log_softmax, token_stats
 from .parity import (
     assert_close,
     assert_greedy_agrees,
+    assert_teacher_forced,
     graph_greedy,
     last_logits,
     margin_tolerance,
@@ -41,16 +42,7 @@ def test_raw_loader_uploads_the_same_weights(models):
 def test_forward_matches_numpy_teacher_forced(models):
     cfg, cpu_model, gpu_model, _ = models
     tokens, ref_logits = _numpy_greedy(cpu_model, cfg)
-    cache = gpu_model.new_cache(CAPACITY)
-    got = [last_logits(gpu_model, _prompt(cfg), 0, cache)]
-    for step, tok in enumerate(tokens):
-        got.append(last_logits(gpu_model, [tok], PROMPT_LEN + step, cache))
-    for step, (g, r) in enumerate(zip(got, ref_logits)):
-        tol = margin_tolerance(r)
-        assert_close(g, r, 2e-2, tol, f"logits at step {step}")
-        if int(np.argmax(g)) != int(np.argmax(r)):
-            assert top2_margin(r) < tol, f"step {step}: argmax differs with numpy margin {top2_margin(r)}"
-            report({"test": "forward", "arch": cfg.arch, "step": step, "numpy_margin": top2_margin(r), "tol": tol})
+    assert_teacher_forced(gpu_model, _prompt(cfg), tokens, ref_logits, CAPACITY, "forward", {"arch": cfg.arch})
 
 
 def _graph_for(gpu_model, cfg):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from inloop.services.contract.backend import SeqSlots
 from inloop.services.runtime.engine.core import _slots
 from inloop.services.runtime.model.config import ModelConfig
