@@ -3,7 +3,7 @@
 
   1. compile every kernel for this GPU (cold, into a fresh cubin cache)
   2. the GPU tests (pytest tests/runtime/backends/cuda, where pytest is installed)
-  3. greedy parity with the numpy backend: tiny llama/qwen2/qwen3 and a SmolLM2-shaped model
+  3. greedy parity with the numpy backend: tiny llama/qwen2/qwen3, SmolLM2- and Qwen2.5-0.5B-shaped models
   4. ours vs HF transformers (bf16, same GPU, same random weights) for random models shaped
      like SmolLM2-135M and Qwen2.5-0.5B: TTFT (32-token prompt), decode ms/token over 128
      tokens, process start -> first token (cubin cache warm), and a per-kernel breakdown of
@@ -19,7 +19,8 @@
      batch invariance across the buckets, and the engine with --batching on at 1-64
      concurrent requests
   8. greedy parity of a Qwen3.5-0.8B-shaped random model (the Gated DeltaNet kernels, op by op:
-     no Qwen3.5 graphs yet) with numpy, with time to spare or with --qwen35
+     no Qwen3.5 graphs yet) with numpy, and HF bf16 on it (saying whether its linear layers had
+     their optional kernels), with time to spare or with --qwen35
 
 `main` runs STAGES, a table of one function per step above, in one loop; results.json is
 written after each. Writes results.json and summary.txt (plus pytest.log / parity.jsonl) to --out. Needs only
@@ -317,9 +318,13 @@ def summary_table(r: dict) -> str:
         else:
             lines.append(f"greedy parity {name}: {p.get('error') if isinstance(p, dict) else p}")
     q35 = (r.get("parity") or {}).get("qwen3.5-0.8b") or {}
+    q35_hf = (r.get("qwen35") or {}).get("hf") or {}
     if "op_path_decode_ms_per_token" in q35:
         lines.append(f"qwen3.5-0.8b op path (no graphs): decode {q35['op_path_decode_ms_per_token']} ms/token, "
                      f"{q35['op_path_prefill_ms']} ms for a {q35.get('prompt_len', '?')}-token prompt")
+        if "decode_ms_per_token" in q35_hf:
+            lines.append(f"qwen3.5-0.8b HF bf16: decode {q35_hf['decode_ms_per_token']:.3f} ms/token, TTFT "
+                         f"{q35_hf['ttft_ms']:.2f} ms; its linear layers: {r['qwen35'].get('hf_linear_attention')}")
     elif r.get("qwen35"):
         lines.append(f"qwen3.5-0.8b: {r['qwen35']}")
     lines.append("")
@@ -439,8 +444,9 @@ def stage_parity(run: Run) -> None:
         parity["tiny"] = tiny
     else:
         parity.update({f"tiny-{name}": p for name, p in tiny.items()})
-    parity["smollm2-135m"] = step(run.results, "parity_smollm2", greedy_parity, run.models["smollm2-135m"], run.be,
-                                  PROMPT_LEN, 32)
+    for name in SHAPES:   # 32 steps for SmolLM2's shape; 16 for the larger ones (numpy is the slow side)
+        parity[name] = step(run.results, f"parity_{name}", greedy_parity, run.models[name], run.be, PROMPT_LEN,
+                            32 if name == "smollm2-135m" else 16)
     log("parity done")
 
 
@@ -457,6 +463,20 @@ def stage_qwen35(run: Run) -> None:
         return
     run.results["parity"]["qwen3.5-0.8b"] = step(run.results, "parity_qwen35", qwen35_greedy_parity, d, run.be)
     log(f"qwen3.5-0.8b parity done: {run.results['parity']['qwen3.5-0.8b'].get('ok')}")
+    if not run.args.skip_hf:   # HF's own Qwen3.5 on the same card, and how its linear layers ran
+        q = run.results["qwen35"] = {"hf_linear_attention": hf_qwen35_path()}
+        step(q, "hf", bench_hf, d)
+        log(f"qwen3.5-0.8b: HF {q['hf'].get('decode_ms_per_token')} ms/token ({q['hf_linear_attention']}); ours op "
+            f"by op {run.results['parity']['qwen3.5-0.8b'].get('op_path_decode_ms_per_token')} ms/token")
+
+
+def hf_qwen35_path() -> str:
+    """Whether HF's Gated DeltaNet layers had their optional kernels here (flash-linear-attention,
+    causal-conv1d) or fell back to its torch loops."""
+    import importlib.util
+
+    have = [m for m in ("fla", "causal_conv1d") if importlib.util.find_spec(m) is not None]
+    return ("with " + " and ".join(have)) if have else "torch fallback (no fla, no causal_conv1d)"
 
 
 def stage_bench(run: Run) -> None:
