@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The CUDA backend's GPU check, in one call and under 4 minutes:
+"""The CUDA backend's GPU check, in one call of a few minutes (optional stages stop starting at DEADLINE_S):
 
   1. compile every kernel for this GPU (cold, into a fresh cubin cache)
   2. the GPU tests (pytest tests/runtime/backends/cuda, where pytest is installed)
