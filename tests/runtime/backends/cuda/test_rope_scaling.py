@@ -13,7 +13,7 @@ import pytest
 
 from inloop.services.runtime.backends.cpu.backend import rope_cos_sin
 from inloop.services.runtime.backends.cuda.rope_rows import HostRope
-from inloop.services.runtime.engine.engine import Engine
+from inloop.services.runtime.engine.engine import BatchConfig, Engine
 from inloop.services.runtime.model.config import ModelConfig
 from inloop.services.runtime.model.rope import RopeScaling, rope_inv_freq
 from inloop.services.runtime.model.tiny import make_tiny
@@ -138,6 +138,23 @@ def test_engine_serves_it_with_numpy_greedy_tokens(model, gpu, cpu):
     a, b = ours.generate(req), ref.generate(req)
     assert len(ref.prompt_ids(req)) + len(b.token_ids) > 16  # past every scaling's original length
     assert_same_greedy(a, b, ref, ref.prompt_ids(req), f"{name} engine")
+
+
+def test_the_batching_core_serves_it_with_numpy_greedy_tokens(model, gpu, cpu):
+    """--batching on: the core's CUDA step (paged_step.py) rotates by the same table and skips
+    the same layers; dynamic RoPE (frequencies per call) is refused for the paged pool."""
+    name, d, *_ = model
+    batch = BatchConfig(batching="on", block_size=4)
+    if name.startswith("dynamic"):
+        with pytest.raises(ValueError, match="dynamic RoPE"):
+            Engine.load(d, backend=gpu, batch=batch)
+        return
+    ours, ref = Engine.load(d, backend=gpu, batch=batch), Engine.load(d, backend=cpu)
+    assert ours.core is not None and ours.core.stepper is not None
+    req = _chat(max_tokens=24)
+    a, b = ours.generate(req), ref.generate(req)
+    assert len(ref.prompt_ids(req)) + len(b.token_ids) > 16  # past every scaling's original length
+    assert_same_greedy(a, b, ref, ref.prompt_ids(req), f"{name} batching core")
 
 
 def test_scaled_table_holds_the_reference_cos_sin(gpu):
