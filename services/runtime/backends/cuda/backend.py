@@ -151,11 +151,15 @@ class CudaBackend(Backend):
         return PagedKV(k, v, num_blocks, block_size)
 
     def paged_stepper(self, model, kv: PagedKV, max_context: int):
-        """The batching core's steps for a dense model (paged_step.py: one recording of the
-        launches, a CUDA graph per bucket for decode-only steps); None for a hybrid one (its
-        linear layers step through forward_paged) or with INLOOP_CUDA_PAGED_STEP=0."""
-        if hasattr(model, "alloc_paged_kv") or os.environ.get("INLOOP_CUDA_PAGED_STEP", "1") == "0":
+        """The batching core's steps (paged_step.py: one recording of the launches, a CUDA graph
+        per bucket for decode-only steps; hybrid_step.py for Qwen3.5); None with
+        INLOOP_CUDA_PAGED_STEP=0 (forward_paged op by op)."""
+        if os.environ.get("INLOOP_CUDA_PAGED_STEP", "1") == "0":
             return None
+        if hasattr(model, "alloc_paged_kv"):   # a hybrid model (Qwen3.5): hybrid_step.py
+            from .hybrid_step import HybridStepper
+
+            return HybridStepper(self, model, kv, max_context)
         from .paged_step import PagedStepper
 
         return PagedStepper(self, model, kv, max_context)

@@ -80,15 +80,26 @@ class PagedStepper:
         self.scratch_block = kv.num_blocks          # allocated past the core's blocks
         assert kv.k.shape[2] >= (kv.num_blocks + 1) * kv.block_size, "the pool has no scratch block"
         self.n_slots = kv.k.shape[2]
-        self.bq = max(1, 16 // c.group_size)
-        # RoPE's cos/sin for every position a step can see (plain or scaled; dynamic RoPE never
-        # reaches the paged pool): the same table for eager steps and graphs
-        self.rope_table = backend.ops.rope_table(c.head_dim, c.rope_theta, self.max_blocks * kv.block_size,
-                                                 host_rope(c))
+        self.bq = max(1, 16 // (c.num_heads // c.num_kv_heads))
+        self.rope_table = self._rope_table()
         self.graphs: dict[int, BucketGraph] = {}
         self.replays = self.eager_steps = 0
         self._logits_pinned: PinnedBuffer | None = None
         self._states_pinned: PinnedBuffer | None = None
+
+    spans = False   # a hybrid model's stepper adds each sequence's (first row, rows, state slot)
+
+    def _rope_table(self):
+        """RoPE's cos/sin for every position a step can see (plain or scaled; dynamic RoPE never
+        reaches the paged pool): the same table for eager steps and graphs."""
+        c = self.cfg
+        return self.be.ops.rope_table(c.head_dim, c.rope_theta, self.max_blocks * self.kv.block_size, host_rope(c))
+
+    def buffers(self, rows: int, logits: int, n_inputs: int) -> StepBuffers:
+        return StepBuffers(self.be, self.cfg, rows, logits, n_inputs)
+
+    def prepare(self, seqs: list[SeqSlots]) -> None:
+        """Host-side work before a step's launches (a hybrid model zeroes new sequences' states)."""
 
     # ---- the launches --------------------------------------------------------------------
     def record(self, b: StepBuffers, at: dict, T: int, R: int, n_tiles: int) -> None:
@@ -138,6 +149,7 @@ class PagedStepper:
         each row's result: the sampled (token, logprob, entropy, margin) or its logits [V]."""
         self.be.device.make_current()
         logit_rows = np.asarray(logit_rows, np.int32)
+        self.prepare(seqs)
         if self.fits_graph(seqs, logit_rows):
             b = bucket_for(len(seqs))
             g = self.graphs.get(b)
@@ -151,10 +163,13 @@ class PagedStepper:
     def _eager(self, ids: np.ndarray, seqs: list[SeqSlots], logit_rows: np.ndarray, samplings=None):
         T, R = len(ids), len(logit_rows)
         plan = paged_plan(seqs, self.kv.block_size, self.bq)
-        packed = np.concatenate([np.asarray(ids, np.int32), plan.packed, logit_rows])
+        spans = np.asarray([(int(sum(q.rows for q in seqs[:i])), s.rows, s.state) for i, s in enumerate(seqs)]
+                           if self.spans else np.zeros((0, 3)), np.int32).reshape(-1)
+        packed = np.concatenate([np.asarray(ids, np.int32), plan.packed, logit_rows, spans]).astype(np.int32)
         at = {"ids": 0, "slots": T, "positions": T + plan.positions_at, "tables": T + plan.tables_at,
-              "n_tables": max(plan.n_tables, 1), "tiles": T + plan.tiles_at, "rows": T + plan.packed.size}
-        b = StepBuffers(self.be, self.cfg, T, R, packed.size)
+              "n_tables": max(plan.n_tables, 1), "tiles": T + plan.tiles_at, "rows": T + plan.packed.size,
+              "spans": T + plan.packed.size + R, "n_spans": len(seqs), "max_rows": max(s.rows for s in seqs)}
+        b = self.buffers(T, R, packed.size)
         copy_htod(b.inputs.ptr, packed.ctypes.data, packed.nbytes, self.be.stream)  # pageable: copied at once
         self.record(b, at, T, R, plan.n_tiles)
         if samplings is not None and any(x is not None for x in samplings):
@@ -202,14 +217,17 @@ class BucketGraph(StepGraph):
         self.be, self.owner, self.rows = owner.be, owner, rows
         B, MB = rows, owner.max_blocks
         self.at = {"ids": 0, "positions": B, "slots": 2 * B, "tables": 3 * B, "n_tables": B * MB,
-                   "tiles": 3 * B + B * MB, "rows": 6 * B + B * MB}
-        n_inputs = 7 * B + B * MB
-        self.bufs = StepBuffers(owner.be, owner.cfg, B, B, n_inputs)
+                   "tiles": 3 * B + B * MB, "rows": 6 * B + B * MB, "spans": 7 * B + B * MB, "n_spans": B,
+                   "max_rows": 1}
+        n_inputs = (10 if owner.spans else 7) * B + B * MB
+        self.bufs = owner.buffers(B, B, n_inputs)
         self._pinned = PinnedBuffer(4 * n_inputs)
         self.host_inputs = self._pinned.view(np.int32, n_inputs)
         self.host_inputs[:] = 0
         self._put("tiles", np.stack([np.arange(B), np.ones(B, np.int64), np.arange(B) * MB], 1))
         self._put("rows", np.arange(B))
+        if owner.spans:   # row r is its sequence's one row; a padding row's span has none
+            self._put("spans", np.stack([np.arange(B), np.zeros(B, np.int64), np.zeros(B, np.int64)], 1))
         self._pad(0)
         self._pinned_states = PinnedBuffer(DECODE_STATE.itemsize * B)
         self.host_states = self._pinned_states.view(DECODE_STATE, B)
@@ -244,7 +262,7 @@ class BucketGraph(StepGraph):
             self.be.ops.sample(self.bufs.logits, self.bufs.states)
 
     def step(self, ids: np.ndarray, seqs: list[SeqSlots], samplings=None):
-        n, MB, bs = len(seqs), self.owner.max_blocks, self.owner.kv.block_size
+        n, B, MB, bs = len(seqs), self.rows, self.owner.max_blocks, self.owner.kv.block_size
         tables = self.host_inputs[self.at["tables"]:self.at["tables"] + n * MB].reshape(n, MB)
         for r, s in enumerate(seqs):
             nb = -(-s.context // bs)
@@ -252,6 +270,12 @@ class BucketGraph(StepGraph):
         self._put("ids", ids)
         self._put("positions", [s.context - 1 for s in seqs])
         self._put("slots", [s.slots[s.context - 1] for s in seqs])
+        if self.owner.spans:   # padding spans keep no rows (their slot is left alone)
+            spans = self.host_inputs[self.at["spans"]:self.at["spans"] + 3 * B].reshape(B, 3)
+            spans[:, 1] = 0
+            spans[:n, 1] = 1
+            spans[:n, 2] = [s.state for s in seqs]
+            spans[n:, 2] = seqs[0].state
         self._pad(n)
         self._upload()
         sample = samplings is not None and any(x is not None for x in samplings)

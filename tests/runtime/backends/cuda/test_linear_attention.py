@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from inloop.services.runtime.backends.cpu.linear_attention import NumpyLinearAttention
+from inloop.services.runtime.backends.cuda.hybrid_step import HybridStepper
 from inloop.services.runtime.backends.cuda.linear_attention import CudaLinearAttention
 
 from .parity import (
@@ -303,7 +304,7 @@ def test_the_engine_serves_tiny_qwen3_5_on_cuda(qwen35_dir, gpu, cpu):
 
     ours, ref = Engine.load(qwen35_dir, backend=gpu), Engine.load(qwen35_dir, backend=cpu)
     assert ours.runner.name == "forward" and isinstance(ours.model.ops, CudaLinearAttention)
-    assert ours.core is not None and ours.core.stepper is None and ours.info["kv_cache"]["state_slots"] > 0
+    assert isinstance(ours.core.stepper, HybridStepper) and ours.info["kv_cache"]["state_slots"] > 0
     request = _chat(max_tokens=5)
     a, b = ours.generate(request), ref.generate(request)
     assert a.completion_tokens == b.completion_tokens == 5
@@ -318,3 +319,41 @@ def test_the_engine_serves_tiny_qwen3_5_on_cuda(qwen35_dir, gpu, cpu):
         sched.close()
     assert together == alone
     assert len(ours.core.manager.states.free) == ours.core.manager.states.num_slots   # every slot given back
+    assert ours.core.stepper.replays > 0   # decode steps replayed bucket graphs
+
+
+def test_the_hybrid_stepper_gives_forward_pageds_bits(qwen35, gpu):
+    """The core's CUDA step for Qwen3.5 (hybrid_step.py) against Qwen35Model.forward_paged op by
+    op, each over its own pool: two prompts in one eager step, then decode steps through the
+    bucket graphs (2 rows, then 1 row padded to its bucket, then 3 rows padded to 4, a new
+    one-token prompt among them): every row's logits the same bits, every state the same."""
+    from inloop.services.runtime.engine.core import _slots
+
+    cfg, _, model = qwen35
+    pools = [model.alloc_paged_kv(32, 4, 6) for _ in range(2)]
+    stepper = gpu.paged_stepper(model, pools[1], 64)
+    blocks = {"a": [7, 3, 11, 0], "b": [5, 9, 2, 14], "c": [20, 21, 22, 23]}
+    slot = {"a": 4, "b": 1, "c": 3}
+    rng = np.random.default_rng(13)
+    prompts = {"a": rng.integers(3, cfg.vocab_size, 9).tolist(), "b": rng.integers(3, cfg.vocab_size, 5).tolist(),
+               "c": rng.integers(3, cfg.vocab_size, 1).tolist()}
+    length = {"a": 0, "b": 0, "c": 0}
+
+    def step(parts):   # parts: (name, ids); every row's logits from both ways
+        seqs = [_slots(blocks[n], 4, len(ids), length[n] + len(ids), slot[n]) for n, ids in parts]
+        ids = np.concatenate([np.asarray(i, np.int32) for _, i in parts])
+        pos = np.concatenate([np.arange(length[n], length[n] + len(i), dtype=np.int32) for n, i in parts])
+        rows = np.arange(len(ids), dtype=np.int32)
+        ref = gpu.to_host(model.forward_paged(gpu.ids(ids), gpu.ids(pos), pools[0], seqs, gpu.ids(rows)))
+        got = stepper.run(ids, seqs, rows)
+        for n, i in parts:
+            length[n] += len(i)
+        return got, ref
+
+    for parts in ([("a", prompts["a"]), ("b", prompts["b"])], [("a", [5]), ("b", [6])], [("b", [7])],
+                  [("b", [8]), ("c", prompts["c"]), ("a", [9])]):
+        got, ref = step(parts)
+        assert np.array_equal(got, ref), f"{[n for n, _ in parts]}: {np.abs(got - ref).max():.3g} from forward_paged"
+    assert sorted(stepper.graphs) == [1, 2, 4] and stepper.eager_steps == 1
+    for a, b in ((pools[0].conv, pools[1].conv), (pools[0].recurrent, pools[1].recurrent)):
+        assert np.array_equal(gpu.to_host(a), gpu.to_host(b))

@@ -121,6 +121,7 @@ extern "C" __global__ void __launch_bounds__(256) gdn_recurrence(
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int h = blockIdx.y, col = blockIdx.x * GDN_COLS + lane, r0 = warp * 32;
     const int row0 = spans[3 * blockIdx.z], n = spans[3 * blockIdx.z + 1], slot = spans[3 * blockIdx.z + 2];
+    if (n <= 0) return;  // a padding span of a bucket graph: its slot is some other span's, left alone
     const int kd = k_heads * dk, stride = 2 * kd + v_heads * dv, kh = h / (v_heads / k_heads);
     const bool live = col < dv;
     float* S = state + slot * slot_stride + (size_t)h * dk * dv + col;
