@@ -18,9 +18,10 @@
      bucket's decode graph (replay and full step time, tokens/s, against the eager step),
      batch invariance across the buckets, and the engine with --batching on at 1-64
      concurrent requests
-  8. greedy parity of a Qwen3.5-0.8B-shaped random model (the Gated DeltaNet kernels, op by op:
-     no Qwen3.5 graphs yet) with numpy, and HF bf16 on it (saying whether its linear layers had
-     their optional kernels), with time to spare or with --qwen35
+  8. a Qwen3.5-0.8B-shaped random model: greedy parity (the Gated DeltaNet kernels, op by op)
+     with numpy, its decode through the batching core's bucket graphs (bucket 1: batch-1 decode),
+     and HF bf16 on it (saying whether its linear layers had their optional kernels), with time
+     to spare or with --qwen35
 
 `main` runs STAGES, a table of one function per step above, in one loop; results.json is
 written after each. Writes results.json and summary.txt (plus pytest.log / parity.jsonl) to --out. Needs only
@@ -322,6 +323,9 @@ def summary_table(r: dict) -> str:
     if "op_path_decode_ms_per_token" in q35:
         lines.append(f"qwen3.5-0.8b op path (no graphs): decode {q35['op_path_decode_ms_per_token']} ms/token, "
                      f"{q35['op_path_prefill_ms']} ms for a {q35.get('prompt_len', '?')}-token prompt")
+        q35_graphs = (r.get("qwen35") or {}).get("graphs") or {}
+        if q35_graphs.get("buckets"):
+            lines.extend(batched_lines("qwen3.5-0.8b", q35_graphs, {}))
         if "decode_ms_per_token" in q35_hf:
             lines.append(f"qwen3.5-0.8b HF bf16: decode {q35_hf['decode_ms_per_token']:.3f} ms/token, TTFT "
                          f"{q35_hf['ttft_ms']:.2f} ms; its linear layers: {r['qwen35'].get('hf_linear_attention')}")
@@ -463,8 +467,13 @@ def stage_qwen35(run: Run) -> None:
         return
     run.results["parity"]["qwen3.5-0.8b"] = step(run.results, "parity_qwen35", qwen35_greedy_parity, d, run.be)
     log(f"qwen3.5-0.8b parity done: {run.results['parity']['qwen3.5-0.8b'].get('ok')}")
+    q = run.results["qwen35"] = {}
+    # decode through the batching core's bucket graphs (hybrid_step.py): bucket 1 is batch-1 decode
+    step(q, "graphs", graph_bench, d, run.be, (1, 4, 16), 32, 8)
+    for line in batched_lines("qwen3.5-0.8b", q.get("graphs") or {}, {}):
+        log(line)
     if not run.args.skip_hf:   # HF's own Qwen3.5 on the same card, and how its linear layers ran
-        q = run.results["qwen35"] = {"hf_linear_attention": hf_qwen35_path()}
+        q["hf_linear_attention"] = hf_qwen35_path()
         step(q, "hf", bench_hf, d)
         log(f"qwen3.5-0.8b: HF {q['hf'].get('decode_ms_per_token')} ms/token ({q['hf_linear_attention']}); ours op "
             f"by op {run.results['parity']['qwen3.5-0.8b'].get('op_path_decode_ms_per_token')} ms/token")

@@ -154,9 +154,11 @@ def test_batched_bench_runs_and_reports(gpu_check, gpu, tmp_path):
                                      "batched": {"graphs": g, "engine": e}})
     assert "batched decode (graph replay per bucket" in table and "3 concurrent:" in table
 
+
 def test_the_qwen3_5_parity_runs_and_reports(gpu_check, gpu, tmp_path, monkeypatch):
-    """Step 7 (Qwen3.5-0.8B-shaped greedy parity, op by op) at a small width: its check passes
-    and the summary reports it; past the time budget it is skipped unless --qwen35 asks."""
+    """Step 8 (Qwen3.5-0.8B-shaped greedy parity, op by op, and its decode through the batching
+    core's bucket graphs) at a small width: its check passes and the summary reports it; past
+    the time budget it is skipped unless --qwen35 asks."""
     import argparse
 
     from bench.cuda import qwen35
@@ -169,8 +171,11 @@ def test_the_qwen3_5_parity_runs_and_reports(gpu_check, gpu, tmp_path, monkeypat
     d = gpu_check.make_qwen35_model(tmp_path / "q35", 7)
     parity = gpu_check.qwen35_greedy_parity(d, gpu, 6, 4)
     assert parity["ok"] and parity["arch"] == "qwen3_5_text" and parity["max_logit_err_rel_to_max"] < 2e-2, parity
-    table = gpu_check.summary_table({"parity": {"qwen3.5-0.8b": parity}})
+    graphs = gpu_check.graph_bench(d, gpu, (1, 2), 5, 2)   # decode through the core's bucket graphs
+    assert set(graphs["buckets"]) == {1, 2} and "batch_invariant" not in graphs
+    table = gpu_check.summary_table({"parity": {"qwen3.5-0.8b": parity}, "qwen35": {"graphs": graphs}})
     assert "greedy parity qwen3.5-0.8b" in table and "op path (no graphs): decode" in table
+    assert "qwen3.5-0.8b batched decode (graph replay per bucket" in table
     run = gpu_check.Run(argparse.Namespace(qwen35=False), tmp_path, tmp_path)
     monkeypatch.setattr(gpu_check, "DEADLINE_S", 0)
     gpu_check.stage_qwen35(run)
