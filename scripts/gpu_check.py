@@ -455,10 +455,10 @@ def stage_parity(run: Run) -> None:
 
 
 def stage_qwen35(run: Run) -> None:
-    """Greedy parity of a Qwen3.5-0.8B-shaped random model (Gated DeltaNet kernels at their real
-    head sizes) with numpy, both op by op (no Qwen3.5 graphs yet). Last and optional: writing
-    the model (~1.5 GB) and the numpy reference take about a minute, so it runs with time to
-    spare, or when --qwen35 asks for it."""
+    """A Qwen3.5-0.8B-shaped random model (Gated DeltaNet kernels at their real head sizes):
+    greedy parity with numpy, both op by op; its decode through the batching core's bucket
+    graphs; HF on it. Last and optional: writing the model (~1.5 GB) and the numpy reference
+    take about a minute, so it runs with time to spare, or when --qwen35 asks for it."""
     if not (run.args.qwen35 or run.time_left(60)):
         run.results["qwen35"] = {"skipped": "time budget (--qwen35 runs it anyway)"}
         return
