@@ -59,9 +59,10 @@ RUNTIME = [
             negatable=True),
     Setting("max_queue", 16, "requests that may wait to join the running batch; more get RESOURCE_EXHAUSTED "
                              "(HTTP 429)", type=int),
-    Setting("batching", "auto", "auto: continuous batching where the backend steps op by op (cpu), one request "
-                                "at a time through CUDA graphs on cuda; on: continuous batching on cuda too (its "
-                                "batched step runs op by op, each row batch invariant); off: one request at a time",
+    Setting("batching", "auto", "auto: continuous batching on cpu (and for Qwen3.5 on cuda), one request at a "
+                                "time through CUDA graphs for a dense model on cuda (the lowest latency for one "
+                                "agent); on: continuous batching on cuda too (fused kernels, a CUDA graph per "
+                                "batch size for decode steps, each row batch invariant); off: one request at a time",
             choices=("auto", "on", "off")),
     Setting("max_num_seqs", 32, "sequences in the running batch at once (continuous batching)", type=int),
     Setting("max_num_batched_tokens", 512, "tokens one engine step runs, decode rows and prefill chunks "

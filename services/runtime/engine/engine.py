@@ -71,9 +71,9 @@ class BatchConfig:
     enable_prefix_caching: bool = True
     max_blocks: int = 1 << 17             # a tiny model's 2 GiB would be millions of blocks
     num_blocks_override: int | None = None  # exactly this many blocks (tests; vLLM's num_gpu_blocks_override)
-    # auto: the core where the backend has no step runner of its own (numpy), one request at a
-    # time through CUDA's graphs on cuda; on: the core on any paging backend (cuda: op by op,
-    # batch invariant); off: one request at a time
+    # auto: the core where the backend has no step runner of its own (numpy; Qwen3.5 on cuda),
+    # one request at a time through CUDA's graphs for a dense model on cuda; on: the core on any
+    # paging backend (cuda: its paged stepper, batch invariant); off: one request at a time
     batching: str = "auto"
 
     def __post_init__(self):
@@ -131,7 +131,8 @@ class Engine:
                              if not model.backend.paged_kv else
                              "--batching on: a model with dynamic RoPE cannot share the paged pool (its "
                              "frequencies follow one sequence's length)")
-        # --batching on: the core's forward_paged op by op, whatever step runner the backend has
+        # --batching on: the core serves, whatever step runner the backend has (its steps go
+        # through the backend's paged stepper, or forward_paged)
         self.runner = runner or (ForwardStepRunner(model) if batch.batching == "on"
                                  else runner_for(model, self.max_context))
         cfg = model.cfg
