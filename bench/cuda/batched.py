@@ -95,14 +95,15 @@ def graph_bench(model_dir: Path, be, buckets=(1, 2, 4, 8, 16, 32, 64), prompt_le
     return out
 
 
-def engine_bench(model_dir: Path, be, concurrencies=(1, 8, 32, 64), max_tokens: int = 64) -> dict:
+def engine_bench(model_dir: Path, be, concurrencies=(1, 8, 32, 64), max_tokens: int = 64,
+                 kv_cache_memory: int = 1 << 30) -> dict:
     """Output tokens/s through the engine's core at each concurrency (module docstring)."""
     from inloop.services.contract.generation import GenerateRequest, SamplingParams
     from inloop.services.runtime.engine.engine import BatchConfig, Engine
     from inloop.services.runtime.service.scheduler import Scheduler
 
     engine = Engine.load(model_dir, backend=be, batch=BatchConfig(batching="on", max_num_seqs=max(concurrencies),
-                                                                  kv_cache_memory=1 << 30))
+                                                                  kv_cache_memory=kv_cache_memory))
     sched = Scheduler(lambda: engine, max(concurrencies)).start()
     core, out = engine.core, {}
     try:

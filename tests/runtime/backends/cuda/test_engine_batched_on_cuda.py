@@ -26,7 +26,9 @@ from .test_engine_on_cuda import (
     assert_tool_calls_match_numpy,
 )
 
-BATCH = {"batching": "on", "block_size": 4, "max_num_batched_tokens": 16}
+# a small pool: the double holds device memory in host memory (the default 2 GiB would be
+# 131,072 blocks of a tiny model per engine)
+BATCH = {"batching": "on", "block_size": 4, "max_num_batched_tokens": 16, "kv_cache_memory": 4 << 20}
 
 
 @pytest.fixture(scope="module", params=ARCHS)

@@ -148,7 +148,7 @@ def test_batched_bench_runs_and_reports(gpu_check, gpu, tmp_path):
     g = gpu_check.graph_bench(d, gpu, buckets=(1, 2, 4), prompt_len=5, steps=2)
     assert set(g["buckets"]) == {1, 2, 4} and g["batch_invariant"] is True
     assert all(r["replay_ms"] > 0 and r["step_tokens_per_s"] > 0 for r in g["buckets"].values())
-    e = gpu_check.batched_engine_bench(d, gpu, concurrencies=(1, 3), max_tokens=4)
+    e = gpu_check.batched_engine_bench(d, gpu, concurrencies=(1, 3), max_tokens=4, kv_cache_memory=4 << 20)
     assert e[1]["output_tokens"] == 4 and e[3]["output_tokens"] == 12 and e[3]["graph_steps"] > 0
     table = gpu_check.summary_table({"environment": {"device": "Fake"}, "compile": {"all_ok": True},
                                      "batched": {"graphs": g, "engine": e}})

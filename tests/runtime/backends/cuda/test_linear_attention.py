@@ -297,12 +297,14 @@ def test_the_engine_serves_tiny_qwen3_5_on_cuda(qwen35_dir, gpu, cpu):
     slot per sequence); greedy output equals the numpy engine's, or parts where numpy's margin
     is within tolerance; concurrent requests through the Scheduler get the tokens each gets
     alone (batched_linear and per-sequence spans: a row's bits do not depend on the batch)."""
-    from inloop.services.runtime.engine.engine import Engine
+    from inloop.services.runtime.engine.engine import BatchConfig, Engine
     from inloop.services.runtime.service.scheduler import Scheduler
 
     from .test_engine_on_cuda import _chat, assert_same_greedy
 
-    ours, ref = Engine.load(qwen35_dir, backend=gpu), Engine.load(qwen35_dir, backend=cpu)
+    # a small pool: the double keeps device memory in host memory
+    ours = Engine.load(qwen35_dir, backend=gpu, batch=BatchConfig(kv_cache_memory=16 << 20))
+    ref = Engine.load(qwen35_dir, backend=cpu)
     assert ours.runner.name == "forward" and isinstance(ours.model.ops, CudaLinearAttention)
     assert isinstance(ours.core.stepper, HybridStepper) and ours.info["kv_cache"]["state_slots"] > 0
     request = _chat(max_tokens=5)

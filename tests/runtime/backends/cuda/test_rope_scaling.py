@@ -144,7 +144,7 @@ def test_the_batching_core_serves_it_with_numpy_greedy_tokens(model, gpu, cpu):
     """--batching on: the core's CUDA step (paged_step.py) rotates by the same table and skips
     the same layers; dynamic RoPE (frequencies per call) is refused for the paged pool."""
     name, d, *_ = model
-    batch = BatchConfig(batching="on", block_size=4)
+    batch = BatchConfig(batching="on", block_size=4, kv_cache_memory=4 << 20)   # a small pool on the double
     if name.startswith("dynamic"):
         with pytest.raises(ValueError, match="dynamic RoPE"):
             Engine.load(d, backend=gpu, batch=batch)
