@@ -24,6 +24,7 @@ from .test_engine_on_cuda import (
     assert_same_greedy,
     assert_stats_close,
     assert_tool_calls_match_numpy,
+    task_step_two,
 )
 
 # a small pool: the double holds device memory in host memory (the default 2 GiB would be
@@ -85,9 +86,7 @@ def test_a_tasks_next_step_takes_up_its_pinned_blocks(engines):
     ours, ref = engines
     first = ours.generate(_chat("Find the receipt total", max_tokens=10, session_id="task-1"))
     assert ours.core.manager.pinned_blocks() > 0
-    follow = [ChatMessage("user", "Find the receipt total"), ChatMessage("assistant", first.text),
-              ChatMessage("tool", '{"hits": []}')]
-    step2 = {"messages": follow, "sampling": SamplingParams(max_tokens=12)}
+    step2 = task_step_two(first)
     fresh = ours.generate(GenerateRequest(**step2))
     computed = ours.core.tokens_computed
     reused = ours.generate(GenerateRequest(**step2, session_id="task-1"))

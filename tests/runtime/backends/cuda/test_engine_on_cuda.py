@@ -103,13 +103,19 @@ def test_greedy_tokens_text_and_uncertainty_match_the_numpy_engine(engines):
     assert_same_greedy(ours.generate(raw), ref.generate(raw), ref, ref.prompt_ids(raw), "raw prompt")
 
 
+def task_step_two(first) -> dict:
+    """The second model step of a task whose first answered "Find the receipt total" with
+    `first`: the request's fields, with a tool result after the first answer."""
+    follow = [ChatMessage("user", "Find the receipt total"), ChatMessage("assistant", first.text),
+              ChatMessage("tool", '{"hits": []}')]
+    return {"messages": follow, "sampling": SamplingParams(max_tokens=12)}
+
+
 def test_session_reuses_the_prefix_in_the_runners_cache(engines):
     ours, ref = engines
     first = ours.generate(GenerateRequest(messages=[ChatMessage("user", "Find the receipt total")],
                                           sampling=SamplingParams(max_tokens=10), session_id="task-1"))
-    follow = [ChatMessage("user", "Find the receipt total"), ChatMessage("assistant", first.text),
-              ChatMessage("tool", '{"hits": []}')]
-    step2 = {"messages": follow, "sampling": SamplingParams(max_tokens=12)}
+    step2 = task_step_two(first)
     fresh = ours.generate(GenerateRequest(**step2))
     hits = ours.sessions.hits
     reused = ours.generate(GenerateRequest(**step2, session_id="task-1"))
