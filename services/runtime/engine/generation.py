@@ -46,7 +46,6 @@ class Generation:
         self.timings = Timings()
         self.stop_hit = False
         self.should_stop: Callable[[], bool] | None = None  # the request's cancel/deadline check
-        self.runner = engine.runner
         self._logits: np.ndarray | None = None   # host logits after the last host-logits feed
         self._pending: list[int] = []            # queued for the model, not yet fed (prompt, then a token)
         self._prompt_fed = False

@@ -18,17 +18,16 @@ from inloop.services.contract.backend import SeqSlots
 
 from .linear_attention_ops import StateView
 from .paged_step import PagedStepper, StepBuffers
-from .state import DECODE_STATE
 
 
 class HybridBuffers(StepBuffers):
     """A step's activations for a Qwen3.5 layer stack (both layer kinds), `rows` rows."""
 
     def __init__(self, be, cfg, rows: int, logits: int, n_inputs: int):
-        empty, self.rows, self.n_logits = be._empty, rows, logits
+        super().__init__(be, cfg, rows, logits, n_inputs)
+        empty = be._empty
         d, hv = cfg.hidden_size, cfg.linear_v_heads
         vd = hv * cfg.linear_v_dim
-        self.inputs = empty((max(n_inputs, 1),), "i32")
         self.x, self.h = empty((rows, d)), empty((rows, d))
         self.res = [empty((rows, d)), empty((rows, d))]
         self.mixed, self.conv = empty((rows, cfg.conv_dim)), empty((rows, cfg.conv_dim))
@@ -38,8 +37,6 @@ class HybridBuffers(StepBuffers):
         self.attn, self.gated = empty((rows, cfg.q_size)), empty((rows, cfg.q_size))
         self.gu, self.act = empty((rows, 2 * cfg.intermediate_size)), empty((rows, cfg.intermediate_size))
         self.sel = empty((max(logits, 1), d))
-        self.logits = empty((max(logits, 1), cfg.vocab_size))
-        self.states = empty((max(logits, 1) * DECODE_STATE.itemsize // 4,), "i32")
 
 
 class HybridStepper(PagedStepper):
@@ -75,15 +72,18 @@ class HybridStepper(PagedStepper):
                 return t.rows(0, T)
             return t.reshape(t.shape[0], t.numel // t.shape[0]).rows(0, T).reshape(T, *t.shape[1:])
 
+        def add_norm(residual, w):   # h = rmsnorm(x + residual) * w; the sum goes to the other buffer
+            nxt = res[1] if residual is res[0] else res[0]
+            ops.add_rmsnorm(x, residual, w, h, nxt, eps)
+            return nxt
+
         residual = res[0]
         ops.embedding(m.embed, ids, residual)
         for i, lw in enumerate(m.layers):
             if i == 0:
                 ops.rmsnorm(residual, lw.input_norm, h, eps)
             else:
-                nxt = res[1] if residual is res[0] else res[0]
-                ops.add_rmsnorm(x, residual, lw.input_norm, h, nxt, eps)
-                residual = nxt
+                residual = add_norm(residual, lw.input_norm)
             if hasattr(lw, "in_qkv"):   # Gated DeltaNet
                 mixed, conv, a, bb, g, beta = (rows_of(t) for t in (b.mixed, b.conv, b.a, b.b, b.g, b.beta))
                 o, z, o_normed = rows_of(b.o), rows_of(b.z), rows_of(b.o_normed)
@@ -110,15 +110,12 @@ class HybridStepper(PagedStepper):
                 gemm(h, lw.gate, gate)
                 la.output_gate(attn, gate, gated)
                 gemm(gated, lw.o, x)
-            nxt = res[1] if residual is res[0] else res[0]
-            ops.add_rmsnorm(x, residual, lw.post_norm, h, nxt, eps)
-            residual = nxt
+            residual = add_norm(residual, lw.post_norm)
             gu, act = rows_of(b.gu), rows_of(b.act)
             gemm(h, lw.gate_up, gu)
             ops.swiglu(gu, act)
             gemm(act, lw.down, x)
-        nxt = res[1] if residual is res[0] else res[0]
-        ops.add_rmsnorm(x, residual, m.final_norm, h, nxt, eps)
+        add_norm(residual, m.final_norm)
         if R:
             sel, logits = b.sel.rows(0, R), b.logits.rows(0, R)
             ops.gather_rows(h, rows, sel)

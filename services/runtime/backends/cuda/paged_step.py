@@ -52,22 +52,31 @@ def bucket_for(rows: int) -> int | None:
 
 
 class StepBuffers:
-    """Activations for `rows` rows and logits for `logits` of them, plus the inputs buffer."""
+    """What every step needs beside its model's activations: the inputs buffer, the wanted
+    rows' logits and a DecodeState per wanted row (the sampler's)."""
 
     def __init__(self, be, cfg, rows: int, logits: int, n_inputs: int):
         empty, self.rows, self.n_logits = be._empty, rows, logits
-        self.tiles_d = math.ceil(cfg.hidden_size / GEMM_TILE)
         self.inputs = empty((max(n_inputs, 1),), "i32")
+        self.logits = empty((max(logits, 1), cfg.vocab_size))
+        self.states = empty((max(logits, 1) * DECODE_STATE.itemsize // 4,), "i32")
+
+    def view(self, at: int, n: int, shape=None) -> DeviceTensor:
+        return DeviceTensor(self.inputs.ptr + 4 * at, shape or (n,), "i32", self.inputs.buffer)
+
+
+class DenseBuffers(StepBuffers):
+    """A dense model's activations for `rows` rows (the residual's row sums per 64 columns too)."""
+
+    def __init__(self, be, cfg, rows: int, logits: int, n_inputs: int):
+        super().__init__(be, cfg, rows, logits, n_inputs)
+        empty = be._empty
+        self.tiles_d = math.ceil(cfg.hidden_size / GEMM_TILE)
         self.r, self.h = empty((rows, cfg.hidden_size)), empty((rows, cfg.hidden_size))
         self.row_ss = empty((rows, self.tiles_d))
         self.qkv, self.attn = empty((rows, cfg.qkv_size)), empty((rows, cfg.q_size))
         self.gu = empty((rows, 2 * cfg.intermediate_size))
         self.sel_r, self.sel_ss = empty((max(logits, 1), cfg.hidden_size)), empty((max(logits, 1), self.tiles_d))
-        self.logits = empty((max(logits, 1), cfg.vocab_size))
-        self.states = empty((max(logits, 1) * DECODE_STATE.itemsize // 4,), "i32")  # a DecodeState per row
-
-    def view(self, at: int, n: int, shape=None) -> DeviceTensor:
-        return DeviceTensor(self.inputs.ptr + 4 * at, shape or (n,), "i32", self.inputs.buffer)
 
 
 class PagedStepper:
@@ -96,13 +105,13 @@ class PagedStepper:
         return self.be.ops.rope_table(c.head_dim, c.rope_theta, self.max_blocks * self.kv.block_size, host_rope(c))
 
     def buffers(self, rows: int, logits: int, n_inputs: int) -> StepBuffers:
-        return StepBuffers(self.be, self.cfg, rows, logits, n_inputs)
+        return DenseBuffers(self.be, self.cfg, rows, logits, n_inputs)
 
     def prepare(self, seqs: list[SeqSlots]) -> None:
         """Host-side work before a step's launches (a hybrid model zeroes new sequences' states)."""
 
     # ---- the launches --------------------------------------------------------------------
-    def record(self, b: StepBuffers, at: dict, T: int, R: int, n_tiles: int) -> None:
+    def record(self, b: DenseBuffers, at: dict, T: int, R: int, n_tiles: int) -> None:
         """One step's launches over buffers `b`, its inputs at offsets `at` (module docstring)."""
         c, m, ops, kv = self.cfg, self.model, self.be.ops, self.kv
         H, KVH, hd, eps = c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps
@@ -163,7 +172,8 @@ class PagedStepper:
     def _eager(self, ids: np.ndarray, seqs: list[SeqSlots], logit_rows: np.ndarray, samplings=None):
         T, R = len(ids), len(logit_rows)
         plan = paged_plan(seqs, self.kv.block_size, self.bq)
-        spans = np.asarray([(int(sum(q.rows for q in seqs[:i])), s.rows, s.state) for i, s in enumerate(seqs)]
+        firsts = np.cumsum([0] + [s.rows for s in seqs[:-1]])
+        spans = np.asarray([(f, s.rows, s.state) for f, s in zip(firsts, seqs)]
                            if self.spans else np.zeros((0, 3)), np.int32).reshape(-1)
         packed = np.concatenate([np.asarray(ids, np.int32), plan.packed, logit_rows, spans]).astype(np.int32)
         at = {"ids": 0, "slots": T, "positions": T + plan.positions_at, "tables": T + plan.tables_at,

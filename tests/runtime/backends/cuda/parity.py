@@ -6,6 +6,11 @@ import os
 
 import numpy as np
 
+# the last row's logits of a forward call on any backend, and numpy's free-running greedy
+# reference: gpu_check's bench code, so the tests and the GPU run compute them one way
+from bench.cuda.benchmark import last_row_logits as last_logits  # noqa: F401 - used by the test modules
+from bench.cuda.benchmark import numpy_greedy_reference as numpy_greedy  # noqa: F401
+
 
 def bf16(a) -> np.ndarray:
     """Round float32 to the nearest bf16 (ties to even), returned as float32."""
@@ -54,25 +59,6 @@ def assert_greedy_agrees(got: list[int], tokens: list[int], ref_logits, label: s
         m, tol = top2_margin(ref_logits[first]), margin_tolerance(ref_logits[first])
         assert m < tol, f"{label}: greedy token {first} differs ({got[first]} vs {tokens[first]}), numpy margin {m:.4g}"
         report({**note, "step": first, "numpy_margin": m, "tol": tol})
-
-
-def last_logits(model, ids, start: int, cache) -> np.ndarray:
-    """Feed `ids` at positions start.. through `model` (any backend); the last row's logits."""
-    b = model.backend
-    logits = model.forward(b.ids(np.asarray(ids, np.int32)), b.ids(np.arange(start, start + len(ids), dtype=np.int32)),
-                           cache)
-    return np.asarray(b.to_host(logits))[-1]
-
-
-def numpy_greedy(cpu_model, prompt: np.ndarray, steps: int, capacity: int):
-    """Free-running greedy on numpy from `prompt`: the tokens and each step's logits."""
-    cache = cpu_model.new_cache(capacity)
-    logits = [last_logits(cpu_model, prompt, 0, cache)]
-    tokens = []
-    for step in range(steps):
-        tokens.append(int(np.argmax(logits[-1])))
-        logits.append(last_logits(cpu_model, [tokens[-1]], len(prompt) + step, cache))
-    return tokens, logits
 
 
 def report(record: dict) -> None:
